@@ -1,0 +1,39 @@
+//! The `orchard` binary: grow search trees over LLM generations and harvest them as training data.
+//!
+//! Each subcommand lives in its own module under `cmd/`; `main` only parses arguments, sets up logging and maps
+//! errors to an exit code (as ripgrep does).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Orchard: grow search trees over LLM generations and harvest them as training data.
+#[derive(Debug, Parser)]
+#[command(name = "orchard", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Fetch the default model into the cache and print its path.
+    FetchModel(cmd::fetch_model::Args),
+}
+
+fn main() -> ExitCode {
+    cmd::init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::FetchModel(args) => cmd::fetch_model::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

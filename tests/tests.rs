@@ -1,0 +1,3 @@
+//! End-to-end tests of the `orchard` binary: one module per user-visible command.
+
+mod util;
