@@ -19,6 +19,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Sample completions from a model (JSON lines out, one row per sample).
+    Generate(cmd::generate::Args),
+    /// Teacher-forced log-probs of completions given prompts (JSON lines in and out).
+    Score(cmd::score::Args),
+    /// Show how a model's tokenizer splits a text (ids and pieces).
+    Tokenize(cmd::tokenize::Args),
+    /// Measure prefill and decode throughput (tokens/s) on this machine.
+    Bench(cmd::bench::Args),
     /// Fetch the default model into the cache and print its path.
     FetchModel(cmd::fetch_model::Args),
 }
@@ -27,6 +35,10 @@ fn main() -> ExitCode {
     cmd::init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Generate(args) => cmd::generate::run(args),
+        Command::Score(args) => cmd::score::run(args),
+        Command::Tokenize(args) => cmd::tokenize::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
         Command::FetchModel(args) => cmd::fetch_model::run(args),
     };
     match result {

@@ -1,6 +1,11 @@
 //! One module per subcommand; each exposes `Args` (clap) and `run(Args) -> anyhow::Result<ExitCode>`.
 
+pub mod bench;
+pub mod common;
 pub mod fetch_model;
+pub mod generate;
+pub mod score;
+pub mod tokenize;
 
 /// Logs go to stderr; `RUST_LOG` (e.g. `RUST_LOG=orchard_engine=debug`) raises the level.
 pub fn init_logging() {

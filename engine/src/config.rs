@@ -1,0 +1,401 @@
+//! Model configuration: one struct for every supported llama-family architecture, read from GGUF metadata or an
+//! HF `config.json`, validated once at load.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The architectures the engine runs. They share one forward; the differences are data (biases, rope base).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Llama 2/3, SmolLM, TinyLlama, Mistral-style dense models without sliding windows.
+    Llama,
+    /// Qwen2 / Qwen2.5 (biases on q/k/v projections).
+    Qwen2,
+}
+
+impl Arch {
+    /// The name used by GGUF (`general.architecture`) and by HF `model_type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
+}
+
+/// Rotary-embedding frequency scaling (HF `rope_scaling`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub enum RopeScaling {
+    /// Positions divided by `factor` (HF `linear`).
+    Linear {
+        /// The divisor.
+        factor: f32,
+    },
+    /// Llama 3.1's frequency-dependent scaling (HF `llama3`).
+    Llama3 {
+        /// Overall factor (8 for Llama 3.1).
+        factor: f32,
+        /// Low-frequency factor (1).
+        low_freq_factor: f32,
+        /// High-frequency factor (4).
+        high_freq_factor: f32,
+        /// The original context (8192).
+        original_max_position: usize,
+    },
+}
+
+/// Shape and hyper-parameters of a llama-family decoder.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModelConfig {
+    /// Architecture.
+    pub arch: Arch,
+    /// Vocabulary size (rows of the embedding and of the LM head).
+    pub vocab_size: usize,
+    /// Model width.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (GQA when fewer than `num_heads`).
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f32,
+    /// Rotary base.
+    pub rope_theta: f32,
+    /// Optional rotary scaling.
+    pub rope_scaling: Option<RopeScaling>,
+    /// Longest sequence the model accepts (prompt + completion).
+    pub max_position_embeddings: usize,
+    /// Whether the LM head reuses the token embedding.
+    pub tie_word_embeddings: bool,
+    /// Whether q/k/v projections carry biases (Qwen2).
+    pub attention_bias: bool,
+}
+
+impl ModelConfig {
+    /// Width of the fused q/k/v projection output.
+    pub fn qkv_width(&self) -> usize {
+        (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+    }
+
+    /// Number of parameters (embedding counted once when tied).
+    pub fn num_parameters(&self) -> usize {
+        let (d, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let attn = d * self.qkv_width() + self.num_heads * self.head_dim * d;
+        let bias = if self.attention_bias {
+            self.qkv_width()
+        } else {
+            0
+        };
+        let per_layer = attn + bias + 3 * d * f + 2 * d;
+        let head = if self.tie_word_embeddings { 0 } else { v * d };
+        v * d + self.num_layers * per_layer + d + head
+    }
+
+    /// Checks the invariants the forward relies on; `path` names the source in the error.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |msg: String| Err(Error::bad_model(path, msg));
+        let fields = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (name, value) in fields {
+            if value == 0 {
+                return bad(format!("config field `{name}` must be positive"));
+            }
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return bad(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return bad(format!(
+                "head_dim ({}) must be even for rotary embeddings",
+                self.head_dim
+            ));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
+            return bad(format!(
+                "rms_norm_eps ({}) must be a positive number",
+                self.rms_norm_eps
+            ));
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            return bad(format!(
+                "rope_theta ({}) must be a positive number",
+                self.rope_theta
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads and validates an HF `config.json`.
+    pub fn from_hf_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let raw: HfConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::bad_model(path, format!("invalid config.json: {e}")))?;
+        let cfg = raw.into_config(path)?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+}
+
+/// The subset of HF `config.json` the engine reads (llama and qwen2).
+#[derive(Debug, Deserialize)]
+struct HfConfig {
+    model_type: Option<String>,
+    #[serde(default)]
+    architectures: Vec<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    rope_theta: f64,
+    rope_scaling: Option<serde_json::Value>,
+    #[serde(default = "default_max_position")]
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    attention_bias: Option<bool>,
+    #[serde(default)]
+    mlp_bias: bool,
+    hidden_act: Option<String>,
+    use_sliding_window: Option<bool>,
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_max_position() -> usize {
+    2048
+}
+
+impl HfConfig {
+    fn into_config(self, path: &Path) -> Result<ModelConfig> {
+        let model_type = self.model_type.clone().unwrap_or_default();
+        let arch = match model_type.as_str() {
+            "llama" | "mistral" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            other => {
+                let archs = self.architectures.join(", ");
+                return Err(Error::unsupported(
+                    path,
+                    format!("model_type `{other}` ({archs}); supported: llama, qwen2"),
+                ));
+            }
+        };
+        if let Some(act) = &self.hidden_act {
+            if act != "silu" {
+                return Err(Error::unsupported(
+                    path,
+                    format!("hidden_act `{act}`; only silu is supported"),
+                ));
+            }
+        }
+        if self.mlp_bias {
+            return Err(Error::unsupported(path, "mlp_bias = true"));
+        }
+        if self.use_sliding_window == Some(true) {
+            return Err(Error::unsupported(path, "use_sliding_window = true"));
+        }
+        let rope_scaling = match &self.rope_scaling {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(parse_rope_scaling(v).map_err(|msg| Error::unsupported(path, msg))?),
+        };
+        let heads = self.num_attention_heads;
+        Ok(ModelConfig {
+            arch,
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: self.num_hidden_layers,
+            num_heads: heads,
+            num_kv_heads: self.num_key_value_heads.unwrap_or(heads),
+            head_dim: self.head_dim.unwrap_or(if heads > 0 {
+                self.hidden_size / heads
+            } else {
+                0
+            }),
+            rms_norm_eps: self.rms_norm_eps as f32,
+            rope_theta: self.rope_theta as f32,
+            rope_scaling,
+            max_position_embeddings: self.max_position_embeddings,
+            tie_word_embeddings: self.tie_word_embeddings,
+            attention_bias: self.attention_bias.unwrap_or(arch == Arch::Qwen2),
+        })
+    }
+}
+
+fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<RopeScaling, String> {
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("")
+        .to_string();
+    let num = |key: &str| v.get(key).and_then(|x| x.as_f64()).map(|x| x as f32);
+    let factor =
+        num("factor").ok_or_else(|| format!("rope_scaling `{kind}` without a `factor`"))?;
+    match kind.as_str() {
+        "linear" => Ok(RopeScaling::Linear { factor }),
+        "llama3" => Ok(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor: num("low_freq_factor").unwrap_or(1.0),
+            high_freq_factor: num("high_freq_factor").unwrap_or(4.0),
+            original_max_position: v
+                .get("original_max_position_embeddings")
+                .and_then(|x| x.as_u64())
+                .unwrap_or(8192) as usize,
+        }),
+        "default" => Ok(RopeScaling::Linear { factor: 1.0 }),
+        other => Err(format!(
+            "rope_scaling type `{other}`; supported: linear, llama3"
+        )),
+    }
+}
+
+/// Inverse frequencies of the rotary embedding, HF's `_compute_default_rope_parameters` and `llama3` scaling.
+pub fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
+    let dim = cfg.head_dim;
+    let base = cfg.rope_theta;
+    // HF: 1 / base ** (arange(0, dim, 2).float() / dim), in float32.
+    let mut inv: Vec<f32> = (0..dim / 2)
+        .map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32))
+        .collect();
+    match cfg.rope_scaling {
+        None => {}
+        Some(RopeScaling::Linear { factor }) => {
+            for f in &mut inv {
+                *f /= factor;
+            }
+        }
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position,
+        }) => {
+            let old = original_max_position as f32;
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            for f in &mut inv {
+                let wavelen = 2.0 * std::f32::consts::PI / *f;
+                if wavelen > low_wavelen {
+                    *f /= factor;
+                } else if wavelen >= high_wavelen {
+                    let smooth =
+                        (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                }
+            }
+        }
+    }
+    inv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, json: &str) -> std::path::PathBuf {
+        let p = dir.join("config.json");
+        std::fs::write(&p, json).expect("write config");
+        p
+    }
+
+    #[test]
+    fn llama_config_parses_with_defaults() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        let p = write(
+            dir.path(),
+            r#"{"model_type":"llama","vocab_size":100,"hidden_size":64,"intermediate_size":128,
+               "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"rms_norm_eps":1e-5,
+               "tie_word_embeddings":true}"#,
+        );
+        let cfg = ModelConfig::from_hf_json(&p)?;
+        assert_eq!(cfg.head_dim, 16);
+        assert_eq!(cfg.rope_theta, 10_000.0);
+        assert!(!cfg.attention_bias);
+        Ok(())
+    }
+
+    #[test]
+    fn unsupported_architecture_is_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = write(
+            dir.path(),
+            r#"{"model_type":"gpt_neox","architectures":["GPTNeoXForCausalLM"],"vocab_size":100,"hidden_size":64,
+               "intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"rms_norm_eps":1e-5}"#,
+        );
+        let err = ModelConfig::from_hf_json(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("gpt_neox") && err.contains("config.json"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn inconsistent_heads_are_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = write(
+            dir.path(),
+            r#"{"model_type":"llama","vocab_size":100,"hidden_size":64,"intermediate_size":128,
+               "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":3,"rms_norm_eps":1e-5}"#,
+        );
+        let err = ModelConfig::from_hf_json(&p).unwrap_err().to_string();
+        assert!(err.contains("num_key_value_heads"), "{err}");
+    }
+
+    #[test]
+    fn llama3_scaling_leaves_high_frequencies_alone() {
+        let mut cfg = ModelConfig {
+            arch: Arch::Llama,
+            vocab_size: 10,
+            hidden_size: 128,
+            intermediate_size: 10,
+            num_layers: 1,
+            num_heads: 1,
+            num_kv_heads: 1,
+            head_dim: 128,
+            rms_norm_eps: 1e-5,
+            rope_theta: 500_000.0,
+            rope_scaling: None,
+            max_position_embeddings: 1024,
+            tie_word_embeddings: true,
+            attention_bias: false,
+        };
+        let plain = rope_inv_freq(&cfg);
+        cfg.rope_scaling = Some(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position: 8192,
+        });
+        let scaled = rope_inv_freq(&cfg);
+        assert_eq!(plain[0], scaled[0]);
+        let last = plain.len() - 1;
+        assert!((scaled[last] - plain[last] / 8.0).abs() < 1e-12);
+    }
+}

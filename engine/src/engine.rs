@@ -1,0 +1,731 @@
+//! The engine: a model with its tokenizer and chat template, batched generation and scoring.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chat::{ChatTemplate, Message};
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::hub::{self, ModelSource};
+use crate::kernels::ops::log_sum_exp;
+use crate::kv::KvCache;
+use crate::model::{LogitRows, Model, Step, TokenId};
+use crate::sampling::{sample, sample_seed, SamplingParams, SeqRng};
+use crate::tokenizer::Tokenizer;
+use crate::weights::Precision;
+
+/// Default number of sequences decoded together.
+pub const DEFAULT_MAX_BATCH: usize = 64;
+/// Default number of prompt tokens run per forward while prefilling.
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+
+/// A prompt as the user gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    /// Chat messages, rendered with the model's template (with the generation prompt appended).
+    Messages(Vec<Message>),
+    /// Plain text: templated as one user turn, or used as-is when raw.
+    Text(String),
+}
+
+/// Where a model came from and how to identify it in outputs.
+#[derive(Debug)]
+pub struct ModelInfo {
+    /// A short name: the file stem or directory name.
+    pub id: String,
+    /// The GGUF file or HF directory.
+    pub path: PathBuf,
+    hash: OnceLock<String>,
+}
+
+impl ModelInfo {
+    /// SHA-256 over the model's weight files (computed once, on first call).
+    pub fn hash(&self) -> Result<String> {
+        if let Some(h) = self.hash.get() {
+            return Ok(h.clone());
+        }
+        let h = hash_model_files(&self.path)?;
+        Ok(self.hash.get_or_init(|| h).clone())
+    }
+}
+
+fn hash_model_files(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    if path.file_name().and_then(|n| n.to_str()) == Some(hub::DEFAULT_MODEL_FILE) {
+        return Ok(hub::DEFAULT_MODEL_SHA256.to_string());
+    }
+    let mut files = Vec::new();
+    if path.is_dir() {
+        for e in std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .flatten()
+        {
+            let p = e.path();
+            if p.extension()
+                .is_some_and(|x| x == "safetensors" || x == "json")
+            {
+                files.push(p);
+            }
+        }
+        files.sort();
+    } else {
+        files.push(path.to_path_buf());
+    }
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for f in files {
+        let mut file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
+        loop {
+            let n = file.read(&mut buf).map_err(|e| Error::io(&f, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Why a sample stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// An EOS/stop token or a stop string.
+    Stop,
+    /// `max_new_tokens` or the model's context was reached.
+    Length,
+}
+
+/// One generated sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// The completion text (special tokens removed, cut before a matched stop string).
+    pub text: String,
+    /// Every generated token, including the stop token that ended it.
+    pub token_ids: Vec<TokenId>,
+    /// The model's log-prob of each generated token (raw logits, temperature 1).
+    pub token_logprobs: Vec<f32>,
+    /// Why it stopped.
+    pub finish_reason: FinishReason,
+    /// The seed of this sample's random stream.
+    pub seed: u64,
+}
+
+/// A generation request: one prompt, `n` samples.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// Prompt token ids (already templated).
+    pub prompt: Vec<TokenId>,
+    /// Number of samples.
+    pub n: usize,
+    /// Sampling parameters.
+    pub params: SamplingParams,
+    /// Base seed; sample `j` uses [`sample_seed`]`(seed, j)`.
+    pub seed: u64,
+}
+
+/// Knobs of a generation call.
+#[derive(Debug, Clone, Copy)]
+pub struct GenerateOptions {
+    /// Numeric path; `None` lets the engine choose ([`Model::default_precision`]).
+    pub precision: Option<Precision>,
+    /// Most sequences decoded together. Default [`DEFAULT_MAX_BATCH`].
+    pub max_batch: usize,
+    /// Most prompt tokens per forward. Default [`DEFAULT_PREFILL_CHUNK`].
+    pub prefill_chunk: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            precision: None,
+            max_batch: DEFAULT_MAX_BATCH,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
+        }
+    }
+}
+
+/// Progress of a generation call, reported after every forward.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Samples finished so far.
+    pub samples_done: usize,
+    /// Samples asked for.
+    pub samples_total: usize,
+    /// Tokens generated so far.
+    pub generated_tokens: usize,
+    /// Prompt tokens run so far.
+    pub prompt_tokens: usize,
+}
+
+/// Teacher-forced log-probs of one completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    /// Sum of the token log-probs.
+    pub logprob_sum: f64,
+    /// `log p(completion[i] | prompt, completion[..i])`.
+    pub token_logprobs: Vec<f32>,
+    /// Number of completion tokens.
+    pub n_tokens: usize,
+}
+
+/// A model ready to generate and score.
+#[derive(Debug)]
+pub struct Engine {
+    model: Model,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    info: ModelInfo,
+}
+
+impl Engine {
+    /// Loads `spec`: `default` (fetched on first use), a `.gguf` file or an HF model directory.
+    pub fn load(spec: &str) -> Result<Self> {
+        Self::from_source(&hub::resolve_model(spec)?)
+    }
+
+    /// Loads a resolved model source.
+    pub fn from_source(source: &ModelSource) -> Result<Self> {
+        let (model, tokenizer, template_src) = match source {
+            ModelSource::Gguf(p) => {
+                let g = GgufFile::open(p)?;
+                let tokenizer = Tokenizer::from_gguf(&g)?;
+                let template = g.meta_str("tokenizer.chat_template").map(str::to_string);
+                (g.load_model()?, tokenizer, template)
+            }
+            ModelSource::HfDir(d) => {
+                let tokenizer = Tokenizer::from_hf_dir(d)?;
+                (crate::hf::load_model(d)?, tokenizer, hf_chat_template(d)?)
+            }
+        };
+        let path = source.path();
+        if tokenizer.vocab_size() > model.config().vocab_size {
+            return Err(Error::bad_model(
+                path,
+                format!(
+                    "the tokenizer has {} tokens but the model only {}",
+                    tokenizer.vocab_size(),
+                    model.config().vocab_size
+                ),
+            ));
+        }
+        let template = match template_src {
+            Some(src) => Some(ChatTemplate::new(
+                &src,
+                tokenizer.special_text(tokenizer.bos()),
+                tokenizer.special_text(tokenizer.eos().first().copied()),
+            )?),
+            None => None,
+        };
+        let id = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        let info = ModelInfo {
+            id,
+            path: path.to_path_buf(),
+            hash: OnceLock::new(),
+        };
+        Ok(Engine {
+            model,
+            tokenizer,
+            template,
+            info,
+        })
+    }
+
+    /// Assembles an engine from parts (tests, in-process training).
+    pub fn from_parts(
+        model: Model,
+        tokenizer: Tokenizer,
+        template: Option<ChatTemplate>,
+        id: &str,
+    ) -> Self {
+        let info = ModelInfo {
+            id: id.to_string(),
+            path: PathBuf::from(id),
+            hash: OnceLock::new(),
+        };
+        Engine {
+            model,
+            tokenizer,
+            template,
+            info,
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    /// The chat template, if the model has one.
+    pub fn template(&self) -> Option<&ChatTemplate> {
+        self.template.as_ref()
+    }
+    /// Where the model came from.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Renders a prompt to text: templated (`system` prepended when given) unless `raw`.
+    pub fn render_prompt(
+        &self,
+        prompt: &Prompt,
+        system: Option<&str>,
+        raw: bool,
+    ) -> Result<String> {
+        match (prompt, raw) {
+            (Prompt::Text(t), true) => Ok(t.clone()),
+            (Prompt::Messages(_), true) => Err(Error::Request(
+                "a raw prompt must be a string, not a list of messages".into(),
+            )),
+            (p, false) => {
+                let template = self.template.as_ref().ok_or_else(|| {
+                    Error::Request(format!(
+                        "{} has no chat template: pass raw prompts (--raw) instead",
+                        self.info.path.display()
+                    ))
+                })?;
+                let mut messages = Vec::new();
+                if let Some(s) = system {
+                    messages.push(Message::new("system", s));
+                }
+                match p {
+                    Prompt::Text(t) => messages.push(Message::new("user", t.clone())),
+                    Prompt::Messages(m) => messages.extend(m.iter().cloned()),
+                }
+                template.render(&messages, true)
+            }
+        }
+    }
+
+    /// Renders and tokenizes a prompt.
+    pub fn prompt_tokens(
+        &self,
+        prompt: &Prompt,
+        system: Option<&str>,
+        raw: bool,
+    ) -> Result<Vec<TokenId>> {
+        let text = self.render_prompt(prompt, system, raw)?;
+        self.tokenizer.encode(&text, raw)
+    }
+
+    /// Generates `n` samples for each request, batching every open sequence into each forward. Results come back
+    /// in request order, samples in index order.
+    pub fn generate(
+        &self,
+        requests: &[GenerateRequest],
+        opts: &GenerateOptions,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Vec<Vec<Sample>>> {
+        let ctx = self.model.config().max_position_embeddings;
+        for (i, r) in requests.iter().enumerate() {
+            r.params
+                .validate()
+                .map_err(|e| Error::Request(format!("request {i}: {e}")))?;
+            if r.prompt.is_empty() {
+                return Err(Error::Request(format!("request {i}: the prompt is empty")));
+            }
+            if r.prompt.len() >= ctx {
+                return Err(Error::Request(format!(
+                    "request {i}: the prompt has {} tokens, the model's context is {ctx}",
+                    r.prompt.len()
+                )));
+            }
+            if r.n == 0 {
+                return Err(Error::Request(format!("request {i}: n must be at least 1")));
+            }
+        }
+        let precision = opts
+            .precision
+            .unwrap_or_else(|| self.model.default_precision());
+        let max_batch = opts.max_batch.max(1);
+        let chunk = opts.prefill_chunk.max(1);
+        let mut results: Vec<Vec<Option<Sample>>> =
+            requests.iter().map(|r| vec![None; r.n]).collect();
+        let mut stats = Progress {
+            samples_total: requests.iter().map(|r| r.n).sum(),
+            ..Default::default()
+        };
+        let mut next_request = 0;
+        let mut prefilling: Vec<Prefill> = Vec::new();
+        let mut active: Vec<Seq> = Vec::new();
+
+        while next_request < requests.len() || !prefilling.is_empty() || !active.is_empty() {
+            // 1. Admit prompts while their samples fit in the batch.
+            let mut reserved: usize = active.len()
+                + prefilling
+                    .iter()
+                    .map(|p| requests[p.request].n)
+                    .sum::<usize>();
+            while next_request < requests.len() {
+                let n = requests[next_request].n;
+                if reserved > 0 && reserved + n > max_batch {
+                    break;
+                }
+                prefilling.push(Prefill {
+                    request: next_request,
+                    cache: self.model.new_cache(),
+                    done: 0,
+                });
+                reserved += n;
+                next_request += 1;
+            }
+            // 2. One forward: a decode step for every active sequence, then prefill chunks up to the budget.
+            let mut budget = chunk;
+            let mut plan: Vec<(usize, usize)> = Vec::new(); // (prefill index, tokens this step)
+            for (i, p) in prefilling.iter().enumerate() {
+                if budget == 0 {
+                    break;
+                }
+                let left = requests[p.request].prompt.len() - p.done;
+                let take = left.min(budget);
+                plan.push((i, take));
+                budget -= take;
+            }
+            let last_tokens: Vec<[TokenId; 1]> = active.iter().map(|s| [s.last]).collect();
+            let logits = {
+                let mut steps: Vec<Step<'_>> = Vec::with_capacity(active.len() + plan.len());
+                for (s, tok) in active.iter_mut().zip(&last_tokens) {
+                    steps.push(Step {
+                        cache: &mut s.cache,
+                        tokens: tok,
+                        logits: LogitRows::Last,
+                    });
+                }
+                let mut planned = plan.iter().peekable();
+                for (i, p) in prefilling.iter_mut().enumerate() {
+                    let Some(&&(pi, take)) = planned.peek() else {
+                        break;
+                    };
+                    if pi != i {
+                        continue;
+                    }
+                    planned.next();
+                    let prompt = &requests[p.request].prompt;
+                    let end = p.done + take;
+                    let rows = if end == prompt.len() {
+                        LogitRows::Last
+                    } else {
+                        LogitRows::None
+                    };
+                    steps.push(Step {
+                        cache: &mut p.cache,
+                        tokens: &prompt[p.done..end],
+                        logits: rows,
+                    });
+                }
+                self.model.forward(&mut steps, precision)?
+            };
+            // 3. Sample the decode steps.
+            let decoded = active.len();
+            for (i, seq) in active.iter_mut().enumerate() {
+                let draw = sample(
+                    logits.row(i, 0),
+                    &requests[seq.request].params,
+                    &mut seq.rng,
+                );
+                seq.push(
+                    draw.token,
+                    draw.logprob,
+                    self,
+                    &requests[seq.request].params,
+                    ctx,
+                )?;
+            }
+            stats.generated_tokens += active.len();
+            // 4. Finish prefills that reached the prompt's end: fork one sequence per sample.
+            let mut finished_prefills = Vec::new();
+            for (k, &(pi, take)) in plan.iter().enumerate() {
+                let p = &mut prefilling[pi];
+                p.done += take;
+                stats.prompt_tokens += take;
+                let req = &requests[p.request];
+                if p.done < req.prompt.len() {
+                    continue;
+                }
+                let row = logits.row(decoded + k, 0).to_vec();
+                for j in 0..req.n {
+                    let seed = sample_seed(req.seed, j as u64);
+                    let mut seq = Seq {
+                        request: p.request,
+                        index: j,
+                        cache: p.cache.clone(),
+                        rng: SeqRng::new(seed),
+                        seed,
+                        tokens: Vec::new(),
+                        logprobs: Vec::new(),
+                        last: 0,
+                        finish: None,
+                        text_len: 0,
+                    };
+                    let draw = sample(&row, &req.params, &mut seq.rng);
+                    seq.push(draw.token, draw.logprob, self, &req.params, ctx)?;
+                    stats.generated_tokens += 1;
+                    active.push(seq);
+                }
+                finished_prefills.push(pi);
+            }
+            for pi in finished_prefills.into_iter().rev() {
+                prefilling.remove(pi);
+            }
+            // 5. Retire finished sequences.
+            let mut i = 0;
+            while i < active.len() {
+                if let Some(reason) = active[i].finish {
+                    let seq = active.swap_remove(i);
+                    let params = &requests[seq.request].params;
+                    let sample = seq.into_sample(self, params, reason)?;
+                    results[sample.0][sample.1] = Some(sample.2);
+                    stats.samples_done += 1;
+                } else {
+                    i += 1;
+                }
+            }
+            // Keep decode order stable (by request, then sample) so batches are reproducible to read.
+            active.sort_by_key(|s| (s.request, s.index));
+            progress(&stats);
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .map(|s| s.expect("every sample finishes"))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Teacher-forced log-probs of each completion given its prompt, on the f32 path (the trainer's numerics).
+    pub fn score(&self, pairs: &[(Vec<TokenId>, Vec<TokenId>)]) -> Result<Vec<Scored>> {
+        self.score_with(pairs, Precision::F32, DEFAULT_PREFILL_CHUNK)
+    }
+
+    /// [`Engine::score`] with an explicit precision and tokens-per-forward budget.
+    pub fn score_with(
+        &self,
+        pairs: &[(Vec<TokenId>, Vec<TokenId>)],
+        precision: Precision,
+        chunk: usize,
+    ) -> Result<Vec<Scored>> {
+        let ctx = self.model.config().max_position_embeddings;
+        for (i, (p, c)) in pairs.iter().enumerate() {
+            if p.is_empty() {
+                return Err(Error::Request(format!(
+                    "pair {i}: the prompt has no tokens"
+                )));
+            }
+            if p.len() + c.len() > ctx {
+                return Err(Error::Request(format!(
+                    "pair {i}: prompt + completion is {} tokens, the model's context is {ctx}",
+                    p.len() + c.len()
+                )));
+            }
+        }
+        let chunk = chunk.max(1);
+        let mut out: Vec<Scored> = pairs
+            .iter()
+            .map(|(_, c)| Scored {
+                logprob_sum: 0.0,
+                token_logprobs: Vec::with_capacity(c.len()),
+                n_tokens: c.len(),
+            })
+            .collect();
+        // Each pair is one sequence of prompt ‖ completion; run it in chunks, many pairs per forward.
+        let seqs: Vec<Vec<TokenId>> = pairs
+            .iter()
+            .map(|(p, c)| [p.as_slice(), c.as_slice()].concat())
+            .collect();
+        let mut caches: Vec<Option<KvCache>> = vec![None; pairs.len()];
+        // A pair with an empty completion has nothing to score.
+        let mut done: Vec<usize> = pairs
+            .iter()
+            .zip(&seqs)
+            .map(|((_, c), s)| if c.is_empty() { s.len() - 1 } else { 0 })
+            .collect();
+        let mut next = 0;
+        while next < pairs.len() {
+            let mut budget = chunk;
+            let mut batch: Vec<(usize, usize, usize)> = Vec::new(); // (pair, start, end)
+            let mut i = next;
+            while i < pairs.len() && budget > 0 {
+                // Only the positions that predict completion tokens need to run past the prompt.
+                let total = seqs[i].len() - 1;
+                if done[i] < total {
+                    let take = (total - done[i]).min(budget);
+                    batch.push((i, done[i], done[i] + take));
+                    budget -= take;
+                }
+                i += 1;
+            }
+            if batch.is_empty() {
+                next = i;
+                continue;
+            }
+            let logits = {
+                let mut taken: Vec<(usize, KvCache)> = batch
+                    .iter()
+                    .map(|&(pi, _, _)| {
+                        (
+                            pi,
+                            caches[pi].take().unwrap_or_else(|| self.model.new_cache()),
+                        )
+                    })
+                    .collect();
+                let mut steps: Vec<Step<'_>> = Vec::with_capacity(batch.len());
+                for ((_, cache), &(pi, start, end)) in taken.iter_mut().zip(&batch) {
+                    // Rows at positions ≥ prompt_len − 1 predict completion tokens.
+                    let first = (pairs[pi].0.len() - 1)
+                        .saturating_sub(start)
+                        .min(end - start);
+                    let rows = if first < end - start {
+                        LogitRows::From(first)
+                    } else {
+                        LogitRows::None
+                    };
+                    steps.push(Step {
+                        cache,
+                        tokens: &seqs[pi][start..end],
+                        logits: rows,
+                    });
+                }
+                let logits = self.model.forward(&mut steps, precision)?;
+                drop(steps);
+                for (pi, cache) in taken {
+                    caches[pi] = Some(cache);
+                }
+                logits
+            };
+            for (s, &(pi, start, end)) in batch.iter().enumerate() {
+                let plen = pairs[pi].0.len();
+                for r in 0..logits.rows(s) {
+                    let pos = end - logits.rows(s) + r; // position of the row
+                    let target = seqs[pi][pos + 1];
+                    let row = logits.row(s, r);
+                    let lp = (row[target as usize] as f64 - log_sum_exp(row)) as f32;
+                    debug_assert!(pos + 1 >= plen);
+                    out[pi].token_logprobs.push(lp);
+                    out[pi].logprob_sum += lp as f64;
+                }
+                debug_assert!(start < end);
+                done[pi] = end;
+                if end == seqs[pi].len() - 1 {
+                    caches[pi] = None;
+                }
+            }
+            while next < pairs.len() && done[next] >= seqs[next].len() - 1 {
+                next += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn hf_chat_template(dir: &Path) -> Result<Option<String>> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.is_file() {
+        return std::fs::read_to_string(&jinja)
+            .map(Some)
+            .map_err(|e| Error::io(&jinja, e));
+    }
+    let config = crate::tokenizer::read_optional_json(&dir.join("tokenizer_config.json"))?;
+    Ok(match config.get("chat_template") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string),
+        _ => None,
+    })
+}
+
+struct Prefill {
+    request: usize,
+    cache: KvCache,
+    done: usize,
+}
+
+struct Seq {
+    request: usize,
+    index: usize,
+    cache: KvCache,
+    rng: SeqRng,
+    seed: u64,
+    tokens: Vec<TokenId>,
+    logprobs: Vec<f32>,
+    last: TokenId,
+    finish: Option<FinishReason>,
+    /// Bytes of decoded text already searched for stop strings.
+    text_len: usize,
+}
+
+impl Seq {
+    /// Records a sampled token and decides whether the sequence is done.
+    fn push(
+        &mut self,
+        token: TokenId,
+        logprob: f32,
+        engine: &Engine,
+        p: &SamplingParams,
+        ctx: usize,
+    ) -> Result<()> {
+        self.tokens.push(token);
+        self.logprobs.push(logprob);
+        self.last = token;
+        let is_eos = !p.ignore_eos && engine.tokenizer.eos().contains(&token);
+        if is_eos || p.stop_token_ids.contains(&token) {
+            self.finish = Some(FinishReason::Stop);
+            return Ok(());
+        }
+        if !p.stop.is_empty() {
+            let text = engine.tokenizer.decode(&self.tokens, true)?;
+            let longest = p.stop.iter().map(String::len).max().unwrap_or(0);
+            let mut from = self.text_len.saturating_sub(longest);
+            while !text.is_char_boundary(from) {
+                from -= 1;
+            }
+            if p.stop.iter().any(|s| text[from..].contains(s.as_str())) {
+                self.finish = Some(FinishReason::Stop);
+                return Ok(());
+            }
+            self.text_len = text.len();
+        }
+        if self.tokens.len() >= p.max_new_tokens || self.cache.len() + 1 >= ctx {
+            self.finish = Some(FinishReason::Length);
+        }
+        Ok(())
+    }
+
+    fn into_sample(
+        self,
+        engine: &Engine,
+        p: &SamplingParams,
+        reason: FinishReason,
+    ) -> Result<(usize, usize, Sample)> {
+        let mut text = engine.tokenizer.decode(&self.tokens, true)?;
+        if let Some(cut) = p.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(cut);
+        }
+        Ok((
+            self.request,
+            self.index,
+            Sample {
+                text,
+                token_ids: self.tokens,
+                token_logprobs: self.logprobs,
+                finish_reason: reason,
+                seed: self.seed,
+            },
+        ))
+    }
+}

@@ -1,0 +1,137 @@
+//! Row-wise operations of the decoder: RMSNorm, rotary embedding, SwiGLU, residual add, log-softmax.
+//!
+//! Each row is processed on its own with a fixed operation order (see the module docs of [`super`]). The formulas
+//! follow HF transformers' `LlamaRMSNorm`, `apply_rotary_pos_emb` (half rotation) and `nn.SiLU` in float32.
+
+use rayon::prelude::*;
+
+/// Lanes of the partial sums: wide enough for SIMD, fixed so results do not depend on the ISA.
+const LANES: usize = 8;
+
+/// `Σ a[i]·b[i]` with 8 interleaved partial sums (vectorisable, deterministic).
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    let s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    s + tail
+}
+
+/// `out = x / sqrt(mean(x²) + eps) · w`, row by row (`x` and `out` are `rows × w.len()`).
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    out.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .with_min_len(16)
+        .for_each(|(o, xr)| {
+            let var = dot(xr, xr) / d as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for ((o, &xv), &wv) in o.iter_mut().zip(xr).zip(w) {
+                *o = wv * (xv * inv);
+            }
+        });
+}
+
+/// Applies the rotary embedding in place to `heads` heads of width `inv_freq.len()·2` at the start of each row of
+/// `x` (row stride `stride`), row `r` being at position `positions[r]`. Half-rotation (HF/NEOX) layout.
+pub fn rope(x: &mut [f32], stride: usize, heads: usize, positions: &[usize], inv_freq: &[f32]) {
+    let half = inv_freq.len();
+    let hd = 2 * half;
+    x.par_chunks_mut(stride)
+        .zip(positions.par_iter())
+        .with_min_len(8)
+        .for_each(|(row, &pos)| {
+            let mut cos = [0f32; 256];
+            let mut sin = [0f32; 256];
+            for i in 0..half {
+                // HF: freqs = position (f32) · inv_freq (f32), then cos/sin in f32.
+                let angle = pos as f32 * inv_freq[i];
+                cos[i] = angle.cos();
+                sin[i] = angle.sin();
+            }
+            for h in 0..heads {
+                let head = &mut row[h * hd..(h + 1) * hd];
+                for i in 0..half {
+                    let (x1, x2) = (head[i], head[i + half]);
+                    head[i] = x1 * cos[i] - x2 * sin[i];
+                    head[i + half] = x2 * cos[i] + x1 * sin[i];
+                }
+            }
+        });
+}
+
+/// SwiGLU: `out[r, i] = silu(gu[r, i]) · gu[r, f + i]` where each row of `gu` is `[gate (f) | up (f)]`.
+pub fn silu_mul(gu: &[f32], f: usize, out: &mut [f32]) {
+    out.par_chunks_mut(f)
+        .zip(gu.par_chunks(2 * f))
+        .with_min_len(16)
+        .for_each(|(o, row)| {
+            let (g, u) = row.split_at(f);
+            for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
+                *o = gv / (1.0 + (-gv).exp()) * uv;
+            }
+        });
+}
+
+/// `x += y`.
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// `log Σ exp(x)`, accumulated in f64.
+pub fn log_sum_exp(x: &[f32]) -> f64 {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    if !max.is_finite() {
+        return max as f64;
+    }
+    let sum: f64 = x.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    max as f64 + sum.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_at_position_zero_is_identity_and_preserves_norm() {
+        let inv: Vec<f32> = (0..4)
+            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / 8.0))
+            .collect();
+        let orig: Vec<f32> = (0..16).map(|i| i as f32 - 7.5).collect();
+        let mut x = orig.clone();
+        rope(&mut x, 16, 2, &[0], &inv);
+        assert_eq!(x, orig);
+        let mut y = orig.clone();
+        rope(&mut y, 16, 2, &[17], &inv);
+        let n0: f32 = orig[..8].iter().map(|v| v * v).sum();
+        let n1: f32 = y[..8].iter().map(|v| v * v).sum();
+        assert!((n0 - n1).abs() < 1e-3);
+    }
+
+    #[test]
+    fn rms_norm_normalises() {
+        let x = vec![3.0f32, 4.0];
+        let mut out = vec![0f32; 2];
+        rms_norm(&x, &[1.0, 2.0], 0.0, &mut out);
+        let r = (12.5f32).sqrt();
+        assert!((out[0] - 3.0 / r).abs() < 1e-6 && (out[1] - 8.0 / r).abs() < 1e-6);
+    }
+
+    #[test]
+    fn log_sum_exp_is_stable() {
+        let v = log_sum_exp(&[1000.0, 1000.0]);
+        assert!((v - (1000.0 + 2f64.ln())).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,860 @@
+//! Quantized weight matrices and their product with integer-quantized activations.
+//!
+//! Every supported GGUF block format is stored as *unsigned codes with a per-block scale and offset*, value =
+//! `d·q + m`, which represents Q4_0 (`m = −8d`), Q4_1 (`m` given) and Q8_0 exactly — no re-quantization, so the
+//! weights are bit-for-bit those of the file (scales kept as the file's f16).
+//!
+//! Activations are quantized per row and per 32-block to **15-bit** integers `q = 128·h + l` (`h` signed, `l` in
+//! 0..128, both bytes) with their block sums `s = d·Σq`. Two int8 dot products per block give a 15-bit product:
+//! the quantized path then differs from f32 only by the weights' own quantization, not by activation rounding
+//! (int8 activations, as llama.cpp uses, moved next-token log-probs of the default model by up to 0.25 nats).
+//!
+//! ```text
+//! Σ_b  d_w[b]·d_a[b]·(128·Σ_i q_w·h_a + Σ_i q_w·l_a)  +  m_w[b]·s_a[b]
+//! ```
+//!
+//! Layout: weights in panels of 16 output features; inside a panel and a 32-block, codes are grouped by 4 input
+//! positions per feature (`[quad][feature][4]`), so one `vpdpbusd` multiplies 16 features × 4 positions by a
+//! broadcast of 4 activation bytes: no horizontal sums, one panel row of results per activation row. Q4 stores two
+//! quads per byte (low nibble: quad 2j, high nibble: quad 2j+1).
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::{chunk_len, isa, Isa, SyncPtr};
+
+/// Elements per quantization block.
+pub const BLOCK: usize = 32;
+/// Output features per panel.
+pub const PANEL: usize = 16;
+/// Activation rows per micro-kernel call (AVX-512).
+const MR: usize = 6;
+
+/// How the codes of a [`QMatrix`] are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QFormat {
+    /// 4-bit codes (0..16).
+    Q4,
+    /// 8-bit signed codes (−127..=127).
+    Q8,
+}
+
+impl QFormat {
+    fn block_bytes(self) -> usize {
+        match self {
+            QFormat::Q4 => BLOCK * PANEL / 2,
+            QFormat::Q8 => BLOCK * PANEL,
+        }
+    }
+}
+
+/// Quantized rows in plain row-major order: the loader's working form (permute, stack), then [`QRows::pack`].
+#[derive(Debug, Clone)]
+pub struct QRows {
+    format: QFormat,
+    rows: usize,
+    cols: usize,
+    /// One code per byte (Q8: `i8` bits), `rows × blocks × 32`.
+    codes: Vec<u8>,
+    d: Vec<f16>,
+    m: Vec<f16>,
+}
+
+impl QRows {
+    fn blocks(&self) -> usize {
+        self.cols.div_ceil(BLOCK)
+    }
+
+    fn check_len(raw: &[u8], rows: usize, cols: usize, block_bytes: usize) -> Result<(), String> {
+        if cols % BLOCK != 0 {
+            return Err(format!(
+                "row length {cols} is not a multiple of the block size {BLOCK}"
+            ));
+        }
+        let want = rows * cols / BLOCK * block_bytes;
+        if raw.len() != want {
+            return Err(format!(
+                "expected {want} bytes of block data, found {}",
+                raw.len()
+            ));
+        }
+        Ok(())
+    }
+
+    fn parse(
+        format: QFormat,
+        raw: &[u8],
+        rows: usize,
+        cols: usize,
+        block_bytes: usize,
+        parse: impl Fn(&[u8], &mut [u8]) -> (f16, f16),
+    ) -> Result<Self, String> {
+        Self::check_len(raw, rows, cols, block_bytes)?;
+        let n = rows * cols / BLOCK;
+        let mut q = QRows {
+            format,
+            rows,
+            cols,
+            codes: vec![0; rows * cols],
+            d: vec![f16::ZERO; n],
+            m: vec![f16::ZERO; n],
+        };
+        for (i, (block, codes)) in raw
+            .chunks_exact(block_bytes)
+            .zip(q.codes.chunks_exact_mut(BLOCK))
+            .enumerate()
+        {
+            let (d, m) = parse(block, codes);
+            q.d[i] = d;
+            q.m[i] = m;
+        }
+        Ok(q)
+    }
+
+    fn f16_at(b: &[u8], at: usize) -> f16 {
+        f16::from_le_bytes([b[at], b[at + 1]])
+    }
+
+    fn nibbles(src: &[u8], codes: &mut [u8]) {
+        for j in 0..16 {
+            codes[j] = src[j] & 0x0F;
+            codes[j + 16] = src[j] >> 4;
+        }
+    }
+
+    /// From GGUF Q4_0 blocks (`f16 d`, 16 bytes of nibbles; value = d·(q − 8)).
+    pub fn from_q4_0(raw: &[u8], rows: usize, cols: usize) -> Result<Self, String> {
+        Self::parse(QFormat::Q4, raw, rows, cols, 18, |b, codes| {
+            Self::nibbles(&b[2..18], codes);
+            let d = Self::f16_at(b, 0);
+            (d, f16::from_f32(-8.0 * d.to_f32()))
+        })
+    }
+
+    /// From GGUF Q4_1 blocks (`f16 d`, `f16 m`, 16 bytes of nibbles; value = d·q + m).
+    pub fn from_q4_1(raw: &[u8], rows: usize, cols: usize) -> Result<Self, String> {
+        Self::parse(QFormat::Q4, raw, rows, cols, 20, |b, codes| {
+            Self::nibbles(&b[4..20], codes);
+            (Self::f16_at(b, 0), Self::f16_at(b, 2))
+        })
+    }
+
+    /// From GGUF Q8_0 blocks (`f16 d`, 32 signed bytes; value = d·q).
+    pub fn from_q8_0(raw: &[u8], rows: usize, cols: usize) -> Result<Self, String> {
+        Self::parse(QFormat::Q8, raw, rows, cols, 34, |b, codes| {
+            for j in 0..BLOCK {
+                // −128 is clamped to −127: the AVX2 kernel's sign trick needs |q| ≤ 127 (llama.cpp never writes it).
+                codes[j] = (b[2 + j] as i8).max(-127) as u8;
+            }
+            (Self::f16_at(b, 0), f16::ZERO)
+        })
+    }
+
+    /// Quantizes an f32 row-major matrix to Q8_0 (per-block absmax scale in f16, round half away from zero).
+    pub fn quantize_q8(data: &[f32], rows: usize, cols: usize) -> Self {
+        let blocks = cols.div_ceil(BLOCK);
+        let mut q = QRows {
+            format: QFormat::Q8,
+            rows,
+            cols,
+            codes: vec![0; rows * blocks * BLOCK],
+            d: vec![f16::ZERO; rows * blocks],
+            m: vec![f16::ZERO; rows * blocks],
+        };
+        for r in 0..rows {
+            for (b, chunk) in data[r * cols..(r + 1) * cols].chunks(BLOCK).enumerate() {
+                let amax = chunk.iter().fold(0f32, |a, &x| a.max(x.abs()));
+                let d = f16::from_f32(amax / 127.0);
+                let inv = if d.to_f32() > 0.0 {
+                    1.0 / d.to_f32()
+                } else {
+                    0.0
+                };
+                q.d[r * blocks + b] = d;
+                for (j, &x) in chunk.iter().enumerate() {
+                    q.codes[(r * blocks + b) * BLOCK + j] =
+                        ((x * inv).round().clamp(-127.0, 127.0) as i8) as u8;
+                }
+            }
+        }
+        q
+    }
+
+    /// The code format.
+    pub fn format(&self) -> QFormat {
+        self.format
+    }
+
+    /// Keeps the rows listed, in that order (un-permuting GGUF q/k rows).
+    pub fn permute_rows(&self, order: &[usize]) -> Self {
+        let nb = self.blocks();
+        let mut out = QRows {
+            format: self.format,
+            rows: order.len(),
+            cols: self.cols,
+            codes: Vec::with_capacity(order.len() * nb * BLOCK),
+            d: Vec::with_capacity(order.len() * nb),
+            m: Vec::with_capacity(order.len() * nb),
+        };
+        for &r in order {
+            out.codes
+                .extend_from_slice(&self.codes[r * nb * BLOCK..(r + 1) * nb * BLOCK]);
+            out.d.extend_from_slice(&self.d[r * nb..(r + 1) * nb]);
+            out.m.extend_from_slice(&self.m[r * nb..(r + 1) * nb]);
+        }
+        out
+    }
+
+    /// Stacks matrices of one format and width (fused q/k/v, gate/up).
+    pub fn vstack(parts: &[&QRows]) -> Result<Self, String> {
+        let first = parts.first().ok_or("nothing to stack")?;
+        if parts
+            .iter()
+            .any(|p| p.format != first.format || p.cols != first.cols)
+        {
+            return Err("stacked matrices differ in format or width".into());
+        }
+        let mut out = QRows {
+            rows: 0,
+            codes: Vec::new(),
+            d: Vec::new(),
+            m: Vec::new(),
+            ..(*first).clone()
+        };
+        for p in parts {
+            out.rows += p.rows;
+            out.codes.extend_from_slice(&p.codes);
+            out.d.extend_from_slice(&p.d);
+            out.m.extend_from_slice(&p.m);
+        }
+        Ok(out)
+    }
+
+    /// Row-major f32 values.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let nb = self.blocks();
+        let mut out = vec![0f32; self.rows * self.cols];
+        out.par_chunks_mut(self.cols)
+            .enumerate()
+            .for_each(|(r, row)| {
+                for (c, o) in row.iter_mut().enumerate() {
+                    let i = r * nb + c / BLOCK;
+                    *o = value(
+                        self.format,
+                        self.codes[r * nb * BLOCK + c],
+                        self.d[i],
+                        self.m[i],
+                    );
+                }
+            });
+        out
+    }
+
+    /// Packs into the kernels' panel layout.
+    pub fn pack(&self) -> QMatrix {
+        let nb = self.blocks();
+        let panels = self.rows.div_ceil(PANEL);
+        let bb = self.format.block_bytes();
+        let mut codes = vec![0u8; panels * nb * bb];
+        let mut d = vec![f16::ZERO; panels * nb * PANEL];
+        let mut m = vec![f16::ZERO; panels * nb * PANEL];
+        for r in 0..self.rows {
+            let (p, f) = (r / PANEL, r % PANEL);
+            for b in 0..nb {
+                let base = (p * nb + b) * bb;
+                let src = &self.codes[(r * nb + b) * BLOCK..(r * nb + b + 1) * BLOCK];
+                for (k, &c) in src.iter().enumerate() {
+                    let (quad, t) = (k / 4, k % 4);
+                    match self.format {
+                        QFormat::Q4 => {
+                            codes[base + (quad / 2) * 64 + f * 4 + t] |= c << (4 * (quad % 2))
+                        }
+                        QFormat::Q8 => codes[base + quad * 64 + f * 4 + t] = c,
+                    }
+                }
+                d[(p * nb + b) * PANEL + f] = self.d[r * nb + b];
+                m[(p * nb + b) * PANEL + f] = self.m[r * nb + b];
+            }
+        }
+        QMatrix {
+            format: self.format,
+            rows: self.rows,
+            cols: self.cols,
+            blocks: nb,
+            codes,
+            d,
+            m,
+        }
+    }
+}
+
+#[inline(always)]
+fn value(format: QFormat, code: u8, d: f16, m: f16) -> f32 {
+    match format {
+        QFormat::Q4 => d.to_f32() * code as f32 + m.to_f32(),
+        QFormat::Q8 => d.to_f32() * (code as i8) as f32,
+    }
+}
+
+/// A quantized `rows × cols` matrix in panel layout (a linear layer's weight, one output feature per row).
+#[derive(Debug, Clone)]
+pub struct QMatrix {
+    format: QFormat,
+    rows: usize,
+    cols: usize,
+    blocks: usize,
+    codes: Vec<u8>,
+    d: Vec<f16>,
+    m: Vec<f16>,
+}
+
+impl QMatrix {
+    /// Number of rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Number of columns (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// The code format.
+    pub fn format(&self) -> QFormat {
+        self.format
+    }
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.codes.len() + 2 * (self.d.len() + self.m.len())
+    }
+
+    fn code(&self, r: usize, k: usize) -> u8 {
+        let (p, f, b) = (r / PANEL, r % PANEL, k / BLOCK);
+        let base = (p * self.blocks + b) * self.format.block_bytes();
+        let (quad, t) = ((k % BLOCK) / 4, k % 4);
+        match self.format {
+            QFormat::Q4 => {
+                (self.codes[base + (quad / 2) * 64 + f * 4 + t] >> (4 * (quad % 2))) & 0x0F
+            }
+            QFormat::Q8 => self.codes[base + quad * 64 + f * 4 + t],
+        }
+    }
+
+    /// Writes row `r` as f32 into `out` (`cols` values).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let (p, f) = (r / PANEL, r % PANEL);
+        for (k, o) in out.iter_mut().enumerate().take(self.cols) {
+            let i = (p * self.blocks + k / BLOCK) * PANEL + f;
+            *o = value(self.format, self.code(r, k), self.d[i], self.m[i]);
+        }
+    }
+
+    /// The whole matrix as row-major f32.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        out.par_chunks_mut(self.cols)
+            .enumerate()
+            .for_each(|(r, row)| self.dequantize_row(r, row));
+        out
+    }
+}
+
+/// Activations quantized per row and per 32-block to 15-bit integers split in two bytes (`q = 128·h + l`), with
+/// their block scales and sums.
+#[derive(Debug, Default)]
+pub struct QActs {
+    rows: usize,
+    cols: usize,
+    blocks: usize,
+    h: Vec<i8>,
+    l: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+/// Largest activation code: `h = q >> 7` stays in −127..=127 (the AVX2 kernel negates it, and −128 has no
+/// negation in a byte).
+const QMAX: f32 = 16256.0;
+
+impl QActs {
+    /// Quantizes `x` (`rows × cols`, row-major). Each row is quantized on its own.
+    pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
+        let blocks = cols.div_ceil(BLOCK);
+        let width = blocks * BLOCK;
+        let mut a = QActs {
+            rows,
+            cols,
+            blocks,
+            h: vec![0; rows * width],
+            l: vec![0; rows * width],
+            d: vec![0.0; rows * blocks],
+            s: vec![0.0; rows * blocks],
+        };
+        let parts = a.h.par_chunks_mut(width).zip(a.l.par_chunks_mut(width));
+        let scales = a.d.par_chunks_mut(blocks).zip(a.s.par_chunks_mut(blocks));
+        parts
+            .zip(scales)
+            .enumerate()
+            .with_min_len(8)
+            .for_each(|(r, ((h, l), (d, s)))| {
+                let row = &x[r * cols..(r + 1) * cols];
+                for (b, chunk) in row.chunks(BLOCK).enumerate() {
+                    let amax = chunk.iter().fold(0f32, |m, &v| m.max(v.abs()));
+                    let db = amax / QMAX;
+                    let inv = if db > 0.0 { 1.0 / db } else { 0.0 };
+                    let mut sum = 0i32;
+                    for (j, &v) in chunk.iter().enumerate() {
+                        let q = ((v * inv).round() as i32).clamp(-(QMAX as i32), QMAX as i32);
+                        h[b * BLOCK + j] = (q >> 7) as i8;
+                        l[b * BLOCK + j] = (q & 127) as i8;
+                        sum += q;
+                    }
+                    d[b] = db;
+                    s[b] = db * sum as f32;
+                }
+            });
+        a
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The values the kernels multiply: `d·q` per element (row-major, `rows × cols`).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let width = self.blocks * BLOCK;
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for r in 0..self.rows {
+            for c in 0..self.cols {
+                let q = 128 * self.h[r * width + c] as i32 + self.l[r * width + c] as i32;
+                out.push(self.d[r * self.blocks + c / BLOCK] * q as f32);
+            }
+        }
+        out
+    }
+}
+
+/// `out[m, n] = Σ_k x[m, k] · w[n, k]` for all rows of `x`; `out` is `x.rows × w.rows`, row-major.
+pub fn qmatmul(w: &QMatrix, x: &QActs, out: &mut [f32]) {
+    assert_eq!(w.cols, x.cols, "qmatmul: width mismatch");
+    assert_eq!(out.len(), x.rows * w.rows, "qmatmul: output size");
+    let (n, m) = (w.rows, x.rows);
+    let isa = isa();
+    let panels = n.div_ceil(PANEL);
+    let ptr = SyncPtr(out.as_mut_ptr());
+    let chunk = chunk_len(panels, 1);
+    let mr = match isa {
+        Isa::Avx512 => MR,
+        Isa::Avx2 => 2,
+        Isa::Scalar => 1,
+    };
+    (0..panels.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let ptr = ptr;
+        let mut tile = [[0f32; PANEL]; MR];
+        let mut r0 = 0;
+        while r0 < m {
+            let rows = (m - r0).min(mr);
+            for p in c * chunk..((c + 1) * chunk).min(panels) {
+                panel_kernel(isa, w, p, x, r0, rows, &mut tile);
+                let cols = PANEL.min(n - p * PANEL);
+                for (t, vals) in tile.iter().take(rows).enumerate() {
+                    // SAFETY: row r0 + t < m and columns p·16 .. p·16 + cols < n lie inside `out`; only this task
+                    // writes panel p's columns.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            vals.as_ptr(),
+                            ptr.0.add((r0 + t) * n + p * PANEL),
+                            cols,
+                        );
+                    }
+                }
+            }
+            r0 += rows;
+        }
+    });
+}
+
+fn panel_kernel(
+    isa: Isa,
+    w: &QMatrix,
+    p: usize,
+    x: &QActs,
+    r0: usize,
+    rows: usize,
+    tile: &mut [[f32; PANEL]; MR],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa()` only reports AVX-512/AVX2 when the CPU has them.
+        Isa::Avx512 => unsafe {
+            match rows {
+                6 => x86::panel_avx512::<6>(w, p, x, r0, tile),
+                5 => x86::panel_avx512::<5>(w, p, x, r0, tile),
+                4 => x86::panel_avx512::<4>(w, p, x, r0, tile),
+                3 => x86::panel_avx512::<3>(w, p, x, r0, tile),
+                2 => x86::panel_avx512::<2>(w, p, x, r0, tile),
+                _ => x86::panel_avx512::<1>(w, p, x, r0, tile),
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe {
+            match rows {
+                2 => x86::panel_avx2::<2>(w, p, x, r0, tile),
+                _ => x86::panel_avx2::<1>(w, p, x, r0, tile),
+            }
+        },
+        _ => {
+            for t in 0..rows {
+                panel_scalar(w, p, x, r0 + t, &mut tile[t]);
+            }
+        }
+    }
+}
+
+fn panel_scalar(w: &QMatrix, p: usize, x: &QActs, row: usize, out: &mut [f32; PANEL]) {
+    let width = x.blocks * BLOCK;
+    for (f, o) in out.iter_mut().enumerate() {
+        let r = p * PANEL + f;
+        let mut acc = 0f32;
+        for b in 0..w.blocks {
+            let (mut ih, mut il) = (0i32, 0i32);
+            for k in 0..BLOCK {
+                let c = if r < w.rows {
+                    w.code(r, b * BLOCK + k)
+                } else {
+                    0
+                };
+                let c = match w.format {
+                    QFormat::Q4 => c as i32,
+                    QFormat::Q8 => c as i8 as i32,
+                };
+                ih += c * x.h[row * width + b * BLOCK + k] as i32;
+                il += c * x.l[row * width + b * BLOCK + k] as i32;
+            }
+            let i = (p * w.blocks + b) * PANEL + f;
+            let total = (ih << 7) + il;
+            acc = (total as f32).mul_add(w.d[i].to_f32() * x.d[row * x.blocks + b], acc);
+            if w.format == QFormat::Q4 {
+                acc = w.m[i].to_f32().mul_add(x.s[row * x.blocks + b], acc);
+            }
+        }
+        *o = acc;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{QActs, QFormat, QMatrix, BLOCK, MR, PANEL};
+
+    #[inline(always)]
+    unsafe fn bcast(p: *const i8) -> __m512i {
+        _mm512_set1_epi32((p as *const i32).read_unaligned())
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn bcast256(p: *const i8) -> __m256i {
+        _mm256_set1_epi32((p as *const i32).read_unaligned())
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn panel_avx512<const R: usize>(
+        w: &QMatrix,
+        p: usize,
+        x: &QActs,
+        r0: usize,
+        tile: &mut [[f32; PANEL]; MR],
+    ) {
+        let width = x.blocks * BLOCK;
+        let low = _mm512_set1_epi8(0x0F);
+        let flip = _mm512_set1_epi8(-128);
+        let minus128 = _mm512_set1_ps(-128.0);
+        let mut acc = [_mm512_setzero_ps(); R];
+        let bb = w.format.block_bytes();
+        for b in 0..w.blocks {
+            let codes = w.codes.as_ptr().add((p * w.blocks + b) * bb);
+            let mut ih = [_mm512_setzero_si512(); R];
+            let mut il = [_mm512_setzero_si512(); R];
+            // 1. Integer dot products of the block: 8 quads of 4 positions.
+            match w.format {
+                QFormat::Q4 => {
+                    for qp in 0..4 {
+                        let v = _mm512_loadu_si512(codes.add(qp * 64) as *const _);
+                        let wa = _mm512_and_si512(v, low);
+                        let wb = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                        for t in 0..R {
+                            let at = (r0 + t) * width + b * BLOCK + 8 * qp;
+                            let (hp, lp) = (x.h.as_ptr().add(at), x.l.as_ptr().add(at));
+                            ih[t] = _mm512_dpbusd_epi32(ih[t], wa, bcast(hp));
+                            il[t] = _mm512_dpbusd_epi32(il[t], wa, bcast(lp));
+                            ih[t] = _mm512_dpbusd_epi32(ih[t], wb, bcast(hp.add(4)));
+                            il[t] = _mm512_dpbusd_epi32(il[t], wb, bcast(lp.add(4)));
+                        }
+                    }
+                }
+                QFormat::Q8 => {
+                    for q in 0..8 {
+                        // Signed codes + 128 as unsigned; the −128·d·s correction joins the offset term below.
+                        let wu = _mm512_xor_si512(
+                            _mm512_loadu_si512(codes.add(q * 64) as *const _),
+                            flip,
+                        );
+                        for t in 0..R {
+                            let at = (r0 + t) * width + b * BLOCK + 4 * q;
+                            ih[t] = _mm512_dpbusd_epi32(ih[t], wu, bcast(x.h.as_ptr().add(at)));
+                            il[t] = _mm512_dpbusd_epi32(il[t], wu, bcast(x.l.as_ptr().add(at)));
+                        }
+                    }
+                }
+            }
+            // 2. Scale and offset per feature (f16 → f32), accumulate in f32.
+            let sc = (p * w.blocks + b) * PANEL;
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(w.d.as_ptr().add(sc) as *const __m256i));
+            let mw = match w.format {
+                QFormat::Q4 => {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(w.m.as_ptr().add(sc) as *const __m256i))
+                }
+                QFormat::Q8 => _mm512_mul_ps(dw, minus128),
+            };
+            for t in 0..R {
+                let row = r0 + t;
+                let total = _mm512_add_epi32(_mm512_slli_epi32(ih[t], 7), il[t]);
+                let scale =
+                    _mm512_mul_ps(dw, _mm512_set1_ps(*x.d.get_unchecked(row * x.blocks + b)));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), scale, acc[t]);
+                acc[t] = _mm512_fmadd_ps(
+                    mw,
+                    _mm512_set1_ps(*x.s.get_unchecked(row * x.blocks + b)),
+                    acc[t],
+                );
+            }
+        }
+        for t in 0..R {
+            _mm512_storeu_ps(tile[t].as_mut_ptr(), acc[t]);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn panel_avx2<const R: usize>(
+        w: &QMatrix,
+        p: usize,
+        x: &QActs,
+        r0: usize,
+        tile: &mut [[f32; PANEL]; MR],
+    ) {
+        let width = x.blocks * BLOCK;
+        let low = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let bb = w.format.block_bytes();
+        for b in 0..w.blocks {
+            let codes = w.codes.as_ptr().add((p * w.blocks + b) * bb);
+            let mut ih = [[_mm256_setzero_si256(); 2]; R];
+            let mut il = [[_mm256_setzero_si256(); 2]; R];
+            for q in 0..8 {
+                for half in 0..2 {
+                    // Features 8·half .. 8·half + 8 of quad q.
+                    let (wv, signed) = match w.format {
+                        QFormat::Q4 => {
+                            let v = _mm256_loadu_si256(
+                                codes.add((q / 2) * 64 + half * 32) as *const __m256i
+                            );
+                            let c = if q % 2 == 0 {
+                                v
+                            } else {
+                                _mm256_srli_epi16(v, 4)
+                            };
+                            (_mm256_and_si256(c, low), false)
+                        }
+                        QFormat::Q8 => (
+                            _mm256_loadu_si256(codes.add(q * 64 + half * 32) as *const __m256i),
+                            true,
+                        ),
+                    };
+                    for t in 0..R {
+                        let at = (r0 + t) * width + b * BLOCK + 4 * q;
+                        let (ha, la) = (
+                            bcast256(x.h.as_ptr().add(at)),
+                            bcast256(x.l.as_ptr().add(at)),
+                        );
+                        let (ph, pl) = if signed {
+                            let aw = _mm256_sign_epi8(wv, wv);
+                            (
+                                _mm256_maddubs_epi16(aw, _mm256_sign_epi8(ha, wv)),
+                                _mm256_maddubs_epi16(aw, _mm256_sign_epi8(la, wv)),
+                            )
+                        } else {
+                            (_mm256_maddubs_epi16(wv, ha), _mm256_maddubs_epi16(wv, la))
+                        };
+                        ih[t][half] = _mm256_add_epi32(ih[t][half], _mm256_madd_epi16(ph, ones));
+                        il[t][half] = _mm256_add_epi32(il[t][half], _mm256_madd_epi16(pl, ones));
+                    }
+                }
+            }
+            let sc = (p * w.blocks + b) * PANEL;
+            for half in 0..2 {
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(
+                    w.d.as_ptr().add(sc + 8 * half) as *const __m128i
+                ));
+                let mw = _mm256_cvtph_ps(_mm_loadu_si128(
+                    w.m.as_ptr().add(sc + 8 * half) as *const __m128i
+                ));
+                for t in 0..R {
+                    let row = r0 + t;
+                    let total = _mm256_add_epi32(_mm256_slli_epi32(ih[t][half], 7), il[t][half]);
+                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d[row * x.blocks + b]));
+                    acc[t][half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), scale, acc[t][half]);
+                    if w.format == QFormat::Q4 {
+                        acc[t][half] = _mm256_fmadd_ps(
+                            mw,
+                            _mm256_set1_ps(x.s[row * x.blocks + b]),
+                            acc[t][half],
+                        );
+                    }
+                }
+            }
+        }
+        for t in 0..R {
+            _mm256_storeu_ps(tile[t].as_mut_ptr(), acc[t][0]);
+            _mm256_storeu_ps(tile[t].as_mut_ptr().add(8), acc[t][1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+    }
+
+    /// GGUF Q4_1 bytes for random data, plus the exact dequantized values.
+    fn q4_1_fixture(rows: usize, cols: usize, seed: &mut u64) -> (Vec<u8>, Vec<f32>) {
+        let mut raw = Vec::new();
+        let mut vals = Vec::new();
+        for _ in 0..rows * cols / BLOCK {
+            let d = f16::from_f32(0.01 + 0.05 * lcg(seed).abs());
+            let m = f16::from_f32(-0.3 * lcg(seed).abs());
+            raw.extend_from_slice(&d.to_le_bytes());
+            raw.extend_from_slice(&m.to_le_bytes());
+            let codes: Vec<u8> = (0..BLOCK)
+                .map(|_| ((lcg(seed) + 1.0) * 7.99) as u8)
+                .collect();
+            for j in 0..16 {
+                raw.push(codes[j] | (codes[j + 16] << 4));
+            }
+            vals.extend(codes.iter().map(|&c| d.to_f32() * c as f32 + m.to_f32()));
+        }
+        (raw, vals)
+    }
+
+    fn reference(w: &[f32], x: &[f32], n: usize, m: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k)
+                    .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn q4_1_round_trips_exactly_through_the_panel_layout() {
+        let mut seed = 7;
+        let (raw, vals) = q4_1_fixture(19, 96, &mut seed);
+        let q = QRows::from_q4_1(&raw, 19, 96).expect("valid");
+        assert_eq!(q.dequantize(), vals);
+        assert_eq!(q.pack().dequantize(), vals);
+    }
+
+    #[test]
+    fn truncated_block_data_is_refused() {
+        let err = QRows::from_q4_1(&[0u8; 39], 1, 64).unwrap_err();
+        assert!(err.contains("expected 40 bytes"), "{err}");
+    }
+
+    #[test]
+    fn activation_quantization_keeps_15_bits() {
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 - 31.5) / 7.0).collect();
+        let a = QActs::quantize(&x, 1, 64);
+        let back = a.dequantize();
+        for (u, v) in x.iter().zip(&back) {
+            assert!((u - v).abs() <= 4.5 / QMAX / 2.0 * 1.01, "{u} vs {v}");
+        }
+    }
+
+    #[test]
+    fn qmatmul_matches_f64_reference_for_every_tile_size() {
+        let mut seed = 3;
+        let (n, k) = (37, 160);
+        let (raw, wv) = q4_1_fixture(n, k, &mut seed);
+        let w = QRows::from_q4_1(&raw, n, k).expect("valid").pack();
+        for m in 1..=13 {
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+            let acts = QActs::quantize(&x, m, k);
+            let mut out = vec![0f32; m * n];
+            qmatmul(&w, &acts, &mut out);
+            let want = reference(&wv, &x, n, m, k);
+            for (a, b) in out.iter().zip(&want) {
+                assert!((a - b).abs() < 2e-4 * (1.0 + b.abs()), "m={m}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn q8_weights_match_reference() {
+        let mut seed = 11;
+        let (n, k) = (20, 96);
+        let wf: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
+        let rows = QRows::quantize_q8(&wf, n, k);
+        let wq = rows.dequantize();
+        let w = rows.pack();
+        assert_eq!(w.dequantize(), wq);
+        let x: Vec<f32> = (0..7 * k).map(|_| lcg(&mut seed)).collect();
+        let acts = QActs::quantize(&x, 7, k);
+        let mut out = vec![0f32; 7 * n];
+        qmatmul(&w, &acts, &mut out);
+        let want = reference(&wq, &x, n, 7, k);
+        for (a, b) in out.iter().zip(&want) {
+            assert!((a - b).abs() < 2e-4 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn a_row_does_not_depend_on_its_batch() {
+        let mut seed = 5;
+        let (n, k) = (33, 128);
+        let (raw, _) = q4_1_fixture(n, k, &mut seed);
+        let w = QRows::from_q4_1(&raw, n, k).expect("valid").pack();
+        let x: Vec<f32> = (0..9 * k).map(|_| lcg(&mut seed)).collect();
+        let mut all = vec![0f32; 9 * n];
+        qmatmul(&w, &QActs::quantize(&x, 9, k), &mut all);
+        for r in 0..9 {
+            let mut one = vec![0f32; n];
+            qmatmul(&w, &QActs::quantize(&x[r * k..(r + 1) * k], 1, k), &mut one);
+            assert_eq!(one, all[r * n..(r + 1) * n], "row {r}");
+        }
+    }
+
+    #[test]
+    fn permuted_and_stacked_rows_follow_the_order() {
+        let mut seed = 9;
+        let (raw, vals) = q4_1_fixture(4, 64, &mut seed);
+        let q = QRows::from_q4_1(&raw, 4, 64).expect("valid");
+        let p = q.permute_rows(&[2, 0, 3, 1]);
+        let s = QRows::vstack(&[&p, &q])
+            .expect("same format")
+            .pack()
+            .dequantize();
+        assert_eq!(s[..64], vals[128..192]);
+        assert_eq!(s[64..128], vals[..64]);
+        assert_eq!(s[256..], vals[..]);
+    }
+}

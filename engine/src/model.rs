@@ -1,0 +1,434 @@
+//! The llama-family decoder (Llama 2/3, SmolLM, Qwen2): one architecture definition whose weights serve the fast
+//! inference forward here and the differentiable forward of [`crate::autograd`].
+//!
+//! Paper: Touvron et al., "LLaMA" (arXiv 2302.13971); reference implementation: HF transformers'
+//! `modeling_llama.py` / `modeling_qwen2.py` (pre-norm, RMSNorm, rotary embedding with half rotation, GQA, SwiGLU).
+//!
+//! The inference forward packs the new tokens of many sequences into one matrix of rows (no padding): linear layers
+//! see `T` rows, rotary embedding and attention use each row's own position and its own sequence's KV cache.
+
+use std::sync::Arc;
+
+use crate::config::{rope_inv_freq, ModelConfig};
+use crate::error::{Error, Result};
+use crate::kernels::attention::{attention, AttnSeq, AttnShape};
+use crate::kernels::ops;
+use crate::kv::{KvCache, KvLayout, KvPool};
+use crate::weights::{Linear, Precision};
+
+/// A token id.
+pub type TokenId = u32;
+
+/// One decoder layer. Projections are stored fused (`qkv_proj` = q ‖ k ‖ v rows, `gate_up_proj` = gate ‖ up rows)
+/// so one activation quantization and one parallel matmul serve them; [`Layer::split_qkv`] gives them back.
+#[derive(Debug)]
+pub struct Layer {
+    /// RMSNorm weight before attention.
+    pub input_layernorm: Vec<f32>,
+    /// Fused q/k/v projection (`(H + 2·KVH)·hd × d`).
+    pub qkv_proj: Linear,
+    /// Fused q/k/v bias (Qwen2).
+    pub qkv_bias: Option<Vec<f32>>,
+    /// Attention output projection.
+    pub o_proj: Linear,
+    /// RMSNorm weight before the MLP.
+    pub post_attention_layernorm: Vec<f32>,
+    /// Fused gate/up projection (`2·f × d`).
+    pub gate_up_proj: Linear,
+    /// MLP down projection.
+    pub down_proj: Linear,
+}
+
+/// Row counts of q, k and v inside the fused projection.
+pub fn qkv_split(cfg: &ModelConfig) -> [usize; 3] {
+    let kv = cfg.num_kv_heads * cfg.head_dim;
+    [cfg.num_heads * cfg.head_dim, kv, kv]
+}
+
+/// Which rows of a step need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitRows {
+    /// None (a prefill chunk that is not the prompt's end).
+    None,
+    /// The last new token's (generation).
+    Last,
+    /// Every new token's from this index on (scoring).
+    From(usize),
+}
+
+/// New tokens of one sequence in a batched forward.
+#[derive(Debug)]
+pub struct Step<'a> {
+    /// The sequence's cache; the new tokens are appended to it.
+    pub cache: &'a mut KvCache,
+    /// Tokens to run.
+    pub tokens: &'a [TokenId],
+    /// Which logits to return.
+    pub logits: LogitRows,
+}
+
+/// Logits of a batched forward: one `vocab`-wide row per requested position, steps in order.
+#[derive(Debug, Default)]
+pub struct Logits {
+    /// Row-major values.
+    pub values: Vec<f32>,
+    /// Vocabulary size (row width).
+    pub vocab: usize,
+    /// For each step, the index of its first row and its number of rows.
+    pub spans: Vec<(usize, usize)>,
+}
+
+impl Logits {
+    /// Row `i` of step `s`.
+    pub fn row(&self, s: usize, i: usize) -> &[f32] {
+        let (first, n) = self.spans[s];
+        assert!(i < n, "logit row {i} of step {s} was not requested");
+        &self.values[(first + i) * self.vocab..(first + i + 1) * self.vocab]
+    }
+    /// Number of rows of step `s`.
+    pub fn rows(&self, s: usize) -> usize {
+        self.spans[s].1
+    }
+}
+
+/// A loaded llama-family model.
+#[derive(Debug)]
+pub struct Model {
+    config: ModelConfig,
+    embed_tokens: Linear,
+    lm_head: Option<Linear>,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    inv_freq: Vec<f32>,
+    pool: Arc<KvPool>,
+}
+
+/// The parts a loader hands to [`Model::new`].
+#[derive(Debug)]
+pub struct ModelParts {
+    /// Validated configuration.
+    pub config: ModelConfig,
+    /// Token embedding (`vocab × d`).
+    pub embed_tokens: Linear,
+    /// Separate LM head, `None` when tied to the embedding.
+    pub lm_head: Option<Linear>,
+    /// Decoder layers.
+    pub layers: Vec<Layer>,
+    /// Final RMSNorm weight.
+    pub norm: Vec<f32>,
+    /// Per-frequency divisors of the rotary frequencies (GGUF `rope_freqs.weight`), if any.
+    pub rope_freq_factors: Option<Vec<f32>>,
+}
+
+impl Model {
+    /// Assembles a model, checking every shape against the configuration.
+    pub fn new(parts: ModelParts, source: &std::path::Path) -> Result<Self> {
+        let cfg = &parts.config;
+        let d = cfg.hidden_size;
+        let bad = |what: String| Error::bad_model(source, what);
+        let check = |name: &str, l: &Linear, rows: usize, cols: usize| -> Result<()> {
+            if l.rows() != rows || l.cols() != cols {
+                return Err(bad(format!(
+                    "{name} is {}×{}, the config implies {rows}×{cols}",
+                    l.rows(),
+                    l.cols()
+                )));
+            }
+            Ok(())
+        };
+        check("token embedding", &parts.embed_tokens, cfg.vocab_size, d)?;
+        if let Some(h) = &parts.lm_head {
+            check("lm_head", h, cfg.vocab_size, d)?;
+        }
+        if parts.layers.len() != cfg.num_layers {
+            return Err(bad(format!(
+                "{} layers found, the config says {}",
+                parts.layers.len(),
+                cfg.num_layers
+            )));
+        }
+        if parts.norm.len() != d {
+            return Err(bad(format!(
+                "final norm has {} values, expected {d}",
+                parts.norm.len()
+            )));
+        }
+        for (i, l) in parts.layers.iter().enumerate() {
+            check(
+                &format!("layer {i} qkv_proj"),
+                &l.qkv_proj,
+                cfg.qkv_width(),
+                d,
+            )?;
+            check(
+                &format!("layer {i} o_proj"),
+                &l.o_proj,
+                d,
+                cfg.num_heads * cfg.head_dim,
+            )?;
+            check(
+                &format!("layer {i} gate_up_proj"),
+                &l.gate_up_proj,
+                2 * cfg.intermediate_size,
+                d,
+            )?;
+            check(
+                &format!("layer {i} down_proj"),
+                &l.down_proj,
+                d,
+                cfg.intermediate_size,
+            )?;
+            if l.input_layernorm.len() != d || l.post_attention_layernorm.len() != d {
+                return Err(bad(format!("layer {i} norm weights are not {d} wide")));
+            }
+            if l.qkv_bias
+                .as_ref()
+                .is_some_and(|b| b.len() != cfg.qkv_width())
+            {
+                return Err(bad(format!(
+                    "layer {i} qkv bias is not {} wide",
+                    cfg.qkv_width()
+                )));
+            }
+        }
+        let mut inv_freq = rope_inv_freq(cfg);
+        if let Some(f) = &parts.rope_freq_factors {
+            if f.len() != inv_freq.len() {
+                return Err(bad(format!(
+                    "rope_freqs has {} values, expected {}",
+                    f.len(),
+                    inv_freq.len()
+                )));
+            }
+            for (i, x) in inv_freq.iter_mut().zip(f) {
+                *i /= x;
+            }
+        }
+        Ok(Model {
+            config: parts.config,
+            embed_tokens: parts.embed_tokens,
+            lm_head: parts.lm_head,
+            layers: parts.layers,
+            norm: parts.norm,
+            inv_freq,
+            pool: Arc::new(KvPool::default()),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    /// The decoder layers.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+    /// The token embedding.
+    pub fn embed_tokens(&self) -> &Linear {
+        &self.embed_tokens
+    }
+    /// The LM head (the embedding when tied).
+    pub fn lm_head(&self) -> &Linear {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+    /// Whether the LM head is the embedding.
+    pub fn is_tied(&self) -> bool {
+        self.lm_head.is_none()
+    }
+    /// The final norm weight.
+    pub fn norm(&self) -> &[f32] {
+        &self.norm
+    }
+    /// Rotary inverse frequencies (after scaling).
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
+    /// Whether any weight is quantized (then [`Precision::Quantized`] is the fast default).
+    pub fn has_quantized_weights(&self) -> bool {
+        self.layers.iter().any(|l| l.qkv_proj.quant().is_some())
+    }
+
+    /// The precision generation uses unless told otherwise: quantized weights for quantized models.
+    pub fn default_precision(&self) -> Precision {
+        if self.has_quantized_weights() {
+            Precision::Quantized
+        } else {
+            Precision::F32
+        }
+    }
+
+    /// Bytes of weights held now (quantized plus any dense copies made so far).
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.qkv_proj.bytes() + l.o_proj.bytes() + l.gate_up_proj.bytes() + l.down_proj.bytes()
+            })
+            .sum();
+        layers + self.embed_tokens.bytes() + self.lm_head.as_ref().map_or(0, Linear::bytes)
+    }
+
+    /// Shape of this model's KV cache.
+    pub fn kv_layout(&self) -> KvLayout {
+        KvLayout {
+            layers: self.config.num_layers,
+            kv_heads: self.config.num_kv_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    /// A new, empty KV cache.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.kv_layout(), self.pool.clone())
+    }
+
+    /// KV storage accounting for every cache of this model.
+    pub fn kv_pool(&self) -> &Arc<KvPool> {
+        &self.pool
+    }
+
+    /// Runs the new tokens of every step through the model in one batched forward, appending them to the steps'
+    /// caches, and returns the requested logits.
+    pub fn forward(&self, steps: &mut [Step<'_>], precision: Precision) -> Result<Logits> {
+        let cfg = &self.config;
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (heads, kvh) = (cfg.num_heads, cfg.num_kv_heads);
+        let qkv_w = cfg.qkv_width();
+        let f = cfg.intermediate_size;
+
+        // 0. Validate, reserve cache space, lay out rows.
+        let mut positions = Vec::new();
+        let mut starts = Vec::with_capacity(steps.len());
+        for s in steps.iter_mut() {
+            if s.cache.layout() != self.kv_layout() {
+                return Err(Error::Request(
+                    "a KV cache from another model was passed to forward".into(),
+                ));
+            }
+            let end = s.cache.len() + s.tokens.len();
+            if end > cfg.max_position_embeddings {
+                return Err(Error::Request(format!(
+                    "sequence of {end} tokens is longer than the model's context ({} tokens)",
+                    cfg.max_position_embeddings
+                )));
+            }
+            if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+                return Err(Error::Request(format!(
+                    "token id {t} is outside the vocabulary ({})",
+                    cfg.vocab_size
+                )));
+            }
+            let start = s.cache.reserve(s.tokens.len());
+            starts.push(start);
+            positions.extend(start..end);
+        }
+        let t = positions.len();
+
+        // 1. Embed.
+        let mut x = vec![0f32; t * d];
+        let ids: Vec<TokenId> = steps
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        for (row, &id) in x.chunks_mut(d).zip(&ids) {
+            self.embed_tokens.row(id as usize, row);
+        }
+
+        let mut h = vec![0f32; t * d];
+        let mut qkv = vec![0f32; t * qkv_w];
+        let mut attn = vec![0f32; t * heads * hd];
+        let mut proj = vec![0f32; t * d];
+        let mut gate_up = vec![0f32; t * 2 * f];
+        let mut act = vec![0f32; t * f];
+        let shape = AttnShape {
+            heads,
+            kv_heads: kvh,
+            head_dim: hd,
+        };
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            // 2. Attention block.
+            ops::rms_norm(&x, &layer.input_layernorm, cfg.rms_norm_eps, &mut h);
+            layer.qkv_proj.forward(&h, t, precision, &mut qkv);
+            if let Some(b) = &layer.qkv_bias {
+                for row in qkv.chunks_mut(qkv_w) {
+                    ops::add_assign(row, b);
+                }
+            }
+            ops::rope(&mut qkv, qkv_w, heads + kvh, &positions, &self.inv_freq);
+            let mut row = 0;
+            for s in steps.iter_mut() {
+                for i in 0..s.tokens.len() {
+                    let r = &qkv[(row + i) * qkv_w..(row + i + 1) * qkv_w];
+                    let (k, v) = r[heads * hd..].split_at(kvh * hd);
+                    s.cache.write(li, positions[row + i], k, v);
+                }
+                row += s.tokens.len();
+            }
+            let mut seqs = Vec::with_capacity(steps.len());
+            let mut first_row = 0;
+            for (s, &start) in steps.iter().zip(&starts) {
+                seqs.push(AttnSeq {
+                    cache: &*s.cache,
+                    first_row,
+                    rows: s.tokens.len(),
+                    start_pos: start,
+                });
+                first_row += s.tokens.len();
+            }
+            attention(li, &qkv, qkv_w, &seqs, shape, &mut attn);
+            layer.o_proj.forward(&attn, t, precision, &mut proj);
+            ops::add_assign(&mut x, &proj);
+
+            // 3. MLP block.
+            ops::rms_norm(
+                &x,
+                &layer.post_attention_layernorm,
+                cfg.rms_norm_eps,
+                &mut h,
+            );
+            layer.gate_up_proj.forward(&h, t, precision, &mut gate_up);
+            ops::silu_mul(&gate_up, f, &mut act);
+            layer.down_proj.forward(&act, t, precision, &mut proj);
+            ops::add_assign(&mut x, &proj);
+        }
+        for s in steps.iter_mut() {
+            s.cache.commit(s.tokens.len());
+        }
+
+        // 4. Final norm and LM head on the requested rows only.
+        let mut picked = Vec::new();
+        let mut spans = Vec::with_capacity(steps.len());
+        let mut row = 0;
+        for s in steps.iter() {
+            let n = s.tokens.len();
+            let range = match s.logits {
+                LogitRows::None => 0..0,
+                LogitRows::Last => n.saturating_sub(1)..n,
+                LogitRows::From(k) => k.min(n)..n,
+            };
+            spans.push((picked.len(), range.len()));
+            picked.extend(range.map(|i| row + i));
+            row += n;
+        }
+        let mut sel = vec![0f32; picked.len() * d];
+        for (dst, &r) in sel.chunks_mut(d).zip(&picked) {
+            dst.copy_from_slice(&x[r * d..(r + 1) * d]);
+        }
+        let mut normed = vec![0f32; sel.len()];
+        ops::rms_norm(&sel, &self.norm, cfg.rms_norm_eps, &mut normed);
+        let vocab = cfg.vocab_size;
+        let mut values = vec![0f32; picked.len() * vocab];
+        if !picked.is_empty() {
+            self.lm_head()
+                .forward(&normed, picked.len(), precision, &mut values);
+        }
+        Ok(Logits {
+            values,
+            vocab,
+            spans,
+        })
+    }
+}

@@ -1,0 +1,109 @@
+//! Weights of a linear layer in the representations the engine uses: quantized (as the file stores them) for fast
+//! small-batch decode, and dense f32 (packed for the gemm kernel) for exact scoring — materialised on first use.
+
+use std::sync::OnceLock;
+
+use crate::kernels::dense::{self, PackedMatrix};
+use crate::kernels::quant::{self, QActs, QMatrix};
+
+/// Which numeric path a forward takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 weights everywhere: the reference path (scoring, training numerics, determinism tests).
+    F32,
+    /// Quantized weights where the model has them (int8 activations): the fast path for generation.
+    Quantized,
+}
+
+/// A `rows × cols` weight (one output feature per row).
+#[derive(Debug)]
+pub struct Linear {
+    rows: usize,
+    cols: usize,
+    quant: Option<QMatrix>,
+    dense: OnceLock<PackedMatrix>,
+}
+
+impl Linear {
+    /// From quantized blocks; the f32 copy is made on first f32 use.
+    pub fn from_quant(q: QMatrix) -> Self {
+        Linear {
+            rows: q.rows(),
+            cols: q.cols(),
+            quant: Some(q),
+            dense: OnceLock::new(),
+        }
+    }
+
+    /// From row-major f32 values.
+    pub fn from_f32(data: &[f32], rows: usize, cols: usize) -> Self {
+        let dense = OnceLock::new();
+        let _ = dense.set(PackedMatrix::pack(data, rows, cols));
+        Linear {
+            rows,
+            cols,
+            quant: None,
+            dense,
+        }
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// The quantized form, if the model has one.
+    pub fn quant(&self) -> Option<&QMatrix> {
+        self.quant.as_ref()
+    }
+
+    /// The f32 form (dequantized once, on first call).
+    pub fn dense(&self) -> &PackedMatrix {
+        self.dense.get_or_init(|| {
+            let q = self
+                .quant
+                .as_ref()
+                .expect("a Linear without dense weights has quantized ones");
+            PackedMatrix::pack(&q.dequantize(), self.rows, self.cols)
+        })
+    }
+
+    /// Row-major f32 copy of the weight (for training and export).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match (&self.quant, self.dense.get()) {
+            (_, Some(d)) => d.unpack(),
+            (Some(q), None) => q.dequantize(),
+            (None, None) => unreachable!("a Linear always holds one representation"),
+        }
+    }
+
+    /// Row `r` as f32 (embedding lookup).
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        match (&self.quant, self.dense.get()) {
+            (Some(q), _) => q.dequantize_row(r, out),
+            (None, Some(d)) => d.row(r, out),
+            (None, None) => unreachable!("a Linear always holds one representation"),
+        }
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.quant.as_ref().map_or(0, QMatrix::bytes)
+            + self.dense.get().map_or(0, PackedMatrix::bytes)
+    }
+
+    /// `out = x · Wᵀ` for `m` rows of `x`.
+    pub fn forward(&self, x: &[f32], m: usize, precision: Precision, out: &mut [f32]) {
+        match (precision, &self.quant) {
+            (Precision::Quantized, Some(q)) => {
+                let acts = QActs::quantize(x, m, self.cols);
+                quant::qmatmul(q, &acts, out);
+            }
+            _ => dense::matmul(self.dense(), x, m, out),
+        }
+    }
+}

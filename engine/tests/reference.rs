@@ -1,0 +1,179 @@
+//! The default model (SmolLM2-135M-Instruct Q4_1) against HF transformers on the same GGUF dequantized to f32.
+//! Reference values come from `tests/reference/hf_smollm2.py` (pasted there, run once, committed).
+
+use orchard_engine::{LogitRows, Precision, Step, TokenId};
+use serde::Deserialize;
+
+use crate::util::{default_engine, log_softmax, max_abs_diff, reference_dir};
+
+#[derive(Deserialize)]
+struct Reference {
+    tokenizer: Vec<TokCase>,
+    chat: Vec<ChatCase>,
+    logprobs: Vec<LogprobCase>,
+    score: Vec<ScoreCase>,
+}
+#[derive(Deserialize)]
+struct TokCase {
+    text: String,
+    ids: Vec<TokenId>,
+}
+#[derive(Deserialize)]
+struct ChatCase {
+    messages: Vec<orchard_engine::Message>,
+    text: String,
+    ids: Vec<TokenId>,
+}
+#[derive(Deserialize)]
+struct LogprobCase {
+    ids: Vec<TokenId>,
+    top5_ids: Vec<usize>,
+    top5_logprobs: Vec<f32>,
+}
+#[derive(Deserialize)]
+struct ScoreCase {
+    prompt_ids: Vec<TokenId>,
+    completion_ids: Vec<TokenId>,
+    logprob_sum: f64,
+}
+
+fn reference() -> Reference {
+    let text =
+        std::fs::read_to_string(reference_dir().join("hf_smollm2.json")).expect("reference json");
+    serde_json::from_str(&text).expect("valid reference json")
+}
+
+fn reference_rows(vocab: usize) -> Vec<Vec<f32>> {
+    let bytes =
+        std::fs::read(reference_dir().join("hf_smollm2_logprobs.f32")).expect("reference rows");
+    let vals: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    vals.chunks(vocab).map(<[f32]>::to_vec).collect()
+}
+
+#[test]
+fn tokenizer_ids_equal_hf() {
+    let e = default_engine();
+    let r = reference();
+    assert!(r.tokenizer.len() >= 30);
+    for case in &r.tokenizer {
+        let ids = e.tokenizer().encode(&case.text, true).expect("encode");
+        assert_eq!(ids, case.ids, "{:?}", case.text);
+        assert_eq!(
+            e.tokenizer().decode(&ids, false).expect("decode"),
+            case.text
+        );
+    }
+    for case in &r.chat {
+        let text = e
+            .template()
+            .expect("template")
+            .render(&case.messages, true)
+            .expect("render");
+        assert_eq!(text, case.text);
+        assert_eq!(
+            e.tokenizer().encode(&text, false).expect("encode"),
+            case.ids
+        );
+    }
+}
+
+fn last_logprobs(ids: &[TokenId], p: Precision) -> Vec<f32> {
+    let m = default_engine().model();
+    let mut cache = m.new_cache();
+    let mut steps = [Step {
+        cache: &mut cache,
+        tokens: ids,
+        logits: LogitRows::Last,
+    }];
+    log_softmax(m.forward(&mut steps, p).expect("forward").row(0, 0))
+}
+
+#[test]
+fn f32_next_token_logprobs_match_hf() {
+    let r = reference();
+    let rows = reference_rows(default_engine().model().config().vocab_size);
+    let mut worst = 0f32;
+    for (case, want) in r.logprobs.iter().zip(&rows) {
+        let got = last_logprobs(&case.ids, Precision::F32);
+        worst = worst.max(max_abs_diff(&got, want));
+    }
+    eprintln!(
+        "f32 path: max |Δ log-softmax| over the full vocabulary, {} prompts: {worst:.2e}",
+        rows.len()
+    );
+    assert!(worst <= 1e-3, "{worst}");
+}
+
+#[test]
+fn quantized_top5_matches_hf() {
+    let r = reference();
+    let mut worst = 0f32;
+    for case in &r.logprobs {
+        let got = last_logprobs(&case.ids, Precision::Quantized);
+        let mut order: Vec<usize> = (0..got.len()).collect();
+        order.sort_by(|&a, &b| got[b].total_cmp(&got[a]));
+        eprintln!(
+            "ours {:?}",
+            order[..6].iter().map(|&i| (i, got[i])).collect::<Vec<_>>()
+        );
+        eprintln!(
+            "hf   {:?}",
+            case.top5_ids
+                .iter()
+                .zip(&case.top5_logprobs)
+                .collect::<Vec<_>>()
+        );
+        let mut ours: Vec<usize> = order[..5].to_vec();
+        let mut theirs = case.top5_ids.clone();
+        ours.sort_unstable();
+        theirs.sort_unstable();
+        if ours != theirs {
+            eprintln!(
+                "top-5 set differs: {:?} vs {:?}",
+                &order[..6],
+                case.top5_ids
+            );
+        }
+        eprintln!(
+            "ours {:?}",
+            order[..6].iter().map(|&i| (i, got[i])).collect::<Vec<_>>()
+        );
+        eprintln!(
+            "hf   {:?}",
+            case.top5_ids
+                .iter()
+                .zip(&case.top5_logprobs)
+                .collect::<Vec<_>>()
+        );
+        for (&id, &lp) in case.top5_ids.iter().zip(&case.top5_logprobs) {
+            worst = worst.max((got[id] - lp).abs());
+        }
+    }
+    eprintln!("quantized path: max |Δ logp| over HF's top-5: {worst:.3}");
+    assert!(worst <= 0.15, "{worst}");
+}
+
+#[test]
+fn score_sums_match_hf() {
+    let r = reference();
+    assert!(r.score.len() >= 20);
+    let pairs: Vec<_> = r
+        .score
+        .iter()
+        .map(|c| (c.prompt_ids.clone(), c.completion_ids.clone()))
+        .collect();
+    let scored = default_engine().score(&pairs).expect("score");
+    let mut worst = 0f64;
+    for (s, c) in scored.iter().zip(&r.score) {
+        assert_eq!(s.n_tokens, c.completion_ids.len());
+        worst = worst.max((s.logprob_sum - c.logprob_sum).abs());
+    }
+    eprintln!(
+        "score: max |Δ logprob_sum| over {} pairs: {worst:.2e}",
+        r.score.len()
+    );
+    assert!(worst <= 1e-2, "{worst}");
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the engine: tiny random models for equivalences and loading, the real default model
+//! against HF transformers reference values (`tests/reference/`).
+
+mod equivalence;
+mod loading;
+mod reference;
+mod util;

@@ -1,0 +1,124 @@
+//! `orchard bench`: prefill and decode throughput of a model on this machine (like llama.cpp's `llama-bench`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use orchard_engine::bench::{median, prompt_ids, time_decode, time_prefill};
+use serde::Serialize;
+
+use super::common::{ModelArgs, PrecisionArg};
+
+/// Built-in prompt text (a GSM8K question, repeated to the prompt length).
+const DEFAULT_TEXT: &str = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May? Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn? Betty is saving money for a new wallet which costs $100. Betty has only half of the money she needs. Her parents decided to give her $15 for that purpose, and her grandparents twice as much as her parents. How much more money does Betty need to buy the wallet?";
+
+/// Measure prefill tokens/s (one prompt) and aggregate greedy decode tokens/s at several batch sizes.
+///
+/// Each batch size B decodes --new-tokens tokens for B distinct prompts of --prompt-tokens tokens after prefilling
+/// them (prefill is not timed there). Prints one JSON line per measurement, then a summary line. Medians over
+/// --repeat runs.
+///
+/// Example:
+///   orchard bench --batch 1,16,64 --threads 2
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 200)]
+    pub prompt_tokens: usize,
+    /// Batch sizes to decode at (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub batch: Vec<usize>,
+    /// Tokens decoded per sequence.
+    #[arg(long, default_value_t = 32)]
+    pub new_tokens: usize,
+    /// Runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Numeric path for decode (prefill is measured on the same path).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
+    pub precision: PrecisionArg,
+    /// Text whose tokens make the prompts (default: built-in GSM8K questions).
+    #[arg(long, value_name = "FILE")]
+    pub text: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Row<'a> {
+    kind: &'a str,
+    batch: usize,
+    tokens: usize,
+    seconds: f64,
+    tok_per_s: f64,
+    precision: orchard_engine::Precision,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let engine = args.model.load()?;
+    let text = match &args.text {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?
+        }
+        None => DEFAULT_TEXT.to_string(),
+    };
+    let base = engine.tokenizer().encode(&text, false)?;
+    anyhow::ensure!(!base.is_empty(), "the prompt text has no tokens");
+    let model = engine.model();
+    let precision = args
+        .precision
+        .resolve()
+        .unwrap_or_else(|| model.default_precision());
+    let repeat = args.repeat.max(1);
+    let prompt = prompt_ids(&base, args.prompt_tokens, 0);
+    time_prefill(model, &prompt, precision)?; // warm-up (and the f32 copy, if needed)
+    let runs = (0..repeat)
+        .map(|_| time_prefill(model, &prompt, precision))
+        .collect::<Result<Vec<_>, _>>()?;
+    let secs = median(runs);
+    let mut summary = serde_json::Map::new();
+    let prefill = args.prompt_tokens as f64 / secs;
+    summary.insert("prefill_tok_per_s".into(), prefill.into());
+    println!(
+        "{}",
+        serde_json::to_string(&Row {
+            kind: "prefill",
+            batch: 1,
+            tokens: args.prompt_tokens,
+            seconds: secs,
+            tok_per_s: prefill,
+            precision
+        })?
+    );
+    for &b in &args.batch {
+        let prompts: Vec<_> = (0..b)
+            .map(|i| prompt_ids(&base, args.prompt_tokens, i))
+            .collect();
+        let runs = (0..repeat)
+            .map(|_| time_decode(model, &prompts, args.new_tokens, precision))
+            .collect::<Result<Vec<_>, _>>()?;
+        let secs = median(runs);
+        let tokens = b * args.new_tokens;
+        let tps = tokens as f64 / secs;
+        summary.insert(format!("decode_b{b}_tok_per_s"), tps.into());
+        println!(
+            "{}",
+            serde_json::to_string(&Row {
+                kind: "decode",
+                batch: b,
+                tokens,
+                seconds: secs,
+                tok_per_s: tps,
+                precision
+            })?
+        );
+    }
+    summary.insert("threads".into(), rayon_threads().into());
+    println!("{}", serde_json::Value::Object(summary));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rayon_threads() -> usize {
+    orchard_engine::compute_threads()
+}
