@@ -20,34 +20,21 @@ pub fn prompt_ids(base: &[TokenId], len: usize, index: usize) -> Vec<TokenId> {
 pub fn time_prefill(model: &Model, tokens: &[TokenId], precision: Precision) -> Result<f64> {
     let mut cache = model.new_cache();
     let start = Instant::now();
-    let mut steps = [Step {
-        cache: &mut cache,
-        tokens,
-        logits: LogitRows::Last,
-    }];
+    let mut steps = [Step { cache: &mut cache, tokens, logits: LogitRows::Last }];
     model.forward(&mut steps, precision)?;
     Ok(start.elapsed().as_secs_f64())
 }
 
 /// Prefills every prompt (untimed), then decodes `new_tokens` greedy tokens for all of them together, one forward
 /// per step. Returns the decode seconds.
-pub fn time_decode(
-    model: &Model,
-    prompts: &[Vec<TokenId>],
-    new_tokens: usize,
-    precision: Precision,
-) -> Result<f64> {
+pub fn time_decode(model: &Model, prompts: &[Vec<TokenId>], new_tokens: usize, precision: Precision) -> Result<f64> {
     let mut caches: Vec<KvCache> = prompts.iter().map(|_| model.new_cache()).collect();
     let mut last: Vec<[TokenId; 1]> = Vec::with_capacity(prompts.len());
     {
         let mut steps: Vec<Step<'_>> = caches
             .iter_mut()
             .zip(prompts)
-            .map(|(c, p)| Step {
-                cache: c,
-                tokens: p,
-                logits: LogitRows::Last,
-            })
+            .map(|(c, p)| Step { cache: c, tokens: p, logits: LogitRows::Last })
             .collect();
         let logits = model.forward(&mut steps, precision)?;
         let greedy = SamplingParams::greedy(1);
@@ -60,15 +47,8 @@ pub fn time_decode(
     let mut rng = SeqRng::new(0);
     let start = Instant::now();
     for _ in 0..new_tokens {
-        let mut steps: Vec<Step<'_>> = caches
-            .iter_mut()
-            .zip(&last)
-            .map(|(c, t)| Step {
-                cache: c,
-                tokens: t,
-                logits: LogitRows::Last,
-            })
-            .collect();
+        let mut steps: Vec<Step<'_>> =
+            caches.iter_mut().zip(&last).map(|(c, t)| Step { cache: c, tokens: t, logits: LogitRows::Last }).collect();
         let logits = model.forward(&mut steps, precision)?;
         drop(steps);
         for (i, t) in last.iter_mut().enumerate() {

@@ -21,10 +21,7 @@ pub struct Message {
 impl Message {
     /// A message with the given role.
     pub fn new(role: &str, content: impl Into<String>) -> Self {
-        Message {
-            role: role.to_string(),
-            content: content.into(),
-        }
+        Message { role: role.to_string(), content: content.into() }
     }
 }
 
@@ -45,27 +42,13 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
-        env.add_function("strftime_now", |fmt: String| -> String {
-            strftime_now(&fmt)
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
         });
+        env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
         env.add_template_owned(NAME, source.to_string())
-            .map_err(|e| {
-                Error::Template(format!("the model's chat template does not compile: {e}"))
-            })?;
-        Ok(ChatTemplate {
-            env,
-            bos_token,
-            eos_token,
-        })
+            .map_err(|e| Error::Template(format!("the model's chat template does not compile: {e}")))?;
+        Ok(ChatTemplate { env, bos_token, eos_token })
     }
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's reply begins.
@@ -79,10 +62,7 @@ impl ChatTemplate {
                 )));
             }
         }
-        let tmpl = self
-            .env
-            .get_template(NAME)
-            .map_err(|e| Error::Template(e.to_string()))?;
+        let tmpl = self.env.get_template(NAME).map_err(|e| Error::Template(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -95,10 +75,7 @@ impl ChatTemplate {
 
 /// A small strftime for templates that print today's date (`%Y`, `%m`, `%d`, `%b`, `%B`, `%H`, `%M`, `%%`), UTC.
 fn strftime_now(fmt: &str) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let days = (secs / 86_400) as i64;
     let (y, m, d) = civil_from_days(days);
     const MONTHS: [&str; 12] = [
@@ -164,17 +141,17 @@ mod tests {
     fn chatml_renders_with_default_system_prompt() -> Result<()> {
         let t = ChatTemplate::new(CHATML, String::new(), "<|im_end|>".into())?;
         let s = t.render(&[Message::new("user", "Hi")], true)?;
-        assert_eq!(s, "<|im_start|>system\nYou are helpful<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            s,
+            "<|im_start|>system\nYou are helpful<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
         Ok(())
     }
 
     #[test]
     fn unknown_roles_are_refused() {
         let t = ChatTemplate::new(CHATML, String::new(), String::new()).expect("compiles");
-        let err = t
-            .render(&[Message::new("wizard", "x")], true)
-            .unwrap_err()
-            .to_string();
+        let err = t.render(&[Message::new("wizard", "x")], true).unwrap_err().to_string();
         assert!(err.contains("wizard") && err.contains("message 0"), "{err}");
     }
 
@@ -183,10 +160,7 @@ mod tests {
         let src = "{% if messages[0]['role'] == 'tool' %}{{ raise_exception('no tools') }}{% endif %}{{ messages[0]['content'].strip().upper() }}";
         let t = ChatTemplate::new(src, String::new(), String::new())?;
         assert_eq!(t.render(&[Message::new("user", "  hi ")], false)?, "HI");
-        let err = t
-            .render(&[Message::new("tool", "x")], false)
-            .unwrap_err()
-            .to_string();
+        let err = t.render(&[Message::new("tool", "x")], false).unwrap_err().to_string();
         assert!(err.contains("no tools"), "{err}");
         Ok(())
     }

@@ -91,11 +91,7 @@ impl ModelConfig {
     pub fn num_parameters(&self) -> usize {
         let (d, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
         let attn = d * self.qkv_width() + self.num_heads * self.head_dim * d;
-        let bias = if self.attention_bias {
-            self.qkv_width()
-        } else {
-            0
-        };
+        let bias = if self.attention_bias { self.qkv_width() } else { 0 };
         let per_layer = attn + bias + 3 * d * f + 2 * d;
         let head = if self.tie_word_embeddings { 0 } else { v * d };
         v * d + self.num_layers * per_layer + d + head
@@ -126,22 +122,13 @@ impl ModelConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return bad(format!(
-                "head_dim ({}) must be even for rotary embeddings",
-                self.head_dim
-            ));
+            return bad(format!("head_dim ({}) must be even for rotary embeddings", self.head_dim));
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
-            return bad(format!(
-                "rms_norm_eps ({}) must be a positive number",
-                self.rms_norm_eps
-            ));
+            return bad(format!("rms_norm_eps ({}) must be a positive number", self.rms_norm_eps));
         }
         if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
-            return bad(format!(
-                "rope_theta ({}) must be a positive number",
-                self.rope_theta
-            ));
+            return bad(format!("rope_theta ({}) must be a positive number", self.rope_theta));
         }
         Ok(())
     }
@@ -149,8 +136,8 @@ impl ModelConfig {
     /// Reads and validates an HF `config.json`.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let raw: HfConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::bad_model(path, format!("invalid config.json: {e}")))?;
+        let raw: HfConfig =
+            serde_json::from_str(&text).map_err(|e| Error::bad_model(path, format!("invalid config.json: {e}")))?;
         let cfg = raw.into_config(path)?;
         cfg.validate(path)?;
         Ok(cfg)
@@ -208,10 +195,7 @@ impl HfConfig {
         };
         if let Some(act) = &self.hidden_act {
             if act != "silu" {
-                return Err(Error::unsupported(
-                    path,
-                    format!("hidden_act `{act}`; only silu is supported"),
-                ));
+                return Err(Error::unsupported(path, format!("hidden_act `{act}`; only silu is supported")));
             }
         }
         if self.mlp_bias {
@@ -233,11 +217,7 @@ impl HfConfig {
             num_layers: self.num_hidden_layers,
             num_heads: heads,
             num_kv_heads: self.num_key_value_heads.unwrap_or(heads),
-            head_dim: self.head_dim.unwrap_or(if heads > 0 {
-                self.hidden_size / heads
-            } else {
-                0
-            }),
+            head_dim: self.head_dim.unwrap_or(if heads > 0 { self.hidden_size / heads } else { 0 }),
             rms_norm_eps: self.rms_norm_eps as f32,
             rope_theta: self.rope_theta as f32,
             rope_scaling,
@@ -249,30 +229,20 @@ impl HfConfig {
 }
 
 fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<RopeScaling, String> {
-    let kind = v
-        .get("rope_type")
-        .or_else(|| v.get("type"))
-        .and_then(|t| t.as_str())
-        .unwrap_or("")
-        .to_string();
+    let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("").to_string();
     let num = |key: &str| v.get(key).and_then(|x| x.as_f64()).map(|x| x as f32);
-    let factor =
-        num("factor").ok_or_else(|| format!("rope_scaling `{kind}` without a `factor`"))?;
+    let factor = num("factor").ok_or_else(|| format!("rope_scaling `{kind}` without a `factor`"))?;
     match kind.as_str() {
         "linear" => Ok(RopeScaling::Linear { factor }),
         "llama3" => Ok(RopeScaling::Llama3 {
             factor,
             low_freq_factor: num("low_freq_factor").unwrap_or(1.0),
             high_freq_factor: num("high_freq_factor").unwrap_or(4.0),
-            original_max_position: v
-                .get("original_max_position_embeddings")
-                .and_then(|x| x.as_u64())
-                .unwrap_or(8192) as usize,
+            original_max_position: v.get("original_max_position_embeddings").and_then(|x| x.as_u64()).unwrap_or(8192)
+                as usize,
         }),
         "default" => Ok(RopeScaling::Linear { factor: 1.0 }),
-        other => Err(format!(
-            "rope_scaling type `{other}`; supported: linear, llama3"
-        )),
+        other => Err(format!("rope_scaling type `{other}`; supported: linear, llama3")),
     }
 }
 
@@ -281,9 +251,7 @@ pub fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
     let dim = cfg.head_dim;
     let base = cfg.rope_theta;
     // HF: 1 / base ** (arange(0, dim, 2).float() / dim), in float32.
-    let mut inv: Vec<f32> = (0..dim / 2)
-        .map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32))
-        .collect();
+    let mut inv: Vec<f32> = (0..dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32)).collect();
     match cfg.rope_scaling {
         None => {}
         Some(RopeScaling::Linear { factor }) => {
@@ -291,12 +259,7 @@ pub fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
                 *f /= factor;
             }
         }
-        Some(RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position,
-        }) => {
+        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position }) => {
             let old = original_max_position as f32;
             let low_wavelen = old / low_freq_factor;
             let high_wavelen = old / high_freq_factor;
@@ -305,8 +268,7 @@ pub fn rope_inv_freq(cfg: &ModelConfig) -> Vec<f32> {
                 if wavelen > low_wavelen {
                     *f /= factor;
                 } else if wavelen >= high_wavelen {
-                    let smooth =
-                        (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                     *f = (1.0 - smooth) * *f / factor + smooth * *f;
                 }
             }
@@ -350,10 +312,7 @@ mod tests {
                "intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"rms_norm_eps":1e-5}"#,
         );
         let err = ModelConfig::from_hf_json(&p).unwrap_err().to_string();
-        assert!(
-            err.contains("gpt_neox") && err.contains("config.json"),
-            "{err}"
-        );
+        assert!(err.contains("gpt_neox") && err.contains("config.json"), "{err}");
     }
 
     #[test]

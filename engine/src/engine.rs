@@ -60,14 +60,9 @@ fn hash_model_files(path: &Path) -> Result<String> {
     }
     let mut files = Vec::new();
     if path.is_dir() {
-        for e in std::fs::read_dir(path)
-            .map_err(|e| Error::io(path, e))?
-            .flatten()
-        {
+        for e in std::fs::read_dir(path).map_err(|e| Error::io(path, e))?.flatten() {
             let p = e.path();
-            if p.extension()
-                .is_some_and(|x| x == "safetensors" || x == "json")
-            {
+            if p.extension().is_some_and(|x| x == "safetensors" || x == "json") {
                 files.push(p);
             }
         }
@@ -141,11 +136,7 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions {
-            precision: None,
-            max_batch: DEFAULT_MAX_BATCH,
-            prefill_chunk: DEFAULT_PREFILL_CHUNK,
-        }
+        GenerateOptions { precision: None, max_batch: DEFAULT_MAX_BATCH, prefill_chunk: DEFAULT_PREFILL_CHUNK }
     }
 }
 
@@ -221,41 +212,16 @@ impl Engine {
             )?),
             None => None,
         };
-        let id = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string());
-        let info = ModelInfo {
-            id,
-            path: path.to_path_buf(),
-            hash: OnceLock::new(),
-        };
-        Ok(Engine {
-            model,
-            tokenizer,
-            template,
-            info,
-        })
+        let id =
+            path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
+        let info = ModelInfo { id, path: path.to_path_buf(), hash: OnceLock::new() };
+        Ok(Engine { model, tokenizer, template, info })
     }
 
     /// Assembles an engine from parts (tests, in-process training).
-    pub fn from_parts(
-        model: Model,
-        tokenizer: Tokenizer,
-        template: Option<ChatTemplate>,
-        id: &str,
-    ) -> Self {
-        let info = ModelInfo {
-            id: id.to_string(),
-            path: PathBuf::from(id),
-            hash: OnceLock::new(),
-        };
-        Engine {
-            model,
-            tokenizer,
-            template,
-            info,
-        }
+    pub fn from_parts(model: Model, tokenizer: Tokenizer, template: Option<ChatTemplate>, id: &str) -> Self {
+        let info = ModelInfo { id: id.to_string(), path: PathBuf::from(id), hash: OnceLock::new() };
+        Engine { model, tokenizer, template, info }
     }
 
     /// The model.
@@ -276,17 +242,12 @@ impl Engine {
     }
 
     /// Renders a prompt to text: templated (`system` prepended when given) unless `raw`.
-    pub fn render_prompt(
-        &self,
-        prompt: &Prompt,
-        system: Option<&str>,
-        raw: bool,
-    ) -> Result<String> {
+    pub fn render_prompt(&self, prompt: &Prompt, system: Option<&str>, raw: bool) -> Result<String> {
         match (prompt, raw) {
             (Prompt::Text(t), true) => Ok(t.clone()),
-            (Prompt::Messages(_), true) => Err(Error::Request(
-                "a raw prompt must be a string, not a list of messages".into(),
-            )),
+            (Prompt::Messages(_), true) => {
+                Err(Error::Request("a raw prompt must be a string, not a list of messages".into()))
+            }
             (p, false) => {
                 let template = self.template.as_ref().ok_or_else(|| {
                     Error::Request(format!(
@@ -308,12 +269,7 @@ impl Engine {
     }
 
     /// Renders and tokenizes a prompt.
-    pub fn prompt_tokens(
-        &self,
-        prompt: &Prompt,
-        system: Option<&str>,
-        raw: bool,
-    ) -> Result<Vec<TokenId>> {
+    pub fn prompt_tokens(&self, prompt: &Prompt, system: Option<&str>, raw: bool) -> Result<Vec<TokenId>> {
         let text = self.render_prompt(prompt, system, raw)?;
         self.tokenizer.encode(&text, raw)
     }
@@ -328,9 +284,7 @@ impl Engine {
     ) -> Result<Vec<Vec<Sample>>> {
         let ctx = self.model.config().max_position_embeddings;
         for (i, r) in requests.iter().enumerate() {
-            r.params
-                .validate()
-                .map_err(|e| Error::Request(format!("request {i}: {e}")))?;
+            r.params.validate().map_err(|e| Error::Request(format!("request {i}: {e}")))?;
             if r.prompt.is_empty() {
                 return Err(Error::Request(format!("request {i}: the prompt is empty")));
             }
@@ -344,38 +298,24 @@ impl Engine {
                 return Err(Error::Request(format!("request {i}: n must be at least 1")));
             }
         }
-        let precision = opts
-            .precision
-            .unwrap_or_else(|| self.model.default_precision());
+        let precision = opts.precision.unwrap_or_else(|| self.model.default_precision());
         let max_batch = opts.max_batch.max(1);
         let chunk = opts.prefill_chunk.max(1);
-        let mut results: Vec<Vec<Option<Sample>>> =
-            requests.iter().map(|r| vec![None; r.n]).collect();
-        let mut stats = Progress {
-            samples_total: requests.iter().map(|r| r.n).sum(),
-            ..Default::default()
-        };
+        let mut results: Vec<Vec<Option<Sample>>> = requests.iter().map(|r| vec![None; r.n]).collect();
+        let mut stats = Progress { samples_total: requests.iter().map(|r| r.n).sum(), ..Default::default() };
         let mut next_request = 0;
         let mut prefilling: Vec<Prefill> = Vec::new();
         let mut active: Vec<Seq> = Vec::new();
 
         while next_request < requests.len() || !prefilling.is_empty() || !active.is_empty() {
             // 1. Admit prompts while their samples fit in the batch.
-            let mut reserved: usize = active.len()
-                + prefilling
-                    .iter()
-                    .map(|p| requests[p.request].n)
-                    .sum::<usize>();
+            let mut reserved: usize = active.len() + prefilling.iter().map(|p| requests[p.request].n).sum::<usize>();
             while next_request < requests.len() {
                 let n = requests[next_request].n;
                 if reserved > 0 && reserved + n > max_batch {
                     break;
                 }
-                prefilling.push(Prefill {
-                    request: next_request,
-                    cache: self.model.new_cache(),
-                    done: 0,
-                });
+                prefilling.push(Prefill { request: next_request, cache: self.model.new_cache(), done: 0 });
                 reserved += n;
                 next_request += 1;
             }
@@ -395,11 +335,7 @@ impl Engine {
             let logits = {
                 let mut steps: Vec<Step<'_>> = Vec::with_capacity(active.len() + plan.len());
                 for (s, tok) in active.iter_mut().zip(&last_tokens) {
-                    steps.push(Step {
-                        cache: &mut s.cache,
-                        tokens: tok,
-                        logits: LogitRows::Last,
-                    });
+                    steps.push(Step { cache: &mut s.cache, tokens: tok, logits: LogitRows::Last });
                 }
                 let mut planned = plan.iter().peekable();
                 for (i, p) in prefilling.iter_mut().enumerate() {
@@ -412,34 +348,16 @@ impl Engine {
                     planned.next();
                     let prompt = &requests[p.request].prompt;
                     let end = p.done + take;
-                    let rows = if end == prompt.len() {
-                        LogitRows::Last
-                    } else {
-                        LogitRows::None
-                    };
-                    steps.push(Step {
-                        cache: &mut p.cache,
-                        tokens: &prompt[p.done..end],
-                        logits: rows,
-                    });
+                    let rows = if end == prompt.len() { LogitRows::Last } else { LogitRows::None };
+                    steps.push(Step { cache: &mut p.cache, tokens: &prompt[p.done..end], logits: rows });
                 }
                 self.model.forward(&mut steps, precision)?
             };
             // 3. Sample the decode steps.
             let decoded = active.len();
             for (i, seq) in active.iter_mut().enumerate() {
-                let draw = sample(
-                    logits.row(i, 0),
-                    &requests[seq.request].params,
-                    &mut seq.rng,
-                );
-                seq.push(
-                    draw.token,
-                    draw.logprob,
-                    self,
-                    &requests[seq.request].params,
-                    ctx,
-                )?;
+                let draw = sample(logits.row(i, 0), &requests[seq.request].params, &mut seq.rng);
+                seq.push(draw.token, draw.logprob, self, &requests[seq.request].params, ctx)?;
             }
             stats.generated_tokens += active.len();
             // 4. Finish prefills that reached the prompt's end: fork one sequence per sample.
@@ -494,14 +412,7 @@ impl Engine {
             active.sort_by_key(|s| (s.request, s.index));
             progress(&stats);
         }
-        Ok(results
-            .into_iter()
-            .map(|r| {
-                r.into_iter()
-                    .map(|s| s.expect("every sample finishes"))
-                    .collect()
-            })
-            .collect())
+        Ok(results.into_iter().map(|r| r.into_iter().map(|s| s.expect("every sample finishes")).collect()).collect())
     }
 
     /// Teacher-forced log-probs of each completion given its prompt, on the f32 path (the trainer's numerics).
@@ -519,9 +430,7 @@ impl Engine {
         let ctx = self.model.config().max_position_embeddings;
         for (i, (p, c)) in pairs.iter().enumerate() {
             if p.is_empty() {
-                return Err(Error::Request(format!(
-                    "pair {i}: the prompt has no tokens"
-                )));
+                return Err(Error::Request(format!("pair {i}: the prompt has no tokens")));
             }
             if p.len() + c.len() > ctx {
                 return Err(Error::Request(format!(
@@ -533,24 +442,14 @@ impl Engine {
         let chunk = chunk.max(1);
         let mut out: Vec<Scored> = pairs
             .iter()
-            .map(|(_, c)| Scored {
-                logprob_sum: 0.0,
-                token_logprobs: Vec::with_capacity(c.len()),
-                n_tokens: c.len(),
-            })
+            .map(|(_, c)| Scored { logprob_sum: 0.0, token_logprobs: Vec::with_capacity(c.len()), n_tokens: c.len() })
             .collect();
         // Each pair is one sequence of prompt ‖ completion; run it in chunks, many pairs per forward.
-        let seqs: Vec<Vec<TokenId>> = pairs
-            .iter()
-            .map(|(p, c)| [p.as_slice(), c.as_slice()].concat())
-            .collect();
+        let seqs: Vec<Vec<TokenId>> = pairs.iter().map(|(p, c)| [p.as_slice(), c.as_slice()].concat()).collect();
         let mut caches: Vec<Option<KvCache>> = vec![None; pairs.len()];
         // A pair with an empty completion has nothing to score.
-        let mut done: Vec<usize> = pairs
-            .iter()
-            .zip(&seqs)
-            .map(|((_, c), s)| if c.is_empty() { s.len() - 1 } else { 0 })
-            .collect();
+        let mut done: Vec<usize> =
+            pairs.iter().zip(&seqs).map(|((_, c), s)| if c.is_empty() { s.len() - 1 } else { 0 }).collect();
         let mut next = 0;
         while next < pairs.len() {
             let mut budget = chunk;
@@ -573,29 +472,14 @@ impl Engine {
             let logits = {
                 let mut taken: Vec<(usize, KvCache)> = batch
                     .iter()
-                    .map(|&(pi, _, _)| {
-                        (
-                            pi,
-                            caches[pi].take().unwrap_or_else(|| self.model.new_cache()),
-                        )
-                    })
+                    .map(|&(pi, _, _)| (pi, caches[pi].take().unwrap_or_else(|| self.model.new_cache())))
                     .collect();
                 let mut steps: Vec<Step<'_>> = Vec::with_capacity(batch.len());
                 for ((_, cache), &(pi, start, end)) in taken.iter_mut().zip(&batch) {
                     // Rows at positions ≥ prompt_len − 1 predict completion tokens.
-                    let first = (pairs[pi].0.len() - 1)
-                        .saturating_sub(start)
-                        .min(end - start);
-                    let rows = if first < end - start {
-                        LogitRows::From(first)
-                    } else {
-                        LogitRows::None
-                    };
-                    steps.push(Step {
-                        cache,
-                        tokens: &seqs[pi][start..end],
-                        logits: rows,
-                    });
+                    let first = (pairs[pi].0.len() - 1).saturating_sub(start).min(end - start);
+                    let rows = if first < end - start { LogitRows::From(first) } else { LogitRows::None };
+                    steps.push(Step { cache, tokens: &seqs[pi][start..end], logits: rows });
                 }
                 let logits = self.model.forward(&mut steps, precision)?;
                 drop(steps);
@@ -632,9 +516,7 @@ impl Engine {
 fn hf_chat_template(dir: &Path) -> Result<Option<String>> {
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
-        return std::fs::read_to_string(&jinja)
-            .map(Some)
-            .map_err(|e| Error::io(&jinja, e));
+        return std::fs::read_to_string(&jinja).map(Some).map_err(|e| Error::io(&jinja, e));
     }
     let config = crate::tokenizer::read_optional_json(&dir.join("tokenizer_config.json"))?;
     Ok(match config.get("chat_template") {
@@ -671,14 +553,7 @@ struct Seq {
 
 impl Seq {
     /// Records a sampled token and decides whether the sequence is done.
-    fn push(
-        &mut self,
-        token: TokenId,
-        logprob: f32,
-        engine: &Engine,
-        p: &SamplingParams,
-        ctx: usize,
-    ) -> Result<()> {
+    fn push(&mut self, token: TokenId, logprob: f32, engine: &Engine, p: &SamplingParams, ctx: usize) -> Result<()> {
         self.tokens.push(token);
         self.logprobs.push(logprob);
         self.last = token;
@@ -706,12 +581,7 @@ impl Seq {
         Ok(())
     }
 
-    fn into_sample(
-        self,
-        engine: &Engine,
-        p: &SamplingParams,
-        reason: FinishReason,
-    ) -> Result<(usize, usize, Sample)> {
+    fn into_sample(self, engine: &Engine, p: &SamplingParams, reason: FinishReason) -> Result<(usize, usize, Sample)> {
         let mut text = engine.tokenizer.decode(&self.tokens, true)?;
         if let Some(cut) = p.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
             text.truncate(cut);

@@ -49,22 +49,13 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
     pub(crate) fn bad_model(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::BadModel {
-            path: path.into(),
-            msg: msg.into(),
-        }
+        Error::BadModel { path: path.into(), msg: msg.into() }
     }
     pub(crate) fn unsupported(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Unsupported {
-            path: path.into(),
-            msg: msg.into(),
-        }
+        Error::Unsupported { path: path.into(), msg: msg.into() }
     }
 }
 

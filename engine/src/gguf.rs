@@ -27,9 +27,7 @@ pub struct GgufFile {
 
 impl std::fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GgufFile")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("GgufFile").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -43,15 +41,11 @@ impl GgufFile {
     /// Opens and parses the header of `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let content = Content::read(&mut file)
-            .map_err(|e| Error::bad_model(path, format!("not a readable GGUF file: {e}")))?;
+        let content =
+            Content::read(&mut file).map_err(|e| Error::bad_model(path, format!("not a readable GGUF file: {e}")))?;
         // SAFETY: the file is opened read-only; a concurrent truncation by another process is outside our model.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Ok(GgufFile {
-            path: path.to_path_buf(),
-            content,
-            map,
-        })
+        Ok(GgufFile { path: path.to_path_buf(), content, map })
     }
 
     /// The file's metadata.
@@ -76,46 +70,39 @@ impl GgufFile {
                 .map(|x| Some(x as usize))
                 .or_else(|_| v.to_u32().map(|x| Some(x as usize)))
                 .or_else(|_| v.to_i32().map(|x| Some(x.max(0) as usize)))
-                .map_err(|_| {
-                    Error::bad_model(&self.path, format!("metadata `{key}` is not an integer"))
-                }),
+                .map_err(|_| Error::bad_model(&self.path, format!("metadata `{key}` is not an integer"))),
         }
     }
 
     fn meta_f32(&self, key: &str) -> Result<Option<f32>> {
         match self.meta(key) {
             None => Ok(None),
-            Some(v) => v.to_f32().map(Some).map_err(|_| {
-                Error::bad_model(&self.path, format!("metadata `{key}` is not a float"))
-            }),
+            Some(v) => v
+                .to_f32()
+                .map(Some)
+                .map_err(|_| Error::bad_model(&self.path, format!("metadata `{key}` is not a float"))),
         }
     }
 
     /// A string metadata value.
     pub fn meta_str(&self, key: &str) -> Option<&str> {
-        self.meta(key)
-            .and_then(|v| v.to_string().ok())
-            .map(String::as_str)
+        self.meta(key).and_then(|v| v.to_string().ok()).map(String::as_str)
     }
 
     fn required(&self, key: &str) -> Result<usize> {
-        self.meta_usize(key)?
-            .ok_or_else(|| Error::bad_model(&self.path, format!("metadata `{key}` is missing")))
+        self.meta_usize(key)?.ok_or_else(|| Error::bad_model(&self.path, format!("metadata `{key}` is missing")))
     }
 
     /// The model configuration from the metadata (validated).
     pub fn config(&self) -> Result<ModelConfig> {
-        let arch_name = self.meta_str("general.architecture").ok_or_else(|| {
-            Error::bad_model(&self.path, "metadata `general.architecture` is missing")
-        })?;
+        let arch_name = self
+            .meta_str("general.architecture")
+            .ok_or_else(|| Error::bad_model(&self.path, "metadata `general.architecture` is missing"))?;
         let arch = match arch_name {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
             other => {
-                return Err(Error::unsupported(
-                    &self.path,
-                    format!("architecture `{other}`; supported: llama, qwen2"),
-                ))
+                return Err(Error::unsupported(&self.path, format!("architecture `{other}`; supported: llama, qwen2")))
             }
         };
         let a = arch.name();
@@ -134,16 +121,11 @@ impl GgufFile {
         let scaling = match self.meta_str(&format!("{a}.rope.scaling.type")) {
             None | Some("none") => None,
             Some("linear") => {
-                let factor = self
-                    .meta_f32(&format!("{a}.rope.scaling.factor"))?
-                    .unwrap_or(1.0);
+                let factor = self.meta_f32(&format!("{a}.rope.scaling.factor"))?.unwrap_or(1.0);
                 Some(crate::config::RopeScaling::Linear { factor })
             }
             Some(other) => {
-                return Err(Error::unsupported(
-                    &self.path,
-                    format!("rope scaling `{other}`"),
-                ));
+                return Err(Error::unsupported(&self.path, format!("rope scaling `{other}`")));
             }
         };
         let cfg = ModelConfig {
@@ -153,20 +135,14 @@ impl GgufFile {
             intermediate_size: self.required(&format!("{a}.feed_forward_length"))?,
             num_layers: self.required(&format!("{a}.block_count"))?,
             num_heads: heads,
-            num_kv_heads: self
-                .meta_usize(&format!("{a}.attention.head_count_kv"))?
-                .unwrap_or(heads),
+            num_kv_heads: self.meta_usize(&format!("{a}.attention.head_count_kv"))?.unwrap_or(heads),
             head_dim,
             rms_norm_eps: self
                 .meta_f32(&format!("{a}.attention.layer_norm_rms_epsilon"))?
                 .ok_or_else(|| Error::bad_model(&self.path, "rms epsilon metadata is missing"))?,
-            rope_theta: self
-                .meta_f32(&format!("{a}.rope.freq_base"))?
-                .unwrap_or(10_000.0),
+            rope_theta: self.meta_f32(&format!("{a}.rope.freq_base"))?.unwrap_or(10_000.0),
             rope_scaling: scaling,
-            max_position_embeddings: self
-                .meta_usize(&format!("{a}.context_length"))?
-                .unwrap_or(2048),
+            max_position_embeddings: self.meta_usize(&format!("{a}.context_length"))?.unwrap_or(2048),
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
         };
@@ -185,10 +161,7 @@ impl GgufFile {
         let dt = info.ggml_dtype;
         let elems = info.shape.elem_count();
         if elems % dt.block_size() != 0 {
-            return Err(Error::bad_model(
-                &self.path,
-                format!("tensor `{name}` has a partial block"),
-            ));
+            return Err(Error::bad_model(&self.path, format!("tensor `{name}` has a partial block")));
         }
         let size = elems / dt.block_size() * dt.type_size();
         let start = self.content.tensor_data_offset.saturating_add(info.offset) as usize;
@@ -212,12 +185,7 @@ impl GgufFile {
         let (rows, cols) = match dims {
             [n] => (1, *n),
             [r, c] => (*r, *c),
-            _ => {
-                return Err(Error::bad_model(
-                    &self.path,
-                    format!("tensor `{name}` has shape {dims:?}"),
-                ))
-            }
+            _ => return Err(Error::bad_model(&self.path, format!("tensor `{name}` has shape {dims:?}"))),
         };
         let raw = self.bytes_of(name, info)?;
         let bad = |e: String| Error::bad_model(&self.path, format!("tensor `{name}`: {e}"));
@@ -225,34 +193,20 @@ impl GgufFile {
             GgmlDType::Q4_0 => Raw::Quant(QRows::from_q4_0(raw, rows, cols).map_err(bad)?),
             GgmlDType::Q4_1 => Raw::Quant(QRows::from_q4_1(raw, rows, cols).map_err(bad)?),
             GgmlDType::Q8_0 => Raw::Quant(QRows::from_q8_0(raw, rows, cols).map_err(bad)?),
-            GgmlDType::F32 => Raw::F32(
-                raw.chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-            ),
-            GgmlDType::F16 => Raw::F32(
-                raw.chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-            ),
-            GgmlDType::BF16 => Raw::F32(
-                raw.chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-            ),
+            GgmlDType::F32 => {
+                Raw::F32(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            }
+            GgmlDType::F16 => {
+                Raw::F32(raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect())
+            }
+            GgmlDType::BF16 => {
+                Raw::F32(raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect())
+            }
             other => {
                 let cpu = candle_core::Device::Cpu;
-                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
-                    other,
-                    raw,
-                    dims.to_vec(),
-                    &cpu,
-                )
-                .map_err(|e| bad(e.to_string()))?;
-                let t = q
-                    .dequantize(&cpu)
-                    .and_then(|t| t.flatten_all())
+                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(other, raw, dims.to_vec(), &cpu)
                     .map_err(|e| bad(e.to_string()))?;
+                let t = q.dequantize(&cpu).and_then(|t| t.flatten_all()).map_err(|e| bad(e.to_string()))?;
                 let v = t.to_vec1::<f32>().map_err(|e| bad(e.to_string()))?;
                 Raw::Quant(QRows::quantize_q8(&v, rows, cols))
             }
@@ -317,42 +271,24 @@ impl GgufFile {
             let up = self.matrix(&p("ffn_up.weight"), None)?;
             layers.push(Layer {
                 input_layernorm: self.vector(&p("attn_norm.weight"), d)?,
-                qkv_proj: stack(&[q, k, v], d)
-                    .map_err(|e| Error::bad_model(&self.path, format!("layer {i}: {e}")))?,
+                qkv_proj: stack(&[q, k, v], d).map_err(|e| Error::bad_model(&self.path, format!("layer {i}: {e}")))?,
                 qkv_bias,
                 o_proj: linear(self.matrix(&p("attn_output.weight"), None)?, d),
                 post_attention_layernorm: self.vector(&p("ffn_norm.weight"), d)?,
                 gate_up_proj: stack(&[gate, up], d)
                     .map_err(|e| Error::bad_model(&self.path, format!("layer {i}: {e}")))?,
-                down_proj: linear(
-                    self.matrix(&p("ffn_down.weight"), None)?,
-                    cfg.intermediate_size,
-                ),
+                down_proj: linear(self.matrix(&p("ffn_down.weight"), None)?, cfg.intermediate_size),
             });
         }
         let embed_tokens = linear(self.matrix("token_embd.weight", None)?, d);
-        let lm_head = if cfg.tie_word_embeddings {
-            None
-        } else {
-            Some(linear(self.matrix("output.weight", None)?, d))
-        };
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(linear(self.matrix("output.weight", None)?, d)) };
         let rope_freq_factors = if self.content.tensor_infos.contains_key("rope_freqs.weight") {
             Some(self.vector("rope_freqs.weight", hd / 2)?)
         } else {
             None
         };
         let norm = self.vector("output_norm.weight", d)?;
-        Model::new(
-            ModelParts {
-                config: cfg,
-                embed_tokens,
-                lm_head,
-                layers,
-                norm,
-                rope_freq_factors,
-            },
-            &self.path,
-        )
+        Model::new(ModelParts { config: cfg, embed_tokens, lm_head, layers, norm, rope_freq_factors }, &self.path)
     }
 }
 
@@ -386,9 +322,7 @@ fn stack(parts: &[Raw], cols: usize) -> std::result::Result<Linear, String> {
     if quants.is_empty() {
         Ok(Linear::from_f32(&all, rows, cols))
     } else {
-        Ok(Linear::from_quant(
-            QRows::quantize_q8(&all, rows, cols).pack(),
-        ))
+        Ok(Linear::from_quant(QRows::quantize_q8(&all, rows, cols).pack()))
     }
 }
 

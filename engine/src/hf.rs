@@ -25,27 +25,19 @@ impl Shards {
         let files: Vec<PathBuf> = if single.is_file() {
             vec![single]
         } else if index_path.is_file() {
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::bad_model(&index_path, format!("invalid JSON: {e}")))?;
+            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::bad_model(&index_path, format!("invalid JSON: {e}")))?;
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .ok_or_else(|| Error::bad_model(&index_path, "no `weight_map` object"))?;
-            let mut files: Vec<PathBuf> = map
-                .values()
-                .filter_map(|v| v.as_str())
-                .map(|f| dir.join(f))
-                .collect();
+            let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
             files.sort();
             files.dedup();
             files
         } else {
-            return Err(Error::bad_model(
-                dir,
-                "neither model.safetensors nor model.safetensors.index.json exists",
-            ));
+            return Err(Error::bad_model(dir, "neither model.safetensors nor model.safetensors.index.json exists"));
         };
         let mut maps = Vec::new();
         let mut index = HashMap::new();
@@ -53,9 +45,8 @@ impl Shards {
             let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
             // SAFETY: read-only map of a file we do not modify.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            let st = SafeTensors::deserialize(&map).map_err(|e| {
-                Error::bad_model(&path, format!("not a readable safetensors file: {e}"))
-            })?;
+            let st = SafeTensors::deserialize(&map)
+                .map_err(|e| Error::bad_model(&path, format!("not a readable safetensors file: {e}")))?;
             for name in st.names() {
                 index.insert(name.to_string(), maps.len());
             }
@@ -70,30 +61,15 @@ impl Shards {
 
     /// The tensor `name` as f32 with its shape.
     fn get(&self, dir: &Path, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let &i = self
-            .index
-            .get(name)
-            .ok_or_else(|| Error::bad_model(dir, format!("tensor `{name}` is missing")))?;
+        let &i = self.index.get(name).ok_or_else(|| Error::bad_model(dir, format!("tensor `{name}` is missing")))?;
         let (path, map) = &self.maps[i];
-        let st =
-            SafeTensors::deserialize(map).map_err(|e| Error::bad_model(path, e.to_string()))?;
-        let view = st
-            .tensor(name)
-            .map_err(|e| Error::bad_model(path, format!("tensor `{name}`: {e}")))?;
+        let st = SafeTensors::deserialize(map).map_err(|e| Error::bad_model(path, e.to_string()))?;
+        let view = st.tensor(name).map_err(|e| Error::bad_model(path, format!("tensor `{name}`: {e}")))?;
         let bytes = view.data();
         let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             other => {
                 return Err(Error::unsupported(
                     path,
@@ -107,10 +83,7 @@ impl Shards {
 
 fn expect_shape(dir: &Path, name: &str, got: &[usize], want: &[usize]) -> Result<()> {
     if got != want {
-        return Err(Error::bad_model(
-            dir,
-            format!("tensor `{name}` has shape {got:?}, the config implies {want:?}"),
-        ));
+        return Err(Error::bad_model(dir, format!("tensor `{name}` has shape {got:?}, the config implies {want:?}")));
     }
     Ok(())
 }
@@ -166,27 +139,10 @@ pub fn load_model(dir: &Path) -> Result<Model> {
     let lm_head = if cfg.tie_word_embeddings {
         None
     } else if shards.has("lm_head.weight") {
-        Some(Linear::from_f32(
-            &matrix("lm_head.weight", cfg.vocab_size, d)?,
-            cfg.vocab_size,
-            d,
-        ))
+        Some(Linear::from_f32(&matrix("lm_head.weight", cfg.vocab_size, d)?, cfg.vocab_size, d))
     } else {
-        return Err(Error::bad_model(
-            dir,
-            "tie_word_embeddings is false but `lm_head.weight` is missing",
-        ));
+        return Err(Error::bad_model(dir, "tie_word_embeddings is false but `lm_head.weight` is missing"));
     };
     let norm = vector("model.norm.weight", d)?;
-    Model::new(
-        ModelParts {
-            config: cfg,
-            embed_tokens,
-            lm_head,
-            layers,
-            norm,
-            rope_freq_factors: None,
-        },
-        dir,
-    )
+    Model::new(ModelParts { config: cfg, embed_tokens, lm_head, layers, norm, rope_freq_factors: None }, dir)
 }

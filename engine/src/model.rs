@@ -128,11 +128,7 @@ impl Model {
         let bad = |what: String| Error::bad_model(source, what);
         let check = |name: &str, l: &Linear, rows: usize, cols: usize| -> Result<()> {
             if l.rows() != rows || l.cols() != cols {
-                return Err(bad(format!(
-                    "{name} is {}×{}, the config implies {rows}×{cols}",
-                    l.rows(),
-                    l.cols()
-                )));
+                return Err(bad(format!("{name} is {}×{}, the config implies {rows}×{cols}", l.rows(), l.cols())));
             }
             Ok(())
         };
@@ -141,64 +137,27 @@ impl Model {
             check("lm_head", h, cfg.vocab_size, d)?;
         }
         if parts.layers.len() != cfg.num_layers {
-            return Err(bad(format!(
-                "{} layers found, the config says {}",
-                parts.layers.len(),
-                cfg.num_layers
-            )));
+            return Err(bad(format!("{} layers found, the config says {}", parts.layers.len(), cfg.num_layers)));
         }
         if parts.norm.len() != d {
-            return Err(bad(format!(
-                "final norm has {} values, expected {d}",
-                parts.norm.len()
-            )));
+            return Err(bad(format!("final norm has {} values, expected {d}", parts.norm.len())));
         }
         for (i, l) in parts.layers.iter().enumerate() {
-            check(
-                &format!("layer {i} qkv_proj"),
-                &l.qkv_proj,
-                cfg.qkv_width(),
-                d,
-            )?;
-            check(
-                &format!("layer {i} o_proj"),
-                &l.o_proj,
-                d,
-                cfg.num_heads * cfg.head_dim,
-            )?;
-            check(
-                &format!("layer {i} gate_up_proj"),
-                &l.gate_up_proj,
-                2 * cfg.intermediate_size,
-                d,
-            )?;
-            check(
-                &format!("layer {i} down_proj"),
-                &l.down_proj,
-                d,
-                cfg.intermediate_size,
-            )?;
+            check(&format!("layer {i} qkv_proj"), &l.qkv_proj, cfg.qkv_width(), d)?;
+            check(&format!("layer {i} o_proj"), &l.o_proj, d, cfg.num_heads * cfg.head_dim)?;
+            check(&format!("layer {i} gate_up_proj"), &l.gate_up_proj, 2 * cfg.intermediate_size, d)?;
+            check(&format!("layer {i} down_proj"), &l.down_proj, d, cfg.intermediate_size)?;
             if l.input_layernorm.len() != d || l.post_attention_layernorm.len() != d {
                 return Err(bad(format!("layer {i} norm weights are not {d} wide")));
             }
-            if l.qkv_bias
-                .as_ref()
-                .is_some_and(|b| b.len() != cfg.qkv_width())
-            {
-                return Err(bad(format!(
-                    "layer {i} qkv bias is not {} wide",
-                    cfg.qkv_width()
-                )));
+            if l.qkv_bias.as_ref().is_some_and(|b| b.len() != cfg.qkv_width()) {
+                return Err(bad(format!("layer {i} qkv bias is not {} wide", cfg.qkv_width())));
             }
         }
         let mut inv_freq = rope_inv_freq(cfg);
         if let Some(f) = &parts.rope_freq_factors {
             if f.len() != inv_freq.len() {
-                return Err(bad(format!(
-                    "rope_freqs has {} values, expected {}",
-                    f.len(),
-                    inv_freq.len()
-                )));
+                return Err(bad(format!("rope_freqs has {} values, expected {}", f.len(), inv_freq.len())));
             }
             for (i, x) in inv_freq.iter_mut().zip(f) {
                 *i /= x;
@@ -263,20 +222,14 @@ impl Model {
         let layers: usize = self
             .layers
             .iter()
-            .map(|l| {
-                l.qkv_proj.bytes() + l.o_proj.bytes() + l.gate_up_proj.bytes() + l.down_proj.bytes()
-            })
+            .map(|l| l.qkv_proj.bytes() + l.o_proj.bytes() + l.gate_up_proj.bytes() + l.down_proj.bytes())
             .sum();
         layers + self.embed_tokens.bytes() + self.lm_head.as_ref().map_or(0, Linear::bytes)
     }
 
     /// Shape of this model's KV cache.
     pub fn kv_layout(&self) -> KvLayout {
-        KvLayout {
-            layers: self.config.num_layers,
-            kv_heads: self.config.num_kv_heads,
-            head_dim: self.config.head_dim,
-        }
+        KvLayout { layers: self.config.num_layers, kv_heads: self.config.num_kv_heads, head_dim: self.config.head_dim }
     }
 
     /// A new, empty KV cache.
@@ -303,9 +256,7 @@ impl Model {
         let mut starts = Vec::with_capacity(steps.len());
         for s in steps.iter_mut() {
             if s.cache.layout() != self.kv_layout() {
-                return Err(Error::Request(
-                    "a KV cache from another model was passed to forward".into(),
-                ));
+                return Err(Error::Request("a KV cache from another model was passed to forward".into()));
             }
             let end = s.cache.len() + s.tokens.len();
             if end > cfg.max_position_embeddings {
@@ -315,10 +266,7 @@ impl Model {
                 )));
             }
             if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-                return Err(Error::Request(format!(
-                    "token id {t} is outside the vocabulary ({})",
-                    cfg.vocab_size
-                )));
+                return Err(Error::Request(format!("token id {t} is outside the vocabulary ({})", cfg.vocab_size)));
             }
             let start = s.cache.reserve(s.tokens.len());
             starts.push(start);
@@ -328,10 +276,7 @@ impl Model {
 
         // 1. Embed.
         let mut x = vec![0f32; t * d];
-        let ids: Vec<TokenId> = steps
-            .iter()
-            .flat_map(|s| s.tokens.iter().copied())
-            .collect();
+        let ids: Vec<TokenId> = steps.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         for (row, &id) in x.chunks_mut(d).zip(&ids) {
             self.embed_tokens.row(id as usize, row);
         }
@@ -342,11 +287,8 @@ impl Model {
         let mut proj = vec![0f32; t * d];
         let mut gate_up = vec![0f32; t * 2 * f];
         let mut act = vec![0f32; t * f];
-        let shape = AttnShape {
-            heads,
-            kv_heads: kvh,
-            head_dim: hd,
-        };
+        let shape = AttnShape { heads, kv_heads: kvh, head_dim: hd };
+        let angles = ops::rope_table(&positions, &self.inv_freq);
 
         for (li, layer) in self.layers.iter().enumerate() {
             // 2. Attention block.
@@ -357,7 +299,7 @@ impl Model {
                     ops::add_assign(row, b);
                 }
             }
-            ops::rope(&mut qkv, qkv_w, heads + kvh, &positions, &self.inv_freq);
+            ops::rope(&mut qkv, qkv_w, heads + kvh, &angles, self.inv_freq.len());
             let mut row = 0;
             for s in steps.iter_mut() {
                 for i in 0..s.tokens.len() {
@@ -370,12 +312,7 @@ impl Model {
             let mut seqs = Vec::with_capacity(steps.len());
             let mut first_row = 0;
             for (s, &start) in steps.iter().zip(&starts) {
-                seqs.push(AttnSeq {
-                    cache: &*s.cache,
-                    first_row,
-                    rows: s.tokens.len(),
-                    start_pos: start,
-                });
+                seqs.push(AttnSeq { cache: &*s.cache, first_row, rows: s.tokens.len(), start_pos: start });
                 first_row += s.tokens.len();
             }
             attention(li, &qkv, qkv_w, &seqs, shape, &mut attn);
@@ -383,12 +320,7 @@ impl Model {
             ops::add_assign(&mut x, &proj);
 
             // 3. MLP block.
-            ops::rms_norm(
-                &x,
-                &layer.post_attention_layernorm,
-                cfg.rms_norm_eps,
-                &mut h,
-            );
+            ops::rms_norm(&x, &layer.post_attention_layernorm, cfg.rms_norm_eps, &mut h);
             layer.gate_up_proj.forward(&h, t, precision, &mut gate_up);
             ops::silu_mul(&gate_up, f, &mut act);
             layer.down_proj.forward(&act, t, precision, &mut proj);
@@ -422,13 +354,8 @@ impl Model {
         let vocab = cfg.vocab_size;
         let mut values = vec![0f32; picked.len() * vocab];
         if !picked.is_empty() {
-            self.lm_head()
-                .forward(&normed, picked.len(), precision, &mut values);
+            self.lm_head().forward(&normed, picked.len(), precision, &mut values);
         }
-        Ok(Logits {
-            values,
-            vocab,
-            spans,
-        })
+        Ok(Logits { values, vocab, spans })
     }
 }

@@ -59,11 +59,7 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Greedy decoding with the given budget.
     pub fn greedy(max_new_tokens: usize) -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            max_new_tokens,
-            ..Default::default()
-        }
+        SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() }
     }
 
     /// Checks every parameter's range.
@@ -102,9 +98,7 @@ impl SeqRng {
 /// The seed of sample `index` of a request seeded with `seed` (SplitMix64 of both, so neighbouring seeds and
 /// indices give unrelated streams).
 pub fn sample_seed(seed: u64, index: u64) -> u64 {
-    let mut z = seed
-        .wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = seed.wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -133,10 +127,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SeqRng) -> Draw
                 best = i;
             }
         }
-        return Draw {
-            token: best as TokenId,
-            logprob: logprob(best),
-        };
+        return Draw { token: best as TokenId, logprob: logprob(best) };
     }
     let inv_t = 1.0 / params.temperature as f64;
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
@@ -144,10 +135,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SeqRng) -> Draw
     let filtered = params.top_k > 0 || params.top_p < 1.0 || params.min_p > 0.0;
     if !filtered {
         // Inverse CDF in vocabulary order over the whole distribution.
-        let weights: Vec<f64> = logits
-            .iter()
-            .map(|&v| ((v as f64 - max) * inv_t).exp())
-            .collect();
+        let weights: Vec<f64> = logits.iter().map(|&v| ((v as f64 - max) * inv_t).exp()).collect();
         let total: f64 = weights.iter().sum();
         let target = u * total;
         let mut acc = 0.0;
@@ -158,30 +146,17 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SeqRng) -> Draw
             }
             acc += w;
             if acc > target {
-                return Draw {
-                    token: i as TokenId,
-                    logprob: logprob(i),
-                };
+                return Draw { token: i as TokenId, logprob: logprob(i) };
             }
         }
-        return Draw {
-            token: last_positive as TokenId,
-            logprob: logprob(last_positive),
-        };
+        return Draw { token: last_positive as TokenId, logprob: logprob(last_positive) };
     }
     // Candidates in (probability desc, id asc) order.
     let by_rank = |a: &(usize, f64), b: &(usize, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    let all: Vec<(usize, f64)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (i, ((v as f64 - max) * inv_t).exp()))
-        .collect();
+    let all: Vec<(usize, f64)> =
+        logits.iter().enumerate().map(|(i, &v)| (i, ((v as f64 - max) * inv_t).exp())).collect();
     let total: f64 = all.iter().map(|c| c.1).sum();
-    let keep = if params.top_k > 0 {
-        params.top_k.min(all.len())
-    } else {
-        all.len()
-    };
+    let keep = if params.top_k > 0 { params.top_k.min(all.len()) } else { all.len() };
     let prefix = keep.min(TOP_P_PREFIX);
     let mut cands = all.clone();
     if prefix < cands.len() {
@@ -189,11 +164,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SeqRng) -> Draw
         cands.truncate(prefix);
     }
     cands.sort_unstable_by(by_rank);
-    let top_k_mass = if params.top_k > 0 {
-        cands.iter().map(|c| c.1).sum::<f64>()
-    } else {
-        total
-    };
+    let top_k_mass = if params.top_k > 0 { cands.iter().map(|c| c.1).sum::<f64>() } else { total };
     if params.top_p < 1.0 {
         let goal = params.top_p as f64 * top_k_mass;
         let mut acc = 0.0;
@@ -238,17 +209,11 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SeqRng) -> Draw
     for c in &cands {
         acc += c.1;
         if acc > target {
-            return Draw {
-                token: c.0 as TokenId,
-                logprob: logprob(c.0),
-            };
+            return Draw { token: c.0 as TokenId, logprob: logprob(c.0) };
         }
     }
     let last = cands.last().map_or(0, |c| c.0);
-    Draw {
-        token: last as TokenId,
-        logprob: logprob(last),
-    }
+    Draw { token: last as TokenId, logprob: logprob(last) }
 }
 
 #[cfg(test)]
@@ -269,10 +234,7 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let p = SamplingParams {
-            top_k: 1,
-            ..Default::default()
-        };
+        let p = SamplingParams { top_k: 1, ..Default::default() };
         for s in 0..20 {
             assert_eq!(sample(&logits(), &p, &mut SeqRng::new(s)).token, 4);
         }
@@ -281,10 +243,7 @@ mod tests {
     #[test]
     fn top_p_keeps_only_the_nucleus() {
         // probs ∝ e^x: token 4 ≈ 0.61, token 0 ≈ 0.22 → p = 0.7 keeps {4, 0}.
-        let p = SamplingParams {
-            top_p: 0.7,
-            ..Default::default()
-        };
+        let p = SamplingParams { top_p: 0.7, ..Default::default() };
         for s in 0..200 {
             let t = sample(&logits(), &p, &mut SeqRng::new(s)).token;
             assert!(t == 4 || t == 0, "{t}");
@@ -293,10 +252,7 @@ mod tests {
 
     #[test]
     fn min_p_drops_unlikely_tokens() {
-        let p = SamplingParams {
-            min_p: 0.3,
-            ..Default::default()
-        };
+        let p = SamplingParams { min_p: 0.3, ..Default::default() };
         for s in 0..200 {
             let t = sample(&logits(), &p, &mut SeqRng::new(s)).token;
             assert!(t == 4 || t == 0, "{t}"); // e^(2-3) = 0.37 ≥ 0.3, e^(1-3) = 0.14 < 0.3
@@ -314,10 +270,7 @@ mod tests {
         let z: f64 = logits().iter().map(|&x| (x as f64).exp()).sum();
         for (i, &c) in counts.iter().enumerate() {
             let want = (logits()[i] as f64).exp() / z;
-            assert!(
-                (c as f64 / 20_000.0 - want).abs() < 0.015,
-                "token {i}: {c} vs {want}"
-            );
+            assert!((c as f64 / 20_000.0 - want).abs() < 0.015, "token {i}: {c} vs {want}");
         }
     }
 
@@ -333,22 +286,10 @@ mod tests {
     #[test]
     fn bad_parameters_are_refused() {
         for p in [
-            SamplingParams {
-                temperature: -1.0,
-                ..Default::default()
-            },
-            SamplingParams {
-                top_p: 0.0,
-                ..Default::default()
-            },
-            SamplingParams {
-                min_p: 1.0,
-                ..Default::default()
-            },
-            SamplingParams {
-                max_new_tokens: 0,
-                ..Default::default()
-            },
+            SamplingParams { temperature: -1.0, ..Default::default() },
+            SamplingParams { top_p: 0.0, ..Default::default() },
+            SamplingParams { min_p: 1.0, ..Default::default() },
+            SamplingParams { max_new_tokens: 0, ..Default::default() },
         ] {
             assert!(p.validate().is_err(), "{p:?}");
         }

@@ -67,10 +67,7 @@ pub fn tiny_config(arch: Arch) -> ModelConfig {
 
 /// GPT-2's byte → printable character map.
 fn bytes_to_unicode() -> Vec<char> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -91,10 +88,7 @@ fn bytes_to_unicode() -> Vec<char> {
 pub fn tiny_vocab() -> (Vec<String>, Vec<(String, String)>) {
     let mut tokens: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
     tokens.extend(bytes_to_unicode().into_iter().map(String::from));
-    let merges: Vec<(String, String)> = MERGES
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
+    let merges: Vec<(String, String)> = MERGES.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
     for (a, b) in &merges {
         tokens.push(format!("{a}{b}"));
     }
@@ -105,16 +99,8 @@ pub fn tiny_vocab() -> (Vec<String>, Vec<(String, String)>) {
 pub fn tiny_hf_tokenizer() -> Result<tokenizers::Tokenizer> {
     let (tokens, merges) = tiny_vocab();
     let mut vocab = tokenizers::models::bpe::Vocab::default();
-    vocab.extend(
-        tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32)),
-    );
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    vocab.extend(tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)));
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| Error::Tokenizer(e.to_string()))?;
     let mut tok = tokenizers::Tokenizer::new(bpe);
     tok.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
         PreTokenizerWrapper::Digits(Digits::new(true)),
@@ -131,121 +117,39 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> BTreeMap<String, (Vec<usi
     let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut w = BTreeMap::new();
     let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-    let (nq, nk) = (
-        cfg.num_heads * cfg.head_dim,
-        cfg.num_kv_heads * cfg.head_dim,
-    );
+    let (nq, nk) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
     let mat = |w: &mut BTreeMap<String, (Vec<usize>, Vec<f32>)>,
                name: String,
                shape: Vec<usize>,
                scale: f32,
                offset: f32,
                rng: &mut XorShift| {
-        let data: Vec<f32> = (0..shape.iter().product::<usize>())
-            .map(|_| offset + rng.next() * scale)
-            .collect();
+        let data: Vec<f32> = (0..shape.iter().product::<usize>()).map(|_| offset + rng.next() * scale).collect();
         w.insert(name, (shape, data));
     };
-    mat(
-        &mut w,
-        "model.embed_tokens.weight".into(),
-        vec![v, d],
-        1.0,
-        0.0,
-        &mut rng,
-    );
+    mat(&mut w, "model.embed_tokens.weight".into(), vec![v, d], 1.0, 0.0, &mut rng);
     if !cfg.tie_word_embeddings {
-        mat(
-            &mut w,
-            "lm_head.weight".into(),
-            vec![v, d],
-            0.3,
-            0.0,
-            &mut rng,
-        );
+        mat(&mut w, "lm_head.weight".into(), vec![v, d], 0.3, 0.0, &mut rng);
     }
     for i in 0..cfg.num_layers {
         let p = |s: &str| format!("model.layers.{i}.{s}");
-        mat(
-            &mut w,
-            p("self_attn.q_proj.weight"),
-            vec![nq, d],
-            0.25,
-            0.0,
-            &mut rng,
-        );
-        mat(
-            &mut w,
-            p("self_attn.k_proj.weight"),
-            vec![nk, d],
-            0.25,
-            0.0,
-            &mut rng,
-        );
-        mat(
-            &mut w,
-            p("self_attn.v_proj.weight"),
-            vec![nk, d],
-            0.25,
-            0.0,
-            &mut rng,
-        );
-        mat(
-            &mut w,
-            p("self_attn.o_proj.weight"),
-            vec![d, nq],
-            0.2,
-            0.0,
-            &mut rng,
-        );
-        mat(
-            &mut w,
-            p("mlp.gate_proj.weight"),
-            vec![f, d],
-            0.2,
-            0.0,
-            &mut rng,
-        );
-        mat(
-            &mut w,
-            p("mlp.up_proj.weight"),
-            vec![f, d],
-            0.2,
-            0.0,
-            &mut rng,
-        );
-        mat(
-            &mut w,
-            p("mlp.down_proj.weight"),
-            vec![d, f],
-            0.15,
-            0.0,
-            &mut rng,
-        );
+        mat(&mut w, p("self_attn.q_proj.weight"), vec![nq, d], 0.25, 0.0, &mut rng);
+        mat(&mut w, p("self_attn.k_proj.weight"), vec![nk, d], 0.25, 0.0, &mut rng);
+        mat(&mut w, p("self_attn.v_proj.weight"), vec![nk, d], 0.25, 0.0, &mut rng);
+        mat(&mut w, p("self_attn.o_proj.weight"), vec![d, nq], 0.2, 0.0, &mut rng);
+        mat(&mut w, p("mlp.gate_proj.weight"), vec![f, d], 0.2, 0.0, &mut rng);
+        mat(&mut w, p("mlp.up_proj.weight"), vec![f, d], 0.2, 0.0, &mut rng);
+        mat(&mut w, p("mlp.down_proj.weight"), vec![d, f], 0.15, 0.0, &mut rng);
         if cfg.attention_bias {
             for (n, len) in [("q", nq), ("k", nk), ("v", nk)] {
-                mat(
-                    &mut w,
-                    p(&format!("self_attn.{n}_proj.bias")),
-                    vec![len],
-                    0.1,
-                    0.0,
-                    &mut rng,
-                );
+                mat(&mut w, p(&format!("self_attn.{n}_proj.bias")), vec![len], 0.1, 0.0, &mut rng);
             }
         }
         for n in ["input_layernorm.weight", "post_attention_layernorm.weight"] {
             mat(&mut w, p(n), vec![d], 0.1, 1.0, &mut rng);
         }
     }
-    mat(
-        &mut w,
-        "model.norm.weight".into(),
-        vec![d],
-        0.1,
-        1.0,
-        &mut rng,
-    );
+    mat(&mut w, "model.norm.weight".into(), vec![d], 0.1, 1.0, &mut rng);
     w
 }
 
@@ -267,11 +171,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 }
 
 /// Writes an HF model directory (config, safetensors, tokenizer files, chat template).
-pub fn write_hf_dir(
-    dir: &Path,
-    cfg: &ModelConfig,
-    weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-) -> Result<()> {
+pub fn write_hf_dir(dir: &Path, cfg: &ModelConfig, weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let model_type = cfg.arch.name();
     let config = serde_json::json!({
@@ -298,51 +198,33 @@ pub fn write_hf_dir(
         let p = dir.join(name);
         std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
     };
-    write(
-        "config.json",
-        serde_json::to_string_pretty(&config).expect("json"),
-    )?;
+    write("config.json", serde_json::to_string_pretty(&config).expect("json"))?;
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = weights
         .iter()
-        .map(|(n, (shape, data))| {
-            (
-                n.clone(),
-                shape.clone(),
-                data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        })
+        .map(|(n, (shape, data))| (n.clone(), shape.clone(), data.iter().flat_map(|x| x.to_le_bytes()).collect()))
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
         .iter()
         .map(|(n, shape, b)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                    .expect("shape matches data");
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .expect("shape matches data");
             (n.clone(), view)
         })
         .collect();
-    let st =
-        safetensors::serialize(views, None).map_err(|e| Error::bad_model(dir, e.to_string()))?;
+    let st = safetensors::serialize(views, None).map_err(|e| Error::bad_model(dir, e.to_string()))?;
     let p = dir.join("model.safetensors");
     std::fs::write(&p, st).map_err(io(&p))?;
     let tok = tiny_hf_tokenizer()?;
     let p = dir.join("tokenizer.json");
-    tok.save(&p, true)
-        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    tok.save(&p, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
     let tc = serde_json::json!({
         "bos_token": "<|im_start|>",
         "eos_token": "<|im_end|>",
         "pad_token": "<|im_end|>",
         "chat_template": CHATML_TEMPLATE,
     });
-    write(
-        "tokenizer_config.json",
-        serde_json::to_string_pretty(&tc).expect("json"),
-    )?;
-    write(
-        "generation_config.json",
-        serde_json::json!({"bos_token_id": 1, "eos_token_id": 2}).to_string(),
-    )?;
+    write("tokenizer_config.json", serde_json::to_string_pretty(&tc).expect("json"))?;
+    write("generation_config.json", serde_json::json!({"bos_token_id": 1, "eos_token_id": 2}).to_string())?;
     Ok(())
 }
 
@@ -364,16 +246,11 @@ pub fn write_gguf(
             let order = unpermute_order(heads, cfg.head_dim);
             let cols = shape[1];
             for (hf_row, &g) in order.iter().enumerate() {
-                values[g * cols..(g + 1) * cols]
-                    .copy_from_slice(&data[hf_row * cols..(hf_row + 1) * cols]);
+                values[g * cols..(g + 1) * cols].copy_from_slice(&data[hf_row * cols..(hf_row + 1) * cols]);
             }
         }
         let t = Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?;
-        let dt = if shape.len() == 2 {
-            dtype
-        } else {
-            GgmlDType::F32
-        };
+        let dt = if shape.len() == 2 { dtype } else { GgmlDType::F32 };
         tensors.push((gguf_name, QTensor::quantize(&t, dt)?));
     }
     let (tokens, merges) = tiny_vocab();
@@ -382,57 +259,30 @@ pub fn write_gguf(
         ("general.architecture".into(), Value::String(a.into())),
         ("general.name".into(), Value::String("tiny".into())),
         (format!("{a}.block_count"), u32v(cfg.num_layers)),
-        (
-            format!("{a}.context_length"),
-            u32v(cfg.max_position_embeddings),
-        ),
+        (format!("{a}.context_length"), u32v(cfg.max_position_embeddings)),
         (format!("{a}.embedding_length"), u32v(cfg.hidden_size)),
-        (
-            format!("{a}.feed_forward_length"),
-            u32v(cfg.intermediate_size),
-        ),
+        (format!("{a}.feed_forward_length"), u32v(cfg.intermediate_size)),
         (format!("{a}.attention.head_count"), u32v(cfg.num_heads)),
-        (
-            format!("{a}.attention.head_count_kv"),
-            u32v(cfg.num_kv_heads),
-        ),
+        (format!("{a}.attention.head_count_kv"), u32v(cfg.num_kv_heads)),
         (format!("{a}.rope.freq_base"), Value::F32(cfg.rope_theta)),
         (format!("{a}.rope.dimension_count"), u32v(cfg.head_dim)),
-        (
-            format!("{a}.attention.layer_norm_rms_epsilon"),
-            Value::F32(cfg.rms_norm_eps),
-        ),
+        (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps)),
         (format!("{a}.vocab_size"), u32v(cfg.vocab_size)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
-        (
-            "tokenizer.ggml.tokens".into(),
-            Value::Array(tokens.iter().map(|t| Value::String(t.clone())).collect()),
-        ),
+        ("tokenizer.ggml.tokens".into(), Value::Array(tokens.iter().map(|t| Value::String(t.clone())).collect())),
         (
             "tokenizer.ggml.token_type".into(),
-            Value::Array(
-                (0..tokens.len())
-                    .map(|i| Value::I32(if i < SPECIALS.len() { 3 } else { 1 }))
-                    .collect(),
-            ),
+            Value::Array((0..tokens.len()).map(|i| Value::I32(if i < SPECIALS.len() { 3 } else { 1 })).collect()),
         ),
         (
             "tokenizer.ggml.merges".into(),
-            Value::Array(
-                merges
-                    .iter()
-                    .map(|(x, y)| Value::String(format!("{x} {y}")))
-                    .collect(),
-            ),
+            Value::Array(merges.iter().map(|(x, y)| Value::String(format!("{x} {y}"))).collect()),
         ),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
-        (
-            "tokenizer.chat_template".into(),
-            Value::String(CHATML_TEMPLATE.into()),
-        ),
+        ("tokenizer.chat_template".into(), Value::String(CHATML_TEMPLATE.into())),
     ];
     meta.sort_by(|x, y| x.0.cmp(&y.0));
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();

@@ -23,7 +23,8 @@ use crate::model::TokenId;
 /// Llama 3's pre-tokenizer regex (`llama-bpe`).
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's pre-tokenizer regex (single digits).
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A tokenizer plus the special tokens the engine needs.
 #[derive(Debug, Clone)]
@@ -58,11 +59,7 @@ impl Tokenizer {
         let tokens: Vec<String> = match meta.get("tokenizer.ggml.tokens") {
             Some(Value::Array(v)) => v
                 .iter()
-                .map(|t| {
-                    t.to_string()
-                        .cloned()
-                        .map_err(|_| bad("tokenizer.ggml.tokens holds a non-string".into()))
-                })
+                .map(|t| t.to_string().cloned().map_err(|_| bad("tokenizer.ggml.tokens holds a non-string".into())))
                 .collect::<Result<_>>()?,
             _ => return Err(bad("metadata `tokenizer.ggml.tokens` is missing".into())),
         };
@@ -70,12 +67,8 @@ impl Tokenizer {
             Some(Value::Array(v)) => v
                 .iter()
                 .map(|m| {
-                    let s = m
-                        .to_string()
-                        .map_err(|_| bad("tokenizer.ggml.merges holds a non-string".into()))?;
-                    let (a, b) = s
-                        .split_once(' ')
-                        .ok_or_else(|| bad(format!("merge `{s}` has no space")))?;
+                    let s = m.to_string().map_err(|_| bad("tokenizer.ggml.merges holds a non-string".into()))?;
+                    let (a, b) = s.split_once(' ').ok_or_else(|| bad(format!("merge `{s}` has no space")))?;
                     Ok((a.to_string(), b.to_string()))
                 })
                 .collect::<Result<_>>()?,
@@ -86,29 +79,14 @@ impl Tokenizer {
             _ => vec![1; tokens.len()],
         };
         let mut vocab = tokenizers::models::bpe::Vocab::default();
-        vocab.extend(
-            tokens
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (t.clone(), i as u32)),
-        );
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(tok_err)?;
+        vocab.extend(tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)));
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         let pre = g.meta_str("tokenizer.ggml.pre").unwrap_or("default");
-        let byte_level = |use_regex: bool| {
-            PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, use_regex))
-        };
+        let byte_level = |use_regex: bool| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, use_regex));
         let split = |re: &str| -> Result<PreTokenizerWrapper> {
             Ok(PreTokenizerWrapper::Split(
-                Split::new(
-                    SplitPattern::Regex(re.into()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .map_err(tok_err)?,
+                Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false).map_err(tok_err)?,
             ))
         };
         let pre_tokenizer = match pre {
@@ -138,17 +116,8 @@ impl Tokenizer {
         let id = |key: &str| meta.get(key).and_then(|v| v.to_u32().ok());
         let bos = id("tokenizer.ggml.bos_token_id");
         let eos = id("tokenizer.ggml.eos_token_id").into_iter().collect();
-        let add_bos = meta
-            .get("tokenizer.ggml.add_bos_token")
-            .and_then(|v| v.to_bool().ok())
-            .unwrap_or(false);
-        Ok(Tokenizer {
-            inner,
-            bos,
-            eos,
-            add_bos,
-            post_processed: false,
-        })
+        let add_bos = meta.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
+        Ok(Tokenizer { inner, bos, eos, add_bos, post_processed: false })
     }
 
     /// Loads `tokenizer.json` from an HF model directory, with BOS/EOS from `tokenizer_config.json` and
@@ -173,37 +142,22 @@ impl Tokenizer {
         let mut eos: Vec<TokenId> = token_id(config.get("eos_token")).into_iter().collect();
         match generation.get("eos_token_id") {
             Some(serde_json::Value::Number(n)) => eos.extend(n.as_u64().map(|x| x as TokenId)),
-            Some(serde_json::Value::Array(a)) => {
-                eos.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as TokenId))
-            }
+            Some(serde_json::Value::Array(a)) => eos.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as TokenId)),
             _ => {}
         }
         eos.sort_unstable();
         eos.dedup();
-        let bos = token_id(config.get("bos_token")).or_else(|| {
-            generation
-                .get("bos_token_id")
-                .and_then(|v| v.as_u64())
-                .map(|x| x as TokenId)
-        });
+        let bos = token_id(config.get("bos_token"))
+            .or_else(|| generation.get("bos_token_id").and_then(|v| v.as_u64()).map(|x| x as TokenId));
         let post_processed = inner.get_post_processor().is_some();
-        Ok(Tokenizer {
-            inner,
-            bos,
-            eos,
-            add_bos: false,
-            post_processed,
-        })
+        Ok(Tokenizer { inner, bos, eos, add_bos: false, post_processed })
     }
 
     /// Encodes text. With `add_special`, the model's own rule for raw prompts applies (BOS when the model asks for
     /// it); chat-templated text is encoded without (the template writes its own special tokens). Never produces a
     /// double BOS.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<TokenId>> {
-        let enc = self
-            .inner
-            .encode(text, add_special && self.post_processed)
-            .map_err(tok_err)?;
+        let enc = self.inner.encode(text, add_special && self.post_processed).map_err(tok_err)?;
         let mut ids = enc.get_ids().to_vec();
         if add_special && self.add_bos {
             if let Some(bos) = self.bos {
@@ -252,8 +206,7 @@ impl Tokenizer {
 
     /// The text of a special token id, if it has one.
     pub fn special_text(&self, id: Option<TokenId>) -> String {
-        id.and_then(|i| self.inner.id_to_token(i))
-            .unwrap_or_default()
+        id.and_then(|i| self.inner.id_to_token(i)).unwrap_or_default()
     }
 
     /// The underlying HF tokenizer (for streaming decode).

@@ -28,24 +28,14 @@ pub struct Linear {
 impl Linear {
     /// From quantized blocks; the f32 copy is made on first f32 use.
     pub fn from_quant(q: QMatrix) -> Self {
-        Linear {
-            rows: q.rows(),
-            cols: q.cols(),
-            quant: Some(q),
-            dense: OnceLock::new(),
-        }
+        Linear { rows: q.rows(), cols: q.cols(), quant: Some(q), dense: OnceLock::new() }
     }
 
     /// From row-major f32 values.
     pub fn from_f32(data: &[f32], rows: usize, cols: usize) -> Self {
         let dense = OnceLock::new();
         let _ = dense.set(PackedMatrix::pack(data, rows, cols));
-        Linear {
-            rows,
-            cols,
-            quant: None,
-            dense,
-        }
+        Linear { rows, cols, quant: None, dense }
     }
 
     /// Output features.
@@ -64,10 +54,7 @@ impl Linear {
     /// The f32 form (dequantized once, on first call).
     pub fn dense(&self) -> &PackedMatrix {
         self.dense.get_or_init(|| {
-            let q = self
-                .quant
-                .as_ref()
-                .expect("a Linear without dense weights has quantized ones");
+            let q = self.quant.as_ref().expect("a Linear without dense weights has quantized ones");
             PackedMatrix::pack(&q.dequantize(), self.rows, self.cols)
         })
     }
@@ -92,8 +79,7 @@ impl Linear {
 
     /// Bytes held now.
     pub fn bytes(&self) -> usize {
-        self.quant.as_ref().map_or(0, QMatrix::bytes)
-            + self.dense.get().map_or(0, PackedMatrix::bytes)
+        self.quant.as_ref().map_or(0, QMatrix::bytes) + self.dense.get().map_or(0, PackedMatrix::bytes)
     }
 
     /// `out = x · Wᵀ` for `m` rows of `x`.

@@ -2,28 +2,20 @@
 //! recompute, forked branch == recomputed prefix, chunked prefill == one shot, and per-sequence seeds that do not
 //! care about batch companions.
 
-use orchard_engine::{
-    Arch, GenerateOptions, GenerateRequest, LogitRows, Precision, SamplingParams, Step, TokenId,
-};
+use orchard_engine::{Arch, GenerateOptions, GenerateRequest, LogitRows, Precision, SamplingParams, Step, TokenId};
 
 use crate::util::{max_abs_diff, tiny, Format};
 
 const TOL: f32 = 1e-4;
 
 fn seq(n: usize, salt: u32) -> Vec<TokenId> {
-    (0..n as u32)
-        .map(|i| (i * 37 + salt * 11 + 5) % 280)
-        .collect()
+    (0..n as u32).map(|i| (i * 37 + salt * 11 + 5) % 280).collect()
 }
 
 /// Logits of every position of `tokens`, run alone from an empty cache.
 fn full_logits(m: &orchard_engine::Model, tokens: &[TokenId], p: Precision) -> Vec<Vec<f32>> {
     let mut cache = m.new_cache();
-    let mut steps = [Step {
-        cache: &mut cache,
-        tokens,
-        logits: LogitRows::From(0),
-    }];
+    let mut steps = [Step { cache: &mut cache, tokens, logits: LogitRows::From(0) }];
     let l = m.forward(&mut steps, p).expect("forward");
     (0..tokens.len()).map(|i| l.row(0, i).to_vec()).collect()
 }
@@ -38,11 +30,7 @@ fn batched_ragged_forward_equals_one_at_a_time() {
         let mut steps: Vec<Step<'_>> = caches
             .iter_mut()
             .zip(&seqs)
-            .map(|(c, s)| Step {
-                cache: c,
-                tokens: s,
-                logits: LogitRows::From(0),
-            })
+            .map(|(c, s)| Step { cache: c, tokens: s, logits: LogitRows::From(0) })
             .collect();
         let batched = m.forward(&mut steps, Precision::F32).expect("forward");
         for (i, s) in seqs.iter().enumerate() {
@@ -62,19 +50,11 @@ fn cached_decode_equals_full_recompute() {
     let tokens = seq(30, 7);
     let full = full_logits(m, &tokens, Precision::F32);
     let mut cache = m.new_cache();
-    let mut steps = [Step {
-        cache: &mut cache,
-        tokens: &tokens[..10],
-        logits: LogitRows::Last,
-    }];
+    let mut steps = [Step { cache: &mut cache, tokens: &tokens[..10], logits: LogitRows::Last }];
     let l = m.forward(&mut steps, Precision::F32).expect("prefill");
     assert!(max_abs_diff(l.row(0, 0), &full[9]) <= TOL);
     for i in 10..tokens.len() {
-        let mut steps = [Step {
-            cache: &mut cache,
-            tokens: &tokens[i..i + 1],
-            logits: LogitRows::Last,
-        }];
+        let mut steps = [Step { cache: &mut cache, tokens: &tokens[i..i + 1], logits: LogitRows::Last }];
         let l = m.forward(&mut steps, Precision::F32).expect("decode");
         let d = max_abs_diff(l.row(0, 0), &full[i]);
         assert!(d <= TOL, "pos {i}: {d}");
@@ -87,22 +67,14 @@ fn forked_branches_equal_recomputed_prefixes_and_do_not_alias() {
     let m = t.engine.model();
     let prefix = seq(21, 1); // ends mid-block: the fork must copy the partial block
     let mut parent = m.new_cache();
-    let mut steps = [Step {
-        cache: &mut parent,
-        tokens: &prefix,
-        logits: LogitRows::None,
-    }];
+    let mut steps = [Step { cache: &mut parent, tokens: &prefix, logits: LogitRows::None }];
     m.forward(&mut steps, Precision::F32).expect("prefix");
     let branches: Vec<Vec<TokenId>> = vec![seq(9, 2), seq(17, 3), seq(3, 4)];
     let mut forks: Vec<_> = branches.iter().map(|_| parent.clone()).collect();
     let mut steps: Vec<Step<'_>> = forks
         .iter_mut()
         .zip(&branches)
-        .map(|(c, b)| Step {
-            cache: c,
-            tokens: b,
-            logits: LogitRows::From(0),
-        })
+        .map(|(c, b)| Step { cache: c, tokens: b, logits: LogitRows::From(0) })
         .collect();
     let l = m.forward(&mut steps, Precision::F32).expect("branches");
     for (i, b) in branches.iter().enumerate() {
@@ -115,11 +87,7 @@ fn forked_branches_equal_recomputed_prefixes_and_do_not_alias() {
     }
     // The parent is untouched: continuing it equals a recompute of prefix + new tokens.
     let more = seq(4, 9);
-    let mut steps = [Step {
-        cache: &mut parent,
-        tokens: &more,
-        logits: LogitRows::From(0),
-    }];
+    let mut steps = [Step { cache: &mut parent, tokens: &more, logits: LogitRows::From(0) }];
     let l = m.forward(&mut steps, Precision::F32).expect("parent");
     let whole: Vec<TokenId> = prefix.iter().chain(&more).copied().collect();
     let full = full_logits(m, &whole, Precision::F32);
@@ -131,27 +99,14 @@ fn forked_branches_equal_recomputed_prefixes_and_do_not_alias() {
 #[test]
 fn chunked_scoring_equals_one_shot() {
     let t = tiny(Arch::Qwen2, Format::Hf, 4);
-    let pairs: Vec<(Vec<TokenId>, Vec<TokenId>)> = vec![
-        (seq(7, 1), seq(30, 2)),
-        (seq(50, 3), seq(5, 4)),
-        (seq(1, 5), seq(1, 6)),
-        (seq(3, 7), vec![]),
-    ];
-    let one = t
-        .engine
-        .score_with(&pairs, Precision::F32, 10_000)
-        .expect("one shot");
+    let pairs: Vec<(Vec<TokenId>, Vec<TokenId>)> =
+        vec![(seq(7, 1), seq(30, 2)), (seq(50, 3), seq(5, 4)), (seq(1, 5), seq(1, 6)), (seq(3, 7), vec![])];
+    let one = t.engine.score_with(&pairs, Precision::F32, 10_000).expect("one shot");
     for chunk in [1, 3, 16] {
-        let chunked = t
-            .engine
-            .score_with(&pairs, Precision::F32, chunk)
-            .expect("chunked");
+        let chunked = t.engine.score_with(&pairs, Precision::F32, chunk).expect("chunked");
         for (a, b) in one.iter().zip(&chunked) {
             assert_eq!(a.n_tokens, b.n_tokens);
-            assert!(
-                max_abs_diff(&a.token_logprobs, &b.token_logprobs) <= TOL,
-                "chunk {chunk}"
-            );
+            assert!(max_abs_diff(&a.token_logprobs, &b.token_logprobs) <= TOL, "chunk {chunk}");
         }
     }
     assert_eq!(one[3].n_tokens, 0);
@@ -159,59 +114,28 @@ fn chunked_scoring_equals_one_shot() {
 }
 
 fn sampling() -> SamplingParams {
-    SamplingParams {
-        max_new_tokens: 24,
-        ignore_eos: true,
-        top_p: 0.95,
-        ..Default::default()
-    }
+    SamplingParams { max_new_tokens: 24, ignore_eos: true, top_p: 0.95, ..Default::default() }
 }
 
 #[test]
 fn a_seed_gives_the_same_tokens_whatever_the_batch() {
     for precision in [Precision::F32, Precision::Quantized] {
-        let t = tiny(
-            Arch::Llama,
-            Format::Gguf(candle_core::quantized::GgmlDType::Q4_1),
-            5,
-        );
+        let t = tiny(Arch::Llama, Format::Gguf(candle_core::quantized::GgmlDType::Q4_1), 5);
         let e = &t.engine;
-        let target = GenerateRequest {
-            prompt: seq(12, 1),
-            n: 3,
-            params: sampling(),
-            seed: 42,
-        };
-        let opts = GenerateOptions {
-            precision: Some(precision),
-            ..Default::default()
-        };
-        let alone = e
-            .generate(std::slice::from_ref(&target), &opts, &mut |_| {})
-            .expect("alone");
+        let target = GenerateRequest { prompt: seq(12, 1), n: 3, params: sampling(), seed: 42 };
+        let opts = GenerateOptions { precision: Some(precision), ..Default::default() };
+        let alone = e.generate(std::slice::from_ref(&target), &opts, &mut |_| {}).expect("alone");
         let companions = vec![
-            GenerateRequest {
-                prompt: seq(40, 2),
-                n: 2,
-                params: sampling(),
-                seed: 7,
-            },
+            GenerateRequest { prompt: seq(40, 2), n: 2, params: sampling(), seed: 7 },
             target.clone(),
             GenerateRequest {
                 prompt: seq(3, 3),
                 n: 4,
-                params: SamplingParams {
-                    temperature: 0.0,
-                    ..sampling()
-                },
+                params: SamplingParams { temperature: 0.0, ..sampling() },
                 seed: 9,
             },
         ];
-        let small_batches = GenerateOptions {
-            max_batch: 4,
-            prefill_chunk: 7,
-            ..opts
-        };
+        let small_batches = GenerateOptions { max_batch: 4, prefill_chunk: 7, ..opts };
         for o in [opts, small_batches] {
             let together = e.generate(&companions, &o, &mut |_| {}).expect("together");
             assert_eq!(together[1], alone[0], "{precision:?}");
@@ -225,23 +149,11 @@ fn a_seed_gives_the_same_tokens_whatever_the_batch() {
 fn generated_logprobs_equal_scored_logprobs() {
     let t = tiny(Arch::Llama, Format::Hf, 6);
     let e = &t.engine;
-    let req = GenerateRequest {
-        prompt: seq(9, 4),
-        n: 2,
-        params: sampling(),
-        seed: 3,
-    };
-    let opts = GenerateOptions {
-        precision: Some(Precision::F32),
-        ..Default::default()
-    };
-    let out = e
-        .generate(std::slice::from_ref(&req), &opts, &mut |_| {})
-        .expect("generate");
+    let req = GenerateRequest { prompt: seq(9, 4), n: 2, params: sampling(), seed: 3 };
+    let opts = GenerateOptions { precision: Some(Precision::F32), ..Default::default() };
+    let out = e.generate(std::slice::from_ref(&req), &opts, &mut |_| {}).expect("generate");
     for s in &out[0] {
-        let scored = e
-            .score(&[(req.prompt.clone(), s.token_ids.clone())])
-            .expect("score");
+        let scored = e.score(&[(req.prompt.clone(), s.token_ids.clone())]).expect("score");
         let d = max_abs_diff(&scored[0].token_logprobs, &s.token_logprobs);
         assert!(d <= TOL, "{d}");
     }
@@ -251,37 +163,17 @@ fn generated_logprobs_equal_scored_logprobs() {
 fn stop_strings_cut_the_text_and_finish_with_stop() {
     let t = tiny(Arch::Llama, Format::Hf, 8);
     let e = &t.engine;
-    let greedy = SamplingParams {
-        temperature: 0.0,
-        max_new_tokens: 40,
-        ignore_eos: true,
-        ..Default::default()
-    };
-    let req = GenerateRequest {
-        prompt: seq(6, 1),
-        n: 1,
-        params: greedy.clone(),
-        seed: 0,
-    };
-    let full = e
-        .generate(std::slice::from_ref(&req), &Default::default(), &mut |_| {})
-        .expect("generate");
+    let greedy = SamplingParams { temperature: 0.0, max_new_tokens: 40, ignore_eos: true, ..Default::default() };
+    let req = GenerateRequest { prompt: seq(6, 1), n: 1, params: greedy.clone(), seed: 0 };
+    let full = e.generate(std::slice::from_ref(&req), &Default::default(), &mut |_| {}).expect("generate");
     let text = &full[0][0].text;
     // Pick a stop string from the middle of the greedy text.
     let chars: Vec<char> = text.chars().collect();
     assert!(chars.len() > 12, "greedy text too short: {text:?}");
     let stop: String = chars[8..10].iter().collect();
     let cut = text.find(&stop).expect("stop occurs");
-    let req = GenerateRequest {
-        params: SamplingParams {
-            stop: vec![stop.clone()],
-            ..greedy
-        },
-        ..req
-    };
-    let out = e
-        .generate(std::slice::from_ref(&req), &Default::default(), &mut |_| {})
-        .expect("generate");
+    let req = GenerateRequest { params: SamplingParams { stop: vec![stop.clone()], ..greedy }, ..req };
+    let out = e.generate(std::slice::from_ref(&req), &Default::default(), &mut |_| {}).expect("generate");
     assert_eq!(out[0][0].text, text[..cut]);
     assert_eq!(out[0][0].finish_reason, orchard_engine::FinishReason::Stop);
 }
@@ -290,20 +182,9 @@ fn stop_strings_cut_the_text_and_finish_with_stop() {
 fn max_new_tokens_and_eos_end_samples() {
     let t = tiny(Arch::Llama, Format::Hf, 9);
     let e = &t.engine;
-    let p = SamplingParams {
-        max_new_tokens: 5,
-        ignore_eos: true,
-        ..Default::default()
-    };
-    let req = GenerateRequest {
-        prompt: seq(4, 2),
-        n: 2,
-        params: p,
-        seed: 1,
-    };
-    let out = e
-        .generate(std::slice::from_ref(&req), &Default::default(), &mut |_| {})
-        .expect("generate");
+    let p = SamplingParams { max_new_tokens: 5, ignore_eos: true, ..Default::default() };
+    let req = GenerateRequest { prompt: seq(4, 2), n: 2, params: p, seed: 1 };
+    let out = e.generate(std::slice::from_ref(&req), &Default::default(), &mut |_| {}).expect("generate");
     for s in &out[0] {
         assert_eq!(s.token_ids.len(), 5);
         assert_eq!(s.token_logprobs.len(), 5);
@@ -311,19 +192,9 @@ fn max_new_tokens_and_eos_end_samples() {
     }
     // Every token is a stop token: the first draw ends the sample.
     let all: Vec<u32> = (0..288).collect();
-    let p = SamplingParams {
-        stop_token_ids: all,
-        ..Default::default()
-    };
-    let req = GenerateRequest {
-        prompt: seq(4, 2),
-        n: 1,
-        params: p,
-        seed: 1,
-    };
-    let out = e
-        .generate(std::slice::from_ref(&req), &Default::default(), &mut |_| {})
-        .expect("generate");
+    let p = SamplingParams { stop_token_ids: all, ..Default::default() };
+    let req = GenerateRequest { prompt: seq(4, 2), n: 1, params: p, seed: 1 };
+    let out = e.generate(std::slice::from_ref(&req), &Default::default(), &mut |_| {}).expect("generate");
     assert_eq!(out[0][0].token_ids.len(), 1);
     assert_eq!(out[0][0].finish_reason, orchard_engine::FinishReason::Stop);
 }

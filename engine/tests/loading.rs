@@ -9,15 +9,8 @@ use crate::util::{max_abs_diff, tiny, Format};
 fn last_logits(e: &Engine, tokens: &[TokenId], p: Precision) -> Vec<f32> {
     let m = e.model();
     let mut cache = m.new_cache();
-    let mut steps = [Step {
-        cache: &mut cache,
-        tokens,
-        logits: LogitRows::Last,
-    }];
-    m.forward(&mut steps, p)
-        .expect("forward")
-        .row(0, 0)
-        .to_vec()
+    let mut steps = [Step { cache: &mut cache, tokens, logits: LogitRows::Last }];
+    m.forward(&mut steps, p).expect("forward").row(0, 0).to_vec()
 }
 
 const PROMPT: [TokenId; 12] = [1, 40, 77, 3, 120, 250, 9, 18, 64, 200, 2, 99];
@@ -51,17 +44,10 @@ fn every_block_format_loads_close_to_f32() {
         for p in [Precision::F32, Precision::Quantized] {
             let got = last_logits(&t.engine, &PROMPT, p);
             let d = max_abs_diff(&got, &want);
-            assert!(
-                d <= tol * spread.max(1.0),
-                "{dt:?} {p:?}: max |Δ| {d} (logit scale {spread})"
-            );
+            assert!(d <= tol * spread.max(1.0), "{dt:?} {p:?}: max |Δ| {d} (logit scale {spread})");
         }
         let quantized = matches!(dt, GgmlDType::Q8_0 | GgmlDType::Q4_1 | GgmlDType::Q4_0);
-        assert_eq!(
-            t.engine.model().has_quantized_weights(),
-            quantized,
-            "{dt:?}"
-        );
+        assert_eq!(t.engine.model().has_quantized_weights(), quantized, "{dt:?}");
     }
 }
 
@@ -73,40 +59,24 @@ fn quantized_kernels_equal_their_own_dequantized_weights() {
     let a = last_logits(&t.engine, &PROMPT, Precision::F32);
     let b = last_logits(&t.engine, &PROMPT, Precision::Quantized);
     let spread = a.iter().fold(0f32, |m, x| m.max(x.abs()));
-    assert!(
-        max_abs_diff(&a, &b) <= 0.05 * spread.max(1.0),
-        "{}",
-        max_abs_diff(&a, &b)
-    );
+    assert!(max_abs_diff(&a, &b) <= 0.05 * spread.max(1.0), "{}", max_abs_diff(&a, &b));
 }
 
 #[test]
 fn gguf_and_hf_tokenizers_agree() {
     let hf = tiny(Arch::Llama, Format::Hf, 14);
     let gguf = tiny(Arch::Llama, Format::Gguf(GgmlDType::Q8_0), 14);
-    for text in [
-        "the cat is in there",
-        "12345 and 6",
-        "<|im_start|>user\nhi<|im_end|>",
-        "emoji 😀 ok",
-        "  two  spaces",
-    ] {
+    for text in ["the cat is in there", "12345 and 6", "<|im_start|>user\nhi<|im_end|>", "emoji 😀 ok", "  two  spaces"]
+    {
         let a = hf.engine.tokenizer().encode(text, true).expect("hf");
         let b = gguf.engine.tokenizer().encode(text, true).expect("gguf");
         assert_eq!(a, b, "{text:?}");
-        assert_eq!(
-            hf.engine.tokenizer().decode(&a, false).expect("decode"),
-            text
-        );
+        assert_eq!(hf.engine.tokenizer().decode(&a, false).expect("decode"), text);
     }
     let p = Prompt::Text("hello".into());
     assert_eq!(
-        hf.engine
-            .prompt_tokens(&p, Some("be brief"), false)
-            .expect("hf chat"),
-        gguf.engine
-            .prompt_tokens(&p, Some("be brief"), false)
-            .expect("gguf chat")
+        hf.engine.prompt_tokens(&p, Some("be brief"), false).expect("hf chat"),
+        gguf.engine.prompt_tokens(&p, Some("be brief"), false).expect("gguf chat")
     );
 }
 
@@ -151,11 +121,7 @@ fn unsupported_architectures_and_bad_configs_are_refused() {
     let e = err_of(hf.to_str().expect("utf-8"));
     assert!(e.contains("gpt_neox") && e.contains("config.json"), "{e}");
 
-    std::fs::write(
-        &config_path,
-        text.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
-    )
-    .expect("write");
+    std::fs::write(&config_path, text.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3")).expect("write");
     let e = err_of(hf.to_str().expect("utf-8"));
     assert!(e.contains("model.layers.2"), "{e}");
 
@@ -169,23 +135,10 @@ fn unsupported_architectures_and_bad_configs_are_refused() {
 fn over_long_prompts_and_unknown_roles_are_request_errors() {
     let t = tiny(Arch::Llama, Format::Hf, 15);
     let long: Vec<TokenId> = vec![5; 600];
-    let req = orchard_engine::GenerateRequest {
-        prompt: long,
-        n: 1,
-        params: Default::default(),
-        seed: 0,
-    };
-    let e = t
-        .engine
-        .generate(&[req], &Default::default(), &mut |_| {})
-        .unwrap_err()
-        .to_string();
+    let req = orchard_engine::GenerateRequest { prompt: long, n: 1, params: Default::default(), seed: 0 };
+    let e = t.engine.generate(&[req], &Default::default(), &mut |_| {}).unwrap_err().to_string();
     assert!(e.contains("600 tokens") && e.contains("512"), "{e}");
     let p = Prompt::Messages(vec![orchard_engine::Message::new("narrator", "x")]);
-    let e = t
-        .engine
-        .prompt_tokens(&p, None, false)
-        .unwrap_err()
-        .to_string();
+    let e = t.engine.prompt_tokens(&p, None, false).unwrap_err().to_string();
     assert!(e.contains("narrator"), "{e}");
 }

@@ -38,18 +38,13 @@ struct ScoreCase {
 }
 
 fn reference() -> Reference {
-    let text =
-        std::fs::read_to_string(reference_dir().join("hf_smollm2.json")).expect("reference json");
+    let text = std::fs::read_to_string(reference_dir().join("hf_smollm2.json")).expect("reference json");
     serde_json::from_str(&text).expect("valid reference json")
 }
 
 fn reference_rows(vocab: usize) -> Vec<Vec<f32>> {
-    let bytes =
-        std::fs::read(reference_dir().join("hf_smollm2_logprobs.f32")).expect("reference rows");
-    let vals: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let bytes = std::fs::read(reference_dir().join("hf_smollm2_logprobs.f32")).expect("reference rows");
+    let vals: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     vals.chunks(vocab).map(<[f32]>::to_vec).collect()
 }
 
@@ -61,33 +56,19 @@ fn tokenizer_ids_equal_hf() {
     for case in &r.tokenizer {
         let ids = e.tokenizer().encode(&case.text, true).expect("encode");
         assert_eq!(ids, case.ids, "{:?}", case.text);
-        assert_eq!(
-            e.tokenizer().decode(&ids, false).expect("decode"),
-            case.text
-        );
+        assert_eq!(e.tokenizer().decode(&ids, false).expect("decode"), case.text);
     }
     for case in &r.chat {
-        let text = e
-            .template()
-            .expect("template")
-            .render(&case.messages, true)
-            .expect("render");
+        let text = e.template().expect("template").render(&case.messages, true).expect("render");
         assert_eq!(text, case.text);
-        assert_eq!(
-            e.tokenizer().encode(&text, false).expect("encode"),
-            case.ids
-        );
+        assert_eq!(e.tokenizer().encode(&text, false).expect("encode"), case.ids);
     }
 }
 
 fn last_logprobs(ids: &[TokenId], p: Precision) -> Vec<f32> {
     let m = default_engine().model();
     let mut cache = m.new_cache();
-    let mut steps = [Step {
-        cache: &mut cache,
-        tokens: ids,
-        logits: LogitRows::Last,
-    }];
+    let mut steps = [Step { cache: &mut cache, tokens: ids, logits: LogitRows::Last }];
     log_softmax(m.forward(&mut steps, p).expect("forward").row(0, 0))
 }
 
@@ -100,10 +81,7 @@ fn f32_next_token_logprobs_match_hf() {
         let got = last_logprobs(&case.ids, Precision::F32);
         worst = worst.max(max_abs_diff(&got, want));
     }
-    eprintln!(
-        "f32 path: max |Δ log-softmax| over the full vocabulary, {} prompts: {worst:.2e}",
-        rows.len()
-    );
+    eprintln!("f32 path: max |Δ log-softmax| over the full vocabulary, {} prompts: {worst:.2e}", rows.len());
     assert!(worst <= 1e-3, "{worst}");
 }
 
@@ -115,39 +93,17 @@ fn quantized_top5_matches_hf() {
         let got = last_logprobs(&case.ids, Precision::Quantized);
         let mut order: Vec<usize> = (0..got.len()).collect();
         order.sort_by(|&a, &b| got[b].total_cmp(&got[a]));
-        eprintln!(
-            "ours {:?}",
-            order[..6].iter().map(|&i| (i, got[i])).collect::<Vec<_>>()
-        );
-        eprintln!(
-            "hf   {:?}",
-            case.top5_ids
-                .iter()
-                .zip(&case.top5_logprobs)
-                .collect::<Vec<_>>()
-        );
+        eprintln!("ours {:?}", order[..6].iter().map(|&i| (i, got[i])).collect::<Vec<_>>());
+        eprintln!("hf   {:?}", case.top5_ids.iter().zip(&case.top5_logprobs).collect::<Vec<_>>());
         let mut ours: Vec<usize> = order[..5].to_vec();
         let mut theirs = case.top5_ids.clone();
         ours.sort_unstable();
         theirs.sort_unstable();
         if ours != theirs {
-            eprintln!(
-                "top-5 set differs: {:?} vs {:?}",
-                &order[..6],
-                case.top5_ids
-            );
+            eprintln!("top-5 set differs: {:?} vs {:?}", &order[..6], case.top5_ids);
         }
-        eprintln!(
-            "ours {:?}",
-            order[..6].iter().map(|&i| (i, got[i])).collect::<Vec<_>>()
-        );
-        eprintln!(
-            "hf   {:?}",
-            case.top5_ids
-                .iter()
-                .zip(&case.top5_logprobs)
-                .collect::<Vec<_>>()
-        );
+        eprintln!("ours {:?}", order[..6].iter().map(|&i| (i, got[i])).collect::<Vec<_>>());
+        eprintln!("hf   {:?}", case.top5_ids.iter().zip(&case.top5_logprobs).collect::<Vec<_>>());
         for (&id, &lp) in case.top5_ids.iter().zip(&case.top5_logprobs) {
             worst = worst.max((got[id] - lp).abs());
         }
@@ -160,20 +116,13 @@ fn quantized_top5_matches_hf() {
 fn score_sums_match_hf() {
     let r = reference();
     assert!(r.score.len() >= 20);
-    let pairs: Vec<_> = r
-        .score
-        .iter()
-        .map(|c| (c.prompt_ids.clone(), c.completion_ids.clone()))
-        .collect();
+    let pairs: Vec<_> = r.score.iter().map(|c| (c.prompt_ids.clone(), c.completion_ids.clone())).collect();
     let scored = default_engine().score(&pairs).expect("score");
     let mut worst = 0f64;
     for (s, c) in scored.iter().zip(&r.score) {
         assert_eq!(s.n_tokens, c.completion_ids.len());
         worst = worst.max((s.logprob_sum - c.logprob_sum).abs());
     }
-    eprintln!(
-        "score: max |Δ logprob_sum| over {} pairs: {worst:.2e}",
-        r.score.len()
-    );
+    eprintln!("score: max |Δ logprob_sum| over {} pairs: {worst:.2e}", r.score.len());
     assert!(worst <= 1e-2, "{worst}");
 }

@@ -43,8 +43,7 @@ pub fn default_engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         orchard_engine::init_threads(None);
-        Engine::load("default")
-            .expect("the default model must be available (run `orchard fetch-model`)")
+        Engine::load("default").expect("the default model must be available (run `orchard fetch-model`)")
     })
 }
 
@@ -54,10 +53,7 @@ pub fn reference_dir() -> PathBuf {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {

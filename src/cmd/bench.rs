@@ -12,7 +12,8 @@ use super::common::{ModelArgs, PrecisionArg};
 /// Built-in prompt text (a GSM8K question, repeated to the prompt length).
 const DEFAULT_TEXT: &str = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May? Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn? Betty is saving money for a new wallet which costs $100. Betty has only half of the money she needs. Her parents decided to give her $15 for that purpose, and her grandparents twice as much as her parents. How much more money does Betty need to buy the wallet?";
 
-/// Measure prefill tokens/s (one prompt) and aggregate greedy decode tokens/s at several batch sizes.
+/// Measure prefill tokens/s (one prompt), aggregate greedy decode tokens/s at several batch sizes, and scoring
+/// tokens/s (8 prompt/completion pairs, f32 path).
 ///
 /// Each batch size B decodes --new-tokens tokens for B distinct prompts of --prompt-tokens tokens after prefilling
 /// them (prefill is not timed there). Prints one JSON line per measurement, then a summary line. Medians over
@@ -58,24 +59,17 @@ struct Row<'a> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let engine = args.model.load()?;
     let text = match &args.text {
-        Some(p) => {
-            std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?
-        }
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?,
         None => DEFAULT_TEXT.to_string(),
     };
     let base = engine.tokenizer().encode(&text, false)?;
     anyhow::ensure!(!base.is_empty(), "the prompt text has no tokens");
     let model = engine.model();
-    let precision = args
-        .precision
-        .resolve()
-        .unwrap_or_else(|| model.default_precision());
+    let precision = args.precision.resolve().unwrap_or_else(|| model.default_precision());
     let repeat = args.repeat.max(1);
     let prompt = prompt_ids(&base, args.prompt_tokens, 0);
     time_prefill(model, &prompt, precision)?; // warm-up (and the f32 copy, if needed)
-    let runs = (0..repeat)
-        .map(|_| time_prefill(model, &prompt, precision))
-        .collect::<Result<Vec<_>, _>>()?;
+    let runs = (0..repeat).map(|_| time_prefill(model, &prompt, precision)).collect::<Result<Vec<_>, _>>()?;
     let secs = median(runs);
     let mut summary = serde_json::Map::new();
     let prefill = args.prompt_tokens as f64 / secs;
@@ -92,9 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         })?
     );
     for &b in &args.batch {
-        let prompts: Vec<_> = (0..b)
-            .map(|i| prompt_ids(&base, args.prompt_tokens, i))
-            .collect();
+        let prompts: Vec<_> = (0..b).map(|i| prompt_ids(&base, args.prompt_tokens, i)).collect();
         let runs = (0..repeat)
             .map(|_| time_decode(model, &prompts, args.new_tokens, precision))
             .collect::<Result<Vec<_>, _>>()?;
@@ -104,16 +96,39 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         summary.insert(format!("decode_b{b}_tok_per_s"), tps.into());
         println!(
             "{}",
-            serde_json::to_string(&Row {
-                kind: "decode",
-                batch: b,
-                tokens,
-                seconds: secs,
-                tok_per_s: tps,
-                precision
-            })?
+            serde_json::to_string(&Row { kind: "decode", batch: b, tokens, seconds: secs, tok_per_s: tps, precision })?
         );
     }
+    // Scoring: teacher-forced log-probs of 8 (prompt, completion) pairs on the f32 path, all tokens counted.
+    let pairs: Vec<_> = (0..8)
+        .map(|i| {
+            let ids = prompt_ids(&base, args.prompt_tokens, i);
+            let half = ids.len() / 2;
+            (ids[..half].to_vec(), ids[half..].to_vec())
+        })
+        .collect();
+    engine.score(&pairs[..1])?;
+    let mut runs = Vec::new();
+    for _ in 0..repeat {
+        let start = std::time::Instant::now();
+        engine.score(&pairs)?;
+        runs.push(start.elapsed().as_secs_f64());
+    }
+    let secs = median(runs);
+    let tokens = 8 * args.prompt_tokens;
+    let tps = tokens as f64 / secs;
+    summary.insert("score_tok_per_s".into(), tps.into());
+    println!(
+        "{}",
+        serde_json::to_string(&Row {
+            kind: "score",
+            batch: 8,
+            tokens,
+            seconds: secs,
+            tok_per_s: tps,
+            precision: orchard_engine::Precision::F32
+        })?
+    );
     summary.insert("threads".into(), rayon_threads().into());
     println!("{}", serde_json::Value::Object(summary));
     Ok(ExitCode::SUCCESS)

@@ -27,8 +27,7 @@ impl ModelArgs {
         let spinner = indicatif::ProgressBar::new_spinner();
         spinner.set_message(format!("loading {}", self.model));
         spinner.enable_steady_tick(Duration::from_millis(120));
-        let engine =
-            Engine::load(&self.model).with_context(|| format!("loading model `{}`", self.model));
+        let engine = Engine::load(&self.model).with_context(|| format!("loading model `{}`", self.model));
         spinner.finish_and_clear();
         engine
     }
@@ -57,11 +56,8 @@ impl PrecisionArg {
 
 /// Reads a JSON-lines file: one object per non-blank line, parsed into `T`, with its line number. Errors name
 /// the file and line.
-pub fn read_jsonl_lines<T: serde::de::DeserializeOwned>(
-    path: &Path,
-) -> anyhow::Result<Vec<(usize, T)>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+pub fn read_jsonl_lines<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<(usize, T)>> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut rows = Vec::new();
     for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
         let line = line.with_context(|| format!("{}:{}: read error", path.display(), i + 1))?;
@@ -70,8 +66,7 @@ pub fn read_jsonl_lines<T: serde::de::DeserializeOwned>(
         if text.trim().is_empty() {
             continue;
         }
-        let row = serde_json::from_str(text)
-            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
+        let row = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
         rows.push((i + 1, row));
     }
     Ok(rows)
@@ -89,10 +84,7 @@ impl Output {
     pub fn new(path: Option<&Path>) -> anyhow::Result<Self> {
         let tmp = match path {
             Some(p) => {
-                let dir = p
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
+                let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
                 Some(
                     tempfile::Builder::new()
                         .prefix(".orchard-")
@@ -102,11 +94,7 @@ impl Output {
             }
             None => None,
         };
-        Ok(Output {
-            target: path.map(Path::to_path_buf),
-            tmp,
-            buf: Vec::new(),
-        })
+        Ok(Output { target: path.map(Path::to_path_buf), tmp, buf: Vec::new() })
     }
 
     /// Appends one JSON line.
@@ -137,8 +125,7 @@ impl Output {
         self.flush()?;
         if let (Some(tmp), Some(target)) = (self.tmp.take(), self.target.take()) {
             tmp.as_file().sync_all()?;
-            tmp.persist(&target)
-                .with_context(|| format!("{}: cannot write", target.display()))?;
+            tmp.persist(&target).with_context(|| format!("{}: cannot write", target.display()))?;
         }
         Ok(())
     }

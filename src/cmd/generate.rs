@@ -123,14 +123,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 prompts.push(match (row.prompt, row.messages) {
                     (Some(p), None) => Prompt::Text(p),
                     (None, Some(m)) => Prompt::Messages(m),
-                    (Some(_), Some(_)) => bail!(
-                        "{}:{line}: give either `prompt` or `messages`, not both",
-                        path.display()
-                    ),
-                    (None, None) => bail!(
-                        "{}:{line}: missing field `prompt` (or `messages`)",
-                        path.display()
-                    ),
+                    (Some(_), Some(_)) => {
+                        bail!("{}:{line}: give either `prompt` or `messages`, not both", path.display())
+                    }
+                    (None, None) => bail!("{}:{line}: missing field `prompt` (or `messages`)", path.display()),
                 });
             }
             if prompts.is_empty() {
@@ -142,22 +138,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let out = Output::new(args.out.as_deref())?;
     let engine = args.model.load()?;
-    let source = args
-        .prompts
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "--prompt".into());
+    let source = args.prompts.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "--prompt".into());
     let mut requests = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {
         let tokens = engine
             .prompt_tokens(p, args.system.as_deref(), args.raw)
             .with_context(|| format!("{source}: prompt {}", i + 1))?;
-        requests.push(GenerateRequest {
-            prompt: tokens,
-            n: args.n,
-            params: params.clone(),
-            seed: args.seed,
-        });
+        requests.push(GenerateRequest { prompt: tokens, n: args.n, params: params.clone(), seed: args.seed });
     }
     let opts = GenerateOptions {
         precision: args.precision.resolve(),

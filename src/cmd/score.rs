@@ -62,12 +62,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let path = args.input.display().to_string();
     let mut parsed = Vec::with_capacity(rows.len());
     for (line, row) in rows {
-        let Some(prompt) = row.prompt else {
-            bail!("{path}:{line}: missing field `prompt`")
-        };
-        let Some(completion) = row.completion else {
-            bail!("{path}:{line}: missing field `completion`")
-        };
+        let Some(prompt) = row.prompt else { bail!("{path}:{line}: missing field `prompt`") };
+        let Some(completion) = row.completion else { bail!("{path}:{line}: missing field `completion`") };
         let prompt = match prompt {
             PromptField::Text(t) => Prompt::Text(t),
             PromptField::Messages(m) => Prompt::Messages(m),
@@ -87,16 +83,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("{path}:{line}: field `completion`"))?;
         pairs.push((p, c));
     }
-    let scored = engine
-        .score(&pairs)
-        .with_context(|| format!("scoring {path}"))?;
+    let scored = engine.score(&pairs).with_context(|| format!("scoring {path}"))?;
     let mut out = out;
     for s in &scored {
-        out.row(&OutRow {
-            logprob_sum: s.logprob_sum,
-            token_logprobs: &s.token_logprobs,
-            n_tokens: s.n_tokens,
-        })?;
+        out.row(&OutRow { logprob_sum: s.logprob_sum, token_logprobs: &s.token_logprobs, n_tokens: s.n_tokens })?;
     }
     out.finish()?;
     Ok(ExitCode::SUCCESS)

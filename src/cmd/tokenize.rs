@@ -32,10 +32,7 @@ struct OutRow {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let engine = args.model.load()?;
     let ids = engine.prompt_tokens(&Prompt::Text(args.text.clone()), None, !args.chat)?;
-    let pieces = ids
-        .iter()
-        .map(|&i| engine.tokenizer().piece(i).unwrap_or_default())
-        .collect();
+    let pieces = ids.iter().map(|&i| engine.tokenizer().piece(i).unwrap_or_default()).collect();
     println!("{}", serde_json::to_string(&OutRow { ids, pieces })?);
     Ok(ExitCode::SUCCESS)
 }

@@ -27,17 +27,14 @@ impl PackedMatrix {
         assert_eq!(data.len(), rows * cols, "pack: data size");
         let np = rows.div_ceil(NR);
         let mut panels = vec![0f32; np * cols * NR];
-        panels
-            .par_chunks_mut(cols * NR)
-            .enumerate()
-            .for_each(|(p, panel)| {
-                for j in 0..NR.min(rows - p * NR) {
-                    let src = &data[(p * NR + j) * cols..(p * NR + j + 1) * cols];
-                    for (k, &v) in src.iter().enumerate() {
-                        panel[k * NR + j] = v;
-                    }
+        panels.par_chunks_mut(cols * NR).enumerate().for_each(|(p, panel)| {
+            for j in 0..NR.min(rows - p * NR) {
+                let src = &data[(p * NR + j) * cols..(p * NR + j + 1) * cols];
+                for (k, &v) in src.iter().enumerate() {
+                    panel[k * NR + j] = v;
                 }
-            });
+            }
+        });
         PackedMatrix { rows, cols, panels }
     }
 
@@ -66,9 +63,7 @@ impl PackedMatrix {
     /// The matrix back in row-major order.
     pub fn unpack(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
-        out.par_chunks_mut(self.cols)
-            .enumerate()
-            .for_each(|(r, row)| self.row(r, row));
+        out.par_chunks_mut(self.cols).enumerate().for_each(|(r, row)| self.row(r, row));
         out
     }
 }
@@ -107,14 +102,7 @@ pub fn matmul(w: &PackedMatrix, x: &[f32], m: usize, out: &mut [f32]) {
 /// Rows of `x` per micro-kernel call.
 const MR_MAX: usize = 6;
 
-fn panel_kernel(
-    isa: Isa,
-    panel: &[f32],
-    x: &[f32],
-    k: usize,
-    mr: usize,
-    tile: &mut [[f32; NR]; MR_MAX],
-) {
+fn panel_kernel(isa: Isa, panel: &[f32], x: &[f32], k: usize, mr: usize, tile: &mut [[f32; NR]; MR_MAX]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa()` only reports a level the CPU supports.
@@ -166,12 +154,7 @@ mod x86 {
     use super::{MR_MAX, NR};
 
     #[target_feature(enable = "avx512f,fma")]
-    pub unsafe fn kernel_avx512<const R: usize>(
-        panel: &[f32],
-        x: &[f32],
-        k: usize,
-        tile: &mut [[f32; NR]; MR_MAX],
-    ) {
+    pub unsafe fn kernel_avx512<const R: usize>(panel: &[f32], x: &[f32], k: usize, tile: &mut [[f32; NR]; MR_MAX]) {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let wp = panel.as_ptr();
         let xp = x.as_ptr();
@@ -191,12 +174,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel_avx2<const R: usize>(
-        panel: &[f32],
-        x: &[f32],
-        k: usize,
-        tile: &mut [[f32; NR]; MR_MAX],
-    ) {
+    pub unsafe fn kernel_avx2<const R: usize>(panel: &[f32], x: &[f32], k: usize, tile: &mut [[f32; NR]; MR_MAX]) {
         let mut acc = [[_mm256_setzero_ps(); 4]; R];
         let wp = panel.as_ptr();
         let xp = x.as_ptr();
@@ -227,12 +205,7 @@ mod tests {
     use super::*;
 
     fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0
-                    - 1.0
-            })
-            .collect()
+        (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0 - 1.0).collect()
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 use rayon::prelude::*;
 
+use super::{isa, Isa};
+
 /// Lanes of the partial sums: wide enough for SIMD, fixed so results do not depend on the ISA.
 const LANES: usize = 8;
 
@@ -30,57 +32,97 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `out = x / sqrt(mean(x²) + eps) · w`, row by row (`x` and `out` are `rows × w.len()`).
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
-    out.par_chunks_mut(d)
-        .zip(x.par_chunks(d))
-        .with_min_len(16)
-        .for_each(|(o, xr)| {
-            let var = dot(xr, xr) / d as f32;
-            let inv = 1.0 / (var + eps).sqrt();
-            for ((o, &xv), &wv) in o.iter_mut().zip(xr).zip(w) {
-                *o = wv * (xv * inv);
-            }
-        });
+    out.par_chunks_mut(d).zip(x.par_chunks(d)).with_min_len(16).for_each(|(o, xr)| {
+        let var = dot(xr, xr) / d as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((o, &xv), &wv) in o.iter_mut().zip(xr).zip(w) {
+            *o = wv * (xv * inv);
+        }
+    });
 }
 
-/// Applies the rotary embedding in place to `heads` heads of width `inv_freq.len()·2` at the start of each row of
-/// `x` (row stride `stride`), row `r` being at position `positions[r]`. Half-rotation (HF/NEOX) layout.
-pub fn rope(x: &mut [f32], stride: usize, heads: usize, positions: &[usize], inv_freq: &[f32]) {
+/// Cosines and sines of the rotary angles of each position: `positions.len() × 2·inv_freq.len()`, `[cos | sin]`
+/// per row. Computed once per forward and shared by every layer.
+pub fn rope_table(positions: &[usize], inv_freq: &[f32]) -> Vec<f32> {
     let half = inv_freq.len();
+    let mut table = vec![0f32; positions.len() * 2 * half];
+    table.par_chunks_mut(2 * half).zip(positions.par_iter()).with_min_len(16).for_each(|(row, &pos)| {
+        for i in 0..half {
+            // HF: freqs = position (f32) · inv_freq (f32), then cos/sin in f32.
+            let angle = pos as f32 * inv_freq[i];
+            row[i] = angle.cos();
+            row[half + i] = angle.sin();
+        }
+    });
+    table
+}
+
+/// Applies the rotary embedding in place to `heads` heads of width `2·half` at the start of each row of `x` (row
+/// stride `stride`), with the angles of [`rope_table`]. Half-rotation (HF/NEOX) layout.
+pub fn rope(x: &mut [f32], stride: usize, heads: usize, table: &[f32], half: usize) {
     let hd = 2 * half;
-    x.par_chunks_mut(stride)
-        .zip(positions.par_iter())
-        .with_min_len(8)
-        .for_each(|(row, &pos)| {
-            let mut cos = [0f32; 256];
-            let mut sin = [0f32; 256];
+    x.par_chunks_mut(stride).zip(table.par_chunks(2 * half)).with_min_len(8).for_each(|(row, angles)| {
+        let (cos, sin) = angles.split_at(half);
+        for h in 0..heads {
+            let head = &mut row[h * hd..(h + 1) * hd];
             for i in 0..half {
-                // HF: freqs = position (f32) · inv_freq (f32), then cos/sin in f32.
-                let angle = pos as f32 * inv_freq[i];
-                cos[i] = angle.cos();
-                sin[i] = angle.sin();
+                let (x1, x2) = (head[i], head[i + half]);
+                head[i] = x1 * cos[i] - x2 * sin[i];
+                head[i + half] = x2 * cos[i] + x1 * sin[i];
             }
-            for h in 0..heads {
-                let head = &mut row[h * hd..(h + 1) * hd];
-                for i in 0..half {
-                    let (x1, x2) = (head[i], head[i + half]);
-                    head[i] = x1 * cos[i] - x2 * sin[i];
-                    head[i + half] = x2 * cos[i] + x1 * sin[i];
-                }
-            }
-        });
+        }
+    });
 }
 
 /// SwiGLU: `out[r, i] = silu(gu[r, i]) · gu[r, f + i]` where each row of `gu` is `[gate (f) | up (f)]`.
 pub fn silu_mul(gu: &[f32], f: usize, out: &mut [f32]) {
-    out.par_chunks_mut(f)
-        .zip(gu.par_chunks(2 * f))
-        .with_min_len(16)
-        .for_each(|(o, row)| {
-            let (g, u) = row.split_at(f);
-            for ((o, &gv), &uv) in o.iter_mut().zip(g).zip(u) {
-                *o = gv / (1.0 + (-gv).exp()) * uv;
-            }
-        });
+    let isa = isa();
+    out.par_chunks_mut(f).zip(gu.par_chunks(2 * f)).with_min_len(4).for_each(|(o, row)| match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa()` only reports levels the CPU supports.
+        Isa::Avx512 => unsafe { silu_row_avx512(row, o) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { silu_row_avx2(row, o) },
+        _ => silu_row(row, o),
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn silu_row_avx512(row: &[f32], out: &mut [f32]) {
+    silu_row(row, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_row_avx2(row: &[f32], out: &mut [f32]) {
+    silu_row(row, out)
+}
+
+#[inline(always)]
+fn silu_row(row: &[f32], out: &mut [f32]) {
+    let (g, u) = row.split_at(out.len());
+    for ((o, &gv), &uv) in out.iter_mut().zip(g).zip(u) {
+        *o = gv / (1.0 + exp(-gv)) * uv;
+    }
+}
+
+/// `e^x` for f32 in plain arithmetic that vectorises (Cephes `expf`: Cody–Waite range reduction and a degree-6
+/// polynomial, ≈1 ulp), so the same bits come out on every ISA. Inputs are clamped to the finite range.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.3, 88.0);
+    let n = (x * LOG2E + 0.5).floor();
+    let r = x - n * C1 - n * C2;
+    let z = r * r;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let y = p * z + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// `x += y`.
@@ -105,16 +147,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn exp_is_accurate() {
+        for i in -8700..=8800 {
+            let x = i as f32 / 100.0;
+            let (a, b) = (exp(x), x.exp());
+            assert!((a - b).abs() <= 3e-7 * b, "{x}: {a} vs {b}");
+        }
+    }
+
+    #[test]
     fn rope_at_position_zero_is_identity_and_preserves_norm() {
-        let inv: Vec<f32> = (0..4)
-            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / 8.0))
-            .collect();
+        let inv: Vec<f32> = (0..4).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / 8.0)).collect();
         let orig: Vec<f32> = (0..16).map(|i| i as f32 - 7.5).collect();
         let mut x = orig.clone();
-        rope(&mut x, 16, 2, &[0], &inv);
+        rope(&mut x, 16, 2, &rope_table(&[0], &inv), 4);
         assert_eq!(x, orig);
         let mut y = orig.clone();
-        rope(&mut y, 16, 2, &[17], &inv);
+        rope(&mut y, 16, 2, &rope_table(&[17], &inv), 4);
         let n0: f32 = orig[..8].iter().map(|v| v * v).sum();
         let n1: f32 = y[..8].iter().map(|v| v * v).sum();
         assert!((n0 - n1).abs() < 1e-3);

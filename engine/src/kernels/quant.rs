@@ -67,16 +67,11 @@ impl QRows {
 
     fn check_len(raw: &[u8], rows: usize, cols: usize, block_bytes: usize) -> Result<(), String> {
         if cols % BLOCK != 0 {
-            return Err(format!(
-                "row length {cols} is not a multiple of the block size {BLOCK}"
-            ));
+            return Err(format!("row length {cols} is not a multiple of the block size {BLOCK}"));
         }
         let want = rows * cols / BLOCK * block_bytes;
         if raw.len() != want {
-            return Err(format!(
-                "expected {want} bytes of block data, found {}",
-                raw.len()
-            ));
+            return Err(format!("expected {want} bytes of block data, found {}", raw.len()));
         }
         Ok(())
     }
@@ -91,19 +86,9 @@ impl QRows {
     ) -> Result<Self, String> {
         Self::check_len(raw, rows, cols, block_bytes)?;
         let n = rows * cols / BLOCK;
-        let mut q = QRows {
-            format,
-            rows,
-            cols,
-            codes: vec![0; rows * cols],
-            d: vec![f16::ZERO; n],
-            m: vec![f16::ZERO; n],
-        };
-        for (i, (block, codes)) in raw
-            .chunks_exact(block_bytes)
-            .zip(q.codes.chunks_exact_mut(BLOCK))
-            .enumerate()
-        {
+        let mut q =
+            QRows { format, rows, cols, codes: vec![0; rows * cols], d: vec![f16::ZERO; n], m: vec![f16::ZERO; n] };
+        for (i, (block, codes)) in raw.chunks_exact(block_bytes).zip(q.codes.chunks_exact_mut(BLOCK)).enumerate() {
             let (d, m) = parse(block, codes);
             q.d[i] = d;
             q.m[i] = m;
@@ -165,15 +150,10 @@ impl QRows {
             for (b, chunk) in data[r * cols..(r + 1) * cols].chunks(BLOCK).enumerate() {
                 let amax = chunk.iter().fold(0f32, |a, &x| a.max(x.abs()));
                 let d = f16::from_f32(amax / 127.0);
-                let inv = if d.to_f32() > 0.0 {
-                    1.0 / d.to_f32()
-                } else {
-                    0.0
-                };
+                let inv = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
                 q.d[r * blocks + b] = d;
                 for (j, &x) in chunk.iter().enumerate() {
-                    q.codes[(r * blocks + b) * BLOCK + j] =
-                        ((x * inv).round().clamp(-127.0, 127.0) as i8) as u8;
+                    q.codes[(r * blocks + b) * BLOCK + j] = ((x * inv).round().clamp(-127.0, 127.0) as i8) as u8;
                 }
             }
         }
@@ -197,8 +177,7 @@ impl QRows {
             m: Vec::with_capacity(order.len() * nb),
         };
         for &r in order {
-            out.codes
-                .extend_from_slice(&self.codes[r * nb * BLOCK..(r + 1) * nb * BLOCK]);
+            out.codes.extend_from_slice(&self.codes[r * nb * BLOCK..(r + 1) * nb * BLOCK]);
             out.d.extend_from_slice(&self.d[r * nb..(r + 1) * nb]);
             out.m.extend_from_slice(&self.m[r * nb..(r + 1) * nb]);
         }
@@ -208,19 +187,10 @@ impl QRows {
     /// Stacks matrices of one format and width (fused q/k/v, gate/up).
     pub fn vstack(parts: &[&QRows]) -> Result<Self, String> {
         let first = parts.first().ok_or("nothing to stack")?;
-        if parts
-            .iter()
-            .any(|p| p.format != first.format || p.cols != first.cols)
-        {
+        if parts.iter().any(|p| p.format != first.format || p.cols != first.cols) {
             return Err("stacked matrices differ in format or width".into());
         }
-        let mut out = QRows {
-            rows: 0,
-            codes: Vec::new(),
-            d: Vec::new(),
-            m: Vec::new(),
-            ..(*first).clone()
-        };
+        let mut out = QRows { rows: 0, codes: Vec::new(), d: Vec::new(), m: Vec::new(), ..(*first).clone() };
         for p in parts {
             out.rows += p.rows;
             out.codes.extend_from_slice(&p.codes);
@@ -234,19 +204,12 @@ impl QRows {
     pub fn dequantize(&self) -> Vec<f32> {
         let nb = self.blocks();
         let mut out = vec![0f32; self.rows * self.cols];
-        out.par_chunks_mut(self.cols)
-            .enumerate()
-            .for_each(|(r, row)| {
-                for (c, o) in row.iter_mut().enumerate() {
-                    let i = r * nb + c / BLOCK;
-                    *o = value(
-                        self.format,
-                        self.codes[r * nb * BLOCK + c],
-                        self.d[i],
-                        self.m[i],
-                    );
-                }
-            });
+        out.par_chunks_mut(self.cols).enumerate().for_each(|(r, row)| {
+            for (c, o) in row.iter_mut().enumerate() {
+                let i = r * nb + c / BLOCK;
+                *o = value(self.format, self.codes[r * nb * BLOCK + c], self.d[i], self.m[i]);
+            }
+        });
         out
     }
 
@@ -266,9 +229,7 @@ impl QRows {
                 for (k, &c) in src.iter().enumerate() {
                     let (quad, t) = (k / 4, k % 4);
                     match self.format {
-                        QFormat::Q4 => {
-                            codes[base + (quad / 2) * 64 + f * 4 + t] |= c << (4 * (quad % 2))
-                        }
+                        QFormat::Q4 => codes[base + (quad / 2) * 64 + f * 4 + t] |= c << (4 * (quad % 2)),
                         QFormat::Q8 => codes[base + quad * 64 + f * 4 + t] = c,
                     }
                 }
@@ -276,15 +237,7 @@ impl QRows {
                 m[(p * nb + b) * PANEL + f] = self.m[r * nb + b];
             }
         }
-        QMatrix {
-            format: self.format,
-            rows: self.rows,
-            cols: self.cols,
-            blocks: nb,
-            codes,
-            d,
-            m,
-        }
+        QMatrix { format: self.format, rows: self.rows, cols: self.cols, blocks: nb, codes, d, m }
     }
 }
 
@@ -331,9 +284,7 @@ impl QMatrix {
         let base = (p * self.blocks + b) * self.format.block_bytes();
         let (quad, t) = ((k % BLOCK) / 4, k % 4);
         match self.format {
-            QFormat::Q4 => {
-                (self.codes[base + (quad / 2) * 64 + f * 4 + t] >> (4 * (quad % 2))) & 0x0F
-            }
+            QFormat::Q4 => (self.codes[base + (quad / 2) * 64 + f * 4 + t] >> (4 * (quad % 2))) & 0x0F,
             QFormat::Q8 => self.codes[base + quad * 64 + f * 4 + t],
         }
     }
@@ -350,9 +301,7 @@ impl QMatrix {
     /// The whole matrix as row-major f32.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
-        out.par_chunks_mut(self.cols)
-            .enumerate()
-            .for_each(|(r, row)| self.dequantize_row(r, row));
+        out.par_chunks_mut(self.cols).enumerate().for_each(|(r, row)| self.dequantize_row(r, row));
         out
     }
 }
@@ -390,27 +339,25 @@ impl QActs {
         };
         let parts = a.h.par_chunks_mut(width).zip(a.l.par_chunks_mut(width));
         let scales = a.d.par_chunks_mut(blocks).zip(a.s.par_chunks_mut(blocks));
-        parts
-            .zip(scales)
-            .enumerate()
-            .with_min_len(8)
-            .for_each(|(r, ((h, l), (d, s)))| {
-                let row = &x[r * cols..(r + 1) * cols];
-                for (b, chunk) in row.chunks(BLOCK).enumerate() {
-                    let amax = chunk.iter().fold(0f32, |m, &v| m.max(v.abs()));
-                    let db = amax / QMAX;
-                    let inv = if db > 0.0 { 1.0 / db } else { 0.0 };
-                    let mut sum = 0i32;
-                    for (j, &v) in chunk.iter().enumerate() {
-                        let q = ((v * inv).round() as i32).clamp(-(QMAX as i32), QMAX as i32);
-                        h[b * BLOCK + j] = (q >> 7) as i8;
-                        l[b * BLOCK + j] = (q & 127) as i8;
-                        sum += q;
-                    }
-                    d[b] = db;
-                    s[b] = db * sum as f32;
+        parts.zip(scales).enumerate().with_min_len(8).for_each(|(r, ((h, l), (d, s)))| {
+            let row = &x[r * cols..(r + 1) * cols];
+            for (b, chunk) in row.chunks(BLOCK).enumerate() {
+                let amax = chunk.iter().fold(0f32, |m, &v| m.max(v.abs()));
+                let db = amax / QMAX;
+                let inv = if db > 0.0 { 1.0 / db } else { 0.0 };
+                let mut sum = 0i32;
+                for (j, &v) in chunk.iter().enumerate() {
+                    // Round half away from zero without a libm call (vectorises): truncate x ± 0.5.
+                    let y = v * inv;
+                    let q = ((y + 0.5f32.copysign(y)) as i32).clamp(-(QMAX as i32), QMAX as i32);
+                    h[b * BLOCK + j] = (q >> 7) as i8;
+                    l[b * BLOCK + j] = (q & 127) as i8;
+                    sum += q;
                 }
-            });
+                d[b] = db;
+                s[b] = db * sum as f32;
+            }
+        });
         a
     }
 
@@ -460,11 +407,7 @@ pub fn qmatmul(w: &QMatrix, x: &QActs, out: &mut [f32]) {
                     // SAFETY: row r0 + t < m and columns p·16 .. p·16 + cols < n lie inside `out`; only this task
                     // writes panel p's columns.
                     unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            vals.as_ptr(),
-                            ptr.0.add((r0 + t) * n + p * PANEL),
-                            cols,
-                        );
+                        std::ptr::copy_nonoverlapping(vals.as_ptr(), ptr.0.add((r0 + t) * n + p * PANEL), cols);
                     }
                 }
             }
@@ -473,15 +416,7 @@ pub fn qmatmul(w: &QMatrix, x: &QActs, out: &mut [f32]) {
     });
 }
 
-fn panel_kernel(
-    isa: Isa,
-    w: &QMatrix,
-    p: usize,
-    x: &QActs,
-    r0: usize,
-    rows: usize,
-    tile: &mut [[f32; PANEL]; MR],
-) {
+fn panel_kernel(isa: Isa, w: &QMatrix, p: usize, x: &QActs, r0: usize, rows: usize, tile: &mut [[f32; PANEL]; MR]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa()` only reports AVX-512/AVX2 when the CPU has them.
@@ -518,11 +453,7 @@ fn panel_scalar(w: &QMatrix, p: usize, x: &QActs, row: usize, out: &mut [f32; PA
         for b in 0..w.blocks {
             let (mut ih, mut il) = (0i32, 0i32);
             for k in 0..BLOCK {
-                let c = if r < w.rows {
-                    w.code(r, b * BLOCK + k)
-                } else {
-                    0
-                };
+                let c = if r < w.rows { w.code(r, b * BLOCK + k) } else { 0 };
                 let c = match w.format {
                     QFormat::Q4 => c as i32,
                     QFormat::Q8 => c as i8 as i32,
@@ -596,10 +527,7 @@ mod x86 {
                 QFormat::Q8 => {
                     for q in 0..8 {
                         // Signed codes + 128 as unsigned; the −128·d·s correction joins the offset term below.
-                        let wu = _mm512_xor_si512(
-                            _mm512_loadu_si512(codes.add(q * 64) as *const _),
-                            flip,
-                        );
+                        let wu = _mm512_xor_si512(_mm512_loadu_si512(codes.add(q * 64) as *const _), flip);
                         for t in 0..R {
                             let at = (r0 + t) * width + b * BLOCK + 4 * q;
                             ih[t] = _mm512_dpbusd_epi32(ih[t], wu, bcast(x.h.as_ptr().add(at)));
@@ -612,22 +540,15 @@ mod x86 {
             let sc = (p * w.blocks + b) * PANEL;
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(w.d.as_ptr().add(sc) as *const __m256i));
             let mw = match w.format {
-                QFormat::Q4 => {
-                    _mm512_cvtph_ps(_mm256_loadu_si256(w.m.as_ptr().add(sc) as *const __m256i))
-                }
+                QFormat::Q4 => _mm512_cvtph_ps(_mm256_loadu_si256(w.m.as_ptr().add(sc) as *const __m256i)),
                 QFormat::Q8 => _mm512_mul_ps(dw, minus128),
             };
             for t in 0..R {
                 let row = r0 + t;
                 let total = _mm512_add_epi32(_mm512_slli_epi32(ih[t], 7), il[t]);
-                let scale =
-                    _mm512_mul_ps(dw, _mm512_set1_ps(*x.d.get_unchecked(row * x.blocks + b)));
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*x.d.get_unchecked(row * x.blocks + b)));
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), scale, acc[t]);
-                acc[t] = _mm512_fmadd_ps(
-                    mw,
-                    _mm512_set1_ps(*x.s.get_unchecked(row * x.blocks + b)),
-                    acc[t],
-                );
+                acc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*x.s.get_unchecked(row * x.blocks + b)), acc[t]);
             }
         }
         for t in 0..R {
@@ -657,27 +578,15 @@ mod x86 {
                     // Features 8·half .. 8·half + 8 of quad q.
                     let (wv, signed) = match w.format {
                         QFormat::Q4 => {
-                            let v = _mm256_loadu_si256(
-                                codes.add((q / 2) * 64 + half * 32) as *const __m256i
-                            );
-                            let c = if q % 2 == 0 {
-                                v
-                            } else {
-                                _mm256_srli_epi16(v, 4)
-                            };
+                            let v = _mm256_loadu_si256(codes.add((q / 2) * 64 + half * 32) as *const __m256i);
+                            let c = if q % 2 == 0 { v } else { _mm256_srli_epi16(v, 4) };
                             (_mm256_and_si256(c, low), false)
                         }
-                        QFormat::Q8 => (
-                            _mm256_loadu_si256(codes.add(q * 64 + half * 32) as *const __m256i),
-                            true,
-                        ),
+                        QFormat::Q8 => (_mm256_loadu_si256(codes.add(q * 64 + half * 32) as *const __m256i), true),
                     };
                     for t in 0..R {
                         let at = (r0 + t) * width + b * BLOCK + 4 * q;
-                        let (ha, la) = (
-                            bcast256(x.h.as_ptr().add(at)),
-                            bcast256(x.l.as_ptr().add(at)),
-                        );
+                        let (ha, la) = (bcast256(x.h.as_ptr().add(at)), bcast256(x.l.as_ptr().add(at)));
                         let (ph, pl) = if signed {
                             let aw = _mm256_sign_epi8(wv, wv);
                             (
@@ -694,23 +603,15 @@ mod x86 {
             }
             let sc = (p * w.blocks + b) * PANEL;
             for half in 0..2 {
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(
-                    w.d.as_ptr().add(sc + 8 * half) as *const __m128i
-                ));
-                let mw = _mm256_cvtph_ps(_mm_loadu_si128(
-                    w.m.as_ptr().add(sc + 8 * half) as *const __m128i
-                ));
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(sc + 8 * half) as *const __m128i));
+                let mw = _mm256_cvtph_ps(_mm_loadu_si128(w.m.as_ptr().add(sc + 8 * half) as *const __m128i));
                 for t in 0..R {
                     let row = r0 + t;
                     let total = _mm256_add_epi32(_mm256_slli_epi32(ih[t][half], 7), il[t][half]);
                     let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d[row * x.blocks + b]));
                     acc[t][half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), scale, acc[t][half]);
                     if w.format == QFormat::Q4 {
-                        acc[t][half] = _mm256_fmadd_ps(
-                            mw,
-                            _mm256_set1_ps(x.s[row * x.blocks + b]),
-                            acc[t][half],
-                        );
+                        acc[t][half] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x.s[row * x.blocks + b]), acc[t][half]);
                     }
                 }
             }
@@ -727,9 +628,7 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
     }
 
@@ -742,9 +641,7 @@ mod tests {
             let m = f16::from_f32(-0.3 * lcg(seed).abs());
             raw.extend_from_slice(&d.to_le_bytes());
             raw.extend_from_slice(&m.to_le_bytes());
-            let codes: Vec<u8> = (0..BLOCK)
-                .map(|_| ((lcg(seed) + 1.0) * 7.99) as u8)
-                .collect();
+            let codes: Vec<u8> = (0..BLOCK).map(|_| ((lcg(seed) + 1.0) * 7.99) as u8).collect();
             for j in 0..16 {
                 raw.push(codes[j] | (codes[j + 16] << 4));
             }
@@ -757,9 +654,7 @@ mod tests {
         let mut out = vec![0f32; m * n];
         for i in 0..m {
             for j in 0..n {
-                out[i * n + j] = (0..k)
-                    .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
-                    .sum::<f64>() as f32;
+                out[i * n + j] = (0..k).map(|t| x[i * k + t] as f64 * w[j * k + t] as f64).sum::<f64>() as f32;
             }
         }
         out
@@ -849,10 +744,7 @@ mod tests {
         let (raw, vals) = q4_1_fixture(4, 64, &mut seed);
         let q = QRows::from_q4_1(&raw, 4, 64).expect("valid");
         let p = q.permute_rows(&[2, 0, 3, 1]);
-        let s = QRows::vstack(&[&p, &q])
-            .expect("same format")
-            .pack()
-            .dequantize();
+        let s = QRows::vstack(&[&p, &q]).expect("same format").pack().dequantize();
         assert_eq!(s[..64], vals[128..192]);
         assert_eq!(s[64..128], vals[..64]);
         assert_eq!(s[256..], vals[..]);
