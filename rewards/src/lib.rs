@@ -58,6 +58,8 @@ pub mod tool_star;
 pub mod toolrl;
 pub mod units;
 
+pub use registry::{RewardSpec, TermSpec, KNOWN_REWARDS};
+
 pub use error::{Error, Result};
 pub use outcome::Outcome;
 
