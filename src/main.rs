@@ -21,6 +21,10 @@ struct Cli {
 enum Command {
     /// Fetch the default model into the cache and print its path.
     FetchModel(cmd::fetch_model::Args),
+    /// Run a Python program in the sandbox and print the result as JSON.
+    Exec(cmd::exec::Args),
+    /// Score a JSONL file of completions with a verifiable reward.
+    Reward(cmd::reward::Args),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +32,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::FetchModel(args) => cmd::fetch_model::run(args),
+        Command::Exec(args) => cmd::exec::run(args),
+        Command::Reward(args) => cmd::reward::run(args),
     };
     match result {
         Ok(code) => code,

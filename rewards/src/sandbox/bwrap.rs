@@ -194,7 +194,18 @@ impl Sandbox for Bwrap {
             isolation: Isolation::Bwrap,
             signal_in_exit_code: true,
         };
-        process::execute(&launch, policy, &|| {})
+        let result = process::execute(&launch, policy, &|| {})?;
+        // bwrap's own failures (before the interpreter starts) are the sandbox's, not the program's.
+        if result.exit_code == Some(1)
+            && result.stdout.is_empty()
+            && result.stderr.starts_with("bwrap: ")
+        {
+            return Err(Error::io(
+                "starting bubblewrap",
+                std::io::Error::other(result.stderr.trim().to_string()),
+            ));
+        }
+        Ok(result)
     }
 
     fn info(&self) -> SandboxInfo {

@@ -9,6 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::error::{Error, Result};
 
@@ -47,11 +48,23 @@ fn lock_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Lease the lowest free uid in `base .. base + UID_RANGE`.
+/// Where the next lease search starts. Leases go round-robin rather than lowest-free: the processes of a finished
+/// run may still be exiting (and still count against RLIMIT_NPROC of their uid) for a moment after its lease ends.
+/// Each Orchard process starts at an offset from its pid so that concurrent processes rarely probe the same files.
+static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// Lease a free uid in `base .. base + UID_RANGE`, round-robin.
 pub(crate) fn lease(base: u32) -> Result<UidLease> {
     let dir = lock_dir()?;
-    for n in 0..UID_RANGE {
-        let uid = base + n;
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() % UID_RANGE,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    let start = NEXT.fetch_add(1, Ordering::Relaxed);
+    for k in 0..UID_RANGE {
+        let uid = base + (start.wrapping_add(k) % UID_RANGE);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -79,14 +92,13 @@ mod tests {
         if !super::super::process::is_root() {
             return Ok(());
         }
-        let base = super::super::DEFAULT_UID_BASE + UID_RANGE / 2;
-        let a = lease(base)?;
-        let b = lease(base)?;
-        assert_ne!(a.uid, b.uid);
-        let a_uid = a.uid;
-        drop(a);
-        let c = lease(base)?;
-        assert_eq!(c.uid, a_uid, "a released uid is reused");
+        let base = super::super::DEFAULT_UID_BASE;
+        let held: Vec<UidLease> = (0..8).map(|_| lease(base)).collect::<Result<_>>()?;
+        let mut uids: Vec<u32> = held.iter().map(|l| l.uid).collect();
+        uids.sort_unstable();
+        uids.dedup();
+        assert_eq!(uids.len(), 8);
+        assert!(uids.iter().all(|u| (base..base + UID_RANGE).contains(u)));
         Ok(())
     }
 }
