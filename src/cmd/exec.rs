@@ -27,6 +27,9 @@ pub struct SandboxArgs {
     /// Cap on each of stdout and stderr (`64KiB`); more ends the run with status output_limit.
     #[arg(long, value_parser = parse_size_arg)]
     pub max_output: Option<u64>,
+    /// Start Python without `site` (`python -S`): standard library only, ~2 ms faster per run.
+    #[arg(long)]
+    pub no_site_packages: bool,
     /// Which sandbox: `bwrap` (bubblewrap namespaces + rlimits), `rlimits` (fallback: no filesystem or network
     /// isolation, see the docs), or `auto` (bwrap if it works here, else rlimits with a warning).
     #[arg(long, default_value = "auto")]
@@ -58,6 +61,9 @@ impl SandboxArgs {
         }
         if let Some(o) = self.max_output {
             policy.max_output = o as usize;
+        }
+        if self.no_site_packages {
+            policy.site_packages = false;
         }
     }
 

@@ -71,7 +71,12 @@ impl Sandbox for Rlimits {
         let home = dir.path().to_string_lossy().into_owned();
         let launch = Launch {
             program: self.config.python.clone(),
-            args: vec!["-I".into(), PROGRAM_FILE.into()],
+            args: policy
+                .python_flags()
+                .iter()
+                .map(Into::into)
+                .chain([PROGRAM_FILE.into()])
+                .collect(),
             cwd: dir.path().to_path_buf(),
             env: process::scrubbed_env(&home),
             limits: Limits::from_policy(policy, Some(processes)),
