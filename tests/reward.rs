@@ -181,7 +181,7 @@ fn sql_scores_rows_and_reports_a_missing_database_per_row() -> anyhow::Result<()
         .status()?;
     assert!(status.success());
     let gold = "SELECT a FROM t WHERE a > 1";
-    let rows = vec![
+    let rows = [
         json!({ "sql": gold, "db": "db.sqlite", "completion": "<answer>SELECT a FROM t WHERE a >= 2</answer>" }),
         json!({ "sql": gold, "db": "db.sqlite", "completion": "SELECT a FROM t" }),
         json!({ "sql": gold, "db": "missing.sqlite", "completion": "SELECT 1" }),
@@ -219,7 +219,7 @@ fn sql_scores_rows_and_reports_a_missing_database_per_row() -> anyhow::Result<()
 
 #[test]
 fn pot_and_composites_from_toml() -> anyhow::Result<()> {
-    let rows = vec![
+    let rows = [
         json!({ "answer": "#### 12", "completion": "```python\ndef solution():\n    return 3 * 4\n```" }),
         json!({ "answer": "#### 12", "completion": "def solution():\n    while True:\n        pass\n" }),
     ];

@@ -27,7 +27,7 @@ pub fn parse_duration(input: &str) -> Result<Duration> {
         "h" => value * 3600.0,
         _ => return Err(err("unknown unit (use us, ms, s, m or h)")),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(err("out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -72,7 +72,7 @@ pub fn parse_size(input: &str) -> Result<u64> {
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
     for (name, mult) in UNITS {
-        if bytes >= mult && bytes % mult == 0 {
+        if bytes >= mult && bytes.is_multiple_of(mult) {
             return format!("{}{name}", bytes / mult);
         }
     }

@@ -220,7 +220,7 @@ fn option_letter(text: &str) -> Option<char> {
     }
     match chars.next() {
         None => Some(c),
-        Some(n) if matches!(n, ')' | ']' | '.' | ':' | ',' | ' ' | '\'' | '"') => Some(c),
+        Some(')' | ']' | '.' | ':' | ',' | ' ' | '\'' | '"') => Some(c),
         _ => None,
     }
 }

@@ -507,6 +507,24 @@ pub(crate) fn processes_of(uid: u32) -> u64 {
         .count() as u64
 }
 
+/// A fresh private directory holding the program as [`PROGRAM_FILE`](super::python::PROGRAM_FILE), owned by
+/// `owner` when running as root (so that a dropped uid can read it, and write beside it in the fallback).
+pub(crate) fn program_dir(program: &str, owner: Option<u32>) -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("orchard-run-")
+        .tempdir()
+        .map_err(|e| Error::io("creating the run's temporary directory", e))?;
+    let file = dir.path().join(super::python::PROGRAM_FILE);
+    std::fs::write(&file, program).map_err(|e| Error::io("writing the program file", e))?;
+    if let Some(uid) = owner {
+        for p in [dir.path(), file.as_path()] {
+            std::os::unix::fs::chown(p, Some(uid), Some(uid))
+                .map_err(|e| Error::io("handing the run directory to the sandbox uid", e))?;
+        }
+    }
+    Ok(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,22 +567,4 @@ mod tests {
         assert_eq!(classify(None, None, Some(11), "", &p).0, Status::Killed);
         assert_eq!(classify(None, Some(0), None, "", &p), (Status::Ok, None));
     }
-}
-
-/// A fresh private directory holding the program as [`PROGRAM_FILE`](super::python::PROGRAM_FILE), owned by
-/// `owner` when running as root (so that a dropped uid can read it, and write beside it in the fallback).
-pub(crate) fn program_dir(program: &str, owner: Option<u32>) -> Result<tempfile::TempDir> {
-    let dir = tempfile::Builder::new()
-        .prefix("orchard-run-")
-        .tempdir()
-        .map_err(|e| Error::io("creating the run's temporary directory", e))?;
-    let file = dir.path().join(super::python::PROGRAM_FILE);
-    std::fs::write(&file, program).map_err(|e| Error::io("writing the program file", e))?;
-    if let Some(uid) = owner {
-        for p in [dir.path(), file.as_path()] {
-            std::os::unix::fs::chown(p, Some(uid), Some(uid))
-                .map_err(|e| Error::io("handing the run directory to the sandbox uid", e))?;
-        }
-    }
-    Ok(dir)
 }

@@ -1,7 +1,5 @@
 //! [`Rlimits`]: the fallback sandbox when bubblewrap cannot run. See the [module docs](super) for what does not hold.
 
-use std::path::PathBuf;
-
 use super::process::{self, is_root, processes_of, program_dir, sweep_uid, Launch, Limits};
 use super::python::{which, PROGRAM_FILE};
 use super::slots::Slots;
@@ -31,10 +29,7 @@ impl Rlimits {
         let uid = unsafe { libc::getuid() };
         let sandbox = Rlimits {
             slots: Slots::new(config.concurrency),
-            config: SandboxConfig {
-                python: PathBuf::from(python),
-                ..config
-            },
+            config: SandboxConfig { python, ..config },
             root: is_root(),
             uid,
         };
