@@ -27,7 +27,7 @@ pub struct SandboxArgs {
     /// Cap on each of stdout and stderr (`64KiB`); more ends the run with status output_limit.
     #[arg(long, value_parser = parse_size_arg)]
     pub max_output: Option<u64>,
-    /// Start Python without `site` (`python -S`): standard library only, ~2 ms faster per run.
+    /// Start Python without `site` (`python -S`): standard library only, 2–4 ms faster per run.
     #[arg(long)]
     pub no_site_packages: bool,
     /// Which sandbox: `bwrap` (bubblewrap namespaces + rlimits), `rlimits` (fallback: no filesystem or network
