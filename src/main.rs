@@ -29,6 +29,10 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Fetch the default model into the cache and print its path.
     FetchModel(cmd::fetch_model::Args),
+    /// Run a Python program in the sandbox and print the result as JSON.
+    Exec(cmd::exec::Args),
+    /// Score a JSONL file of completions with a verifiable reward.
+    Reward(cmd::reward::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +44,8 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => cmd::tokenize::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::FetchModel(args) => cmd::fetch_model::run(args),
+        Command::Exec(args) => cmd::exec::run(args),
+        Command::Reward(args) => cmd::reward::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,8 +2,10 @@
 
 pub mod bench;
 pub mod common;
+pub mod exec;
 pub mod fetch_model;
 pub mod generate;
+pub mod reward;
 pub mod score;
 pub mod tokenize;
 
