@@ -46,3 +46,6 @@ pub trait Record: Sized + Clone + Debug + PartialEq {
     /// Rows back from a batch read from a file this crate wrote (any layout: it is detected from the schema).
     fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>>;
 }
+
+#[cfg(test)]
+mod tests;
