@@ -1,8 +1,8 @@
 //! Criterion benches: one module per area.
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main};
 
-fn placeholder(_c: &mut Criterion) {}
+mod datasets;
 
-criterion_group!(benches, placeholder);
+criterion_group!(benches, datasets::bench);
 criterion_main!(benches);

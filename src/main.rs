@@ -21,6 +21,10 @@ struct Cli {
 enum Command {
     /// Fetch the default model into the cache and print its path.
     FetchModel(cmd::fetch_model::Args),
+    /// Combine the runs of the shards of one job into one run directory.
+    Merge(cmd::merge::Args),
+    /// Export a run as one Parquet file for a trainer (TRL DPO standard/conversational, KTO, PRM).
+    Export(cmd::export::Args),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +32,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::FetchModel(args) => cmd::fetch_model::run(args),
+        Command::Merge(args) => cmd::merge::run(args),
+        Command::Export(args) => cmd::export::run(args),
     };
     match result {
         Ok(code) => code,

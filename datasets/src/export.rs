@@ -116,6 +116,9 @@ pub struct ExportSummary {
 /// Write `run`'s committed rows to the single file `out` (atomically) in `opts.format`.
 pub fn export(run: &Path, out: &Path, opts: &ExportOptions) -> Result<ExportSummary> {
     let reader = RunReader::open(run)?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io { path: parent.to_path_buf(), source })?;
+    }
     match opts.format {
         ExportFormat::Trl => export_pairs(&reader, out, PairFormat::Standard, opts),
         ExportFormat::TrlConversational => export_pairs(&reader, out, PairFormat::Conversational, opts),

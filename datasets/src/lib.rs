@@ -37,6 +37,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod cli;
 pub mod error;
 pub mod export;
 pub mod loaders;
@@ -47,6 +48,7 @@ pub mod run;
 pub mod select;
 pub mod shard;
 pub mod task;
+pub mod testing;
 
 pub use error::{Error, Result};
 pub use export::{export, ExportFormat, ExportOptions, ExportSummary, StepPairs};

@@ -9,7 +9,7 @@
 //!
 //! The result is built in a sibling `.{name}.merge.tmp` directory and renamed into place when complete.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -38,6 +38,7 @@ pub fn merge(out: &Path, sources: &[PathBuf], opts: &MergeOptions) -> Result<Man
     let mut covered: HashMap<u32, PathBuf> = HashMap::new();
     let mut merged_from = Vec::new();
     let mut task_owner: HashMap<&str, &Path> = HashMap::new();
+    let shard_count = sources_of(&readers[0]).first().map_or(1, |s| s.shard.count());
     for r in &readers {
         let m = r.manifest();
         check_compatible(first_path, first, r.path(), m)?;
@@ -49,6 +50,15 @@ pub fn merge(out: &Path, sources: &[PathBuf], opts: &MergeOptions) -> Result<Man
             )));
         }
         for source in sources_of(r) {
+            if source.shard.count() != shard_count {
+                return Err(Error::Merge(format!(
+                    "runs were sharded differently: {} is shard {} but {} has {} shards",
+                    r.path().display(),
+                    source.shard,
+                    first_path.display(),
+                    shard_count
+                )));
+            }
             if let Some(other) = covered.insert(source.shard.index(), r.path().to_path_buf()) {
                 return Err(Error::Merge(format!(
                     "shard {} is in both {} and {}",
@@ -69,12 +79,7 @@ pub fn merge(out: &Path, sources: &[PathBuf], opts: &MergeOptions) -> Result<Man
             }
         }
     }
-    let shard_counts: BTreeSet<u32> = merged_from.iter().map(|s| s.shard.count()).collect();
-    if shard_counts.len() > 1 {
-        return Err(Error::Merge(format!("runs were sharded differently (shard counts {shard_counts:?})")));
-    }
-    let n = shard_counts.into_iter().next().unwrap_or(1);
-    let whole = covered.len() as u32 == n;
+    let whole = covered.len() as u32 == shard_count;
     write_merged(out, &readers, merged_from, whole)
 }
 

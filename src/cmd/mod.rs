@@ -1,6 +1,8 @@
 //! One module per subcommand; each exposes `Args` (clap) and `run(Args) -> anyhow::Result<ExitCode>`.
 
+pub mod export;
 pub mod fetch_model;
+pub mod merge;
 
 /// Logs go to stderr; `RUST_LOG` (e.g. `RUST_LOG=orchard_engine=debug`) raises the level.
 pub fn init_logging() {
