@@ -21,7 +21,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let opts = MergeOptions { allow_incomplete: args.allow_incomplete };
+    let opts = MergeOptions {
+        allow_incomplete: args.allow_incomplete,
+    };
     let manifest = merge(&args.out, &args.runs, &opts)?;
     let c = manifest.counts;
     println!(
@@ -32,7 +34,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         c.trajectories,
         c.pairs,
         c.nodes,
-        if manifest.status.complete { "" } else { " (not every shard is complete)" }
+        if manifest.status.complete {
+            ""
+        } else {
+            " (not every shard is complete)"
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

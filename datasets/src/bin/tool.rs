@@ -11,10 +11,15 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use orchard_datasets::part::{self, ParquetOptions};
 use orchard_datasets::testing::{fake_job, synthetic_pairs, FakeJob};
-use orchard_datasets::{OnBadRow, PairFormat, PreferencePair, Shard, TaskKind, TaskSource, WriterOptions};
+use orchard_datasets::{
+    OnBadRow, PairFormat, PreferencePair, Shard, TaskKind, TaskSource, WriterOptions,
+};
 
 #[derive(Debug, Parser)]
-#[command(name = "orchard-datasets-tool", about = "Test and bench helper for orchard-datasets")]
+#[command(
+    name = "orchard-datasets-tool",
+    about = "Test and bench helper for orchard-datasets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -110,14 +115,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 sleep: Duration::from_millis(a.sleep_ms),
                 ..FakeJob::default()
             };
-            let opts = WriterOptions { flush_rows: a.flush_rows, ..WriterOptions::default() };
+            let opts = WriterOptions {
+                flush_rows: a.flush_rows,
+                ..WriterOptions::default()
+            };
             let manifest = fake_job(&job, &a.out, opts)?;
             println!("{}", serde_json::to_string(&manifest.counts)?);
         }
         Command::WritePairs(a) => {
             let rows = synthetic_pairs(a.rows, 1);
-            let format = if a.conversational { PairFormat::Conversational } else { PairFormat::Standard };
-            let opts = ParquetOptions { zstd_level: a.zstd_level, row_group_rows: a.row_group_rows, ..Default::default() };
+            let format = if a.conversational {
+                PairFormat::Conversational
+            } else {
+                PairFormat::Standard
+            };
+            let opts = ParquetOptions {
+                zstd_level: a.zstd_level,
+                row_group_rows: a.row_group_rows,
+                ..Default::default()
+            };
             let mut times = Vec::new();
             for _ in 0..a.repeat.max(1) {
                 let start = Instant::now();

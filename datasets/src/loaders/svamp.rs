@@ -9,7 +9,11 @@ use crate::task::Task;
 /// added before the question when the body does not end in sentence punctuation.
 pub fn prompt(body: &str, question: &str) -> String {
     let body = body.trim();
-    let sep = if body.ends_with(['.', '!', '?', ',']) { " " } else { ". " };
+    let sep = if body.ends_with(['.', '!', '?', ',']) {
+        " "
+    } else {
+        ". "
+    };
     format!("{body}{sep}{}", question.trim())
 }
 

@@ -83,7 +83,9 @@ impl FromStr for PairFormat {
         match s {
             "standard" => Ok(PairFormat::Standard),
             "conversational" => Ok(PairFormat::Conversational),
-            other => Err(Error::Source(format!("pair format {other:?}: expected standard or conversational"))),
+            other => Err(Error::Source(format!(
+                "pair format {other:?}: expected standard or conversational"
+            ))),
         }
     }
 }
@@ -158,18 +160,26 @@ impl PreferencePair {
 
     /// Check the pair can be written in `format`.
     pub fn validate(&self, format: PairFormat) -> Result<()> {
-        let invalid = |reason: String| Error::InvalidRecord { record: "pairs", task_id: self.task_id.clone(), reason };
+        let invalid = |reason: String| Error::InvalidRecord {
+            record: "pairs",
+            task_id: self.task_id.clone(),
+            reason,
+        };
         if format == PairFormat::Conversational {
             match self.prompt_messages.last().map(|m| m.role.as_str()) {
                 Some("user" | "tool") => {}
                 Some(role) => {
-                    return Err(invalid(format!("conversational prompt must end with a user turn, ends with {role:?}")))
+                    return Err(invalid(format!(
+                        "conversational prompt must end with a user turn, ends with {role:?}"
+                    )))
                 }
                 None => return Err(invalid("conversational prompt has no messages".into())),
             }
         }
         if self.kind == PairKind::Outcome && (!self.prefix.is_empty() || !self.terminal) {
-            return Err(invalid("outcome pairs have no prefix and are terminal".into()));
+            return Err(invalid(
+                "outcome pairs have no prefix and are terminal".into(),
+            ));
         }
         Ok(())
     }
@@ -265,10 +275,14 @@ impl PairBuilder {
 
     /// Append one row.
     pub fn append(&mut self, p: &PreferencePair) {
-        let messages = p.prompt_messages.iter().map(|m| (m.role.as_str(), m.content.as_str()));
+        let messages = p
+            .prompt_messages
+            .iter()
+            .map(|m| (m.role.as_str(), m.content.as_str()));
         match self.format {
             PairFormat::Standard => {
-                self.prompt_text.append_value(format!("{}{}", p.prompt, p.prefix));
+                self.prompt_text
+                    .append_value(format!("{}{}", p.prompt, p.prefix));
                 self.chosen_text.append_value(&p.chosen.text);
                 self.rejected_text.append_value(&p.rejected.text);
                 self.prompt_messages.append(messages);
@@ -277,8 +291,10 @@ impl PairBuilder {
                 self.prompt_messages.append(messages);
                 let chosen = format!("{}{}", p.prefix, p.chosen.text);
                 let rejected = format!("{}{}", p.prefix, p.rejected.text);
-                self.chosen_messages.append([("assistant", chosen.as_str())]);
-                self.rejected_messages.append([("assistant", rejected.as_str())]);
+                self.chosen_messages
+                    .append([("assistant", chosen.as_str())]);
+                self.rejected_messages
+                    .append([("assistant", rejected.as_str())]);
                 self.prompt_text.append_value(&p.prompt);
             }
         }
@@ -352,11 +368,22 @@ impl Record for PreferencePair {
     fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>> {
         let c = Columns::new(Self::NAME, batch);
         let format = detect_format(&c)?;
-        let (task_id, run_id, kind, terminal) =
-            (c.string(META_TASK_ID)?, c.string(META_RUN_ID)?, c.string(META_KIND)?, c.bool(META_TERMINAL)?);
+        let (task_id, run_id, kind, terminal) = (
+            c.string(META_TASK_ID)?,
+            c.string(META_RUN_ID)?,
+            c.string(META_KIND)?,
+            c.bool(META_TERMINAL)?,
+        );
         let (score_c, score_r) = (c.f64(META_SCORE_CHOSEN)?, c.f64(META_SCORE_REJECTED)?);
-        let (logp_c, logp_r) = (c.f64(META_BEHAVIOUR_LOGP_CHOSEN)?, c.f64(META_BEHAVIOUR_LOGP_REJECTED)?);
-        let (id_c, id_r, prefix) = (c.string(META_CHOSEN_ID)?, c.string(META_REJECTED_ID)?, c.string(META_PREFIX)?);
+        let (logp_c, logp_r) = (
+            c.f64(META_BEHAVIOUR_LOGP_CHOSEN)?,
+            c.f64(META_BEHAVIOUR_LOGP_REJECTED)?,
+        );
+        let (id_c, id_r, prefix) = (
+            c.string(META_CHOSEN_ID)?,
+            c.string(META_REJECTED_ID)?,
+            c.string(META_PREFIX)?,
+        );
         let bad = |i: usize, what: &str| Error::Schema {
             record: Self::NAME,
             reason: format!("row {i} (task {}): {what}", task_id.value(i)),
@@ -367,20 +394,36 @@ impl Record for PreferencePair {
             let (prompt, prompt_messages, chosen, rejected) = match format {
                 PairFormat::Standard => {
                     let folded = c.string(PROMPT)?.value(i);
-                    let prompt =
-                        folded.strip_suffix(prefix_i).ok_or_else(|| bad(i, "prompt does not end with meta_prefix"))?;
+                    let prompt = folded
+                        .strip_suffix(prefix_i)
+                        .ok_or_else(|| bad(i, "prompt does not end with meta_prefix"))?;
                     let messages = c.messages(c.list(META_PROMPT_MESSAGES)?, i)?;
-                    (prompt.to_string(), messages, c.string(CHOSEN)?.value(i).into(), c.string(REJECTED)?.value(i).into())
+                    (
+                        prompt.to_string(),
+                        messages,
+                        c.string(CHOSEN)?.value(i).into(),
+                        c.string(REJECTED)?.value(i).into(),
+                    )
                 }
                 PairFormat::Conversational => {
                     let messages = c.messages(c.list(PROMPT)?, i)?;
                     let side = |name: &str| -> Result<String> {
                         let m = c.messages(c.list(name)?, i)?;
-                        let [only] = m.as_slice() else { return Err(bad(i, "expected one assistant message")) };
-                        let text = only.content.strip_prefix(prefix_i).ok_or_else(|| bad(i, "missing meta_prefix"))?;
+                        let [only] = m.as_slice() else {
+                            return Err(bad(i, "expected one assistant message"));
+                        };
+                        let text = only
+                            .content
+                            .strip_prefix(prefix_i)
+                            .ok_or_else(|| bad(i, "missing meta_prefix"))?;
                         Ok(text.to_string())
                     };
-                    (c.string(META_PROMPT_TEXT)?.value(i).to_string(), messages, side(CHOSEN)?, side(REJECTED)?)
+                    (
+                        c.string(META_PROMPT_TEXT)?.value(i).to_string(),
+                        messages,
+                        side(CHOSEN)?,
+                        side(REJECTED)?,
+                    )
                 }
             };
             let kind = match kind.value(i) {
@@ -419,6 +462,9 @@ fn detect_format(c: &Columns<'_>) -> Result<PairFormat> {
     match c.column(PROMPT)?.data_type() {
         DataType::Utf8 => Ok(PairFormat::Standard),
         DataType::List(_) => Ok(PairFormat::Conversational),
-        other => Err(Error::Schema { record: "pairs", reason: format!("column `prompt` is {other}") }),
+        other => Err(Error::Schema {
+            record: "pairs",
+            reason: format!("column `prompt` is {other}"),
+        }),
     }
 }
