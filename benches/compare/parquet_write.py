@@ -5,7 +5,8 @@ One command:
 
 1. Builds (release) and runs `orchard-datasets-tool write-pairs`, which generates N synthetic pairs rows (standard
    TRL form + meta columns; prompt ~60 words, completions ~100 words) and times Orchard's writer: Rust structs ->
-   typed Arrow builders -> ArrowWriter (zstd, row groups) -> file. Median of --repeat runs, timed in-process.
+   typed Arrow builders -> ArrowWriter (zstd, row groups) -> file. Median of --repeat runs, timed in-process; it
+   also times the two halves separately (structs -> Arrow batches; batches -> Parquet file).
 2. Reads that very file back with pyarrow (so both sides write identical rows) and times, median of --repeat:
    (a) `pq.write_table` of the in-memory Arrow table (encode + compress + write only), and
    (b) `pa.Table.from_pylist(rows)` + `pq.write_table` (from Python objects, the analogue of Orchard's path).
@@ -89,6 +90,8 @@ def main():
         "orchard_rows_per_s": round(orchard["rows_per_s"]),
         "orchard_s": round(orchard["seconds_median"], 4),
         "orchard_bytes": orchard["bytes"],
+        "orchard_build_s": round(orchard["build_seconds_median"], 4),
+        "orchard_encode_write_s": round(orchard["encode_write_seconds_median"], 4),
         "pyarrow_table_rows_per_s": round(args.rows / arrow_s),
         "pyarrow_table_s": round(arrow_s, 4),
         "pyarrow_pylist_rows_per_s": round(args.rows / py_s),
@@ -105,6 +108,8 @@ def main():
           f"{pyarrow_bytes / 1e6:>8.1f}")
     print(f"{'pyarrow from_pylist + write_table':<42}{figures['pyarrow_pylist_rows_per_s']:>12,}{py_s:>10.3f}"
           f"{pyarrow_bytes / 1e6:>8.1f}")
+    print(f"  of which Rust structs -> Arrow batches {figures['orchard_build_s']:.3f} s, "
+          f"batches -> Parquet file {figures['orchard_encode_write_s']:.3f} s (separate runs)")
     print(f"orchard / pyarrow: {figures['ratio_vs_pyarrow_table']}x (from Arrow table), "
           f"{figures['ratio_vs_pyarrow_pylist']}x (from Python objects)")
     print(json.dumps(figures))

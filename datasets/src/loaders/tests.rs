@@ -246,6 +246,33 @@ fn generic_jsonl_uses_the_field_map() -> TestResult {
 }
 
 #[test]
+fn generic_json_arrays_use_the_field_map() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let text = "[\n  {\"q\": \"a?\", \"a\": 1},\n  {\"q\": \"\", \"a\": 2},\n  {\"q\": \"c?\"}\n]";
+    let fields = FieldMap {
+        prompt: "q".into(),
+        reference: Some("a".into()),
+        ..FieldMap::default()
+    };
+    let loaded = TaskSource {
+        fields,
+        ..skip(TaskKind::Json, &write(&dir, "arr.json", text)?)
+    }
+    .load()?;
+    assert_eq!(
+        loaded
+            .tasks
+            .iter()
+            .map(|t| t.id.as_str())
+            .collect::<Vec<_>>(),
+        ["arr/0"]
+    );
+    assert_eq!(bad(&loaded.report), vec![(3, "q"), (4, "a")]);
+    assert_eq!(loaded.report.bad_rows[0].reason, "empty");
+    Ok(())
+}
+
+#[test]
 fn generic_parquet_reports_rows_by_number() -> TestResult {
     use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
     let dir = tempfile::tempdir()?;

@@ -31,7 +31,7 @@ pub mod timing {
     pub const SELECT: &str = "select";
     /// Time writing part files, journal and manifest (measured by the run itself).
     pub const WRITE: &str = "write";
-    /// Time loading the dataset.
+    /// Time loading the dataset. Loading precedes opening the run, so it is not inside [`WALL`].
     pub const LOAD: &str = "load";
 }
 
@@ -163,6 +163,14 @@ impl Manifest {
             ));
         }
         serde_json::from_value(value).map_err(|e| Error::json(&path, e))
+    }
+
+    /// Share of the job's time spent outside the engine, `1 - engine / (wall + load)`, when `wall` and `engine`
+    /// are recorded: the datasets, reward and orchestration overhead of a job.
+    pub fn outside_engine_share(&self) -> Option<f64> {
+        let total = *self.timings.get(timing::WALL)? + self.timings.get(timing::LOAD).copied().unwrap_or(0.0);
+        let engine = *self.timings.get(timing::ENGINE)?;
+        (total > 0.0).then(|| 1.0 - engine / total)
     }
 
     /// Write `dir/manifest.json` atomically (temporary file, fsync, rename).

@@ -348,6 +348,12 @@ impl RunDir {
         if self.pending.tasks.is_empty() {
             return Ok(());
         }
+        let _span = tracing::debug_span!(
+            "commit",
+            seq = self.next_seq,
+            tasks = self.pending.tasks.len()
+        )
+        .entered();
         let started = Instant::now();
         let pending = std::mem::take(&mut self.pending);
         let seq = self.next_seq;
