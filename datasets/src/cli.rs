@@ -13,40 +13,40 @@ use crate::select::{PairPolicy, PairStrategy};
 /// Where tasks come from (TOML table `[source]`).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct SourceArgs {
-    /// Dataset: gsm8k, svamp, humaneval (built in) or jsonl, json, parquet (with --path). [source.task]
+    /// Dataset: gsm8k, svamp, humaneval (built in) or jsonl, json, parquet (with --path). TOML: `source.task`.
     #[arg(long)]
     pub task: Option<TaskKind>,
-    /// Split of a built-in dataset (gsm8k: train|test; svamp, humaneval: test). [source.split]
+    /// Split of a built-in dataset (gsm8k: train|test; svamp, humaneval: test). TOML: `source.split`.
     #[arg(long)]
     pub split: Option<String>,
-    /// Read this file instead of the built-in data. [source.path]
+    /// Read this file instead of the built-in data. TOML: `source.path`.
     #[arg(long)]
     pub path: Option<PathBuf>,
-    /// Use at most N tasks (after shuffling). [source.limit]
+    /// Use at most N tasks (after shuffling). TOML: `source.limit`.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Shuffle tasks (with --seed) before --limit. [source.shuffle]
+    /// Shuffle tasks (with --seed) before --limit. TOML: `source.shuffle`.
     #[arg(long)]
     pub shuffle: bool,
-    /// Invalid rows: skip (report and count) or fail. [source.on_bad_row]
+    /// Invalid rows: skip (report and count) or fail. TOML: `source.on_bad_row`.
     #[arg(long)]
     pub on_bad_row: Option<OnBadRow>,
-    /// Column holding the prompt (jsonl/json/parquet). [source.fields.prompt]
+    /// Column holding the prompt (jsonl/json/parquet). TOML: `source.fields.prompt`.
     #[arg(long)]
     pub prompt_field: Option<String>,
-    /// Column holding a stable row id. [source.fields.id]
+    /// Column holding a stable row id. TOML: `source.fields.id`.
     #[arg(long)]
     pub id_field: Option<String>,
-    /// Column holding chat messages. [source.fields.messages]
+    /// Column holding chat messages. TOML: `source.fields.messages`.
     #[arg(long)]
     pub messages_field: Option<String>,
-    /// Column holding the reference answer. [source.fields.reference]
+    /// Column holding the reference answer. TOML: `source.fields.reference`.
     #[arg(long)]
     pub reference_field: Option<String>,
-    /// Column holding unit tests. [source.fields.tests]
+    /// Column holding unit tests. TOML: `source.fields.tests`.
     #[arg(long)]
     pub tests_field: Option<String>,
-    /// Column holding the tests' entry point. [source.fields.entry_point]
+    /// Column holding the tests' entry point. TOML: `source.fields.entry_point`.
     #[arg(long)]
     pub entry_point_field: Option<String>,
 }
@@ -88,19 +88,19 @@ impl SourceArgs {
 /// How pairs are chosen and laid out (TOML table `[pairs]` and key `pair_format`).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct PairArgs {
-    /// Pairing rule: all-correct-incorrect or best-vs-worst. [pairs.strategy]
+    /// Pairing rule: all-correct-incorrect or best-vs-worst. TOML: `pairs.strategy`.
     #[arg(long = "pairs")]
     pub strategy: Option<PairStrategy>,
-    /// At most K pairs per prompt. [pairs.max_per_prompt]
+    /// At most K pairs per prompt. TOML: `pairs.max_per_prompt`.
     #[arg(long = "max-pairs-per-prompt")]
     pub max_per_prompt: Option<usize>,
-    /// Minimum score margin of a pair. [pairs.min_margin]
+    /// Minimum score margin of a pair. TOML: `pairs.min_margin`.
     #[arg(long)]
     pub min_margin: Option<f64>,
-    /// Score at or above which a completion is correct. [pairs.correct_threshold]
+    /// Score at or above which a completion is correct. TOML: `pairs.correct_threshold`.
     #[arg(long)]
     pub correct_threshold: Option<f64>,
-    /// TRL layout of pairs/: standard or conversational. [pair_format]
+    /// TRL layout of pairs/: standard or conversational. TOML: `pair_format`.
     #[arg(long)]
     pub pair_format: Option<PairFormat>,
 }

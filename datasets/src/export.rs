@@ -5,7 +5,7 @@
 //! | `trl` | `pairs/` | `prompt`, `chosen`, `rejected` strings + `meta_*` |
 //! | `trl-conversational` | `pairs/` | `prompt`, `chosen`, `rejected` as `list<struct<role, content>>` + `meta_*` |
 //! | `kto` | `trajectories/` | `prompt`, `completion`, `label` (bool) + `meta_*` |
-//! | `prm` | `trees/` | `prompt`, `completions` (list<string>), `labels` (list<double>) + `meta_*` |
+//! | `prm` | `trees/` | `prompt`, `completions` (`list<string>`), `labels` (`list<double>`) + `meta_*` |
 //!
 //! **Step pairs.** TRL appends EOS to standard-format `chosen`/`rejected` and closes the assistant turn in the
 //! conversational form, which is wrong for a step that does not end the solution (EXPORT_FORMATS.md, the Step-DPO

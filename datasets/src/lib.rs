@@ -7,7 +7,7 @@
 //! - [`part`]: Parquet files through `ArrowWriter` with zstd and explicit row groups, written atomically.
 //! - [`select`]: pair selection, a pure function of one task's scored trajectories.
 //! - [`run`]: run directories ([`RunDir`]: create or resume, config check, journal commits, manifest) and
-//!   [`RunReader`]; [`shard`]: `--shard i/n`; [`merge`] and [`export`].
+//!   [`RunReader`]; [`shard`]: `--shard i/n`; [`merge`](mod@merge) and [`export`](mod@export).
 //!
 //! A job's loop, as `orchard sample` runs it (the engine and reward parts elided):
 //!

@@ -312,7 +312,7 @@ impl PairBuilder {
         self.prefix.append_value(&p.prefix);
     }
 
-    /// The rows appended so far, as columns of [`schema`]`(format)`; the builder is reset.
+    /// The rows appended so far, as columns of `schema(format)`; the builder is reset.
     pub fn finish(&mut self) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = match self.format {
             PairFormat::Standard => vec![

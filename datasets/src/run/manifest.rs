@@ -168,7 +168,8 @@ impl Manifest {
     /// Share of the job's time spent outside the engine, `1 - engine / (wall + load)`, when `wall` and `engine`
     /// are recorded: the datasets, reward and orchestration overhead of a job.
     pub fn outside_engine_share(&self) -> Option<f64> {
-        let total = *self.timings.get(timing::WALL)? + self.timings.get(timing::LOAD).copied().unwrap_or(0.0);
+        let total = *self.timings.get(timing::WALL)?
+            + self.timings.get(timing::LOAD).copied().unwrap_or(0.0);
         let engine = *self.timings.get(timing::ENGINE)?;
         (total > 0.0).then(|| 1.0 - engine / total)
     }

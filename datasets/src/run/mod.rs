@@ -288,6 +288,13 @@ impl RunDir {
         self.done.len()
     }
 
+    /// Counts of committed plus buffered rows (for a progress bar: tasks done, pairs found ...).
+    pub fn counts(&self) -> Counts {
+        let mut c = self.manifest.counts;
+        c.add(&self.pending.counts);
+        c
+    }
+
     /// The tasks still to do: those in this run's shard, not yet committed, in the given order. Records the shard's
     /// task count as planned (for `complete` in the manifest).
     pub fn plan(&mut self, tasks: Vec<Task>) -> Vec<Task> {

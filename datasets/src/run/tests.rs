@@ -311,6 +311,7 @@ fn a_torn_journal_tail_and_temporary_files_are_cleaned_up() -> TestResult {
     );
     let run = RunDir::open(dir.path(), &spec(), small())?;
     assert_eq!(run.done_count(), 2);
+    assert_eq!(run.counts().tasks, 2);
     assert!(fs::read_to_string(dir.path().join(JOURNAL_FILE))?.ends_with('\n'));
     assert_eq!(
         part_files(dir.path()),
