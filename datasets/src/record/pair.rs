@@ -233,6 +233,12 @@ pub struct PairBuilder {
     rejected_text: StringBuilder,
     chosen_messages: MessagesBuilder,
     rejected_messages: MessagesBuilder,
+    meta: MetaColumns,
+}
+
+/// The `meta_*` columns common to both forms.
+#[derive(Debug, Default)]
+struct MetaColumns {
     task_id: StringBuilder,
     run_id: StringBuilder,
     kind: StringBuilder,
@@ -247,6 +253,41 @@ pub struct PairBuilder {
     prefix: StringBuilder,
 }
 
+impl MetaColumns {
+    fn append(&mut self, p: &PreferencePair) {
+        self.task_id.append_value(&p.task_id);
+        self.run_id.append_value(&p.run_id);
+        self.kind.append_value(p.kind.name());
+        self.terminal.append_value(p.terminal);
+        self.score_chosen.append_value(p.chosen.score);
+        self.score_rejected.append_value(p.rejected.score);
+        self.margin.append_value(p.margin());
+        self.logp_chosen.append_value(p.chosen.behaviour_logp);
+        self.logp_rejected.append_value(p.rejected.behaviour_logp);
+        self.chosen_id.append_value(&p.chosen.trajectory_id);
+        self.rejected_id.append_value(&p.rejected.trajectory_id);
+        self.prefix.append_value(&p.prefix);
+    }
+
+    /// In schema order.
+    fn finish(&mut self) -> [ArrayRef; 12] {
+        [
+            Arc::new(self.task_id.finish()),
+            Arc::new(self.run_id.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.terminal.finish()),
+            Arc::new(self.score_chosen.finish()),
+            Arc::new(self.score_rejected.finish()),
+            Arc::new(self.margin.finish()),
+            Arc::new(self.logp_chosen.finish()),
+            Arc::new(self.logp_rejected.finish()),
+            Arc::new(self.chosen_id.finish()),
+            Arc::new(self.rejected_id.finish()),
+            Arc::new(self.prefix.finish()),
+        ]
+    }
+}
+
 impl PairBuilder {
     /// An empty builder for `format`.
     pub fn new(format: PairFormat) -> Self {
@@ -258,18 +299,7 @@ impl PairBuilder {
             rejected_text: StringBuilder::new(),
             chosen_messages: MessagesBuilder::default(),
             rejected_messages: MessagesBuilder::default(),
-            task_id: StringBuilder::new(),
-            run_id: StringBuilder::new(),
-            kind: StringBuilder::new(),
-            terminal: BooleanBuilder::new(),
-            score_chosen: Float64Builder::new(),
-            score_rejected: Float64Builder::new(),
-            margin: Float64Builder::new(),
-            logp_chosen: Float64Builder::new(),
-            logp_rejected: Float64Builder::new(),
-            chosen_id: StringBuilder::new(),
-            rejected_id: StringBuilder::new(),
-            prefix: StringBuilder::new(),
+            meta: MetaColumns::default(),
         }
     }
 
@@ -298,18 +328,7 @@ impl PairBuilder {
                 self.prompt_text.append_value(&p.prompt);
             }
         }
-        self.task_id.append_value(&p.task_id);
-        self.run_id.append_value(&p.run_id);
-        self.kind.append_value(p.kind.name());
-        self.terminal.append_value(p.terminal);
-        self.score_chosen.append_value(p.chosen.score);
-        self.score_rejected.append_value(p.rejected.score);
-        self.margin.append_value(p.margin());
-        self.logp_chosen.append_value(p.chosen.behaviour_logp);
-        self.logp_rejected.append_value(p.rejected.behaviour_logp);
-        self.chosen_id.append_value(&p.chosen.trajectory_id);
-        self.rejected_id.append_value(&p.rejected.trajectory_id);
-        self.prefix.append_value(&p.prefix);
+        self.meta.append(p);
     }
 
     /// The rows appended so far, as columns of `schema(format)`; the builder is reset.
@@ -326,20 +345,7 @@ impl PairBuilder {
                 Arc::new(self.rejected_messages.finish()?),
             ],
         };
-        columns.extend([
-            Arc::new(self.task_id.finish()) as ArrayRef,
-            Arc::new(self.run_id.finish()),
-            Arc::new(self.kind.finish()),
-            Arc::new(self.terminal.finish()),
-            Arc::new(self.score_chosen.finish()),
-            Arc::new(self.score_rejected.finish()),
-            Arc::new(self.margin.finish()),
-            Arc::new(self.logp_chosen.finish()),
-            Arc::new(self.logp_rejected.finish()),
-            Arc::new(self.chosen_id.finish()),
-            Arc::new(self.rejected_id.finish()),
-            Arc::new(self.prefix.finish()),
-        ]);
+        columns.extend(self.meta.finish());
         columns.push(match self.format {
             PairFormat::Standard => Arc::new(self.prompt_messages.finish()?),
             PairFormat::Conversational => Arc::new(self.prompt_text.finish()),

@@ -214,16 +214,56 @@ pub struct TrajectoryBuilder {
     prompt: StringBuilder,
     prompt_messages: MessagesBuilder,
     completion: StringBuilder,
-    token_ids: ListBuilder<UInt32Builder>,
-    token_logprobs: ListBuilder<Float32Builder>,
-    logprob_sum: Float64Builder,
-    num_tokens: UInt32Builder,
+    tokens: TokenColumns,
     finish_reason: StringBuilder,
     reward: RewardColumns,
     sampling: SamplingColumns,
     seed: UInt64Builder,
     model_id: StringBuilder,
     model_hash: StringBuilder,
+}
+
+#[derive(Debug)]
+struct TokenColumns {
+    ids: ListBuilder<UInt32Builder>,
+    logprobs: ListBuilder<Float32Builder>,
+    logprob_sum: Float64Builder,
+    count: UInt32Builder,
+}
+
+impl Default for TokenColumns {
+    fn default() -> Self {
+        TokenColumns {
+            ids: ListBuilder::new(UInt32Builder::new())
+                .with_field(Field::new_list_field(DataType::UInt32, false)),
+            logprobs: ListBuilder::new(Float32Builder::new())
+                .with_field(Field::new_list_field(DataType::Float32, false)),
+            logprob_sum: Float64Builder::new(),
+            count: UInt32Builder::new(),
+        }
+    }
+}
+
+impl TokenColumns {
+    fn append(&mut self, t: &Trajectory) {
+        self.ids.values().append_slice(&t.token_ids);
+        self.ids.append(true);
+        self.logprobs.values().append_slice(&t.token_logprobs);
+        self.logprobs.append(true);
+        self.logprob_sum.append_value(t.logprob_sum());
+        self.count
+            .append_value(u32::try_from(t.token_ids.len()).unwrap_or(u32::MAX));
+    }
+
+    /// `token_ids`, `token_logprobs`, `logprob_sum`, `num_tokens`, in schema order.
+    fn finish(&mut self) -> [ArrayRef; 4] {
+        [
+            Arc::new(self.ids.finish()),
+            Arc::new(self.logprobs.finish()),
+            Arc::new(self.logprob_sum.finish()),
+            Arc::new(self.count.finish()),
+        ]
+    }
 }
 
 #[derive(Debug, Default)]
@@ -278,12 +318,7 @@ impl Default for TrajectoryBuilder {
             prompt: StringBuilder::new(),
             prompt_messages: MessagesBuilder::default(),
             completion: StringBuilder::new(),
-            token_ids: ListBuilder::new(UInt32Builder::new())
-                .with_field(Field::new_list_field(DataType::UInt32, false)),
-            token_logprobs: ListBuilder::new(Float32Builder::new())
-                .with_field(Field::new_list_field(DataType::Float32, false)),
-            logprob_sum: Float64Builder::new(),
-            num_tokens: UInt32Builder::new(),
+            tokens: TokenColumns::default(),
             finish_reason: StringBuilder::new(),
             reward: RewardColumns::default(),
             sampling: SamplingColumns::default(),
@@ -313,13 +348,7 @@ impl TrajectoryBuilder {
                 .map(|m| (m.role.as_str(), m.content.as_str())),
         );
         self.completion.append_value(&t.completion);
-        self.token_ids.values().append_slice(&t.token_ids);
-        self.token_ids.append(true);
-        self.token_logprobs.values().append_slice(&t.token_logprobs);
-        self.token_logprobs.append(true);
-        self.logprob_sum.append_value(t.logprob_sum());
-        self.num_tokens
-            .append_value(u32::try_from(t.token_ids.len()).unwrap_or(u32::MAX));
+        self.tokens.append(t);
         self.finish_reason.append_value(&t.finish_reason);
         self.reward.score.append_value(t.reward.score);
         self.reward.components.append(&t.reward.components);
@@ -338,7 +367,7 @@ impl TrajectoryBuilder {
 
     /// The rows appended so far as one struct array with [`Trajectory::schema`]'s fields; the builder is reset.
     pub fn finish(&mut self) -> Result<StructArray> {
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.id.finish()),
             Arc::new(self.run_id.finish()),
             Arc::new(self.task_id.finish()),
@@ -346,11 +375,10 @@ impl TrajectoryBuilder {
             Arc::new(self.prompt.finish()),
             Arc::new(self.prompt_messages.finish()?),
             Arc::new(self.completion.finish()),
-            Arc::new(self.token_ids.finish()),
-            Arc::new(self.token_logprobs.finish()),
-            Arc::new(self.logprob_sum.finish()),
-            Arc::new(self.num_tokens.finish()),
-            Arc::new(self.finish_reason.finish()),
+        ];
+        columns.extend(self.tokens.finish());
+        columns.extend([
+            Arc::new(self.finish_reason.finish()) as ArrayRef,
             Arc::new(self.reward.score.finish()),
             Arc::new(self.reward.components.finish()?),
             Arc::new(self.reward.extracted.finish()),
@@ -360,7 +388,7 @@ impl TrajectoryBuilder {
             Arc::new(self.seed.finish()),
             Arc::new(self.model_id.finish()),
             Arc::new(self.model_hash.finish()),
-        ];
+        ]);
         Ok(StructArray::try_new(
             SCHEMA.fields().clone(),
             columns,
