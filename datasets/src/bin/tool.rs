@@ -94,91 +94,93 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::FakeSample(a) => {
-            let job = FakeJob {
-                source: TaskSource {
-                    task: a.task,
-                    split: a.split,
-                    path: a.path,
-                    limit: a.limit,
-                    shuffle: a.shuffle,
-                    seed: a.seed,
-                    on_bad_row: OnBadRow::Skip,
-                    ..TaskSource::default()
-                },
-                n: a.n,
-                seed: a.seed,
-                pair_format: a.pair_format,
-                trees: a.trees,
-                shard: a.shard,
-                group: a.group,
-                sleep: Duration::from_millis(a.sleep_ms),
-                ..FakeJob::default()
-            };
-            let opts = WriterOptions {
-                flush_rows: a.flush_rows,
-                ..WriterOptions::default()
-            };
-            let manifest = fake_job(&job, &a.out, opts)?;
-            println!("{}", serde_json::to_string(&manifest.counts)?);
-        }
-        Command::WritePairs(a) => {
-            let rows = synthetic_pairs(a.rows, 1);
-            let format = if a.conversational {
-                PairFormat::Conversational
-            } else {
-                PairFormat::Standard
-            };
-            let opts = ParquetOptions {
-                zstd_level: a.zstd_level,
-                row_group_rows: a.row_group_rows,
-                ..Default::default()
-            };
-            let mut times = Vec::new();
-            for _ in 0..a.repeat.max(1) {
-                let start = Instant::now();
-                let file = std::fs::File::create(&a.out)?;
-                part::write_to::<PreferencePair, _>(file, &rows, format, &opts)?;
-                times.push(start.elapsed().as_secs_f64());
-            }
-            times.sort_by(f64::total_cmp);
-            let median = times[times.len() / 2];
-            let bytes = std::fs::metadata(&a.out)?.len();
-            // The same work split in two: Rust structs -> Arrow batches, then batches -> Parquet file.
-            let (mut build, mut encode) = (Vec::new(), Vec::new());
-            for _ in 0..a.repeat.max(1) {
-                let start = Instant::now();
-                let batches = rows
-                    .chunks(opts.batch_rows)
-                    .map(|c| <PreferencePair as Record>::to_batch(c, format))
-                    .collect::<orchard_datasets::Result<Vec<_>>>()?;
-                build.push(start.elapsed().as_secs_f64());
-                let start = Instant::now();
-                let file = std::fs::File::create(&a.out)?;
-                let schema = <PreferencePair as Record>::schema(format);
-                let mut w = parquet::arrow::ArrowWriter::try_new(
-                    file,
-                    schema,
-                    Some(opts.writer_properties()?),
-                )?;
-                for b in &batches {
-                    w.write(b)?;
-                }
-                w.close()?;
-                encode.push(start.elapsed().as_secs_f64());
-            }
-            build.sort_by(f64::total_cmp);
-            encode.sort_by(f64::total_cmp);
-            println!(
-                "{}",
-                serde_json::json!({
-                    "rows": a.rows, "seconds_median": median, "seconds_all": times,
-                    "rows_per_s": a.rows as f64 / median, "bytes": bytes,
-                    "build_seconds_median": build[build.len() / 2],
-                    "encode_write_seconds_median": encode[encode.len() / 2],
-                })
-            );
-        }
+        Command::FakeSample(a) => fake_sample(a),
+        Command::WritePairs(a) => write_pairs(a),
     }
+}
+
+fn fake_sample(a: FakeArgs) -> anyhow::Result<()> {
+    let job = FakeJob {
+        source: TaskSource {
+            task: a.task,
+            split: a.split,
+            path: a.path,
+            limit: a.limit,
+            shuffle: a.shuffle,
+            seed: a.seed,
+            on_bad_row: OnBadRow::Skip,
+            ..TaskSource::default()
+        },
+        n: a.n,
+        seed: a.seed,
+        pair_format: a.pair_format,
+        trees: a.trees,
+        shard: a.shard,
+        group: a.group,
+        sleep: Duration::from_millis(a.sleep_ms),
+        ..FakeJob::default()
+    };
+    let opts = WriterOptions {
+        flush_rows: a.flush_rows,
+        ..WriterOptions::default()
+    };
+    let manifest = fake_job(&job, &a.out, opts)?;
+    println!("{}", serde_json::to_string(&manifest.counts)?);
+    Ok(())
+}
+
+fn write_pairs(a: WriteArgs) -> anyhow::Result<()> {
+    let rows = synthetic_pairs(a.rows, 1);
+    let format = if a.conversational {
+        PairFormat::Conversational
+    } else {
+        PairFormat::Standard
+    };
+    let opts = ParquetOptions {
+        zstd_level: a.zstd_level,
+        row_group_rows: a.row_group_rows,
+        ..Default::default()
+    };
+    let mut times = Vec::new();
+    for _ in 0..a.repeat.max(1) {
+        let start = Instant::now();
+        let file = std::fs::File::create(&a.out)?;
+        part::write_to::<PreferencePair, _>(file, &rows, format, &opts)?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let bytes = std::fs::metadata(&a.out)?.len();
+    // The same work split in two: Rust structs -> Arrow batches, then batches -> Parquet file.
+    let (mut build, mut encode) = (Vec::new(), Vec::new());
+    for _ in 0..a.repeat.max(1) {
+        let start = Instant::now();
+        let batches = rows
+            .chunks(opts.batch_rows)
+            .map(|c| <PreferencePair as Record>::to_batch(c, format))
+            .collect::<orchard_datasets::Result<Vec<_>>>()?;
+        build.push(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        let file = std::fs::File::create(&a.out)?;
+        let schema = <PreferencePair as Record>::schema(format);
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(file, schema, Some(opts.writer_properties()?))?;
+        for b in &batches {
+            w.write(b)?;
+        }
+        w.close()?;
+        encode.push(start.elapsed().as_secs_f64());
+    }
+    build.sort_by(f64::total_cmp);
+    encode.sort_by(f64::total_cmp);
+    println!(
+        "{}",
+        serde_json::json!({
+            "rows": a.rows, "seconds_median": median, "seconds_all": times,
+            "rows_per_s": a.rows as f64 / median, "bytes": bytes,
+            "build_seconds_median": build[build.len() / 2],
+            "encode_write_seconds_median": encode[encode.len() / 2],
+        })
+    );
     Ok(())
 }

@@ -390,68 +390,29 @@ impl Record for PreferencePair {
             c.string(META_REJECTED_ID)?,
             c.string(META_PREFIX)?,
         );
-        let bad = |i: usize, what: &str| Error::Schema {
-            record: Self::NAME,
-            reason: format!("row {i} (task {}): {what}", task_id.value(i)),
-        };
         let mut out = Vec::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {
-            let prefix_i = prefix.value(i);
-            let (prompt, prompt_messages, chosen, rejected) = match format {
-                PairFormat::Standard => {
-                    let folded = c.string(PROMPT)?.value(i);
-                    let prompt = folded
-                        .strip_suffix(prefix_i)
-                        .ok_or_else(|| bad(i, "prompt does not end with meta_prefix"))?;
-                    let messages = c.messages(c.list(META_PROMPT_MESSAGES)?, i)?;
-                    (
-                        prompt.to_string(),
-                        messages,
-                        c.string(CHOSEN)?.value(i).into(),
-                        c.string(REJECTED)?.value(i).into(),
-                    )
-                }
-                PairFormat::Conversational => {
-                    let messages = c.messages(c.list(PROMPT)?, i)?;
-                    let side = |name: &str| -> Result<String> {
-                        let m = c.messages(c.list(name)?, i)?;
-                        let [only] = m.as_slice() else {
-                            return Err(bad(i, "expected one assistant message"));
-                        };
-                        let text = only
-                            .content
-                            .strip_prefix(prefix_i)
-                            .ok_or_else(|| bad(i, "missing meta_prefix"))?;
-                        Ok(text.to_string())
-                    };
-                    (
-                        c.string(META_PROMPT_TEXT)?.value(i).to_string(),
-                        messages,
-                        side(CHOSEN)?,
-                        side(REJECTED)?,
-                    )
-                }
-            };
+            let texts = PairTexts::read(&c, format, i, prefix.value(i))?;
             let kind = match kind.value(i) {
                 "outcome" => PairKind::Outcome,
                 "step" => PairKind::Step,
-                other => return Err(bad(i, &format!("unknown meta_kind {other:?}"))),
+                other => return Err(bad_row(&c, i, &format!("unknown meta_kind {other:?}"))),
             };
             out.push(PreferencePair {
                 run_id: run_id.value(i).to_string(),
                 task_id: task_id.value(i).to_string(),
-                prompt,
-                prompt_messages,
-                prefix: prefix_i.to_string(),
+                prompt: texts.prompt,
+                prompt_messages: texts.prompt_messages,
+                prefix: prefix.value(i).to_string(),
                 chosen: PairSide {
                     trajectory_id: id_c.value(i).to_string(),
-                    text: chosen,
+                    text: texts.chosen,
                     score: score_c.value(i),
                     behaviour_logp: logp_c.value(i),
                 },
                 rejected: PairSide {
                     trajectory_id: id_r.value(i).to_string(),
-                    text: rejected,
+                    text: texts.rejected,
                     score: score_r.value(i),
                     behaviour_logp: logp_r.value(i),
                 },
@@ -460,6 +421,64 @@ impl Record for PreferencePair {
             });
         }
         Ok(out)
+    }
+}
+
+/// The text fields of one row, unfolded from either form.
+struct PairTexts {
+    prompt: String,
+    prompt_messages: Vec<Message>,
+    chosen: String,
+    rejected: String,
+}
+
+impl PairTexts {
+    fn read(c: &Columns<'_>, format: PairFormat, i: usize, prefix: &str) -> Result<Self> {
+        match format {
+            PairFormat::Standard => {
+                let folded = c.string(PROMPT)?.value(i);
+                let prompt = folded
+                    .strip_suffix(prefix)
+                    .ok_or_else(|| bad_row(c, i, "prompt does not end with meta_prefix"))?;
+                Ok(PairTexts {
+                    prompt: prompt.to_string(),
+                    prompt_messages: c.messages(c.list(META_PROMPT_MESSAGES)?, i)?,
+                    chosen: c.string(CHOSEN)?.value(i).into(),
+                    rejected: c.string(REJECTED)?.value(i).into(),
+                })
+            }
+            PairFormat::Conversational => {
+                let side = |name: &str| -> Result<String> {
+                    let m = c.messages(c.list(name)?, i)?;
+                    let [only] = m.as_slice() else {
+                        return Err(bad_row(c, i, "expected one assistant message"));
+                    };
+                    let text = only
+                        .content
+                        .strip_prefix(prefix)
+                        .ok_or_else(|| bad_row(c, i, "missing meta_prefix"))?;
+                    Ok(text.to_string())
+                };
+                Ok(PairTexts {
+                    prompt: c.string(META_PROMPT_TEXT)?.value(i).to_string(),
+                    prompt_messages: c.messages(c.list(PROMPT)?, i)?,
+                    chosen: side(CHOSEN)?,
+                    rejected: side(REJECTED)?,
+                })
+            }
+        }
+    }
+}
+
+/// A schema error naming row `i` and its task.
+fn bad_row(c: &Columns<'_>, i: usize, what: &str) -> Error {
+    let task = c
+        .string(META_TASK_ID)
+        .map(|t| t.value(i).to_string())
+        .unwrap_or_default();
+    Error::Schema {
+        record: "pairs",
+        reason: format!("row {i} (task {task}): {what}"),
     }
 }
 
