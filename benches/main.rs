@@ -2,7 +2,8 @@
 
 use criterion::{criterion_group, criterion_main};
 
+mod datasets;
 mod rewards;
 
-criterion_group!(benches, rewards::bench);
+criterion_group!(benches, rewards::bench, datasets::bench);
 criterion_main!(benches);

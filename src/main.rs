@@ -33,6 +33,10 @@ enum Command {
     Exec(cmd::exec::Args),
     /// Score a JSONL file of completions with a verifiable reward.
     Reward(cmd::reward::Args),
+    /// Combine the runs of the shards of one job into one run directory.
+    Merge(cmd::merge::Args),
+    /// Export a run as one Parquet file for a trainer (TRL DPO standard/conversational, KTO, PRM).
+    Export(cmd::export::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
         Command::FetchModel(args) => cmd::fetch_model::run(args),
         Command::Exec(args) => cmd::exec::run(args),
         Command::Reward(args) => cmd::reward::run(args),
+        Command::Merge(args) => cmd::merge::run(args),
+        Command::Export(args) => cmd::export::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,8 @@
 //! End-to-end tests of the `orchard` binary: one module per user-visible command.
 
+mod export;
+mod merge;
+mod runs;
 mod util;
 
 mod exec;

@@ -3,8 +3,10 @@
 pub mod bench;
 pub mod common;
 pub mod exec;
+pub mod export;
 pub mod fetch_model;
 pub mod generate;
+pub mod merge;
 pub mod reward;
 pub mod score;
 pub mod tokenize;

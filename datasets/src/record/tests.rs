@@ -1,0 +1,297 @@
+//! Round trips of every record through Parquet in memory (proptest), and the TRL-facing schema contract.
+
+use std::collections::BTreeMap;
+
+use arrow_schema::DataType;
+use proptest::collection::vec;
+use proptest::option;
+use proptest::prelude::*;
+
+use super::*;
+use crate::part::{read_bytes, write_to, ParquetOptions};
+use crate::task::Message;
+
+fn round_trip<R: Record>(rows: &[R], layout: R::Layout) -> crate::Result<Vec<R>> {
+    let bytes = write_to(
+        Vec::new(),
+        rows,
+        layout,
+        &ParquetOptions {
+            batch_rows: 3,
+            ..Default::default()
+        },
+    )?;
+    read_bytes::<R>(bytes)
+}
+
+fn text() -> impl Strategy<Value = String> {
+    // Unicode, empty strings, newlines and chat markup all must survive.
+    prop_oneof![
+        Just(String::new()),
+        "[a-z ]{1,12}",
+        "\\PC{0,20}",
+        Just("<|im_start|>user\n½ × 3\n".to_string())
+    ]
+}
+
+fn finite() -> impl Strategy<Value = f64> {
+    -1e6f64..1e6
+}
+
+fn messages(ending: &'static str) -> impl Strategy<Value = Vec<Message>> {
+    (
+        vec(
+            (
+                prop_oneof![Just("system"), Just("user"), Just("assistant")],
+                text(),
+            ),
+            0..3,
+        ),
+        text(),
+    )
+        .prop_map(move |(head, last)| {
+            let mut m: Vec<Message> = head.into_iter().map(|(r, c)| Message::new(r, c)).collect();
+            m.push(Message::new(ending, last));
+            m
+        })
+}
+
+prop_compose! {
+    fn trajectory()(
+        task in "[a-z]{1,5}/[0-9]{1,3}", index in 0u32..64, prompt in text(), prompt_messages in messages("user"),
+        completion in text(), tokens in vec((any::<u32>(), -20f32..0.0), 0..40), finish in "stop|length",
+        score in finite(), components in proptest::collection::btree_map("[a-z/]{1,8}", finite(), 0..3),
+        extracted in option::of(text()), error in option::of(text()), seed in any::<u64>(),
+        temperature in 0f32..2.0, top_k in 0u32..100, max_new in 1u32..4096,
+    ) -> Trajectory {
+        Trajectory {
+            id: Trajectory::make_id(&task, index),
+            run_id: "run-0123456789abcdef".into(),
+            task_id: task,
+            sample_index: index,
+            prompt,
+            prompt_messages,
+            completion,
+            token_ids: tokens.iter().map(|t| t.0).collect(),
+            token_logprobs: tokens.iter().map(|t| t.1).collect(),
+            finish_reason: finish,
+            reward: RewardRecord { score, components, extracted, failure: None, error },
+            sampling: SamplingRecord { temperature, top_p: 0.95, top_k, min_p: 0.0, max_new_tokens: max_new },
+            seed,
+            model: ModelRecord { id: "smollm2".into(), hash: "sha256:ab".into() },
+        }
+    }
+}
+
+fn side() -> impl Strategy<Value = PairSide> {
+    ("[a-z]{1,4}#[0-9]", text(), finite(), -500f64..0.0).prop_map(
+        |(trajectory_id, text, score, behaviour_logp)| PairSide {
+            trajectory_id,
+            text,
+            score,
+            behaviour_logp,
+        },
+    )
+}
+
+prop_compose! {
+    fn pair()(
+        task in "[a-z]{1,5}/[0-9]{1,3}", prompt in text(), prompt_messages in messages("user"), step in any::<bool>(),
+        prefix in text(), chosen in side(), rejected in side(), terminal in any::<bool>(),
+    ) -> PreferencePair {
+        let kind = if step { PairKind::Step } else { PairKind::Outcome };
+        PreferencePair {
+            run_id: "run-1".into(),
+            task_id: task,
+            prompt,
+            prompt_messages,
+            prefix: if step { prefix } else { String::new() },
+            chosen,
+            rejected,
+            kind,
+            terminal: !step || terminal,
+        }
+    }
+}
+
+prop_compose! {
+    fn node()(
+        node_id in 0u64..1000, parent in option::of(0u64..1000), depth in 0u32..20, text in text(),
+        tokens in vec(any::<u32>(), 0..20), lp in -100f64..0.0, visits in any::<u64>(), value in finite(),
+        reward in option::of(finite()), terminal in any::<bool>(),
+    ) -> TreeNode {
+        TreeNode {
+            run_id: "run-1".into(), task_id: "t/1".into(), tree_id: "t/1/tree0".into(), node_id, parent_id: parent,
+            depth, text, token_ids: tokens, logprob_sum: lp, visits, value, reward, terminal,
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn trajectories_round_trip(rows in vec(trajectory(), 0..8)) {
+        prop_assert_eq!(round_trip(&rows, ()).unwrap(), rows);
+    }
+
+    #[test]
+    fn pairs_round_trip_in_both_forms(rows in vec(pair(), 0..8)) {
+        prop_assert_eq!(round_trip(&rows, PairFormat::Standard).unwrap(), rows.clone());
+        prop_assert_eq!(round_trip(&rows, PairFormat::Conversational).unwrap(), rows);
+    }
+
+    #[test]
+    fn tree_nodes_round_trip(rows in vec(node(), 0..8)) {
+        prop_assert_eq!(round_trip(&rows, ()).unwrap(), rows);
+    }
+
+    #[test]
+    fn kto_and_prm_rows_round_trip(
+        kto in vec((text(), text(), any::<bool>(), finite()), 0..6),
+        prm in vec((text(), vec((text(), finite()), 0..5)), 0..6),
+    ) {
+        let kto: Vec<KtoRow> = kto.into_iter().enumerate().map(|(i, (p, c, label, score))| KtoRow {
+            prompt: p, completion: c, label, task_id: format!("t/{i}"), trajectory_id: format!("t/{i}#0"), score,
+            behaviour_logp: -1.5,
+        }).collect();
+        prop_assert_eq!(round_trip(&kto, ()).unwrap(), kto);
+        let prm: Vec<PrmRow> = prm.into_iter().enumerate().map(|(i, (p, steps))| PrmRow {
+            prompt: p, completions: steps.iter().map(|s| s.0.clone()).collect(), labels: steps.iter().map(|s| s.1).collect(),
+            task_id: format!("t/{i}"), tree_id: format!("t/{i}/tree0"), leaf_id: i as u64,
+        }).collect();
+        prop_assert_eq!(round_trip(&prm, ()).unwrap(), prm);
+    }
+}
+
+#[test]
+fn trajectory_columns_carry_the_derived_sums() -> crate::Result<()> {
+    let t = Trajectory {
+        id: "a/1#0".into(),
+        task_id: "a/1".into(),
+        token_ids: vec![1, 2, 3],
+        token_logprobs: vec![-0.5, -0.25, -0.125],
+        reward: RewardRecord {
+            score: 1.0,
+            components: BTreeMap::from([("correct".into(), 1.0)]),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let batch = Trajectory::to_batch(&[t], ())?;
+    let sum = batch
+        .column_by_name(trajectory::LOGPROB_SUM)
+        .expect("column");
+    let sum =
+        arrow_array::cast::AsArray::as_primitive::<arrow_array::types::Float64Type>(sum.as_ref());
+    assert_eq!(sum.value(0), -0.875);
+    assert_eq!(batch.schema().as_ref(), Trajectory::schema(()).as_ref());
+    Ok(())
+}
+
+#[test]
+fn pair_schemas_match_trl_dpo_and_namespace_everything_else() {
+    const TRL_COLUMNS: [&str; 3] = ["prompt", "chosen", "rejected"];
+    // Columns TRL's DPOTrainer reads besides the three above: ours must never take these names.
+    const TRL_RESERVED: [&str; 6] = [
+        "ref_chosen_logps",
+        "ref_rejected_logps",
+        "tools",
+        "chat_template_kwargs",
+        "images",
+        "image",
+    ];
+    let standard = pair::schema(PairFormat::Standard);
+    let conversational = pair::schema(PairFormat::Conversational);
+    for name in TRL_COLUMNS {
+        assert_eq!(
+            standard
+                .field_with_name(name)
+                .map(|f| f.data_type().clone())
+                .ok(),
+            Some(DataType::Utf8)
+        );
+        assert_eq!(
+            conversational
+                .field_with_name(name)
+                .map(|f| f.data_type().clone())
+                .ok(),
+            Some(message_list_type())
+        );
+    }
+    for schema in [&standard, &conversational] {
+        for f in schema.fields() {
+            assert!(
+                TRL_COLUMNS.contains(&f.name().as_str()) || f.name().starts_with("meta_"),
+                "{}",
+                f.name()
+            );
+            assert!(!TRL_RESERVED.contains(&f.name().as_str()));
+        }
+    }
+    let DataType::List(item) = message_list_type() else {
+        panic!()
+    };
+    let DataType::Struct(fields) = item.data_type() else {
+        panic!()
+    };
+    assert_eq!(
+        fields.iter().map(|f| f.name().as_str()).collect::<Vec<_>>(),
+        ["role", "content"]
+    );
+}
+
+#[test]
+fn conversational_pairs_need_a_prompt_ending_in_a_user_turn() {
+    let mut p = PreferencePair {
+        run_id: "r".into(),
+        task_id: "t/1".into(),
+        prompt: "q".into(),
+        prompt_messages: vec![Message::user("q"), Message::assistant("a")],
+        prefix: String::new(),
+        chosen: PairSide::default(),
+        rejected: PairSide::default(),
+        kind: PairKind::Outcome,
+        terminal: true,
+    };
+    let err =
+        PreferencePair::to_batch(std::slice::from_ref(&p), PairFormat::Conversational).unwrap_err();
+    assert!(
+        err.to_string().contains("task t/1") && err.to_string().contains("ends with \"assistant\""),
+        "{err}"
+    );
+    assert!(PreferencePair::to_batch(std::slice::from_ref(&p), PairFormat::Standard).is_ok());
+    p.prompt_messages.clear();
+    assert!(PreferencePair::to_batch(&[p], PairFormat::Conversational).is_err());
+}
+
+#[test]
+fn step_pairs_fold_the_prefix_per_form() -> crate::Result<()> {
+    let p = PreferencePair {
+        run_id: "r".into(),
+        task_id: "t/1".into(),
+        prompt: "<user>2+3*4?</user>".into(),
+        prompt_messages: vec![Message::user("2+3*4?")],
+        prefix: "3*4=12. ".into(),
+        chosen: PairSide {
+            text: "2+12=14.".into(),
+            score: 1.0,
+            ..Default::default()
+        },
+        rejected: PairSide {
+            text: "2+12=15.".into(),
+            ..Default::default()
+        },
+        kind: PairKind::Step,
+        terminal: true,
+    };
+    let b = PreferencePair::to_batch(std::slice::from_ref(&p), PairFormat::Standard)?;
+    let prompt = arrow_array::cast::AsArray::as_string::<i32>(b.column(0).as_ref())
+        .value(0)
+        .to_string();
+    assert_eq!(prompt, "<user>2+3*4?</user>3*4=12. ");
+    let b = PreferencePair::to_batch(std::slice::from_ref(&p), PairFormat::Conversational)?;
+    let rows = PreferencePair::from_batch(&b)?;
+    assert_eq!(rows, vec![p]);
+    Ok(())
+}
