@@ -14,17 +14,11 @@ pub fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("datasets/pairs_write");
     group.throughput(Throughput::Elements(ROWS as u64));
     group.sample_size(10);
-    for (name, format) in [
-        ("standard", PairFormat::Standard),
-        ("conversational", PairFormat::Conversational),
-    ] {
+    for (name, format) in [("standard", PairFormat::Standard), ("conversational", PairFormat::Conversational)] {
         group.bench_function(name, |b| {
             b.iter_batched(
                 || Vec::with_capacity(8 << 20),
-                |sink| {
-                    write_to::<PreferencePair, _>(sink, &rows, format, &opts)
-                        .expect("writes to memory")
-                },
+                |sink| write_to::<PreferencePair, _>(sink, &rows, format, &opts).expect("writes to memory"),
                 BatchSize::SmallInput,
             )
         });

@@ -13,30 +13,21 @@ use orchard_rewards::{Reward, RewardSpec, Task};
 
 fn gsm8k() -> Vec<(Task, String)> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gsm8k_test.jsonl");
-    let text =
-        std::fs::read_to_string(&path).expect("tests/data/gsm8k_test.jsonl is in the repository");
+    let text = std::fs::read_to_string(&path).expect("tests/data/gsm8k_test.jsonl is in the repository");
     text.lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).expect("GSM8K rows are JSON");
-            let answer = v["answer"]
-                .as_str()
-                .expect("GSM8K rows have an answer")
-                .to_string();
+            let answer = v["answer"].as_str().expect("GSM8K rows have an answer").to_string();
             // A typical completion: the worked solution, its final line rewritten the way models write it.
             let completion = answer.replace("#### ", "The answer is ");
-            (
-                Task::new(v["question"].as_str().unwrap_or_default()).with_answer(answer),
-                completion,
-            )
+            (Task::new(v["question"].as_str().unwrap_or_default()).with_answer(answer), completion)
         })
         .collect()
 }
 
 pub fn bench(c: &mut Criterion) {
     let rows = gsm8k();
-    let reward = RewardSpec::from_name("gsm8k")
-        .and_then(|s| s.build_pure())
-        .expect("gsm8k builds");
+    let reward = RewardSpec::from_name("gsm8k").and_then(|s| s.build_pure()).expect("gsm8k builds");
     let mut g = c.benchmark_group("rewards");
     g.throughput(Throughput::Elements(rows.len() as u64));
     g.bench_function("math_verify_gsm8k_1319", |b| {
@@ -58,13 +49,7 @@ pub fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("sandbox");
     g.sample_size(20).measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Elements(1));
-    let ex = Arc::new(Executor::with_cache_capacity(
-        sb,
-        SandboxPolicy::default(),
-        0,
-    ));
-    g.bench_function("exec_print_one_uncached", |b| {
-        b.iter(|| ex.run("print(1)").expect("runs"))
-    });
+    let ex = Arc::new(Executor::with_cache_capacity(sb, SandboxPolicy::default(), 0));
+    g.bench_function("exec_print_one_uncached", |b| b.iter(|| ex.run("print(1)").expect("runs")));
     g.finish();
 }

@@ -13,12 +13,8 @@ fn exec_json(program: &str, extra: &[&str]) -> anyhow::Result<(Value, i32)> {
     let out = orchard().arg("exec").arg(&file).args(extra).output()?;
     let code = out.status.code().unwrap_or(-1);
     let stdout = String::from_utf8(out.stdout)?;
-    let json: Value = serde_json::from_str(stdout.trim()).map_err(|e| {
-        anyhow::anyhow!(
-            "{e}: stdout {stdout:?}, stderr {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
+    let json: Value = serde_json::from_str(stdout.trim())
+        .map_err(|e| anyhow::anyhow!("{e}: stdout {stdout:?}, stderr {}", String::from_utf8_lossy(&out.stderr)))?;
     Ok((json, code))
 }
 
@@ -26,14 +22,7 @@ fn exec_json(program: &str, extra: &[&str]) -> anyhow::Result<(Value, i32)> {
 fn exec_prints_one_json_object_with_the_documented_keys() -> anyhow::Result<()> {
     let (j, code) = exec_json("print('hello')", &[])?;
     assert_eq!(code, 0);
-    for key in [
-        "status",
-        "exit_code",
-        "stdout",
-        "stderr",
-        "wall_ms",
-        "reason",
-    ] {
+    for key in ["status", "exit_code", "stdout", "stderr", "wall_ms", "reason"] {
         assert!(j.get(key).is_some(), "{key} missing in {j}");
     }
     assert_eq!(j["status"], "ok");
@@ -49,10 +38,7 @@ fn exec_reports_errors_with_the_failing_line() -> anyhow::Result<()> {
     assert_eq!(code, 1);
     assert_eq!(j["status"], "error");
     assert_eq!(j["exit_code"], 1);
-    assert_eq!(
-        j["reason"],
-        "AssertionError: x is not two at line 2: assert x == 2, 'x is not two'"
-    );
+    assert_eq!(j["reason"], "AssertionError: x is not two at line 2: assert x == 2, 'x is not two'");
     Ok(())
 }
 
@@ -61,23 +47,13 @@ fn exec_limits_take_human_units() -> anyhow::Result<()> {
     let t = Instant::now();
     let (j, _) = exec_json("import time\ntime.sleep(10)", &["--timeout", "300ms"])?;
     assert_eq!(j["status"], "timeout");
-    assert!(
-        t.elapsed() < Duration::from_millis(1300),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_millis(1300), "{:?}", t.elapsed());
     let (j, _) = exec_json("x = bytearray(400 << 20)", &["--memory", "256MiB"])?;
     assert_eq!(j["status"], "memory", "{j}");
     let (j, _) = exec_json("print('y' * 5000)", &["--max-output", "1KiB"])?;
     assert_eq!(j["status"], "output_limit");
-    orchard()
-        .args(["exec", "x.py", "--timeout", "5 parsecs"])
-        .assert()
-        .code(2);
-    orchard()
-        .args(["exec", "x.py", "--memory", "lots"])
-        .assert()
-        .code(2);
+    orchard().args(["exec", "x.py", "--timeout", "5 parsecs"]).assert().code(2);
+    orchard().args(["exec", "x.py", "--memory", "lots"]).assert().code(2);
     Ok(())
 }
 
@@ -87,43 +63,23 @@ fn exec_batch_runs_jsonl_in_order_with_row_errors() -> anyhow::Result<()> {
     let file = dir.path().join("batch.jsonl");
     let mut text = String::new();
     for i in 0..5 {
-        text.push_str(&serde_json::to_string(
-            &serde_json::json!({ "program": format!("print({i} * 10)") }),
-        )?);
+        text.push_str(&serde_json::to_string(&serde_json::json!({ "program": format!("print({i} * 10)") }))?);
         text.push('\n');
     }
     text.push_str("\"print('plain string row')\"\n{not json\n{\"code\": 1}\n");
     std::fs::write(&file, text)?;
     let out = orchard().args(["exec", "--jsonl"]).arg(&file).output()?;
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "error rows make the exit status 1"
-    );
-    let rows: Vec<Value> = String::from_utf8(out.stdout)?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    assert_eq!(out.status.code(), Some(1), "error rows make the exit status 1");
+    let rows: Vec<Value> =
+        String::from_utf8(out.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
     assert_eq!(rows.len(), 8);
     for (i, r) in rows.iter().take(5).enumerate() {
         assert_eq!(r["row"], i);
         assert_eq!(r["stdout"], format!("{}\n", i * 10));
     }
     assert_eq!(rows[5]["stdout"], "plain string row\n");
-    assert!(
-        rows[6]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains(":7: malformed JSON")),
-        "{}",
-        rows[6]
-    );
-    assert!(
-        rows[7]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains(":8: field `program`")),
-        "{}",
-        rows[7]
-    );
+    assert!(rows[6]["error"].as_str().is_some_and(|e| e.contains(":7: malformed JSON")), "{}", rows[6]);
+    assert!(rows[7]["error"].as_str().is_some_and(|e| e.contains(":8: field `program`")), "{}", rows[7]);
     Ok(())
 }
 

@@ -9,11 +9,7 @@ use crate::runs::{job, make_run};
 use crate::util::orchard;
 
 fn rows_by_id(run: &std::path::Path) -> anyhow::Result<BTreeMap<String, Trajectory>> {
-    Ok(RunReader::open(run)?
-        .trajectories()?
-        .into_iter()
-        .map(|t| (t.id.clone(), t))
-        .collect())
+    Ok(RunReader::open(run)?.trajectories()?.into_iter().map(|t| (t.id.clone(), t)).collect())
 }
 
 #[test]
@@ -38,20 +34,12 @@ fn shards_merge_into_exactly_the_unsharded_run() -> anyhow::Result<()> {
     assert_eq!(m.counts, whole.counts);
     assert_eq!(m.merged_from.len(), 3);
     assert_eq!(m.identity.shard.to_string(), "0/1");
-    assert_eq!(
-        m.identity.run_id, whole.identity.run_id,
-        "shards share the run id"
-    );
+    assert_eq!(m.identity.run_id, whole.identity.run_id, "shards share the run id");
     // Same rows as the unsharded run (as a set: order depends on the shard split).
     assert_eq!(rows_by_id(&all)?, rows_by_id(&dir.path().join("whole"))?);
     let mut pairs = merged.pairs()?;
     let mut want = RunReader::open(&dir.path().join("whole"))?.pairs()?;
-    let key = |p: &orchard_datasets::PreferencePair| {
-        (
-            p.chosen.trajectory_id.clone(),
-            p.rejected.trajectory_id.clone(),
-        )
-    };
+    let key = |p: &orchard_datasets::PreferencePair| (p.chosen.trajectory_id.clone(), p.rejected.trajectory_id.clone());
     pairs.sort_by_key(key);
     want.sort_by_key(key);
     assert_eq!(pairs, want);
@@ -69,11 +57,7 @@ fn merge_refuses_incompatible_or_overlapping_runs() -> anyhow::Result<()> {
     let p = |s: &str| dir.path().join(s);
     make_run(&p("s0"), &job(12), "0/2")?;
     make_run(&p("s1"), &job(12), "1/2")?;
-    make_run(
-        &p("other"),
-        &orchard_datasets::testing::FakeJob { n: 4, ..job(12) },
-        "1/2",
-    )?;
+    make_run(&p("other"), &orchard_datasets::testing::FakeJob { n: 4, ..job(12) }, "1/2")?;
     make_run(&p("s0of3"), &job(12), "0/3")?;
 
     orchard()
@@ -91,10 +75,7 @@ fn merge_refuses_incompatible_or_overlapping_runs() -> anyhow::Result<()> {
         .arg(p("other"))
         .assert()
         .failure()
-        .stderr(
-            contains("different jobs: config differs")
-                .and(contains("n: 8 (existing) vs 4 (this command)")),
-        );
+        .stderr(contains("different jobs: config differs").and(contains("n: 8 (existing) vs 4 (this command)")));
     orchard()
         .args(["merge", "--out"])
         .arg(p("x"))

@@ -8,9 +8,7 @@ use serde_json::{json, Value};
 use crate::util::orchard;
 
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
 }
 
 /// Write `rows` as JSONL, run `orchard reward --kind KIND`, return (rows out, exit code, stderr).
@@ -23,29 +21,15 @@ fn score(kind: &str, rows: &[Value]) -> anyhow::Result<(Vec<Value>, i32, String)
 }
 
 fn score_file(kind: &str, input: &Path) -> anyhow::Result<(Vec<Value>, i32, String)> {
-    let out = orchard()
-        .args(["reward", "--kind", kind, "--input"])
-        .arg(input)
-        .output()?;
-    let rows = String::from_utf8(out.stdout)?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<Vec<Value>, _>>()?;
-    Ok((
-        rows,
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stderr)?,
-    ))
+    let out = orchard().args(["reward", "--kind", kind, "--input"]).arg(input).output()?;
+    let rows = String::from_utf8(out.stdout)?.lines().map(serde_json::from_str).collect::<Result<Vec<Value>, _>>()?;
+    Ok((rows, out.status.code().unwrap_or(-1), String::from_utf8(out.stderr)?))
 }
 
 fn humaneval() -> anyhow::Result<Vec<Value>> {
     let mut text = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(data("humaneval.jsonl.gz"))?)
-        .read_to_string(&mut text)?;
-    Ok(text
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?)
+    flate2::read::GzDecoder::new(std::fs::File::open(data("humaneval.jsonl.gz"))?).read_to_string(&mut text)?;
+    Ok(text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?)
 }
 
 #[test]
@@ -62,12 +46,7 @@ fn every_gsm8k_gold_solution_scores_one() -> anyhow::Result<()> {
     assert_eq!(code, 0);
     assert_eq!(out.len(), 1319);
     let bad: Vec<&Value> = out.iter().filter(|r| r["score"] != 1.0).collect();
-    assert!(
-        bad.is_empty(),
-        "{} rows below 1.0, e.g. {:?}",
-        bad.len(),
-        bad.first()
-    );
+    assert!(bad.is_empty(), "{} rows below 1.0, e.g. {:?}", bad.len(), bad.first());
     Ok(())
 }
 
@@ -93,10 +72,7 @@ fn humaneval_canonical_solutions_pass_and_pass_bodies_fail() -> anyhow::Result<(
     let problems = humaneval()?;
     assert_eq!(problems.len(), 164);
     let row = |p: &Value, completion: &Value| json!({ "prompt": p["prompt"], "completion": completion, "test": p["test"], "entry_point": p["entry_point"] });
-    let mut rows: Vec<Value> = problems
-        .iter()
-        .map(|p| row(p, &p["canonical_solution"]))
-        .collect();
+    let mut rows: Vec<Value> = problems.iter().map(|p| row(p, &p["canonical_solution"])).collect();
     rows.extend(problems.iter().map(|p| row(p, &json!("    pass\n"))));
     let (out, code, stderr) = score("humaneval", &rows)?;
     assert_eq!(code, 0, "{stderr}");
@@ -107,12 +83,7 @@ fn humaneval_canonical_solutions_pass_and_pass_bodies_fail() -> anyhow::Result<(
             assert_eq!(r["score"], 1.0, "canonical {id} failed: {}", r["failure"]);
         } else {
             assert_eq!(r["score"], 0.0, "`pass` body of {id} passed");
-            assert!(
-                r["failure"]
-                    .as_str()
-                    .is_some_and(|f| f.starts_with("error: ")),
-                "{r}"
-            );
+            assert!(r["failure"].as_str().is_some_and(|f| f.starts_with("error: ")), "{r}");
         }
     }
     Ok(())
@@ -140,26 +111,12 @@ fn bad_rows_get_clear_errors_and_other_rows_are_still_scored() -> anyhow::Result
     let err = |k: usize| out[k]["error"].as_str().unwrap_or("").to_string();
     let f = input.display().to_string();
     assert_eq!(out[0]["score"], 1.0);
-    assert!(
-        err(1).starts_with(&format!("{f}:2: malformed JSON")),
-        "{}",
-        err(1)
-    );
+    assert!(err(1).starts_with(&format!("{f}:2: malformed JSON")), "{}", err(1));
     assert_eq!(err(2), format!("{f}:3: field `completion`: missing"));
     assert_eq!(err(3), format!("{f}:4: not valid UTF-8 (at byte 0)"));
-    assert_eq!(
-        err(4),
-        format!("{f}:5: field `completion`: expected a string, got an array")
-    );
-    assert!(
-        err(5).starts_with(&format!("{f}:6: field `answer`")),
-        "{}",
-        err(5)
-    );
-    assert_eq!(
-        (out[6]["line"].as_u64(), err(6)),
-        (Some(8), format!("{f}:8: row is not a JSON object"))
-    );
+    assert_eq!(err(4), format!("{f}:5: field `completion`: expected a string, got an array"));
+    assert!(err(5).starts_with(&format!("{f}:6: field `answer`")), "{}", err(5));
+    assert_eq!((out[6]["line"].as_u64(), err(6)), (Some(8), format!("{f}:8: row is not a JSON object")));
     assert_eq!(err(7), "task has no reference `answer`");
     assert_eq!(out[7]["score"], Value::Null);
     assert_eq!(out[8]["score"], 1.0);
@@ -175,8 +132,10 @@ fn sql_scores_rows_and_reports_a_missing_database_per_row() -> anyhow::Result<()
     // Build the database with Python's sqlite3 (the sandbox needs python3 anyway).
     let status = std::process::Command::new("python3")
         .arg("-c")
-        .arg("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('create table t(a int, b text)'); \
-              c.executemany('insert into t values (?, ?)', [(1, 'x'), (2, 'y'), (3, 'z')]); c.commit()")
+        .arg(
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('create table t(a int, b text)'); \
+              c.executemany('insert into t values (?, ?)', [(1, 'x'), (2, 'y'), (3, 'z')]); c.commit()",
+        )
         .arg(dir.path().join("db.sqlite"))
         .status()?;
     assert!(status.success());
@@ -189,31 +148,18 @@ fn sql_scores_rows_and_reports_a_missing_database_per_row() -> anyhow::Result<()
         json!({ "sql": gold, "db": "db.sqlite", "completion": "SELECT a FROM t WHERE a > 1" }),
     ];
     let input = dir.path().join("sql.jsonl");
-    std::fs::write(
-        &input,
-        rows.iter().map(|r| format!("{r}\n")).collect::<String>(),
-    )?;
+    std::fs::write(&input, rows.iter().map(|r| format!("{r}\n")).collect::<String>())?;
     let (out, code, _) = score_file("sql", &input)?;
     assert_eq!(code, 1);
     assert_eq!(out[0]["score"], 1.0);
     assert_eq!(out[1]["score"], 0.0);
-    assert!(
-        (out[1]["components"]["cell_precision"]
-            .as_f64()
-            .unwrap_or(0.0)
-            - 2.0 / 3.0)
-            .abs()
-            < 1e-9
-    );
+    assert!((out[1]["components"]["cell_precision"].as_f64().unwrap_or(0.0) - 2.0 / 3.0).abs() < 1e-9);
     assert_eq!(out[1]["components"]["cell_recall"], 1.0);
     assert!(out[2]["error"]
         .as_str()
         .is_some_and(|e| e.starts_with("database not found:") && e.ends_with("missing.sqlite")));
     assert_eq!(out[3]["score"], 0.0);
-    assert_eq!(
-        out[4]["score"], 1.0,
-        "DROP TABLE did not run: the database is read-only"
-    );
+    assert_eq!(out[4]["score"], 1.0, "DROP TABLE did not run: the database is read-only");
     Ok(())
 }
 
@@ -225,27 +171,12 @@ fn pot_and_composites_from_toml() -> anyhow::Result<()> {
     ];
     let dir = tempfile::tempdir()?;
     let input = dir.path().join("pot.jsonl");
-    std::fs::write(
-        &input,
-        rows.iter().map(|r| format!("{r}\n")).collect::<String>(),
-    )?;
-    let out = orchard()
-        .args(["reward", "--kind", "pot", "--timeout", "1s", "--input"])
-        .arg(&input)
-        .output()?;
-    let out: Vec<Value> = String::from_utf8(out.stdout)?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    std::fs::write(&input, rows.iter().map(|r| format!("{r}\n")).collect::<String>())?;
+    let out = orchard().args(["reward", "--kind", "pot", "--timeout", "1s", "--input"]).arg(&input).output()?;
+    let out: Vec<Value> = String::from_utf8(out.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
     assert_eq!(out[0]["score"], 1.0);
     assert_eq!(out[1]["score"], 0.0);
-    assert!(
-        out[1]["failure"]
-            .as_str()
-            .is_some_and(|f| f.starts_with("program timeout")),
-        "{}",
-        out[1]
-    );
+    assert!(out[1]["failure"].as_str().is_some_and(|f| f.starts_with("program timeout")), "{}", out[1]);
 
     let config = dir.path().join("reward.toml");
     std::fs::write(
@@ -253,39 +184,14 @@ fn pot_and_composites_from_toml() -> anyhow::Result<()> {
         "kind = \"weighted\"\n[[terms]]\nweight = 0.85\nreward = { kind = \"gsm8k\" }\n\
          [[terms]]\nweight = 0.15\nreward = { kind = \"format\", pattern = '.*<answer>.*</answer>' }\n",
     )?;
-    let rows = [
-        json!({ "answer": "3", "completion": "<answer>3</answer>" }),
-        json!({ "answer": "3", "completion": "3" }),
-    ];
-    std::fs::write(
-        &input,
-        rows.iter().map(|r| format!("{r}\n")).collect::<String>(),
-    )?;
-    let out = orchard()
-        .args(["reward", "--config"])
-        .arg(&config)
-        .arg("--input")
-        .arg(&input)
-        .output()?;
-    let out: Vec<Value> = String::from_utf8(out.stdout)?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
-    assert!(
-        (out[0]["score"].as_f64().unwrap_or(0.0) - 1.0).abs() < 1e-9,
-        "{}",
-        out[0]
-    );
-    assert!(
-        (out[1]["score"].as_f64().unwrap_or(0.0) - 0.85).abs() < 1e-9,
-        "{}",
-        out[1]
-    );
+    let rows =
+        [json!({ "answer": "3", "completion": "<answer>3</answer>" }), json!({ "answer": "3", "completion": "3" })];
+    std::fs::write(&input, rows.iter().map(|r| format!("{r}\n")).collect::<String>())?;
+    let out = orchard().args(["reward", "--config"]).arg(&config).arg("--input").arg(&input).output()?;
+    let out: Vec<Value> = String::from_utf8(out.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert!((out[0]["score"].as_f64().unwrap_or(0.0) - 1.0).abs() < 1e-9, "{}", out[0]);
+    assert!((out[1]["score"].as_f64().unwrap_or(0.0) - 0.85).abs() < 1e-9, "{}", out[1]);
     assert_eq!(out[1]["components"]["format"], 0.0);
-    orchard()
-        .args(["reward", "--kind", "nope", "--input"])
-        .arg(&input)
-        .assert()
-        .code(2);
+    orchard().args(["reward", "--kind", "nope", "--input"]).arg(&input).assert().code(2);
     Ok(())
 }

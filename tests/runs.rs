@@ -9,26 +9,13 @@ use orchard_datasets::{Manifest, Shard, TaskKind, TaskSource, WriterOptions};
 /// The fake job on the first `limit` GSM8K train questions, n = 8.
 pub fn job(limit: usize) -> FakeJob {
     FakeJob {
-        source: TaskSource {
-            limit: Some(limit),
-            ..TaskSource::builtin(TaskKind::Gsm8k, Some("train"))
-        },
+        source: TaskSource { limit: Some(limit), ..TaskSource::builtin(TaskKind::Gsm8k, Some("train")) },
         ..FakeJob::default()
     }
 }
 
 /// Run `job` (as shard `shard`) into `out` with small commits.
 pub fn make_run(out: &Path, job: &FakeJob, shard: &str) -> anyhow::Result<Manifest> {
-    let job = FakeJob {
-        shard: shard.parse::<Shard>()?,
-        ..job.clone()
-    };
-    Ok(fake_job(
-        &job,
-        out,
-        WriterOptions {
-            flush_rows: 50,
-            ..WriterOptions::default()
-        },
-    )?)
+    let job = FakeJob { shard: shard.parse::<Shard>()?, ..job.clone() };
+    Ok(fake_job(&job, out, WriterOptions { flush_rows: 50, ..WriterOptions::default() })?)
 }

@@ -107,11 +107,7 @@ pub struct PairArgs {
 
 impl PairArgs {
     /// `(policy, format)` from the job file's values with every given flag applied.
-    pub fn apply(
-        &self,
-        mut policy: PairPolicy,
-        mut format: PairFormat,
-    ) -> (PairPolicy, PairFormat) {
+    pub fn apply(&self, mut policy: PairPolicy, mut format: PairFormat) -> (PairPolicy, PairFormat) {
         if let Some(s) = self.strategy {
             policy.strategy = s;
         }
@@ -167,21 +163,14 @@ mod tests {
             "conversational",
         ])
         .map_err(|e| crate::Error::Source(e.to_string()))?;
-        let file: TaskSource =
-            toml::from_str("task = \"gsm8k\"\nlimit = 50\nshuffle = true\nseed = 3\n")
-                .map_err(|e| crate::Error::Source(e.to_string()))?;
+        let file: TaskSource = toml::from_str("task = \"gsm8k\"\nlimit = 50\nshuffle = true\nseed = 3\n")
+            .map_err(|e| crate::Error::Source(e.to_string()))?;
         let source = cli.source.apply(file);
-        assert_eq!(
-            (source.task, source.limit, source.shuffle, source.seed),
-            (TaskKind::Jsonl, Some(5), true, 3)
-        );
+        assert_eq!((source.task, source.limit, source.shuffle, source.seed), (TaskKind::Jsonl, Some(5), true, 3));
         assert_eq!(source.fields.prompt, "q");
         assert_eq!(source.on_bad_row, OnBadRow::Fail);
         let (policy, format) = cli.pairs.apply(PairPolicy::default(), PairFormat::Standard);
-        assert_eq!(
-            (policy.strategy, policy.max_per_prompt),
-            (PairStrategy::BestVsWorst, Some(2))
-        );
+        assert_eq!((policy.strategy, policy.max_per_prompt), (PairStrategy::BestVsWorst, Some(2)));
         assert_eq!(format, PairFormat::Conversational);
         Ok(())
     }

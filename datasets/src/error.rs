@@ -114,25 +114,16 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: &Path) -> Result<T> {
-        self.map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        self.map_err(|source| Error::Io { path: path.to_path_buf(), source })
     }
 }
 
 impl Error {
     pub(crate) fn json(path: &Path, err: impl std::fmt::Display) -> Self {
-        Error::Json {
-            path: path.to_path_buf(),
-            reason: err.to_string(),
-        }
+        Error::Json { path: path.to_path_buf(), reason: err.to_string() }
     }
 
     pub(crate) fn run(path: &Path, reason: impl Into<String>) -> Self {
-        Error::Run {
-            path: path.to_path_buf(),
-            reason: reason.into(),
-        }
+        Error::Run { path: path.to_path_buf(), reason: reason.into() }
     }
 }

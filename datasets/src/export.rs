@@ -67,9 +67,7 @@ impl FromStr for ExportFormat {
             "trl-conversational" => Ok(ExportFormat::TrlConversational),
             "kto" => Ok(ExportFormat::Kto),
             "prm" => Ok(ExportFormat::Prm),
-            other => Err(Error::Export(format!(
-                "format {other:?}: expected trl, trl-conversational, kto or prm"
-            ))),
+            other => Err(Error::Export(format!("format {other:?}: expected trl, trl-conversational, kto or prm"))),
         }
     }
 }
@@ -124,27 +122,17 @@ pub struct ExportSummary {
 pub fn export(run: &Path, out: &Path, opts: &ExportOptions) -> Result<ExportSummary> {
     let reader = RunReader::open(run)?;
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| Error::Io {
-            path: parent.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io { path: parent.to_path_buf(), source })?;
     }
     match opts.format {
         ExportFormat::Trl => export_pairs(&reader, out, PairFormat::Standard, opts),
-        ExportFormat::TrlConversational => {
-            export_pairs(&reader, out, PairFormat::Conversational, opts)
-        }
+        ExportFormat::TrlConversational => export_pairs(&reader, out, PairFormat::Conversational, opts),
         ExportFormat::Kto => export_kto(&reader, out, opts),
         ExportFormat::Prm => export_prm(&reader, out, opts),
     }
 }
 
-fn export_pairs(
-    reader: &RunReader,
-    out: &Path,
-    format: PairFormat,
-    opts: &ExportOptions,
-) -> Result<ExportSummary> {
+fn export_pairs(reader: &RunReader, out: &Path, format: PairFormat, opts: &ExportOptions) -> Result<ExportSummary> {
     if format == PairFormat::Conversational && opts.step_pairs == StepPairs::Keep {
         return Err(Error::Export(
             "non-terminal step pairs cannot be kept in the conversational form (TRL closes the assistant turn); \
@@ -158,15 +146,10 @@ fn export_pairs(
         let before = pairs.len();
         let kept: Vec<PreferencePair> = pairs
             .into_iter()
-            .filter(|p| {
-                p.kind == PairKind::Outcome || p.terminal || opts.step_pairs == StepPairs::Keep
-            })
+            .filter(|p| p.kind == PairKind::Outcome || p.terminal || opts.step_pairs == StepPairs::Keep)
             .collect();
         if kept.len() < before {
-            *summary
-                .dropped
-                .entry("non-terminal step pairs".into())
-                .or_default() += before - kept.len();
+            *summary.dropped.entry("non-terminal step pairs".into()).or_default() += before - kept.len();
         }
         summary.rows += kept.len();
         writer.write(&kept)
@@ -178,13 +161,7 @@ fn export_pairs(
 /// The KTO threshold: the option, else the run config's `pairs.correct_threshold`, else the default.
 fn threshold(reader: &RunReader, opts: &ExportOptions) -> f64 {
     opts.correct_threshold
-        .or_else(|| {
-            reader
-                .manifest()
-                .config
-                .pointer("/pairs/correct_threshold")
-                .and_then(serde_json::Value::as_f64)
-        })
+        .or_else(|| reader.manifest().config.pointer("/pairs/correct_threshold").and_then(serde_json::Value::as_f64))
         .unwrap_or(DEFAULT_CORRECT_THRESHOLD)
 }
 
@@ -204,10 +181,8 @@ fn export_kto(reader: &RunReader, out: &Path, opts: &ExportOptions) -> Result<Ex
         let mut rows = Vec::new();
         for (_, group) in &by_task {
             let kept = dedup_scored(group);
-            *summary
-                .dropped
-                .entry("unscorable or duplicate completions".into())
-                .or_default() += group.len() - kept.len();
+            *summary.dropped.entry("unscorable or duplicate completions".into()).or_default() +=
+                group.len() - kept.len();
             rows.extend(kept.into_iter().map(|t| KtoRow {
                 prompt: t.prompt.clone(),
                 completion: t.completion.clone(),
@@ -258,26 +233,24 @@ pub fn prm_rows(nodes: &[TreeNode]) -> Result<Vec<PrmRow>> {
     for tree in trees {
         let members = &by_tree[tree];
         let by_id: HashMap<u64, &TreeNode> = members.iter().map(|n| (n.node_id, *n)).collect();
-        let has_child: std::collections::HashSet<u64> =
-            members.iter().filter_map(|n| n.parent_id).collect();
+        let has_child: std::collections::HashSet<u64> = members.iter().filter_map(|n| n.parent_id).collect();
         let broken = |why: String| Error::Export(format!("tree {tree}: {why}"));
         let roots: Vec<&&TreeNode> = members.iter().filter(|n| n.parent_id.is_none()).collect();
         let [root] = roots.as_slice() else {
             return Err(broken(format!("{} roots", roots.len())));
         };
-        let mut leaves: Vec<&&TreeNode> = members
-            .iter()
-            .filter(|n| n.parent_id.is_some() && !has_child.contains(&n.node_id))
-            .collect();
+        let mut leaves: Vec<&&TreeNode> =
+            members.iter().filter(|n| n.parent_id.is_some() && !has_child.contains(&n.node_id)).collect();
         leaves.sort_by_key(|n| n.node_id);
         for leaf in leaves {
             let leaf: &TreeNode = leaf;
             let mut path: Vec<&TreeNode> = vec![leaf];
             let mut cur: &TreeNode = leaf;
             while let Some(parent) = cur.parent_id {
-                cur = by_id.get(&parent).copied().ok_or_else(|| {
-                    broken(format!("node {} has no parent {parent}", cur.node_id))
-                })?;
+                cur = by_id
+                    .get(&parent)
+                    .copied()
+                    .ok_or_else(|| broken(format!("node {} has no parent {parent}", cur.node_id)))?;
                 if path.len() > members.len() {
                     return Err(broken("cycle".into()));
                 }

@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, IoContext, Result};
 use crate::part;
 use crate::run::{
-    add_timings, json_differences, Manifest, MergedSource, RunReader, RunStatus, Timings,
-    JOURNAL_FILE, PART_DIRS,
+    add_timings, json_differences, Manifest, MergedSource, RunReader, RunStatus, Timings, JOURNAL_FILE, PART_DIRS,
 };
 use crate::shard::Shard;
 
@@ -33,17 +32,12 @@ pub fn merge(out: &Path, sources: &[PathBuf], opts: &MergeOptions) -> Result<Man
     let Some(first_path) = sources.first() else {
         return Err(Error::Merge("no runs given".into()));
     };
-    let readers = sources
-        .iter()
-        .map(|p| RunReader::open(p))
-        .collect::<Result<Vec<_>>>()?;
+    let readers = sources.iter().map(|p| RunReader::open(p)).collect::<Result<Vec<_>>>()?;
     let first = readers[0].manifest();
     let mut covered: HashMap<u32, PathBuf> = HashMap::new();
     let mut merged_from = Vec::new();
     let mut task_owner: HashMap<&str, &Path> = HashMap::new();
-    let shard_count = sources_of(&readers[0])
-        .first()
-        .map_or(1, |s| s.shard.count());
+    let shard_count = sources_of(&readers[0]).first().map_or(1, |s| s.shard.count());
     for r in &readers {
         let m = r.manifest();
         check_compatible(first_path, first, r.path(), m)?;
@@ -106,60 +100,33 @@ fn sources_of(r: &RunReader) -> Vec<MergedSource> {
 fn check_compatible(a_path: &Path, a: &Manifest, b_path: &Path, b: &Manifest) -> Result<()> {
     let (ai, bi) = (&a.identity, &b.identity);
     let mismatch = |what: String| {
-        Error::Merge(format!(
-            "{} and {} are different jobs: {what}",
-            a_path.display(),
-            b_path.display()
-        ))
+        Error::Merge(format!("{} and {} are different jobs: {what}", a_path.display(), b_path.display()))
     };
     if a.schema_version != b.schema_version {
-        return Err(mismatch(format!(
-            "schema version {} vs {}",
-            a.schema_version, b.schema_version
-        )));
+        return Err(mismatch(format!("schema version {} vs {}", a.schema_version, b.schema_version)));
     }
     if ai.job != bi.job {
         return Err(mismatch(format!("job {} vs {}", ai.job, bi.job)));
     }
     if ai.fingerprint != bi.fingerprint {
-        return Err(mismatch(format!(
-            "config differs:\n{}",
-            json_differences(&a.config, &b.config).join("\n")
-        )));
+        return Err(mismatch(format!("config differs:\n{}", json_differences(&a.config, &b.config).join("\n"))));
     }
     if a.pair_format != b.pair_format {
-        return Err(mismatch(format!(
-            "pair format {:?} vs {:?}",
-            a.pair_format, b.pair_format
-        )));
+        return Err(mismatch(format!("pair format {:?} vs {:?}", a.pair_format, b.pair_format)));
     }
     if let (Some(am), Some(bm)) = (&a.model, &b.model) {
         if am.hash != bm.hash {
-            return Err(mismatch(format!(
-                "model {} ({}) vs {} ({})",
-                am.id, am.hash, bm.id, bm.hash
-            )));
+            return Err(mismatch(format!("model {} ({}) vs {} ({})", am.id, am.hash, bm.id, bm.hash)));
         }
     }
     Ok(())
 }
 
-fn write_merged(
-    out: &Path,
-    readers: &[RunReader],
-    merged_from: Vec<MergedSource>,
-    whole: bool,
-) -> Result<Manifest> {
+fn write_merged(out: &Path, readers: &[RunReader], merged_from: Vec<MergedSource>, whole: bool) -> Result<Manifest> {
     if out.exists() && fs::read_dir(out).at(out)?.next().is_some() {
-        return Err(Error::Merge(format!(
-            "{} exists and is not empty",
-            out.display()
-        )));
+        return Err(Error::Merge(format!("{} exists and is not empty", out.display())));
     }
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "merged".into());
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "merged".into());
     let staging = out.with_file_name(format!(".{name}.merge.tmp"));
     if staging.exists() {
         fs::remove_dir_all(&staging).at(&staging)?;
@@ -190,9 +157,7 @@ fn write_merged(
     let parts: u64 = readers.iter().map(|r| r.entries().len() as u64).sum();
     let journal_path = staging.join(JOURNAL_FILE);
     fs::write(&journal_path, journal).at(&journal_path)?;
-    fs::File::open(&journal_path)
-        .and_then(|f| f.sync_all())
-        .at(&journal_path)?;
+    fs::File::open(&journal_path).and_then(|f| f.sync_all()).at(&journal_path)?;
     manifest.identity.shard = Shard::default();
     manifest.identity.tasks_planned = planned.filter(|_| whole);
     manifest.status = RunStatus {
@@ -211,20 +176,13 @@ fn write_merged(
         fs::remove_dir(out).at(out)?;
     }
     fs::rename(&staging, out).at(out)?;
-    part::sync_dir(
-        out.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new(".")),
-    )?;
+    part::sync_dir(out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
     Ok(manifest)
 }
 
 fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
     if to.exists() {
-        return Err(Error::Merge(format!(
-            "two runs have a part named {}",
-            to.display()
-        )));
+        return Err(Error::Merge(format!("two runs have a part named {}", to.display())));
     }
     if fs::hard_link(from, to).is_err() {
         fs::copy(from, to).at(to)?;

@@ -76,8 +76,7 @@ pub fn write_to<R: Record, W: Write + Send>(
     layout: R::Layout,
     opts: &ParquetOptions,
 ) -> Result<W> {
-    let mut writer =
-        ArrowWriter::try_new(sink, R::schema(layout), Some(opts.writer_properties()?))?;
+    let mut writer = ArrowWriter::try_new(sink, R::schema(layout), Some(opts.writer_properties()?))?;
     for chunk in rows.chunks(opts.batch_rows.max(1)) {
         writer.write(&R::to_batch(chunk, layout)?)?;
         if writer.in_progress_size() > opts.row_group_bytes {
@@ -88,12 +87,7 @@ pub fn write_to<R: Record, W: Write + Send>(
 }
 
 /// Write `rows` to `path` atomically: into `.{name}.tmp` beside it, fsync, rename, fsync the directory.
-pub fn write_file<R: Record>(
-    path: &Path,
-    rows: &[R],
-    layout: R::Layout,
-    opts: &ParquetOptions,
-) -> Result<()> {
+pub fn write_file<R: Record>(path: &Path, rows: &[R], layout: R::Layout, opts: &ParquetOptions) -> Result<()> {
     let mut w = AtomicWriter::<R>::create(path, layout, opts)?;
     w.write(rows)?;
     w.commit()
@@ -118,8 +112,7 @@ impl<R: Record> AtomicWriter<R> {
     pub fn create(path: &Path, layout: R::Layout, opts: &ParquetOptions) -> Result<Self> {
         let tmp = tmp_path(path);
         let file = File::create(&tmp).at(&tmp)?;
-        let writer =
-            ArrowWriter::try_new(file, R::schema(layout), Some(opts.writer_properties()?))?;
+        let writer = ArrowWriter::try_new(file, R::schema(layout), Some(opts.writer_properties()?))?;
         Ok(AtomicWriter {
             path: path.to_path_buf(),
             tmp,
@@ -133,10 +126,7 @@ impl<R: Record> AtomicWriter<R> {
 
     /// Append rows.
     pub fn write(&mut self, rows: &[R]) -> Result<()> {
-        let writer = self
-            .writer
-            .as_mut()
-            .expect("the writer is only taken by commit, which consumes self");
+        let writer = self.writer.as_mut().expect("the writer is only taken by commit, which consumes self");
         for chunk in rows.chunks(self.opts.batch_rows.max(1)) {
             writer.write(&R::to_batch(chunk, self.layout)?)?;
             if writer.in_progress_size() > self.opts.row_group_bytes {
@@ -173,10 +163,7 @@ impl<R: Record> Drop for AtomicWriter<R> {
 
 /// `.{name}.tmp` beside `path`.
 pub fn tmp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp"))
 }
 
@@ -219,10 +206,7 @@ pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in entries {
         let path = entry.at(dir)?.path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if !name.starts_with('.') && path.extension().is_some_and(|e| e == PARQUET_EXT) {
             files.push(path);
         }

@@ -50,9 +50,9 @@ impl FromStr for PairStrategy {
         match s {
             "all-correct-incorrect" | "all" => Ok(PairStrategy::AllCorrectIncorrect),
             "best-vs-worst" => Ok(PairStrategy::BestVsWorst),
-            other => Err(Error::Source(format!(
-                "pair strategy {other:?}: expected all-correct-incorrect or best-vs-worst"
-            ))),
+            other => {
+                Err(Error::Source(format!("pair strategy {other:?}: expected all-correct-incorrect or best-vs-worst")))
+            }
         }
     }
 }
@@ -85,10 +85,7 @@ impl Default for PairPolicy {
 
 /// The trajectories that enter pairing: scorable, in `sample_index` order, first of each distinct completion.
 pub fn dedup_scored(trajectories: &[Trajectory]) -> Vec<&Trajectory> {
-    let mut usable: Vec<&Trajectory> = trajectories
-        .iter()
-        .filter(|t| t.reward.usable_score().is_some())
-        .collect();
+    let mut usable: Vec<&Trajectory> = trajectories.iter().filter(|t| t.reward.usable_score().is_some()).collect();
     usable.sort_by_key(|t| t.sample_index);
     let mut seen = HashSet::new();
     usable.retain(|t| seen.insert(t.completion.as_str()));
@@ -108,11 +105,7 @@ pub fn select_pairs(trajectories: &[Trajectory], policy: &PairPolicy) -> Vec<Pre
         return tasks
             .into_iter()
             .flat_map(|id| {
-                let own: Vec<Trajectory> = trajectories
-                    .iter()
-                    .filter(|t| t.task_id == id)
-                    .cloned()
-                    .collect();
+                let own: Vec<Trajectory> = trajectories.iter().filter(|t| t.task_id == id).cloned().collect();
                 select_pairs(&own, policy)
             })
             .collect();
@@ -125,9 +118,8 @@ pub fn select_pairs(trajectories: &[Trajectory], policy: &PairPolicy) -> Vec<Pre
     };
     let pairs: Vec<(&Trajectory, &Trajectory)> = match policy.strategy {
         PairStrategy::AllCorrectIncorrect => {
-            let (mut correct, mut incorrect): (Vec<&Trajectory>, Vec<&Trajectory>) = usable
-                .iter()
-                .partition(|t| score(t) >= policy.correct_threshold);
+            let (mut correct, mut incorrect): (Vec<&Trajectory>, Vec<&Trajectory>) =
+                usable.iter().partition(|t| score(t) >= policy.correct_threshold);
             // Best correct first, worst incorrect first; ties by sample index (the sort is stable).
             correct.sort_by(|a, b| score(b).total_cmp(&score(a)));
             incorrect.sort_by(|a, b| score(a).total_cmp(&score(b)));
@@ -140,9 +132,7 @@ pub fn select_pairs(trajectories: &[Trajectory], policy: &PairPolicy) -> Vec<Pre
             }
             candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
             let pairs = candidates.into_iter().map(|(_, _, _, c, r)| (c, r));
-            pairs
-                .take(policy.max_per_prompt.unwrap_or(usize::MAX))
-                .collect()
+            pairs.take(policy.max_per_prompt.unwrap_or(usize::MAX)).collect()
         }
         PairStrategy::BestVsWorst => {
             let mut ranked = usable.clone();
@@ -182,10 +172,7 @@ pub fn outcome_pair(chosen: &Trajectory, rejected: &Trajectory) -> PreferencePai
 
 /// How many trajectories are correct under `threshold` (scorable ones only).
 pub fn count_correct(trajectories: &[Trajectory], threshold: f64) -> usize {
-    trajectories
-        .iter()
-        .filter(|t| t.reward.usable_score().is_some_and(|s| s >= threshold))
-        .count()
+    trajectories.iter().filter(|t| t.reward.usable_score().is_some_and(|s| s >= threshold)).count()
 }
 
 #[cfg(test)]

@@ -55,9 +55,7 @@ impl Shard {
     /// Shard `index` of `count`; fails unless `index < count`.
     pub fn new(index: u32, count: u32) -> Result<Self> {
         if count == 0 || index >= count {
-            return Err(Error::Shard {
-                spec: format!("{index}/{count}"),
-            });
+            return Err(Error::Shard { spec: format!("{index}/{count}") });
         }
         Ok(Shard { index, count })
     }
@@ -93,14 +91,9 @@ impl FromStr for Shard {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::Shard {
-            spec: s.to_string(),
-        };
+        let bad = || Error::Shard { spec: s.to_string() };
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (i, n) = (
-            i.trim().parse().map_err(|_| bad())?,
-            n.trim().parse().map_err(|_| bad())?,
-        );
+        let (i, n) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
         Shard::new(i, n).map_err(|_| bad())
     }
 }
@@ -146,10 +139,7 @@ mod tests {
         }
         let json = serde_json::to_string(&Shard::new(1, 3).unwrap()).unwrap();
         assert_eq!(json, "\"1/3\"");
-        assert_eq!(
-            serde_json::from_str::<Shard>(&json).unwrap(),
-            Shard::new(1, 3).unwrap()
-        );
+        assert_eq!(serde_json::from_str::<Shard>(&json).unwrap(), Shard::new(1, 3).unwrap());
     }
 
     proptest! {

@@ -14,10 +14,7 @@ pub struct Message {
 impl Message {
     /// A message with this role and content.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Message {
-            role: role.into(),
-            content: content.into(),
-        }
+        Message { role: role.into(), content: content.into() }
     }
 
     /// A `user` message.

@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::loaders::{splitmix64, TaskSource};
 use crate::record::{
-    ModelRecord, PairFormat, PairKind, PairSide, PreferencePair, RewardRecord, SamplingRecord,
-    Trajectory, TreeNode,
+    ModelRecord, PairFormat, PairKind, PairSide, PreferencePair, RewardRecord, SamplingRecord, Trajectory, TreeNode,
 };
 use crate::run::{timing, Manifest, RunDir, RunSpec, TaskOutput, WriterOptions};
 use crate::select::{select_pairs, PairPolicy};
@@ -21,9 +20,8 @@ use crate::shard::{task_seed, Shard};
 use crate::task::{Message, Task};
 
 const WORDS: [&str; 24] = [
-    "the", "total", "is", "so", "she", "has", "apples", "each", "and", "then", "we", "add",
-    "multiply", "by", "left", "after", "buying", "cost", "dollars", "per", "hour", "minutes",
-    "half", "twice",
+    "the", "total", "is", "so", "she", "has", "apples", "each", "and", "then", "we", "add", "multiply", "by", "left",
+    "after", "buying", "cost", "dollars", "per", "hour", "minutes", "half", "twice",
 ];
 
 /// `n` words drawn from a small vocabulary (text-like, compressible).
@@ -77,30 +75,17 @@ pub fn fake_trajectories(task: &Task, n: u32, seed: u64, run_id: &str) -> Vec<Tr
             let sample_seed = task_seed(seed, &format!("{}#{k}", task.id));
             let mut s = sample_seed;
             let r = splitmix64(&mut s);
-            let answer = if r.is_multiple_of(3) {
-                reference.clone()
-            } else {
-                (base + (r % 4) as i64 + 1).to_string()
-            };
-            let completion = format!(
-                "{} so the answer is {answer}.",
-                words(&mut s, 5 + (r % 3) as usize)
-            );
+            let answer = if r.is_multiple_of(3) { reference.clone() } else { (base + (r % 4) as i64 + 1).to_string() };
+            let completion = format!("{} so the answer is {answer}.", words(&mut s, 5 + (r % 3) as usize));
             let token_ids: Vec<u32> = completion.bytes().map(u32::from).collect();
-            let token_logprobs = token_ids
-                .iter()
-                .map(|_| -((splitmix64(&mut s) % 512) as f32) / 256.0)
-                .collect();
+            let token_logprobs = token_ids.iter().map(|_| -((splitmix64(&mut s) % 512) as f32) / 256.0).collect();
             let correct = answer == reference;
             Trajectory {
                 id: Trajectory::make_id(&task.id, k),
                 run_id: run_id.to_string(),
                 task_id: task.id.clone(),
                 sample_index: k,
-                prompt: format!(
-                    "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
-                    task.prompt
-                ),
+                prompt: format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", task.prompt),
                 prompt_messages: task.chat(None),
                 completion,
                 token_ids,
@@ -113,13 +98,7 @@ pub fn fake_trajectories(task: &Task, n: u32, seed: u64, run_id: &str) -> Vec<Tr
                     failure: (!correct).then(|| "wrong answer".to_string()),
                     error: None,
                 },
-                sampling: SamplingRecord {
-                    temperature: 1.0,
-                    top_p: 1.0,
-                    top_k: 0,
-                    min_p: 0.0,
-                    max_new_tokens: 256,
-                },
+                sampling: SamplingRecord { temperature: 1.0, top_p: 1.0, top_k: 0, min_p: 0.0, max_new_tokens: 256 },
                 seed: sample_seed,
                 model: fake_model(),
             }
@@ -129,10 +108,7 @@ pub fn fake_trajectories(task: &Task, n: u32, seed: u64, run_id: &str) -> Vec<Tr
 
 /// The fake job's model record.
 pub fn fake_model() -> ModelRecord {
-    ModelRecord {
-        id: "fake-model".into(),
-        hash: "sha256:fake".into(),
-    }
+    ModelRecord { id: "fake-model".into(), hash: "sha256:fake".into() }
 }
 
 /// A two-level tree per task (root = prompt; children = first half of each distinct completion; grandchildren =
@@ -143,24 +119,21 @@ pub fn fake_tree(task: &Task, trajectories: &[Trajectory]) -> (Vec<TreeNode>, Ve
         return (vec![], vec![]);
     };
     let tree_id = format!("{}/tree0", task.id);
-    let node =
-        |id: u64, parent: Option<u64>, depth: u32, text: &str, value: f64, terminal: bool| {
-            TreeNode {
-                run_id: first.run_id.clone(),
-                task_id: task.id.clone(),
-                tree_id: tree_id.clone(),
-                node_id: id,
-                parent_id: parent,
-                depth,
-                text: text.to_string(),
-                token_ids: text.bytes().map(u32::from).collect(),
-                logprob_sum: -(text.len() as f64) / 8.0,
-                visits: 1,
-                value,
-                reward: terminal.then_some(value),
-                terminal,
-            }
-        };
+    let node = |id: u64, parent: Option<u64>, depth: u32, text: &str, value: f64, terminal: bool| TreeNode {
+        run_id: first.run_id.clone(),
+        task_id: task.id.clone(),
+        tree_id: tree_id.clone(),
+        node_id: id,
+        parent_id: parent,
+        depth,
+        text: text.to_string(),
+        token_ids: text.bytes().map(u32::from).collect(),
+        logprob_sum: -(text.len() as f64) / 8.0,
+        visits: 1,
+        value,
+        reward: terminal.then_some(value),
+        terminal,
+    };
     let mut nodes = vec![node(0, None, 0, &first.prompt, 0.0, false)];
     for t in crate::select::dedup_scored(trajectories) {
         let (head, tail) = t.completion.split_at(t.completion.len() / 2);
@@ -263,10 +236,8 @@ pub fn fake_job(job: &FakeJob, out: &std::path::Path, opts: WriterOptions) -> Re
     for group in todo.chunks(job.group.max(1)) {
         let engine = Instant::now();
         std::thread::sleep(job.sleep * job.n * group.len() as u32);
-        let sampled: Vec<Vec<Trajectory>> = group
-            .iter()
-            .map(|t| fake_trajectories(t, job.n, job.seed, &run_id))
-            .collect();
+        let sampled: Vec<Vec<Trajectory>> =
+            group.iter().map(|t| fake_trajectories(t, job.n, job.seed, &run_id)).collect();
         run.add_timing(timing::ENGINE, engine.elapsed().as_secs_f64());
         for (task, trajectories) in group.iter().zip(sampled) {
             let select = Instant::now();
@@ -279,12 +250,7 @@ pub fn fake_job(job: &FakeJob, out: &std::path::Path, opts: WriterOptions) -> Re
                 vec![]
             };
             run.add_timing(timing::SELECT, select.elapsed().as_secs_f64());
-            run.push(TaskOutput {
-                task_id: task.id.clone(),
-                trajectories,
-                pairs,
-                nodes,
-            })?;
+            run.push(TaskOutput { task_id: task.id.clone(), trajectories, pairs, nodes })?;
         }
     }
     run.finish()

@@ -16,23 +16,11 @@ const KILLS: usize = 20;
 fn job(out: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchard-datasets-tool"));
     // Commit after every task (flush-rows 1) so that kills land between, inside and around commits.
-    cmd.args([
-        "fake-sample",
-        "--limit",
-        "30",
-        "--n",
-        "4",
-        "--group",
-        "1",
-        "--sleep-ms",
-        "2",
-        "--flush-rows",
-        "1",
-    ])
-    .args(["--seed", "11", "--trees", "--out"])
-    .arg(out)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    cmd.args(["fake-sample", "--limit", "30", "--n", "4", "--group", "1", "--sleep-ms", "2", "--flush-rows", "1"])
+        .args(["--seed", "11", "--trees", "--out"])
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     cmd
 }
 
@@ -40,8 +28,7 @@ fn job(out: &Path) -> Command {
 fn all_files_read(run: &Path) -> anyhow::Result<()> {
     fn check<R: Record>(run: &Path) -> anyhow::Result<()> {
         for f in parquet_files(&run.join(R::NAME))? {
-            read_file::<R>(&f)
-                .map_err(|e| anyhow::anyhow!("{} unreadable after kill: {e}", f.display()))?;
+            read_file::<R>(&f).map_err(|e| anyhow::anyhow!("{} unreadable after kill: {e}", f.display()))?;
         }
         Ok(())
     }
@@ -62,31 +49,19 @@ fn contents(run: &Path) -> anyhow::Result<Contents> {
     let reader = RunReader::open(run)?;
     let trajectories = reader.trajectories()?;
     let n = trajectories.len();
-    let by_id: BTreeMap<String, Trajectory> = trajectories
-        .into_iter()
-        .map(|t| (t.id.clone(), t))
-        .collect();
+    let by_id: BTreeMap<String, Trajectory> = trajectories.into_iter().map(|t| (t.id.clone(), t)).collect();
     assert_eq!(by_id.len(), n, "a trajectory appears twice");
     let mut pairs = reader.pairs()?;
     pairs.sort_by(|a, b| {
-        (
-            &a.chosen.trajectory_id,
-            &a.rejected.trajectory_id,
-            a.terminal,
-        )
-            .cmp(&(
-                &b.chosen.trajectory_id,
-                &b.rejected.trajectory_id,
-                b.terminal,
-            ))
+        (&a.chosen.trajectory_id, &a.rejected.trajectory_id, a.terminal).cmp(&(
+            &b.chosen.trajectory_id,
+            &b.rejected.trajectory_id,
+            b.terminal,
+        ))
     });
     let mut nodes = reader.nodes()?;
     nodes.sort_by(|a, b| (&a.tree_id, a.node_id).cmp(&(&b.tree_id, b.node_id)));
-    Ok(Contents {
-        trajectories: by_id,
-        pairs,
-        nodes,
-    })
+    Ok(Contents { trajectories: by_id, pairs, nodes })
 }
 
 /// What kills left behind for the next session to repair (evidence of where they landed).
@@ -99,8 +74,7 @@ struct Leftovers {
 
 impl Leftovers {
     fn add(&mut self, run: &Path, reader: &RunReader) -> anyhow::Result<()> {
-        let committed: std::collections::HashSet<&String> =
-            reader.entries().iter().flat_map(|e| &e.files).collect();
+        let committed: std::collections::HashSet<&String> = reader.entries().iter().flat_map(|e| &e.files).collect();
         for dir in ["trajectories", "pairs", "trees"] {
             for entry in std::fs::read_dir(run.join(dir))? {
                 let name = entry?.file_name().to_string_lossy().into_owned();
@@ -155,21 +129,17 @@ fn twenty_random_kills_lose_and_duplicate_nothing() -> anyhow::Result<()> {
         }
     }
     eprintln!("state left by the kills: {leftovers:?}");
-    eprintln!("{interrupted} of {KILLS} kills interrupted an unfinished run (reference run {full:?}, start-up {startup:?})");
+    eprintln!(
+        "{interrupted} of {KILLS} kills interrupted an unfinished run (reference run {full:?}, start-up {startup:?})"
+    );
     assert!(
         interrupted >= KILLS / 2,
         "too few kills landed mid-job ({interrupted}); the test is not exercising resume"
     );
 
-    assert!(
-        job(&run).status()?.success(),
-        "the rerun after the last kill completes"
-    );
+    assert!(job(&run).status()?.success(), "the rerun after the last kill completes");
     let (want, got) = (contents(&reference)?, contents(&run)?);
-    assert_eq!(
-        got.trajectories.keys().collect::<Vec<_>>(),
-        want.trajectories.keys().collect::<Vec<_>>()
-    );
+    assert_eq!(got.trajectories.keys().collect::<Vec<_>>(), want.trajectories.keys().collect::<Vec<_>>());
     assert_eq!(got, want);
     let (m_ref, m_run) = (Manifest::read(&reference)?, Manifest::read(&run)?);
     assert_eq!(m_run.counts, m_ref.counts);

@@ -77,25 +77,17 @@ impl Reward for ProgramOfThought {
             (Status::Ok, Some(repr)) => {
                 let value = number::first_number(repr.trim_matches(['\'', '"']));
                 // A value that is not a number was still extracted: ReFT's partial credit applies.
-                let mut o =
-                    self.math
-                        .score_value(task, Some(value.unwrap_or(f64::NAN)), Some(repr));
+                let mut o = self.math.score_value(task, Some(value.unwrap_or(f64::NAN)), Some(repr));
                 if value.is_none() && o.error.is_none() {
                     o.failure = Some(format!("solution() returned {repr}, not a number"));
                 }
                 o
             }
-            (Status::Ok, None) => self
-                .math
-                .score_value(task, None, None)
-                .with_failure("solution() did not return"),
+            (Status::Ok, None) => self.math.score_value(task, None, None).with_failure("solution() did not return"),
             (status, _) => self
                 .math
                 .score_value(task, None, None)
-                .with_failure(format!(
-                    "program {status}: {}",
-                    run.exec.reason.as_deref().unwrap_or("no reason")
-                )),
+                .with_failure(format!("program {status}: {}", run.exec.reason.as_deref().unwrap_or("no reason"))),
         };
         outcome.with_component(EXECUTED, executed)
     }
@@ -120,11 +112,7 @@ impl UnitTests {
     pub fn program(task: &Task, completion: &str) -> std::result::Result<String, String> {
         let tests = task.tests.as_deref().ok_or("task has no `tests`")?;
         let code = extract_code(completion);
-        let check = task
-            .entry_point
-            .as_deref()
-            .map(|e| format!("check({e})\n"))
-            .unwrap_or_default();
+        let check = task.entry_point.as_deref().map(|e| format!("check({e})\n")).unwrap_or_default();
         Ok(format!("{}{code}\n{tests}\n{check}", task.prompt))
     }
 }
@@ -140,18 +128,13 @@ impl Reward for UnitTests {
             Err(e) => return Outcome::task_error(format!("sandbox: {e}")),
         };
         if exec.status == Status::Ok {
-            Outcome::new(1.0)
-                .with_component(CORRECT, 1.0)
-                .with_component(EXECUTED, 1.0)
+            Outcome::new(1.0).with_component(CORRECT, 1.0).with_component(EXECUTED, 1.0)
         } else {
-            Outcome::new(0.0)
-                .with_component(CORRECT, 0.0)
-                .with_component(EXECUTED, 0.0)
-                .with_failure(format!(
-                    "{}: {}",
-                    exec.status,
-                    exec.reason.as_deref().unwrap_or("no reason")
-                ))
+            Outcome::new(0.0).with_component(CORRECT, 0.0).with_component(EXECUTED, 0.0).with_failure(format!(
+                "{}: {}",
+                exec.status,
+                exec.reason.as_deref().unwrap_or("no reason")
+            ))
         }
     }
 }
@@ -162,17 +145,13 @@ mod tests {
     use crate::sandbox::{self, NullSandbox, SandboxChoice, SandboxConfig, SandboxPolicy};
 
     fn executor() -> Arc<Executor> {
-        let sb = sandbox::open(SandboxChoice::Auto, SandboxConfig::default())
-            .expect("a sandbox opens here");
+        let sb = sandbox::open(SandboxChoice::Auto, SandboxConfig::default()).expect("a sandbox opens here");
         Arc::new(Executor::new(sb, SandboxPolicy::default()))
     }
 
     #[test]
     fn code_is_taken_from_the_first_fence() {
-        assert_eq!(
-            extract_code("text\n```python\nx = 1\n```\nmore ```y```"),
-            "x = 1\n"
-        );
+        assert_eq!(extract_code("text\n```python\nx = 1\n```\nmore ```y```"), "x = 1\n");
         assert_eq!(extract_code("x = 2"), "x = 2");
         assert_eq!(extract_code("```\nunclosed"), "unclosed");
     }
@@ -190,13 +169,7 @@ mod tests {
         assert_eq!(text.score, 0.1, "{text:?}");
         let crash = r.score(&t, "def solution():\n    return 1 / 0\n");
         assert_eq!(crash.score, 0.0);
-        assert!(
-            crash
-                .failure
-                .as_deref()
-                .is_some_and(|f| f.contains("ZeroDivisionError")),
-            "{crash:?}"
-        );
+        assert!(crash.failure.as_deref().is_some_and(|f| f.contains("ZeroDivisionError")), "{crash:?}");
         assert_eq!(crash.components.get(EXECUTED), Some(&0.0));
     }
 
@@ -210,26 +183,15 @@ mod tests {
         assert_eq!(r.score(&t, "    return a + b\n").score, 1.0);
         let bad = r.score(&t, "    return a * b\n");
         assert_eq!(bad.score, 0.0);
-        assert_eq!(
-            bad.failure.as_deref(),
-            Some("error: AssertionError at line 5: assert candidate(2, 3) == 5")
-        );
+        assert_eq!(bad.failure.as_deref(), Some("error: AssertionError at line 5: assert candidate(2, 3) == 5"));
         let missing = r.score(&Task::new("x"), "pass");
         assert!(missing.error.is_some());
     }
 
     #[test]
     fn sandbox_failures_are_task_errors_not_zero_scores() {
-        let ex = Arc::new(Executor::new(
-            Arc::new(NullSandbox),
-            SandboxPolicy::default(),
-        ));
+        let ex = Arc::new(Executor::new(Arc::new(NullSandbox), SandboxPolicy::default()));
         let o = UnitTests::new(ex).score(&Task::new("").with_tests("assert True", None), "pass");
-        assert!(
-            o.error
-                .as_deref()
-                .is_some_and(|e| e.starts_with("sandbox:")),
-            "{o:?}"
-        );
+        assert!(o.error.as_deref().is_some_and(|e| e.starts_with("sandbox:")), "{o:?}");
     }
 }

@@ -16,10 +16,7 @@ pub struct Term {
 
 impl std::fmt::Debug for Term {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Term")
-            .field("name", &self.name)
-            .field("weight", &self.weight)
-            .finish_non_exhaustive()
+        f.debug_struct("Term").field("name", &self.name).field("weight", &self.weight).finish_non_exhaustive()
     }
 }
 
@@ -90,18 +87,8 @@ impl std::fmt::Debug for Gate {
 
 impl Gate {
     /// Gate `then` behind `gate ≥ threshold`, scoring `otherwise` below it.
-    pub fn new(
-        gate: Box<dyn Reward>,
-        threshold: f64,
-        otherwise: f64,
-        then: Box<dyn Reward>,
-    ) -> Self {
-        Gate {
-            gate,
-            threshold,
-            otherwise,
-            then,
-        }
+    pub fn new(gate: Box<dyn Reward>, threshold: f64, otherwise: f64, then: Box<dyn Reward>) -> Self {
+        Gate { gate, threshold, otherwise, then }
     }
 }
 
@@ -112,10 +99,7 @@ impl Reward for Gate {
             return g;
         }
         if g.score < self.threshold {
-            let why = g
-                .failure
-                .clone()
-                .unwrap_or_else(|| format!("gate scored {} < {}", g.score, self.threshold));
+            let why = g.failure.clone().unwrap_or_else(|| format!("gate scored {} < {}", g.score, self.threshold));
             let mut o = Outcome::new(self.otherwise).with_failure(format!("gate: {why}"));
             merge_components(&mut o, "gate", &g);
             return o;
@@ -142,11 +126,7 @@ mod tests {
     }
 
     fn term(name: &str, weight: f64, score: f64) -> Term {
-        Term {
-            name: name.into(),
-            weight,
-            reward: Box::new(Fixed(score, None)),
-        }
+        Term { name: name.into(), weight, reward: Box::new(Fixed(score, None)) }
     }
 
     #[test]
@@ -162,33 +142,16 @@ mod tests {
     fn a_term_error_is_the_composites_error() {
         let w = Weighted::new(vec![
             term("a", 1.0, 1.0),
-            Term {
-                name: "b".into(),
-                weight: 1.0,
-                reward: Box::new(Fixed(0.0, Some("no db"))),
-            },
+            Term { name: "b".into(), weight: 1.0, reward: Box::new(Fixed(0.0, Some("no db"))) },
         ]);
-        assert_eq!(
-            w.score(&Task::default(), "").error.as_deref(),
-            Some("b: no db")
-        );
+        assert_eq!(w.score(&Task::default(), "").error.as_deref(), Some("b: no db"));
     }
 
     #[test]
     fn gate_scores_otherwise_below_threshold() {
-        let g = Gate::new(
-            Box::new(Fixed(0.0, None)),
-            1.0,
-            -1.0,
-            Box::new(Fixed(0.7, None)),
-        );
+        let g = Gate::new(Box::new(Fixed(0.0, None)), 1.0, -1.0, Box::new(Fixed(0.7, None)));
         assert_eq!(g.score(&Task::default(), "").score, -1.0);
-        let g = Gate::new(
-            Box::new(Fixed(1.0, None)),
-            1.0,
-            -1.0,
-            Box::new(Fixed(0.7, None)),
-        );
+        let g = Gate::new(Box::new(Fixed(1.0, None)), 1.0, -1.0, Box::new(Fixed(0.7, None)));
         let o = g.score(&Task::default(), "");
         assert_eq!((o.score, o.components["gate"]), (0.7, 1.0));
     }

@@ -26,10 +26,7 @@ pub struct FormatConfig {
 
 impl Default for FormatConfig {
     fn default() -> Self {
-        FormatConfig {
-            pattern: DEFAULT_PATTERN.to_string(),
-            tags: Vec::new(),
-        }
+        FormatConfig { pattern: DEFAULT_PATTERN.to_string(), tags: Vec::new() }
     }
 }
 
@@ -49,18 +46,10 @@ impl FormatReward {
     /// Build from settings; a bad regex is an error here, once.
     pub fn new(config: &FormatConfig) -> Result<Self> {
         if !config.tags.is_empty() {
-            let markers = config
-                .tags
-                .iter()
-                .flat_map(|t| [format!("<{t}>"), format!("</{t}>")])
-                .collect();
-            return Ok(FormatReward {
-                kind: Kind::Tags(markers),
-            });
+            let markers = config.tags.iter().flat_map(|t| [format!("<{t}>"), format!("</{t}>")]).collect();
+            return Ok(FormatReward { kind: Kind::Tags(markers) });
         }
-        Ok(FormatReward {
-            kind: Kind::Regex(full_match(&config.pattern)?),
-        })
+        Ok(FormatReward { kind: Kind::Regex(full_match(&config.pattern)?) })
     }
 }
 
@@ -77,24 +66,16 @@ impl Reward for FormatReward {
                 if re.is_match(completion) {
                     Outcome::new(1.0).with_component(FORMAT, 1.0)
                 } else {
-                    Outcome::new(0.0)
-                        .with_component(FORMAT, 0.0)
-                        .with_failure("completion does not match the format")
+                    Outcome::new(0.0).with_component(FORMAT, 0.0).with_failure("completion does not match the format")
                 }
             }
             Kind::Tags(markers) => {
-                let once: Vec<&String> = markers
-                    .iter()
-                    .filter(|m| completion.matches(m.as_str()).count() == 1)
-                    .collect();
+                let once: Vec<&String> =
+                    markers.iter().filter(|m| completion.matches(m.as_str()).count() == 1).collect();
                 let score = once.len() as f64 / markers.len() as f64;
                 let mut o = Outcome::new(score).with_component(FORMAT, score);
                 if once.len() < markers.len() {
-                    let missing: Vec<&str> = markers
-                        .iter()
-                        .filter(|m| !once.contains(m))
-                        .map(String::as_str)
-                        .collect();
+                    let missing: Vec<&str> = markers.iter().filter(|m| !once.contains(m)).map(String::as_str).collect();
                     o = o.with_failure(format!("not exactly once: {}", missing.join(" ")));
                 }
                 o
@@ -111,26 +92,15 @@ mod tests {
     fn default_pattern_is_a_full_match_across_lines() -> anyhow::Result<()> {
         let r = FormatReward::new(&FormatConfig::default())?;
         let t = Task::default();
-        assert_eq!(
-            r.score(&t, "<think>a\nb</think>\n<answer>42</answer>")
-                .score,
-            1.0
-        );
-        assert_eq!(
-            r.score(&t, "<think>a</think><answer>42</answer> trailing")
-                .score,
-            0.0
-        );
+        assert_eq!(r.score(&t, "<think>a\nb</think>\n<answer>42</answer>").score, 1.0);
+        assert_eq!(r.score(&t, "<think>a</think><answer>42</answer> trailing").score, 0.0);
         assert_eq!(r.score(&t, "<answer>42</answer>").score, 0.0);
         Ok(())
     }
 
     #[test]
     fn tag_count_gives_a_quarter_per_marker() -> anyhow::Result<()> {
-        let r = FormatReward::new(&FormatConfig {
-            tags: vec!["think".into(), "answer".into()],
-            ..Default::default()
-        })?;
+        let r = FormatReward::new(&FormatConfig { tags: vec!["think".into(), "answer".into()], ..Default::default() })?;
         let t = Task::default();
         assert_eq!(r.score(&t, "<think>x</think><answer>y</answer>").score, 1.0);
         assert_eq!(r.score(&t, "<think>x</think> y").score, 0.5);
@@ -140,10 +110,6 @@ mod tests {
 
     #[test]
     fn bad_regex_is_rejected_at_construction() {
-        assert!(FormatReward::new(&FormatConfig {
-            pattern: "(".into(),
-            ..Default::default()
-        })
-        .is_err());
+        assert!(FormatReward::new(&FormatConfig { pattern: "(".into(), ..Default::default() }).is_err());
     }
 }

@@ -41,9 +41,7 @@ pub struct IouConfig {
 
 impl Default for IouConfig {
     fn default() -> Self {
-        IouConfig {
-            iou_threshold: DEFAULT_IOU_THRESHOLD,
-        }
+        IouConfig { iou_threshold: DEFAULT_IOU_THRESHOLD }
     }
 }
 
@@ -69,46 +67,30 @@ impl IouReward {
     /// Build (compiles the patterns once).
     pub fn new(config: IouConfig) -> Result<Self> {
         let num = r"(-?\d+(?:\.\d+)?)";
-        let bbox = Regex::new(&format!(
-            r"\[\s*{num}\s*,\s*{num}\s*,\s*{num}\s*,\s*{num}\s*\]"
-        ))
-        .map_err(|e| crate::Error::InvalidConfig(e.to_string()))?;
+        let bbox = Regex::new(&format!(r"\[\s*{num}\s*,\s*{num}\s*,\s*{num}\s*,\s*{num}\s*\]"))
+            .map_err(|e| crate::Error::InvalidConfig(e.to_string()))?;
         let confidence = Regex::new(r#"(?i)(?:confidence|score)['"]?\s*:\s*(\d*\.?\d+)"#)
             .map_err(|e| crate::Error::InvalidConfig(e.to_string()))?;
-        Ok(IouReward {
-            config,
-            format: full_match(DEFAULT_PATTERN)?,
-            bbox,
-            confidence,
-        })
+        Ok(IouReward { config, format: full_match(DEFAULT_PATTERN)?, bbox, confidence })
     }
 
     /// Parse the detections in a completion.
     pub fn detections(&self, completion: &str) -> Vec<Detection> {
         let answer = answer_block(completion).unwrap_or(completion).trim();
-        if let Ok(serde_json::Value::Array(items)) =
-            serde_json::from_str::<serde_json::Value>(answer)
-        {
+        if let Ok(serde_json::Value::Array(items)) = serde_json::from_str::<serde_json::Value>(answer) {
             let parsed: Vec<Detection> = items.iter().filter_map(detection_from_json).collect();
             if !parsed.is_empty() {
                 return parsed;
             }
         }
-        let confs: Vec<f64> = self
-            .confidence
-            .captures_iter(answer)
-            .filter_map(|c| c[1].parse().ok())
-            .collect();
+        let confs: Vec<f64> = self.confidence.captures_iter(answer).filter_map(|c| c[1].parse().ok()).collect();
         self.bbox
             .captures_iter(answer)
             .enumerate()
             .filter_map(|(i, c)| {
                 let v: Vec<f64> = (1..=4).filter_map(|k| c[k].parse().ok()).collect();
                 let bbox: [f64; 4] = v.try_into().ok()?;
-                Some(Detection {
-                    bbox,
-                    confidence: confs.get(i).copied().unwrap_or(1.0),
-                })
+                Some(Detection { bbox, confidence: confs.get(i).copied().unwrap_or(1.0) })
             })
             .collect()
     }
@@ -116,28 +98,18 @@ impl IouReward {
 
 fn answer_block(text: &str) -> Option<&str> {
     let start = text.find("<answer>")? + "<answer>".len();
-    let end = text[start..]
-        .find("</answer>")
-        .map_or(text.len(), |e| start + e);
+    let end = text[start..].find("</answer>").map_or(text.len(), |e| start + e);
     Some(&text[start..end])
 }
 
 fn detection_from_json(v: &serde_json::Value) -> Option<Detection> {
     let obj = v.as_object()?;
-    let get = |names: &[&str]| {
-        obj.iter()
-            .find(|(k, _)| names.iter().any(|n| k.eq_ignore_ascii_case(n)))
-            .map(|(_, v)| v)
-    };
+    let get =
+        |names: &[&str]| obj.iter().find(|(k, _)| names.iter().any(|n| k.eq_ignore_ascii_case(n))).map(|(_, v)| v);
     let coords = get(&["position", "bbox", "bbox_2d", "box"])?.as_array()?;
-    let v: Vec<f64> = coords
-        .iter()
-        .filter_map(serde_json::Value::as_f64)
-        .collect();
+    let v: Vec<f64> = coords.iter().filter_map(serde_json::Value::as_f64).collect();
     let bbox: [f64; 4] = v.try_into().ok()?;
-    let confidence = get(&["confidence", "score"])
-        .and_then(serde_json::Value::as_f64)
-        .unwrap_or(1.0);
+    let confidence = get(&["confidence", "score"]).and_then(serde_json::Value::as_f64).unwrap_or(1.0);
     Some(Detection { bbox, confidence })
 }
 
@@ -186,16 +158,8 @@ pub fn iou_and_confidence(gt: &[[f64; 4]], preds: &[Detection], threshold: f64) 
         conf += if counted > 0.0 { c } else { 1.0 - c };
     }
     let denom = gt.len().max(preds.len());
-    let r_iou = if denom == 0 {
-        1.0
-    } else {
-        (sum / denom as f64).min(1.0)
-    };
-    let r_conf = if preds.is_empty() {
-        0.0
-    } else {
-        (conf / preds.len() as f64).clamp(0.0, 1.0)
-    };
+    let r_iou = if denom == 0 { 1.0 } else { (sum / denom as f64).min(1.0) };
+    let r_conf = if preds.is_empty() { 0.0 } else { (conf / preds.len() as f64).clamp(0.0, 1.0) };
     (r_iou, r_conf)
 }
 
@@ -207,13 +171,8 @@ impl Reward for IouReward {
         let preds = self.detections(completion);
         let (r_iou, r_conf) = iou_and_confidence(gt, &preds, self.config.iou_threshold);
         let r_format = f64::from(u8::from(self.format.is_match(completion)));
-        let extracted = serde_json::to_string(
-            &preds
-                .iter()
-                .map(|d| (d.bbox, d.confidence))
-                .collect::<Vec<_>>(),
-        )
-        .unwrap_or_default();
+        let extracted = serde_json::to_string(&preds.iter().map(|d| (d.bbox, d.confidence)).collect::<Vec<_>>())
+            .unwrap_or_default();
         let mut o = Outcome::new(r_iou + r_conf + r_format)
             .with_component(component::IOU, r_iou)
             .with_component(component::CONFIDENCE, r_conf)
@@ -246,10 +205,8 @@ mod tests {
     #[test]
     fn visual_rft_reward_on_a_two_box_scene() -> anyhow::Result<()> {
         let r = IouReward::new(IouConfig::default())?;
-        let task =
-            Task::default().with_boxes(vec![[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]);
-        let perfect =
-            "<think>two cats</think><answer>[{\"Position\": [0, 0, 10, 10], \"Confidence\": 0.9}, \
+        let task = Task::default().with_boxes(vec![[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]);
+        let perfect = "<think>two cats</think><answer>[{\"Position\": [0, 0, 10, 10], \"Confidence\": 0.9}, \
                        {\"Position\": [20, 20, 30, 30], \"Confidence\": 0.8}]</answer>";
         let o = r.score(&task, perfect);
         assert_eq!(o.components[component::IOU], 1.0);
@@ -257,8 +214,7 @@ mod tests {
         assert_eq!(o.components[FORMAT], 1.0);
         assert!((o.score - 2.85).abs() < 1e-12);
         // One good box, one miss with low confidence, non-JSON form, no think block.
-        let partial =
-            "<answer>[0, 0, 10, 10] Confidence: 1.0, [50, 50, 60, 60] Confidence: 0.2</answer>";
+        let partial = "<answer>[0, 0, 10, 10] Confidence: 1.0, [50, 50, 60, 60] Confidence: 0.2</answer>";
         let o = r.score(&task, partial);
         assert_eq!(o.components[component::IOU], 0.5);
         assert!((o.components[component::CONFIDENCE] - 0.9).abs() < 1e-12);
@@ -269,15 +225,9 @@ mod tests {
     #[test]
     fn low_overlap_counts_nothing_and_duplicates_are_dropped() {
         let gt = [[0.0, 0.0, 10.0, 10.0]];
-        let d = Detection {
-            bbox: [5.0, 0.0, 15.0, 10.0],
-            confidence: 0.5,
-        };
+        let d = Detection { bbox: [5.0, 0.0, 15.0, 10.0], confidence: 0.5 };
         assert_eq!(iou_and_confidence(&gt, &[d], 0.5).0, 0.0);
-        let same = Detection {
-            bbox: [0.0, 0.0, 10.0, 10.0],
-            confidence: 1.0,
-        };
+        let same = Detection { bbox: [0.0, 0.0, 10.0, 10.0], confidence: 1.0 };
         assert_eq!(iou_and_confidence(&gt, &[same, same], 0.5), (1.0, 1.0));
         assert_eq!(iou_and_confidence(&[], &[], 0.5), (1.0, 0.0));
     }

@@ -91,9 +91,7 @@ impl<R: Reward + ?Sized> Reward for std::sync::Arc<R> {
 /// Score with a panic guard: a panicking reward yields an outcome with `error` = "reward panicked: …" instead of
 /// unwinding into the search worker.
 pub fn score_caught(reward: &dyn Reward, task: &Task, completion: &str) -> Outcome {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        reward.score(task, completion)
-    })) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reward.score(task, completion))) {
         Ok(outcome) => outcome,
         Err(payload) => {
             let msg = payload

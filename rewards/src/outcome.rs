@@ -42,18 +42,12 @@ pub struct Outcome {
 impl Outcome {
     /// An outcome with this score and nothing else.
     pub fn new(score: f64) -> Self {
-        Outcome {
-            score,
-            ..Default::default()
-        }
+        Outcome { score, ..Default::default() }
     }
 
     /// A task that cannot be scored: score 0 and `error` set.
     pub fn task_error(why: impl Into<String>) -> Self {
-        Outcome {
-            error: Some(why.into()),
-            ..Default::default()
-        }
+        Outcome { error: Some(why.into()), ..Default::default() }
     }
 
     /// Add a named component.
@@ -86,15 +80,10 @@ mod tests {
 
     #[test]
     fn outcome_round_trips_through_json_with_all_keys_present() -> anyhow::Result<()> {
-        let o = Outcome::new(0.5)
-            .with_component("format", 1.0)
-            .with_failure("wrong");
+        let o = Outcome::new(0.5).with_component("format", 1.0).with_failure("wrong");
         let text = serde_json::to_string(&o)?;
         for key in ["score", "components", "extracted", "failure", "error"] {
-            assert!(
-                text.contains(&format!("\"{key}\"")),
-                "{key} missing in {text}"
-            );
+            assert!(text.contains(&format!("\"{key}\"")), "{key} missing in {text}");
         }
         let back: Outcome = serde_json::from_str(&text)?;
         assert_eq!(back, o);

@@ -131,18 +131,10 @@ impl RewardSpec {
         Ok(match name {
             "gsm8k" => RewardSpec::Gsm8k(MathConfig::default()),
             "svamp" => RewardSpec::Svamp(MathConfig::default()),
-            "math" => RewardSpec::Math(MathConfig {
-                text_answers: true,
-                ..Default::default()
-            }),
+            "math" => RewardSpec::Math(MathConfig { text_answers: true, ..Default::default() }),
             "mathqa" => RewardSpec::Mathqa(MathConfig::default()),
-            "pot" => RewardSpec::Pot {
-                math: MathConfig::default(),
-                policy: SandboxPolicy::default(),
-            },
-            "humaneval" | "unit-tests" => RewardSpec::Humaneval {
-                policy: SandboxPolicy::default(),
-            },
+            "pot" => RewardSpec::Pot { math: MathConfig::default(), policy: SandboxPolicy::default() },
+            "humaneval" | "unit-tests" => RewardSpec::Humaneval { policy: SandboxPolicy::default() },
             "sql" => RewardSpec::Sql(SqlConfig::default()),
             "iou" => RewardSpec::Iou(IouConfig::default()),
             "toolrl" => RewardSpec::Toolrl,
@@ -151,10 +143,7 @@ impl RewardSpec {
             _ => {
                 return Err(Error::UnknownReward {
                     name: name.to_string(),
-                    known: format!(
-                        "{}; composites `weighted` and `gate` come from TOML",
-                        KNOWN_REWARDS.join(", ")
-                    ),
+                    known: format!("{}; composites `weighted` and `gate` come from TOML", KNOWN_REWARDS.join(", ")),
                 })
             }
         })
@@ -198,10 +187,7 @@ impl RewardSpec {
     pub fn policies_mut(&mut self) -> Vec<&mut SandboxPolicy> {
         match self {
             RewardSpec::Pot { policy, .. } | RewardSpec::Humaneval { policy } => vec![policy],
-            RewardSpec::Weighted { terms } => terms
-                .iter_mut()
-                .flat_map(|t| t.reward.policies_mut())
-                .collect(),
+            RewardSpec::Weighted { terms } => terms.iter_mut().flat_map(|t| t.reward.policies_mut()).collect(),
             RewardSpec::Gate { gate, then, .. } => {
                 let mut v = gate.policies_mut();
                 v.extend(then.policies_mut());
@@ -221,10 +207,7 @@ impl RewardSpec {
     pub fn build(&self, sandbox: Option<&Arc<dyn Sandbox>>) -> Result<Box<dyn Reward>> {
         let executor = |policy: &SandboxPolicy| -> Result<Arc<Executor>> {
             let sb = sandbox.ok_or_else(|| {
-                Error::InvalidConfig(format!(
-                    "reward `{}` executes code and needs a sandbox",
-                    self.kind()
-                ))
+                Error::InvalidConfig(format!("reward `{}` executes code and needs a sandbox", self.kind()))
             })?;
             Ok(Arc::new(Executor::new(Arc::clone(sb), policy.clone())))
         };
@@ -239,10 +222,7 @@ impl RewardSpec {
             }
             RewardSpec::Pot { math, policy } => {
                 validate_math(math)?;
-                Box::new(ProgramOfThought::new(
-                    executor(policy)?,
-                    MathReward::new(math.clone()),
-                ))
+                Box::new(ProgramOfThought::new(executor(policy)?, MathReward::new(math.clone())))
             }
             RewardSpec::Humaneval { policy } => Box::new(UnitTests::new(executor(policy)?)),
             RewardSpec::Sql(c) => Box::new(SqlReward::new(c.clone())),
@@ -252,53 +232,30 @@ impl RewardSpec {
             RewardSpec::Format(c) => Box::new(FormatReward::new(c)?),
             RewardSpec::Weighted { terms } => {
                 if terms.is_empty() {
-                    return Err(Error::InvalidConfig(
-                        "a weighted reward needs at least one term".into(),
-                    ));
+                    return Err(Error::InvalidConfig("a weighted reward needs at least one term".into()));
                 }
                 let built = terms
                     .iter()
                     .map(|t| {
                         if !t.weight.is_finite() {
-                            return Err(Error::InvalidConfig(format!(
-                                "weight {} is not finite",
-                                t.weight
-                            )));
+                            return Err(Error::InvalidConfig(format!("weight {} is not finite", t.weight)));
                         }
-                        let name = t
-                            .name
-                            .clone()
-                            .unwrap_or_else(|| t.reward.kind().to_string());
-                        Ok(Term {
-                            name,
-                            weight: t.weight,
-                            reward: t.reward.build(sandbox)?,
-                        })
+                        let name = t.name.clone().unwrap_or_else(|| t.reward.kind().to_string());
+                        Ok(Term { name, weight: t.weight, reward: t.reward.build(sandbox)? })
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Box::new(Weighted::new(built))
             }
-            RewardSpec::Gate {
-                gate,
-                threshold,
-                otherwise,
-                then,
-            } => Box::new(Gate::new(
-                gate.build(sandbox)?,
-                *threshold,
-                *otherwise,
-                then.build(sandbox)?,
-            )),
+            RewardSpec::Gate { gate, threshold, otherwise, then } => {
+                Box::new(Gate::new(gate.build(sandbox)?, *threshold, *otherwise, then.build(sandbox)?))
+            }
         })
     }
 }
 
 fn validate_math(c: &MathConfig) -> Result<()> {
     if !(c.tolerance.is_finite() && c.tolerance >= 0.0) {
-        return Err(Error::InvalidConfig(format!(
-            "tolerance {} must be a finite number ≥ 0",
-            c.tolerance
-        )));
+        return Err(Error::InvalidConfig(format!("tolerance {} must be a finite number ≥ 0", c.tolerance)));
     }
     if !c.partial_credit.is_finite() {
         return Err(Error::InvalidConfig("partial_credit must be finite".into()));
@@ -317,17 +274,12 @@ mod tests {
             let spec = RewardSpec::from_name(name)?;
             if spec.needs_sandbox() {
                 assert!(spec.build_pure().is_err(), "{name} must ask for a sandbox");
-                spec.build(Some(
-                    &(Arc::new(crate::sandbox::NullSandbox) as Arc<dyn Sandbox>),
-                ))?;
+                spec.build(Some(&(Arc::new(crate::sandbox::NullSandbox) as Arc<dyn Sandbox>)))?;
             } else {
                 spec.build_pure()?;
             }
         }
-        assert!(matches!(
-            RewardSpec::from_name("nope"),
-            Err(Error::UnknownReward { .. })
-        ));
+        assert!(matches!(RewardSpec::from_name("nope"), Err(Error::UnknownReward { .. })));
         Ok(())
     }
 
@@ -366,10 +318,7 @@ mod tests {
         let policies = spec.policies_mut();
         assert_eq!(policies.len(), 1);
         assert_eq!(policies[0].timeout, std::time::Duration::from_secs(2));
-        assert!(
-            RewardSpec::from_toml("kind = \"gsm8k\"\ntolerances = 1").is_err(),
-            "unknown fields are rejected"
-        );
+        assert!(RewardSpec::from_toml("kind = \"gsm8k\"\ntolerances = 1").is_err(), "unknown fields are rejected");
         Ok(())
     }
 }

@@ -70,12 +70,7 @@ pub struct SqlConfig {
 
 impl Default for SqlConfig {
     fn default() -> Self {
-        SqlConfig {
-            score: SqlScore::Ex,
-            timeout: DEFAULT_QUERY_TIMEOUT,
-            max_rows: DEFAULT_MAX_ROWS,
-            base_dir: None,
-        }
+        SqlConfig { score: SqlScore::Ex, timeout: DEFAULT_QUERY_TIMEOUT, max_rows: DEFAULT_MAX_ROWS, base_dir: None }
     }
 }
 
@@ -145,27 +140,25 @@ impl SqlReward {
             Ok(out)
         })();
         conn.progress_handler(0, None::<fn() -> bool>);
-        result.map_err(|e| {
-            if Instant::now() > deadline {
-                format!("timed out after {:?}", self.config.timeout)
-            } else {
-                e
-            }
-        })
+        result.map_err(
+            |e| {
+                if Instant::now() > deadline {
+                    format!("timed out after {:?}", self.config.timeout)
+                } else {
+                    e
+                }
+            },
+        )
     }
 }
 
 /// Open a database read-only: no writes, no `ATTACH`, no extension loading.
 fn open_read_only(path: &Path) -> Result<Connection, String> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
     conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED, 0)
         .map_err(|e| format!("cannot configure database {}: {e}", path.display()))?;
-    conn.pragma_update(None, "query_only", true)
-        .map_err(|e| format!("cannot configure database: {e}"))?;
+    conn.pragma_update(None, "query_only", true).map_err(|e| format!("cannot configure database: {e}"))?;
     Ok(conn)
 }
 
@@ -215,9 +208,7 @@ impl Reward for SqlReward {
     fn score(&self, task: &Task, completion: &str) -> Outcome {
         use component::*;
         let (Some(gold_sql), Some(db)) = (task.sql.as_deref(), task.db.as_deref()) else {
-            return Outcome::task_error(
-                "task needs both `sql` (gold SQL) and `db` (SQLite database path)",
-            );
+            return Outcome::task_error("task needs both `sql` (gold SQL) and `db` (SQLite database path)");
         };
         let path = self.resolve(db);
         if !path.is_file() {
@@ -234,14 +225,7 @@ impl Reward for SqlReward {
         let pred_sql = extract_sql(completion);
         let zero = |why: String| {
             let mut o = Outcome::new(0.0).with_extracted(pred_sql).with_failure(why);
-            for k in [
-                EX,
-                CORRECT,
-                CELL_PRECISION,
-                CELL_RECALL,
-                TUPLE_CARDINALITY,
-                PARTIAL,
-            ] {
+            for k in [EX, CORRECT, CELL_PRECISION, CELL_RECALL, TUPLE_CARDINALITY, PARTIAL] {
                 o = o.with_component(k, 0.0);
             }
             o
@@ -271,11 +255,7 @@ impl Reward for SqlReward {
             .with_component(TUPLE_CARDINALITY, tc)
             .with_component(PARTIAL, partial);
         if ex == 0.0 {
-            o = o.with_failure(format!(
-                "result differs from gold: {} rows vs {} gold rows",
-                pred.len(),
-                gold.len()
-            ));
+            o = o.with_failure(format!("result differs from gold: {} rows vs {} gold rows", pred.len(), gold.len()));
         }
         o
     }
@@ -316,16 +296,10 @@ mod tests {
     fn execution_accuracy_compares_multisets() -> anyhow::Result<()> {
         let (_d, task) = fixture()?;
         let r = SqlReward::default();
-        let same = r.score(
-            &task,
-            "<answer>SELECT name, price FROM items WHERE price <= 2 ORDER BY id DESC</answer>",
-        );
+        let same = r.score(&task, "<answer>SELECT name, price FROM items WHERE price <= 2 ORDER BY id DESC</answer>");
         assert_eq!(same.score, 1.0, "{same:?}");
         // Same set, different multiset (DISTINCT drops the duplicate pen).
-        let distinct = r.score(
-            &task,
-            "SELECT DISTINCT name, price FROM items WHERE price < 2.5",
-        );
+        let distinct = r.score(&task, "SELECT DISTINCT name, price FROM items WHERE price < 2.5");
         assert_eq!(distinct.score, 0.0);
         assert_eq!(distinct.components[component::CELL_PRECISION], 1.0);
         assert_eq!(distinct.components[component::CELL_RECALL], 1.0);
@@ -336,10 +310,7 @@ mod tests {
     #[test]
     fn integer_and_real_values_compare_equal() -> anyhow::Result<()> {
         let (_d, task) = fixture()?;
-        let task = Task {
-            sql: Some("SELECT 2".into()),
-            ..task
-        };
+        let task = Task { sql: Some("SELECT 2".into()), ..task };
         assert_eq!(SqlReward::default().score(&task, "SELECT 2.0").score, 1.0);
         Ok(())
     }
@@ -361,12 +332,7 @@ mod tests {
         let r = SqlReward::default();
         let w = r.score(&task, "DELETE FROM items");
         assert_eq!(w.score, 0.0);
-        assert!(
-            w.failure
-                .as_deref()
-                .is_some_and(|f| f.contains("predicted SQL failed")),
-            "{w:?}"
-        );
+        assert!(w.failure.as_deref().is_some_and(|f| f.contains("predicted SQL failed")), "{w:?}");
         let a = r.score(&task, "ATTACH DATABASE '/tmp/x.sqlite' AS x");
         assert_eq!(a.score, 0.0);
         let check = r.score(&task, "SELECT name, price FROM items WHERE price < 2.5");
@@ -380,29 +346,18 @@ mod tests {
     fn missing_database_is_a_task_error() {
         let task = Task::default().with_sql("SELECT 1", "/nonexistent/db.sqlite");
         let o = SqlReward::default().score(&task, "SELECT 1");
-        assert_eq!(
-            o.error.as_deref(),
-            Some("database not found: /nonexistent/db.sqlite")
-        );
+        assert_eq!(o.error.as_deref(), Some("database not found: /nonexistent/db.sqlite"));
     }
 
     #[test]
     fn slow_queries_time_out() -> anyhow::Result<()> {
         let (_d, task) = fixture()?;
-        let r = SqlReward::new(SqlConfig {
-            timeout: Duration::from_millis(200),
-            ..Default::default()
-        });
+        let r = SqlReward::new(SqlConfig { timeout: Duration::from_millis(200), ..Default::default() });
         let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
         let t = Instant::now();
         let o = r.score(&task, slow);
         assert!(t.elapsed() < Duration::from_secs(2));
-        assert!(
-            o.failure
-                .as_deref()
-                .is_some_and(|f| f.contains("timed out")),
-            "{o:?}"
-        );
+        assert!(o.failure.as_deref().is_some_and(|f| f.contains("timed out")), "{o:?}");
         Ok(())
     }
 }

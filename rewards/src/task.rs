@@ -19,19 +19,10 @@ pub struct Task {
     pub prompt: String,
     /// Reference answers: a number or string (math, multiple choice), the gold output text (ToolRL), or several
     /// acceptable answers (Tool-Star F1 takes the best). JSON accepts a string, a number or a list of them.
-    #[serde(
-        default,
-        deserialize_with = "de_answers",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(default, deserialize_with = "de_answers", skip_serializing_if = "Vec::is_empty")]
     pub answer: Vec<String>,
     /// Multiple-choice options (alias `options`): MathQA's `"a ) 38 , b ) 27.675 , …"` or a list of strings.
-    #[serde(
-        default,
-        alias = "options",
-        deserialize_with = "de_choices",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(default, alias = "options", deserialize_with = "de_choices", skip_serializing_if = "Vec::is_empty")]
     pub choices: Vec<String>,
     /// Unit tests (alias `test`): Python source defining `check(candidate)` (HumanEval) or plain asserts.
     #[serde(default, alias = "test", skip_serializing_if = "Option::is_none")]
@@ -53,10 +44,7 @@ pub struct Task {
 impl Task {
     /// A task with this prompt and nothing else.
     pub fn new(prompt: impl Into<String>) -> Self {
-        Task {
-            prompt: prompt.into(),
-            ..Default::default()
-        }
+        Task { prompt: prompt.into(), ..Default::default() }
     }
 
     /// Set the single reference answer.
@@ -104,8 +92,7 @@ impl Task {
 
     /// The first reference answer or a task-error message naming the missing field.
     pub(crate) fn require_answer(&self) -> Result<&str, String> {
-        self.answer()
-            .ok_or_else(|| "task has no reference `answer`".to_string())
+        self.answer().ok_or_else(|| "task has no reference `answer`".to_string())
     }
 }
 
@@ -163,9 +150,7 @@ pub fn split_mathqa_options(text: &str) -> Vec<String> {
         if at_boundary && bytes[i].is_ascii_alphabetic() {
             let rest = text[i + 1..].trim_start();
             let before = text[..i].trim_end_matches([' ', '\'', '"']);
-            if rest.starts_with(')')
-                && (before.is_empty() || before.ends_with(',') || before.ends_with('['))
-            {
+            if rest.starts_with(')') && (before.is_empty() || before.ends_with(',') || before.ends_with('[')) {
                 starts.push(i);
             }
         }
@@ -176,10 +161,7 @@ pub fn split_mathqa_options(text: &str) -> Vec<String> {
     let mut out = Vec::with_capacity(starts.len());
     for (k, &s) in starts.iter().enumerate() {
         let end = starts.get(k + 1).copied().unwrap_or(text.len());
-        let piece = text[s..end]
-            .trim()
-            .trim_end_matches([',', ']', ' ', '\'', '"'])
-            .trim();
+        let piece = text[s..end].trim().trim_end_matches([',', ']', ' ', '\'', '"']).trim();
         out.push(piece.to_string());
     }
     out
@@ -204,10 +186,7 @@ mod tests {
     #[test]
     fn mathqa_options_split_at_letter_boundaries_only() {
         let o = split_mathqa_options("a ) 38 , b ) 27.675 , c ) 1,200 , d ) 36 , e ) 40");
-        assert_eq!(
-            o,
-            vec!["a ) 38", "b ) 27.675", "c ) 1,200", "d ) 36", "e ) 40"]
-        );
+        assert_eq!(o, vec!["a ) 38", "b ) 27.675", "c ) 1,200", "d ) 36", "e ) 40"]);
         let o = split_mathqa_options("['a ) rs . 400', 'b ) rs . 300']");
         assert_eq!(o.len(), 2);
         assert!(o[0].starts_with("a )"));

@@ -35,9 +35,7 @@ pub struct ToolStarConfig {
 
 impl Default for ToolStarConfig {
     fn default() -> Self {
-        ToolStarConfig {
-            multi_tool_bonus: DEFAULT_MULTI_TOOL_BONUS,
-        }
+        ToolStarConfig { multi_tool_bonus: DEFAULT_MULTI_TOOL_BONUS }
     }
 }
 
@@ -62,26 +60,17 @@ fn check_format(text: &str) -> Result<&str, String> {
     }
     // Tool calls: each <search>/<python> closes before the next tag opens and is followed by <result>…</result>.
     let mut rest = text;
-    while let Some((pos, tag)) = ["<search>", "<python>"]
-        .iter()
-        .filter_map(|t| rest.find(t).map(|p| (p, *t)))
-        .min()
-    {
+    while let Some((pos, tag)) = ["<search>", "<python>"].iter().filter_map(|t| rest.find(t).map(|p| (p, *t))).min() {
         let name = &tag[1..tag.len() - 1];
         let body_start = pos + tag.len();
         let close = format!("</{name}>");
-        let end = rest[body_start..]
-            .find(&close)
-            .ok_or_else(|| format!("unclosed <{name}>"))?
-            + body_start;
+        let end = rest[body_start..].find(&close).ok_or_else(|| format!("unclosed <{name}>"))? + body_start;
         let body = &rest[body_start..end];
         if body.contains("<search>") || body.contains("<python>") || body.contains("<result>") {
             return Err(format!("nested tags inside <{name}>"));
         }
         let after = rest[end + close.len()..].trim_start();
-        let after = after
-            .strip_prefix("<result>")
-            .ok_or_else(|| format!("<{name}> call without <result>"))?;
+        let after = after.strip_prefix("<result>").ok_or_else(|| format!("<{name}> call without <result>"))?;
         let r_end = after.find("</result>").ok_or("unclosed <result>")?;
         rest = &after[r_end + "</result>".len()..];
     }
@@ -101,16 +90,8 @@ fn check_format(text: &str) -> Result<&str, String> {
 
 /// SQuAD answer normalisation: lower-case, punctuation removed, articles removed, whitespace collapsed.
 pub fn normalize_answer(s: &str) -> Vec<String> {
-    let lowered: String = s
-        .to_lowercase()
-        .chars()
-        .filter(|c| !c.is_ascii_punctuation())
-        .collect();
-    lowered
-        .split_whitespace()
-        .filter(|w| !matches!(*w, "a" | "an" | "the"))
-        .map(str::to_string)
-        .collect()
+    let lowered: String = s.to_lowercase().chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    lowered.split_whitespace().filter(|w| !matches!(*w, "a" | "an" | "the")).map(str::to_string).collect()
 }
 
 /// Token F1 between a prediction and a reference (after [`normalize_answer`]).
@@ -144,18 +125,10 @@ impl Reward for ToolStarReward {
         }
         let answer = match check_format(completion) {
             Ok(a) => a,
-            Err(why) => {
-                return Outcome::new(-1.0)
-                    .with_component(FORMAT, 0.0)
-                    .with_failure(format!("format: {why}"))
-            }
+            Err(why) => return Outcome::new(-1.0).with_component(FORMAT, 0.0).with_failure(format!("format: {why}")),
         };
         let boxed = last_boxed(answer).unwrap_or("").trim();
-        let f1 = task
-            .answer
-            .iter()
-            .map(|g| token_f1(boxed, g))
-            .fold(0.0, f64::max);
+        let f1 = task.answer.iter().map(|g| token_f1(boxed, g)).fold(0.0, f64::max);
         let multi = completion.contains("</search>") && completion.contains("</python>");
         let score = match (f1 > 0.0, multi) {
             (true, true) => f1 + self.config.multi_tool_bonus,
@@ -185,8 +158,7 @@ mod tests {
     #[test]
     fn hierarchy_minus_one_zero_f1_and_bonus() {
         let r = ToolStarReward::default();
-        let single =
-            "<think>look up</think><search>44th president</search><result>Barack Obama</result>\
+        let single = "<think>look up</think><search>44th president</search><result>Barack Obama</result>\
                       <think>ok</think><answer>\\boxed{Barack Obama}</answer>";
         assert_eq!(r.score(&task(), single).score, 1.0);
         let both = "<think>a</think><search>q</search><result>r</result><python>print(1)</python>\

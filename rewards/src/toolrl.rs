@@ -43,25 +43,17 @@ fn parse_calls(text: &str) -> Result<Vec<Call>, String> {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(|line| {
-            let v: Value = serde_json::from_str(line)
-                .map_err(|e| format!("tool call is not JSON ({e}): {line}"))?;
-            let obj = v
-                .as_object()
-                .ok_or_else(|| format!("tool call is not an object: {line}"))?;
-            let name = obj
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("tool call has no name: {line}"))?;
+            let v: Value = serde_json::from_str(line).map_err(|e| format!("tool call is not JSON ({e}): {line}"))?;
+            let obj = v.as_object().ok_or_else(|| format!("tool call is not an object: {line}"))?;
+            let name =
+                obj.get("name").and_then(Value::as_str).ok_or_else(|| format!("tool call has no name: {line}"))?;
             let params = obj
                 .get("parameters")
                 .or_else(|| obj.get("arguments"))
                 .and_then(Value::as_object)
                 .cloned()
                 .unwrap_or_default();
-            Ok(Call {
-                name: name.to_string(),
-                params,
-            })
+            Ok(Call { name: name.to_string(), params })
         })
         .collect()
 }
@@ -78,11 +70,9 @@ fn format_ok(completion: &str, gold: &str) -> bool {
         (false, false) => think.to_string(),
     };
     let once = |tag: &str| {
-        completion.matches(&format!("<{tag}>")).count() == 1
-            && completion.matches(&format!("</{tag}>")).count() == 1
+        completion.matches(&format!("<{tag}>")).count() == 1 && completion.matches(&format!("</{tag}>")).count() == 1
     };
-    let counts =
-        once("think") && (!has_call || once("tool_call")) && (!has_resp || once("response"));
+    let counts = once("think") && (!has_call || once("tool_call")) && (!has_resp || once("response"));
     counts && crate::format::full_match(&pattern).is_ok_and(|re| re.is_match(completion.trim()))
 }
 
@@ -91,10 +81,7 @@ fn jaccard<T: Eq + std::hash::Hash>(a: &[T], b: &[T]) -> f64 {
         return 1.0;
     }
     let (ca, cb) = (multiset(a), multiset(b));
-    let inter: usize = ca
-        .iter()
-        .map(|(k, n)| (*n).min(cb.get(k).copied().unwrap_or(0)))
-        .sum();
+    let inter: usize = ca.iter().map(|(k, n)| (*n).min(cb.get(k).copied().unwrap_or(0))).sum();
     inter as f64 / (a.len() + b.len() - inter) as f64
 }
 
@@ -126,11 +113,7 @@ fn correctness(gold: &[Call], pred: &[Call]) -> f64 {
             .map(|(i, p)| {
                 let p_keys: Vec<&String> = p.params.keys().collect();
                 let r_param = jaccard(&g_keys, &p_keys);
-                let r_value = g
-                    .params
-                    .iter()
-                    .filter(|(k, v)| p.params.get(*k) == Some(*v))
-                    .count() as f64;
+                let r_value = g.params.iter().filter(|(k, v)| p.params.get(*k) == Some(*v)).count() as f64;
                 (i, r_param + r_value)
             })
             .fold(None, |best: Option<(usize, f64)>, (i, v)| match best {
@@ -152,8 +135,7 @@ impl Reward for ToolRlReward {
             Err(e) => return Outcome::task_error(e),
         };
         let format = f64::from(u8::from(format_ok(completion, gold)));
-        let mut failure =
-            (format == 0.0).then(|| "format does not match the reference's layout".to_string());
+        let mut failure = (format == 0.0).then(|| "format does not match the reference's layout".to_string());
         let (correct, extracted) = if gold.contains("<tool_call>") {
             let gold_calls = match parse_calls(gold) {
                 Ok(c) => c,
@@ -163,9 +145,8 @@ impl Reward for ToolRlReward {
                 Ok(pred) => {
                     let c = correctness(&gold_calls, &pred);
                     if c < 3.0 {
-                        failure.get_or_insert_with(|| {
-                            format!("tool calls differ from the reference (R_correct {c:.3})")
-                        });
+                        failure
+                            .get_or_insert_with(|| format!("tool calls differ from the reference (R_correct {c:.3})"));
                     }
                     let shown: Vec<BTreeMap<&str, Value>> = pred
                         .iter()
@@ -186,9 +167,7 @@ impl Reward for ToolRlReward {
         } else {
             (0.0, None)
         };
-        let mut o = Outcome::new(format + correct)
-            .with_component(FORMAT, format)
-            .with_component(CORRECT, correct);
+        let mut o = Outcome::new(format + correct).with_component(FORMAT, format).with_component(CORRECT, correct);
         o.extracted = extracted;
         o.failure = failure;
         o
@@ -208,10 +187,7 @@ mod tests {
     #[test]
     fn exact_match_scores_four() {
         let o = score(GOLD);
-        assert_eq!(
-            (o.score, o.components[FORMAT], o.components[CORRECT]),
-            (4.0, 1.0, 3.0)
-        );
+        assert_eq!((o.score, o.components[FORMAT], o.components[CORRECT]), (4.0, 1.0, 3.0));
     }
 
     #[test]
@@ -225,7 +201,8 @@ mod tests {
 
     #[test]
     fn wrong_tool_and_missing_block() {
-        let c = "<think>t</think>\n<tool_call>\n{\"name\": \"search\", \"parameters\": {\"q\": \"Paris\"}}\n</tool_call>";
+        let c =
+            "<think>t</think>\n<tool_call>\n{\"name\": \"search\", \"parameters\": {\"q\": \"Paris\"}}\n</tool_call>";
         // r_name = 0, no same-name match: S = 0 → −3.
         assert_eq!(score(c).components[CORRECT], -3.0);
         let o = score("<think>t</think>\n<response>It is sunny</response>");
@@ -237,12 +214,7 @@ mod tests {
     #[test]
     fn response_only_reference_scores_format_only() {
         let t = Task::default().with_answer("<think>x</think>\n<response>hello</response>");
-        assert_eq!(
-            ToolRlReward
-                .score(&t, "<think>y</think>\n<response>hi</response>")
-                .score,
-            1.0
-        );
+        assert_eq!(ToolRlReward.score(&t, "<think>y</think>\n<response>hi</response>").score, 1.0);
         assert_eq!(ToolRlReward.score(&t, "<response>hi</response>").score, 0.0);
     }
 

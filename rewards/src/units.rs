@@ -6,19 +6,11 @@ use crate::error::{Error, Result};
 
 /// Parse `500ms`, `5s`, `1.5s`, `2m`, `1h`, `250us`; a bare number means seconds.
 pub fn parse_duration(input: &str) -> Result<Duration> {
-    let err = |why: &str| Error::Unit {
-        input: input.to_string(),
-        what: "duration",
-        why: why.to_string(),
-    };
+    let err = |why: &str| Error::Unit { input: input.to_string(), what: "duration", why: why.to_string() };
     let s = input.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| err("expected a number followed by ms, s, m or h"))?;
+    let value: f64 = num.parse().map_err(|_| err("expected a number followed by ms, s, m or h"))?;
     let secs = match unit.trim() {
         "" | "s" | "sec" | "secs" => value,
         "ms" => value / 1e3,
@@ -36,19 +28,11 @@ pub fn parse_duration(input: &str) -> Result<Duration> {
 /// Parse `512MiB`, `1GiB`, `64KiB`, `10MB`, `1.5G`, `4096`; a bare number means bytes. `k`/`M`/`G` without `i` are
 /// read as binary units too (as `ulimit`, `docker --memory` do); `KB`/`MB`/`GB` are decimal.
 pub fn parse_size(input: &str) -> Result<u64> {
-    let err = |why: &str| Error::Unit {
-        input: input.to_string(),
-        what: "size",
-        why: why.to_string(),
-    };
+    let err = |why: &str| Error::Unit { input: input.to_string(), what: "size", why: why.to_string() };
     let s = input.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| err("expected a number followed by a unit such as MiB"))?;
+    let value: f64 = num.parse().map_err(|_| err("expected a number followed by a unit such as MiB"))?;
     let mult: f64 = match unit.trim() {
         "" | "B" | "b" => 1.0,
         "k" | "K" | "KiB" | "Ki" => 1024.0,

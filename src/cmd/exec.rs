@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use orchard_rewards::sandbox::{
-    self, Executor, Sandbox, SandboxChoice, SandboxConfig, SandboxPolicy, Status,
-};
+use orchard_rewards::sandbox::{self, Executor, Sandbox, SandboxChoice, SandboxConfig, SandboxPolicy, Status};
 use orchard_rewards::units::{parse_duration, parse_size};
 
 /// Sandbox flags shared by `orchard exec` and `orchard reward`.
@@ -106,29 +104,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut policy = SandboxPolicy::default();
     args.sandbox.apply(&mut policy);
     let sb = args.sandbox.open()?;
-    let capacity = if args.no_cache {
-        0
-    } else {
-        orchard_rewards::sandbox::DEFAULT_CACHE_CAPACITY
-    };
+    let capacity = if args.no_cache { 0 } else { orchard_rewards::sandbox::DEFAULT_CACHE_CAPACITY };
     let executor = Executor::with_cache_capacity(sb, policy, capacity);
     if args.jsonl {
         return run_batch(&executor, &args.file, &bytes);
     }
     let program = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: not valid UTF-8 (at byte {})",
-            args.file.display(),
-            e.utf8_error().valid_up_to()
-        )
+        anyhow::anyhow!("{}: not valid UTF-8 (at byte {})", args.file.display(), e.utf8_error().valid_up_to())
     })?;
     let result = executor.run(&program)?;
     println!("{}", serde_json::to_string(&result)?);
-    Ok(if result.status == Status::Ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if result.status == Status::Ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 pub(crate) fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -155,8 +141,7 @@ fn run_batch(executor: &Executor, file: &Path, bytes: &[u8]) -> anyhow::Result<E
         let parsed = std::str::from_utf8(line)
             .map_err(|e| format!("not valid UTF-8 (at byte {})", e.valid_up_to()))
             .and_then(|text| {
-                let v: serde_json::Value =
-                    serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
+                let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
                 match v {
                     serde_json::Value::String(s) => Ok(s),
                     other => serde_json::from_value::<Row>(other)
@@ -193,9 +178,5 @@ fn run_batch(executor: &Executor, file: &Path, bytes: &[u8]) -> anyhow::Result<E
     out.flush()?;
     let stats = executor.stats();
     tracing::info!(runs = stats.misses, cached = stats.hits, "batch done");
-    Ok(if failures == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -47,19 +47,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             StepPairsArg::Keep => StepPairs::Keep,
         },
         correct_threshold: args.correct_threshold,
-        parquet: ParquetOptions {
-            zstd_level: args.zstd_level,
-            ..ParquetOptions::default()
-        },
+        parquet: ParquetOptions { zstd_level: args.zstd_level, ..ParquetOptions::default() },
         ..ExportOptions::new(args.format)
     };
     let summary = export(&args.run, &args.out, &opts)?;
-    println!(
-        "wrote {} {} rows to {}",
-        summary.rows,
-        args.format,
-        args.out.display()
-    );
+    println!("wrote {} {} rows to {}", summary.rows, args.format, args.out.display());
     for (why, n) in &summary.dropped {
         if *n > 0 {
             eprintln!("left out {n} {why}");

@@ -21,9 +21,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let opts = MergeOptions {
-        allow_incomplete: args.allow_incomplete,
-    };
+    let opts = MergeOptions { allow_incomplete: args.allow_incomplete };
     let manifest = merge(&args.out, &args.runs, &opts)?;
     let c = manifest.counts;
     println!(
@@ -34,11 +32,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         c.trajectories,
         c.pairs,
         c.nodes,
-        if manifest.status.complete {
-            ""
-        } else {
-            " (not every shard is complete)"
-        }
+        if manifest.status.complete { "" } else { " (not every shard is complete)" }
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -40,8 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut spec = match (&args.kind, &args.config) {
         (Some(kind), _) => RewardSpec::from_name(kind)?,
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             RewardSpec::from_toml(&text).with_context(|| format!("in {}", path.display()))?
         }
         (None, None) => anyhow::bail!("give --kind or --config"),
@@ -49,18 +48,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for policy in spec.policies_mut() {
         args.sandbox.apply(policy);
     }
-    let sandbox = if spec.needs_sandbox() {
-        Some(args.sandbox.open()?)
-    } else {
-        None
-    };
+    let sandbox = if spec.needs_sandbox() { Some(args.sandbox.open()?) } else { None };
     let reward = spec.build(sandbox.as_ref())?;
     let bytes = super::exec::read_input(&args.input)?;
-    let base = args
-        .input
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let base = args.input.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let lines: Vec<(usize, &[u8])> = bytes
         .split(|b| *b == b'\n')
         .enumerate()
@@ -76,9 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(|(k, (line, text))| {
                 let row = chunk_index * CHUNK_ROWS + k;
                 let outcome = parse_row(text, base)
-                    .map(|(task, completion)| {
-                        score_caught(reward.as_ref() as &dyn Reward, &task, &completion)
-                    })
+                    .map(|(task, completion)| score_caught(reward.as_ref() as &dyn Reward, &task, &completion))
                     .map_err(|e| format!("{}:{line}: {e}", args.input.display()));
                 row_json(row, *line, outcome)
             })
@@ -95,15 +84,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     let mean = if scored > 0 { sum / scored as f64 } else { 0.0 };
-    eprintln!(
-        "{}: {scored} rows scored (mean score {mean:.4}), {errors} rows with errors",
-        args.input.display()
-    );
-    Ok(if errors == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    eprintln!("{}: {scored} rows scored (mean score {mean:.4}), {errors} rows with errors", args.input.display());
+    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn row_json(row: usize, line: usize, outcome: Result<Outcome, String>) -> serde_json::Value {
@@ -125,26 +107,18 @@ fn row_json(row: usize, line: usize, outcome: Result<Outcome, String>) -> serde_
 
 /// Read one row: UTF-8, a JSON object, a string `completion`, and a task whose fields have the right types.
 fn parse_row(text: &[u8], base: &Path) -> Result<(Task, String), String> {
-    let text = std::str::from_utf8(text)
-        .map_err(|e| format!("not valid UTF-8 (at byte {})", e.valid_up_to()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
+    let text = std::str::from_utf8(text).map_err(|e| format!("not valid UTF-8 (at byte {})", e.valid_up_to()))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
     let obj = value.as_object().ok_or("row is not a JSON object")?;
     let completion = match obj.get("completion") {
         Some(serde_json::Value::String(s)) => s.clone(),
-        Some(other) => {
-            return Err(format!(
-                "field `completion`: expected a string, got {}",
-                json_type(other)
-            ))
-        }
+        Some(other) => return Err(format!("field `completion`: expected a string, got {}", json_type(other))),
         None => return Err("field `completion`: missing".into()),
     };
     let mut task: Task = serde_json::from_value(value.clone()).map_err(|e| {
         // Name the field: the first one that fails on its own.
-        let field = obj.iter().find(|(k, v)| {
-            serde_json::from_value::<Task>(serde_json::json!({ k.as_str(): v })).is_err()
-        });
+        let field =
+            obj.iter().find(|(k, v)| serde_json::from_value::<Task>(serde_json::json!({ k.as_str(): v })).is_err());
         match field {
             Some((k, _)) => format!("field `{k}`: {e}"),
             None => e.to_string(),

@@ -64,11 +64,7 @@ const CASES: &[Case] = &[
         status: "timeout",
         body: "for _ in range(8):\n    if os.fork() == 0:\n        break\nwhile True:\n    pass\n",
     },
-    Case {
-        name: "infinite_output",
-        status: "output_limit",
-        body: "while True:\n    sys.stdout.write('x' * 65536)\n",
-    },
+    Case { name: "infinite_output", status: "output_limit", body: "while True:\n    sys.stdout.write('x' * 65536)\n" },
     Case {
         name: "kill_the_parent",
         status: "timeout",
@@ -131,28 +127,17 @@ fn run(program: &str, sandbox: &str) -> anyhow::Result<(Value, Duration)> {
     let out = orchard()
         .arg("exec")
         .arg(&file)
-        .args([
-            "--timeout",
-            &format!("{TIMEOUT_MS}ms"),
-            "--sandbox",
-            sandbox,
-        ])
+        .args(["--timeout", &format!("{TIMEOUT_MS}ms"), "--sandbox", sandbox])
         .output()?;
     let elapsed = t.elapsed();
-    let json = serde_json::from_str(String::from_utf8(out.stdout)?.trim()).map_err(|e| {
-        anyhow::anyhow!(
-            "no JSON from orchard exec ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
+    let json = serde_json::from_str(String::from_utf8(out.stdout)?.trim())
+        .map_err(|e| anyhow::anyhow!("no JSON from orchard exec ({e}): {}", String::from_utf8_lossy(&out.stderr)))?;
     Ok((json, elapsed))
 }
 
 fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    })
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
 }
 
 fn home() -> PathBuf {
@@ -177,15 +162,9 @@ fn suite(sandbox: &str) -> anyhow::Result<Vec<String>> {
         let m = marker(case.name, sandbox);
         // kill(-1) as the calling user would kill the user's whole session: only where the run has its own uid.
         let allow_kill_all = kind != Kind::RlimitsUser;
-        let (j, elapsed) = run(
-            &format!("{}{}", prelude(&m, allow_kill_all), case.body),
-            sandbox,
-        )?;
+        let (j, elapsed) = run(&format!("{}{}", prelude(&m, allow_kill_all), case.body), sandbox)?;
         if j["status"] != case.status {
-            failures.push(format!(
-                "{}: status {} (expected {}): {j}",
-                case.name, j["status"], case.status
-            ));
+            failures.push(format!("{}: status {} (expected {}): {j}", case.name, j["status"], case.status));
         }
         if elapsed > limit {
             failures.push(format!("{}: took {elapsed:?} > {limit:?}", case.name));
@@ -195,16 +174,10 @@ fn suite(sandbox: &str) -> anyhow::Result<Vec<String>> {
             if kind.catches_group_escapes() {
                 failures.push(format!("{}: stray processes {strays:?}", case.name));
             } else {
-                not_enforced.push(format!(
-                    "{}: {} processes outlived the run",
-                    case.name,
-                    strays.len()
-                ));
+                not_enforced.push(format!("{}: {} processes outlived the run", case.name, strays.len()));
             }
             for pid in strays {
-                let _ = std::process::Command::new("kill")
-                    .args(["-9", &pid.to_string()])
-                    .status();
+                let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
             }
         }
     }
@@ -220,9 +193,7 @@ fn suite(sandbox: &str) -> anyhow::Result<Vec<String>> {
         let body = "i = 0\nwhile True:\n    with open(f'fill{i}', 'wb') as f:\n        f.write(b'x' * (1 << 20))\n    i += 1\n";
         let (j, elapsed) = run(&format!("{}{body}", prelude(&m, true)), sandbox)?;
         let reason = j["reason"].as_str().unwrap_or("");
-        if j["status"] != "error"
-            || !(reason.contains("No space left") || reason.contains("File too large"))
-        {
+        if j["status"] != "error" || !(reason.contains("No space left") || reason.contains("File too large")) {
             failures.push(format!("disk_fill: {j}"));
         }
         if elapsed > limit {
@@ -242,14 +213,10 @@ fn suite(sandbox: &str) -> anyhow::Result<Vec<String>> {
          except OSError as e:\n    print('blocked', e)\n"
     );
     let (j, _) = run(&format!("{}{body}", prelude(&m, true)), sandbox)?;
-    let connected = j["stdout"]
-        .as_str()
-        .is_some_and(|s| s.contains("CONNECTED"))
+    let connected = j["stdout"].as_str().is_some_and(|s| s.contains("CONNECTED"))
         || !matches!(listener.accept(), Err(e) if e.kind() == ErrorKind::WouldBlock);
     match (connected, kind.isolates_network()) {
-        (true, true) => failures.push(format!(
-            "network: the sandbox reached the host's loopback: {j}"
-        )),
+        (true, true) => failures.push(format!("network: the sandbox reached the host's loopback: {j}")),
         (true, false) => not_enforced.push("network: the program connected to the host".into()),
         _ => {}
     }
@@ -272,9 +239,7 @@ fn suite(sandbox: &str) -> anyhow::Result<Vec<String>> {
         if kind == Kind::RlimitsUser {
             not_enforced.push("read_outside: the program read a file in the home directory".into());
         } else {
-            failures.push(format!(
-                "read_outside: secret in the home directory was read: {j}"
-            ));
+            failures.push(format!("read_outside: secret in the home directory was read: {j}"));
         }
     }
     if leaked.contains("root:") {
@@ -283,27 +248,15 @@ fn suite(sandbox: &str) -> anyhow::Result<Vec<String>> {
 
     // Writing outside: a world-writable directory of the test, /tmp, /var/tmp, /dev/shm and the home directory.
     let open_dir = tempfile::tempdir()?;
-    std::fs::set_permissions(
-        open_dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )?;
+    std::fs::set_permissions(open_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
     let m = marker("write_outside", sandbox);
     let name = format!("orchard-hostile-write-{}-{sandbox}", std::process::id());
-    let targets: Vec<PathBuf> = [
-        open_dir.path(),
-        Path::new("/tmp"),
-        Path::new("/var/tmp"),
-        Path::new("/dev/shm"),
-        &home(),
-    ]
-    .iter()
-    .map(|d| d.join(&name))
-    .collect();
-    let list = targets
-        .iter()
-        .map(|p| format!("{:?}", p.display().to_string()))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let targets: Vec<PathBuf> =
+        [open_dir.path(), Path::new("/tmp"), Path::new("/var/tmp"), Path::new("/dev/shm"), &home()]
+            .iter()
+            .map(|d| d.join(&name))
+            .collect();
+    let list = targets.iter().map(|p| format!("{:?}", p.display().to_string())).collect::<Vec<_>>().join(", ");
     let body = format!(
         "for p in ({list},):\n    try:\n        open(p, 'w').write('escaped')\n        print('wrote', p)\n    \
          except OSError as e:\n        print('refused', p, e)\n"
@@ -313,9 +266,7 @@ fn suite(sandbox: &str) -> anyhow::Result<Vec<String>> {
         if t.exists() {
             let _ = std::fs::remove_file(t);
             let in_home = t.starts_with(home());
-            if kind.isolates_filesystem()
-                || (in_home && kind == Kind::RlimitsRoot && home().starts_with("/root"))
-            {
+            if kind.isolates_filesystem() || (in_home && kind == Kind::RlimitsRoot && home().starts_with("/root")) {
                 failures.push(format!("write_outside: {} was written: {j}", t.display()));
             } else {
                 not_enforced.push(format!("write_outside: {} was written", t.display()));
@@ -330,9 +281,7 @@ fn suite(sandbox: &str) -> anyhow::Result<Vec<String>> {
 
 #[test]
 fn hostile_programs_are_contained_under_the_default_sandbox() -> anyhow::Result<()> {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let failures = suite("auto")?;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
@@ -340,9 +289,7 @@ fn hostile_programs_are_contained_under_the_default_sandbox() -> anyhow::Result<
 
 #[test]
 fn hostile_programs_under_the_rlimits_fallback_hold_what_it_documents() -> anyhow::Result<()> {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let failures = suite("rlimits")?;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())

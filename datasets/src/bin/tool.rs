@@ -11,15 +11,10 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use orchard_datasets::part::{self, ParquetOptions};
 use orchard_datasets::testing::{fake_job, synthetic_pairs, FakeJob};
-use orchard_datasets::{
-    OnBadRow, PairFormat, PreferencePair, Record, Shard, TaskKind, TaskSource, WriterOptions,
-};
+use orchard_datasets::{OnBadRow, PairFormat, PreferencePair, Record, Shard, TaskKind, TaskSource, WriterOptions};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "orchard-datasets-tool",
-    about = "Test and bench helper for orchard-datasets"
-)]
+#[command(name = "orchard-datasets-tool", about = "Test and bench helper for orchard-datasets")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -120,10 +115,7 @@ fn fake_sample(a: FakeArgs) -> anyhow::Result<()> {
         sleep: Duration::from_millis(a.sleep_ms),
         ..FakeJob::default()
     };
-    let opts = WriterOptions {
-        flush_rows: a.flush_rows,
-        ..WriterOptions::default()
-    };
+    let opts = WriterOptions { flush_rows: a.flush_rows, ..WriterOptions::default() };
     let manifest = fake_job(&job, &a.out, opts)?;
     println!("{}", serde_json::to_string(&manifest.counts)?);
     Ok(())
@@ -131,16 +123,8 @@ fn fake_sample(a: FakeArgs) -> anyhow::Result<()> {
 
 fn write_pairs(a: WriteArgs) -> anyhow::Result<()> {
     let rows = synthetic_pairs(a.rows, 1);
-    let format = if a.conversational {
-        PairFormat::Conversational
-    } else {
-        PairFormat::Standard
-    };
-    let opts = ParquetOptions {
-        zstd_level: a.zstd_level,
-        row_group_rows: a.row_group_rows,
-        ..Default::default()
-    };
+    let format = if a.conversational { PairFormat::Conversational } else { PairFormat::Standard };
+    let opts = ParquetOptions { zstd_level: a.zstd_level, row_group_rows: a.row_group_rows, ..Default::default() };
     let mut times = Vec::new();
     for _ in 0..a.repeat.max(1) {
         let start = Instant::now();
@@ -163,8 +147,7 @@ fn write_pairs(a: WriteArgs) -> anyhow::Result<()> {
         let start = Instant::now();
         let file = std::fs::File::create(&a.out)?;
         let schema = <PreferencePair as Record>::schema(format);
-        let mut w =
-            parquet::arrow::ArrowWriter::try_new(file, schema, Some(opts.writer_properties()?))?;
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, Some(opts.writer_properties()?))?;
         for b in &batches {
             w.write(b)?;
         }

@@ -12,27 +12,12 @@ struct Split {
 }
 
 const GSM8K: &[Split] = &[
-    Split {
-        name: "train",
-        file: "gsm8k_train.jsonl",
-        gz: include_bytes!("../../data/gsm8k_train.jsonl.gz"),
-    },
-    Split {
-        name: "test",
-        file: "gsm8k_test.jsonl",
-        gz: include_bytes!("../../data/gsm8k_test.jsonl.gz"),
-    },
+    Split { name: "train", file: "gsm8k_train.jsonl", gz: include_bytes!("../../data/gsm8k_train.jsonl.gz") },
+    Split { name: "test", file: "gsm8k_test.jsonl", gz: include_bytes!("../../data/gsm8k_test.jsonl.gz") },
 ];
-const SVAMP: &[Split] = &[Split {
-    name: "test",
-    file: "svamp.json",
-    gz: include_bytes!("../../data/svamp.json.gz"),
-}];
-const HUMANEVAL: &[Split] = &[Split {
-    name: "test",
-    file: "humaneval.jsonl",
-    gz: include_bytes!("../../data/humaneval.jsonl.gz"),
-}];
+const SVAMP: &[Split] = &[Split { name: "test", file: "svamp.json", gz: include_bytes!("../../data/svamp.json.gz") }];
+const HUMANEVAL: &[Split] =
+    &[Split { name: "test", file: "humaneval.jsonl", gz: include_bytes!("../../data/humaneval.jsonl.gz") }];
 
 fn splits(kind: TaskKind) -> &'static [Split] {
     match kind {

@@ -5,8 +5,7 @@ use std::path::Path;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type,
-    UInt64Type, UInt8Type,
+    Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
 use arrow_array::Array;
 use arrow_schema::DataType;
@@ -17,12 +16,7 @@ use super::{fields, FieldError, FieldMap, RawRow};
 use crate::error::{IoContext, Result};
 use crate::task::Task;
 
-pub(crate) fn to_task(
-    map: &FieldMap,
-    prefix: &str,
-    index: usize,
-    row: Map<String, Value>,
-) -> Result<Task, FieldError> {
+pub(crate) fn to_task(map: &FieldMap, prefix: &str, index: usize, row: Map<String, Value>) -> Result<Task, FieldError> {
     let id = match &map.id {
         Some(field) => fields::scalar(&row, field)?,
         None => index.to_string(),
@@ -60,9 +54,7 @@ pub(crate) fn to_task(
 /// (binary, dates, maps ...) are left out of the object; a mapped field in one of them is then reported missing.
 pub(crate) fn parquet_rows(path: &Path) -> Result<Vec<RawRow>> {
     let file = File::open(path).at(path)?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
-        .with_batch_size(4096)
-        .build()?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(4096).build()?;
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch?;
@@ -75,11 +67,7 @@ pub(crate) fn parquet_rows(path: &Path) -> Result<Vec<RawRow>> {
                 }
             }
             let index = rows.len();
-            rows.push(RawRow {
-                line: index + 1,
-                index,
-                value: Ok(map),
-            });
+            rows.push(RawRow { line: index + 1, index, value: Ok(map) });
         }
     }
     Ok(rows)
@@ -109,12 +97,9 @@ fn to_json(array: &dyn Array, row: usize) -> Option<Value> {
         DataType::UInt32 => int!(UInt32Type),
         DataType::UInt64 => int!(UInt64Type),
         DataType::Float32 => {
-            Number::from_f64(f64::from(array.as_primitive::<Float32Type>().value(row)))
-                .map(Value::Number)
+            Number::from_f64(f64::from(array.as_primitive::<Float32Type>().value(row))).map(Value::Number)
         }
-        DataType::Float64 => {
-            Number::from_f64(array.as_primitive::<Float64Type>().value(row)).map(Value::Number)
-        }
+        DataType::Float64 => Number::from_f64(array.as_primitive::<Float64Type>().value(row)).map(Value::Number),
         DataType::List(_) => list(array.as_list::<i32>().value(row).as_ref()),
         DataType::LargeList(_) => list(array.as_list::<i64>().value(row).as_ref()),
         DataType::Struct(fields) => {
@@ -132,8 +117,5 @@ fn to_json(array: &dyn Array, row: usize) -> Option<Value> {
 }
 
 fn list(values: &dyn Array) -> Option<Value> {
-    (0..values.len())
-        .map(|i| to_json(values, i))
-        .collect::<Option<Vec<_>>>()
-        .map(Value::Array)
+    (0..values.len()).map(|i| to_json(values, i)).collect::<Option<Vec<_>>>().map(Value::Array)
 }

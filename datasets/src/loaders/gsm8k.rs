@@ -18,19 +18,11 @@ pub fn final_answer(solution: &str) -> Option<String> {
     Some(answer)
 }
 
-pub(crate) fn to_task(
-    prefix: &str,
-    index: usize,
-    row: Map<String, Value>,
-) -> Result<Task, FieldError> {
+pub(crate) fn to_task(prefix: &str, index: usize, row: Map<String, Value>) -> Result<Task, FieldError> {
     let question = fields::text(&row, "question")?;
     let solution = fields::text(&row, "answer")?;
-    let reference = final_answer(&solution).ok_or_else(|| {
-        (
-            "answer".to_string(),
-            format!("no numeric final answer after {ANSWER_MARKER:?}"),
-        )
-    })?;
+    let reference = final_answer(&solution)
+        .ok_or_else(|| ("answer".to_string(), format!("no numeric final answer after {ANSWER_MARKER:?}")))?;
     let mut task = Task::new(format!("{prefix}/{index}"), question).with_reference(reference);
     task.raw = row;
     Ok(task)

@@ -12,15 +12,9 @@ pub(crate) fn to_task(prefix: &str, row: Map<String, Value>) -> Result<Task, Fie
     let tests = fields::text(&row, "test")?;
     let entry_point = fields::text(&row, "entry_point")?;
     if !tests.contains("def check") {
-        return Err((
-            "test".to_string(),
-            "does not define check(candidate)".to_string(),
-        ));
+        return Err(("test".to_string(), "does not define check(candidate)".to_string()));
     }
-    let reference = row
-        .get("canonical_solution")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let reference = row.get("canonical_solution").and_then(Value::as_str).map(str::to_string);
     let mut task = Task::new(format!("{prefix}/{id}"), prompt);
     task.reference = reference;
     task.tests = Some(tests);

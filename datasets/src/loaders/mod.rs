@@ -67,10 +67,7 @@ impl TaskKind {
 
     /// Whether Orchard ships this dataset's files.
     pub fn is_builtin(self) -> bool {
-        matches!(
-            self,
-            TaskKind::Gsm8k | TaskKind::Svamp | TaskKind::HumanEval
-        )
+        matches!(self, TaskKind::Gsm8k | TaskKind::Svamp | TaskKind::HumanEval)
     }
 }
 
@@ -91,12 +88,10 @@ impl FromStr for TaskKind {
             "jsonl" => TaskKind::Jsonl,
             "json" => TaskKind::Json,
             "parquet" => TaskKind::Parquet,
-            other => {
-                return Err(Error::Source(format!(
-                    "unknown task {other:?}: expected one of gsm8k, svamp, humaneval (built in) or jsonl, json, parquet \
+            other => return Err(Error::Source(format!(
+                "unknown task {other:?}: expected one of gsm8k, svamp, humaneval (built in) or jsonl, json, parquet \
                      (a --path with a field mapping)"
-                )))
-            }
+            ))),
         })
     }
 }
@@ -119,9 +114,7 @@ impl FromStr for OnBadRow {
         match s {
             "skip" => Ok(OnBadRow::Skip),
             "fail" => Ok(OnBadRow::Fail),
-            other => Err(Error::Source(format!(
-                "--on-bad-row {other:?}: expected skip or fail"
-            ))),
+            other => Err(Error::Source(format!("--on-bad-row {other:?}: expected skip or fail"))),
         }
     }
 }
@@ -200,20 +193,12 @@ impl Default for TaskSource {
 impl TaskSource {
     /// A source for a built-in dataset's split (`None`: its default split).
     pub fn builtin(task: TaskKind, split: Option<&str>) -> Self {
-        TaskSource {
-            task,
-            split: split.map(str::to_string),
-            ..Default::default()
-        }
+        TaskSource { task, split: split.map(str::to_string), ..Default::default() }
     }
 
     /// A source reading `path` with `kind`'s format.
     pub fn file(task: TaskKind, path: impl Into<PathBuf>) -> Self {
-        TaskSource {
-            task,
-            path: Some(path.into()),
-            ..Default::default()
-        }
+        TaskSource { task, path: Some(path.into()), ..Default::default() }
     }
 
     /// Load, validate, shuffle and limit the tasks.
@@ -237,11 +222,7 @@ pub struct BadRow {
 
 impl fmt::Display for BadRow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}: field `{}`: {}",
-            self.file, self.line, self.field, self.reason
-        )
+        write!(f, "{}:{}: field `{}`: {}", self.file, self.line, self.field, self.reason)
     }
 }
 
@@ -287,10 +268,7 @@ pub(crate) type FieldError = (String, String);
 /// Load, validate, shuffle and limit the tasks of `source`.
 pub fn load(source: &TaskSource) -> Result<Loaded> {
     let (file, rows, id_prefix) = read_rows(source)?;
-    let mut report = LoadReport {
-        file: file.clone(),
-        ..Default::default()
-    };
+    let mut report = LoadReport { file: file.clone(), ..Default::default() };
     let mut tasks = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     for row in rows {
@@ -301,10 +279,9 @@ pub fn load(source: &TaskSource) -> Result<Loaded> {
             .map_err(|reason| ("(row)".to_string(), reason))
             .and_then(|map| to_task(source, &id_prefix, row.index, map))
             .and_then(|task| match seen.get(&task.id) {
-                Some(first) => Err((
-                    "id".to_string(),
-                    format!("duplicate task id {:?} (first at line {first})", task.id),
-                )),
+                Some(first) => {
+                    Err(("id".to_string(), format!("duplicate task id {:?} (first at line {first})", task.id)))
+                }
                 None => Ok(task),
             });
         match result {
@@ -313,12 +290,7 @@ pub fn load(source: &TaskSource) -> Result<Loaded> {
                 tasks.push(task);
             }
             Err((field, reason)) => {
-                let bad = BadRow {
-                    file: file.clone(),
-                    line,
-                    field,
-                    reason,
-                };
+                let bad = BadRow { file: file.clone(), line, field, reason };
                 if source.on_bad_row == OnBadRow::Fail {
                     return Err(Error::BadRow(bad));
                 }
@@ -352,18 +324,13 @@ fn read_rows(source: &TaskSource) -> Result<(String, Vec<RawRow>, String)> {
             };
             Ok((label, rows, format!("{}/{}", source.task, split)))
         }
-        (None, false) => Err(Error::Source(format!(
-            "task {} needs a --path to read",
-            source.task
-        ))),
+        (None, false) => Err(Error::Source(format!("task {} needs a --path to read", source.task))),
         (Some(path), _) => {
             let label = path.display().to_string();
             let rows = match source.task {
                 TaskKind::Parquet => generic::parquet_rows(path)?,
                 TaskKind::Svamp | TaskKind::Json => read::json_array_rows(&read::read_text(path)?),
-                TaskKind::Gsm8k | TaskKind::HumanEval | TaskKind::Jsonl => {
-                    read::jsonl_rows(&read::read_text(path)?)
-                }
+                TaskKind::Gsm8k | TaskKind::HumanEval | TaskKind::Jsonl => read::jsonl_rows(&read::read_text(path)?),
             };
             Ok((label, rows, file_id_prefix(path, source.split.as_deref())))
         }
@@ -373,11 +340,7 @@ fn read_rows(source: &TaskSource) -> Result<(String, Vec<RawRow>, String)> {
 /// `{file stem}` or `{file stem}/{split}`: the id prefix of a user file's tasks.
 fn file_id_prefix(path: &Path, split: Option<&str>) -> String {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("tasks");
-    let stem = name
-        .split('.')
-        .next()
-        .filter(|s| !s.is_empty())
-        .unwrap_or("tasks");
+    let stem = name.split('.').next().filter(|s| !s.is_empty()).unwrap_or("tasks");
     match split {
         Some(split) => format!("{stem}/{split}"),
         None => stem.to_string(),
@@ -394,9 +357,7 @@ fn to_task(
         TaskKind::Gsm8k => gsm8k::to_task(prefix, index, row),
         TaskKind::Svamp => svamp::to_task(prefix, row),
         TaskKind::HumanEval => humaneval::to_task(prefix, row),
-        TaskKind::Jsonl | TaskKind::Json | TaskKind::Parquet => {
-            generic::to_task(&source.fields, prefix, index, row)
-        }
+        TaskKind::Jsonl | TaskKind::Json | TaskKind::Parquet => generic::to_task(&source.fields, prefix, index, row),
     }
 }
 

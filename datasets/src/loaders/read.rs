@@ -12,10 +12,7 @@ use crate::error::{Error, IoContext, Result};
 pub(crate) fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).at(path)?;
     let gz = path.extension().is_some_and(|e| e == "gz");
-    decode(&bytes, gz).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })
+    decode(&bytes, gz).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })
 }
 
 /// Bytes (gzip when `gz`) as UTF-8 text.
@@ -25,8 +22,7 @@ pub(crate) fn decode(bytes: &[u8], gz: bool) -> std::io::Result<String> {
         flate2::read::GzDecoder::new(bytes).read_to_string(&mut text)?;
         Ok(text)
     } else {
-        String::from_utf8(bytes.to_vec())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        String::from_utf8(bytes.to_vec()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 }
 
@@ -36,11 +32,7 @@ pub(crate) fn jsonl_rows(text: &str) -> Vec<RawRow> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .enumerate()
-        .map(|(index, (i, l))| RawRow {
-            line: i + 1,
-            index,
-            value: parse_object(l),
-        })
+        .map(|(index, (i, l))| RawRow { line: i + 1, index, value: parse_object(l) })
         .collect()
 }
 
@@ -60,11 +52,7 @@ pub(crate) fn json_array_rows(text: &str) -> Vec<RawRow> {
     let elements: Vec<&serde_json::value::RawValue> = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            return vec![RawRow {
-                line: e.line().max(1),
-                index: 0,
-                value: Err(format!("invalid JSON array: {e}")),
-            }]
+            return vec![RawRow { line: e.line().max(1), index: 0, value: Err(format!("invalid JSON array: {e}")) }]
         }
     };
     let base = text.as_ptr() as usize;
@@ -72,19 +60,10 @@ pub(crate) fn json_array_rows(text: &str) -> Vec<RawRow> {
     let mut scanned = 0;
     let mut rows = Vec::with_capacity(elements.len());
     for (index, raw) in elements.into_iter().enumerate() {
-        let offset = (raw.get().as_ptr() as usize)
-            .saturating_sub(base)
-            .min(text.len());
-        line += text.as_bytes()[scanned..offset]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count();
+        let offset = (raw.get().as_ptr() as usize).saturating_sub(base).min(text.len());
+        line += text.as_bytes()[scanned..offset].iter().filter(|&&b| b == b'\n').count();
         scanned = offset;
-        rows.push(RawRow {
-            line,
-            index,
-            value: parse_object(raw.get()),
-        });
+        rows.push(RawRow { line, index, value: parse_object(raw.get()) });
     }
     rows
 }

@@ -9,11 +9,7 @@ use crate::task::Task;
 /// added before the question when the body does not end in sentence punctuation.
 pub fn prompt(body: &str, question: &str) -> String {
     let body = body.trim();
-    let sep = if body.ends_with(['.', '!', '?', ',']) {
-        " "
-    } else {
-        ". "
-    };
+    let sep = if body.ends_with(['.', '!', '?', ',']) { " " } else { ". " };
     format!("{body}{sep}{}", question.trim())
 }
 
@@ -22,8 +18,8 @@ pub(crate) fn to_task(prefix: &str, row: Map<String, Value>) -> Result<Task, Fie
     let body = fields::text(&row, "Body")?;
     let question = fields::text(&row, "Question")?;
     let answer = fields::number(&row, "Answer")?;
-    let mut task = Task::new(format!("{prefix}/{id}"), prompt(&body, &question))
-        .with_reference(fields::number_text(answer));
+    let mut task =
+        Task::new(format!("{prefix}/{id}"), prompt(&body, &question)).with_reference(fields::number_text(answer));
     task.raw = row;
     Ok(task)
 }

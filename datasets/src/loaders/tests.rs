@@ -15,11 +15,7 @@ fn skip(task: TaskKind, path: &Path) -> TaskSource {
 }
 
 fn bad(report: &LoadReport) -> Vec<(usize, &str)> {
-    report
-        .bad_rows
-        .iter()
-        .map(|b| (b.line, b.field.as_str()))
-        .collect()
+    report.bad_rows.iter().map(|b| (b.line, b.field.as_str())).collect()
 }
 
 #[test]
@@ -28,22 +24,12 @@ fn builtin_datasets_load_every_row_with_stable_ids() -> TestResult {
         (TaskKind::Gsm8k, Some("train"), 7473, "gsm8k/train/0", "72"),
         (TaskKind::Gsm8k, Some("test"), 1319, "gsm8k/test/0", "18"),
         (TaskKind::Svamp, None, 1000, "svamp/test/chal-1", "51"),
-        (
-            TaskKind::HumanEval,
-            None,
-            164,
-            "humaneval/test/HumanEval/0",
-            "",
-        ),
+        (TaskKind::HumanEval, None, 164, "humaneval/test/HumanEval/0", ""),
     ];
     for (kind, split, rows, first_id, first_ref) in cases {
         let loaded = TaskSource::builtin(kind, split).load()?;
         assert_eq!(loaded.tasks.len(), rows, "{kind}");
-        assert_eq!(
-            loaded.report.bad_rows_skipped, 0,
-            "{kind}: {:?}",
-            loaded.report.bad_rows
-        );
+        assert_eq!(loaded.report.bad_rows_skipped, 0, "{kind}: {:?}", loaded.report.bad_rows);
         assert_eq!(loaded.tasks[0].id, first_id);
         if kind == TaskKind::HumanEval {
             let t = &loaded.tasks[0];
@@ -64,18 +50,9 @@ fn builtin_datasets_load_every_row_with_stable_ids() -> TestResult {
 
 #[test]
 fn unknown_split_or_missing_path_is_a_clear_error() {
-    let err = TaskSource::builtin(TaskKind::Svamp, Some("train"))
-        .load()
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("svamp has no split \"train\"; available: test"),
-        "{err}"
-    );
-    let err = TaskSource::builtin(TaskKind::Jsonl, None)
-        .load()
-        .unwrap_err()
-        .to_string();
+    let err = TaskSource::builtin(TaskKind::Svamp, Some("train")).load().unwrap_err().to_string();
+    assert!(err.contains("svamp has no split \"train\"; available: test"), "{err}");
+    let err = TaskSource::builtin(TaskKind::Jsonl, None).load().unwrap_err().to_string();
     assert!(err.contains("needs a --path"), "{err}");
     assert!("gsm9k".parse::<TaskKind>().is_err());
 }
@@ -114,35 +91,15 @@ fn gsm8k_bad_rows_are_reported_with_line_and_field_and_skipped() -> TestResult {
     assert_eq!(loaded.report.bad_rows_skipped, 6);
     assert_eq!(
         bad(&loaded.report),
-        vec![
-            (2, "(row)"),
-            (4, "question"),
-            (5, "answer"),
-            (6, "answer"),
-            (7, "question"),
-            (8, "(row)")
-        ]
+        vec![(2, "(row)"), (4, "question"), (5, "answer"), (6, "answer"), (7, "question"), (8, "(row)")]
     );
-    assert!(loaded.report.bad_rows[4]
-        .reason
-        .contains("expected a string, found a number"));
+    assert!(loaded.report.bad_rows[4].reason.contains("expected a string, found a number"));
     assert!(loaded.report.bad_rows[0].file.ends_with("mini.jsonl"));
 
-    let err = TaskSource {
-        on_bad_row: OnBadRow::Fail,
-        ..skip(TaskKind::Gsm8k, &path)
-    }
-    .load()
-    .unwrap_err();
-    let Error::BadRow(row) = &err else {
-        panic!("{err}")
-    };
+    let err = TaskSource { on_bad_row: OnBadRow::Fail, ..skip(TaskKind::Gsm8k, &path) }.load().unwrap_err();
+    let Error::BadRow(row) = &err else { panic!("{err}") };
     assert_eq!((row.line, row.field.as_str()), (2, "(row)"));
-    assert!(
-        err.to_string()
-            .contains("mini.jsonl:2: field `(row)`: invalid JSON"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("mini.jsonl:2: field `(row)`: invalid JSON"), "{err}");
     Ok(())
 }
 
@@ -157,23 +114,14 @@ fn svamp_bad_rows_point_at_the_line_where_the_object_starts() -> TestResult {
   {"ID": "d", "Body": "b", "Question": "q?", "Answer": "2.5"}
 ]"##;
     let loaded = skip(TaskKind::Svamp, &write(&dir, "sv.json", text)?).load()?;
-    assert_eq!(
-        loaded
-            .tasks
-            .iter()
-            .map(|t| t.id.as_str())
-            .collect::<Vec<_>>(),
-        ["sv/a", "sv/d"]
-    );
+    assert_eq!(loaded.tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["sv/a", "sv/d"]);
     assert_eq!(loaded.tasks[0].prompt, "He has 3 apples. How many?");
     assert_eq!(loaded.tasks[1].reference.as_deref(), Some("2.5"));
     assert_eq!(bad(&loaded.report), vec![(3, "Answer"), (5, "Body")]);
 
     let loaded = skip(TaskKind::Svamp, &write(&dir, "obj.json", "{\"ID\": 1}")?).load()?;
     assert_eq!((loaded.tasks.len(), loaded.report.bad_rows_skipped), (0, 1));
-    assert!(loaded.report.bad_rows[0]
-        .reason
-        .contains("invalid JSON array"));
+    assert!(loaded.report.bad_rows[0].reason.contains("invalid JSON array"));
     Ok(())
 }
 
@@ -186,10 +134,7 @@ fn humaneval_rows_need_tests_with_check_and_an_entry_point() -> TestResult {
         r##"{"task_id": "H/2", "prompt": "def h():\n", "test": "def check(c): pass"}"##,
     ];
     let path = dir.path().join("he.jsonl.gz");
-    let mut gz = flate2::write::GzEncoder::new(
-        std::fs::File::create(&path)?,
-        flate2::Compression::default(),
-    );
+    let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(&path)?, flate2::Compression::default());
     gz.write_all(rows.join("\n").as_bytes())?;
     gz.finish()?;
     let loaded = skip(TaskKind::HumanEval, &path).load()?;
@@ -224,24 +169,15 @@ fn generic_jsonl_uses_the_field_map() -> TestResult {
         reference: Some("gold".into()),
         ..FieldMap::default()
     };
-    let source = TaskSource {
-        fields,
-        split: Some("train".into()),
-        ..skip(TaskKind::Jsonl, &path)
-    };
+    let source = TaskSource { fields, split: Some("train".into()), ..skip(TaskKind::Jsonl, &path) };
     let loaded = source.load()?;
     let ids: Vec<&str> = loaded.tasks.iter().map(|t| t.id.as_str()).collect();
     assert_eq!(ids, ["mine/train/x1", "mine/train/4"]);
     assert_eq!(loaded.tasks[0].prompt, "2+2?");
     assert_eq!(loaded.tasks[0].messages.len(), 2);
     assert_eq!(loaded.tasks[0].reference.as_deref(), Some("4"));
-    assert_eq!(
-        bad(&loaded.report),
-        vec![(2, "chat"), (3, "id"), (4, "gold")]
-    );
-    assert!(loaded.report.bad_rows[1]
-        .reason
-        .contains("duplicate task id"));
+    assert_eq!(bad(&loaded.report), vec![(2, "chat"), (3, "id"), (4, "gold")]);
+    assert!(loaded.report.bad_rows[1].reason.contains("duplicate task id"));
     Ok(())
 }
 
@@ -249,24 +185,9 @@ fn generic_jsonl_uses_the_field_map() -> TestResult {
 fn generic_json_arrays_use_the_field_map() -> TestResult {
     let dir = tempfile::tempdir()?;
     let text = "[\n  {\"q\": \"a?\", \"a\": 1},\n  {\"q\": \"\", \"a\": 2},\n  {\"q\": \"c?\"}\n]";
-    let fields = FieldMap {
-        prompt: "q".into(),
-        reference: Some("a".into()),
-        ..FieldMap::default()
-    };
-    let loaded = TaskSource {
-        fields,
-        ..skip(TaskKind::Json, &write(&dir, "arr.json", text)?)
-    }
-    .load()?;
-    assert_eq!(
-        loaded
-            .tasks
-            .iter()
-            .map(|t| t.id.as_str())
-            .collect::<Vec<_>>(),
-        ["arr/0"]
-    );
+    let fields = FieldMap { prompt: "q".into(), reference: Some("a".into()), ..FieldMap::default() };
+    let loaded = TaskSource { fields, ..skip(TaskKind::Json, &write(&dir, "arr.json", text)?) }.load()?;
+    assert_eq!(loaded.tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["arr/0"]);
     assert_eq!(bad(&loaded.report), vec![(3, "q"), (4, "a")]);
     assert_eq!(loaded.report.bad_rows[0].reason, "empty");
     Ok(())
@@ -278,37 +199,15 @@ fn generic_parquet_reports_rows_by_number() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("t.parquet");
     let batch = RecordBatch::try_from_iter([
-        (
-            "question",
-            Arc::new(StringArray::from(vec![Some("a?"), None, Some("c?")])) as ArrayRef,
-        ),
-        (
-            "answer",
-            Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef,
-        ),
+        ("question", Arc::new(StringArray::from(vec![Some("a?"), None, Some("c?")])) as ArrayRef),
+        ("answer", Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef),
     ])?;
-    let mut w =
-        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path)?, batch.schema(), None)?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path)?, batch.schema(), None)?;
     w.write(&batch)?;
     w.close()?;
-    let fields = FieldMap {
-        prompt: "question".into(),
-        reference: Some("answer".into()),
-        ..FieldMap::default()
-    };
-    let loaded = TaskSource {
-        fields,
-        ..skip(TaskKind::Parquet, &path)
-    }
-    .load()?;
-    assert_eq!(
-        loaded
-            .tasks
-            .iter()
-            .map(|t| t.id.as_str())
-            .collect::<Vec<_>>(),
-        ["t/0", "t/2"]
-    );
+    let fields = FieldMap { prompt: "question".into(), reference: Some("answer".into()), ..FieldMap::default() };
+    let loaded = TaskSource { fields, ..skip(TaskKind::Parquet, &path) }.load()?;
+    assert_eq!(loaded.tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["t/0", "t/2"]);
     assert_eq!(loaded.tasks[1].reference.as_deref(), Some("3"));
     assert_eq!(bad(&loaded.report), vec![(2, "question")]);
     Ok(())
@@ -334,39 +233,22 @@ fn shuffle_is_pinned_and_limit_applies_after_it() -> TestResult {
     let mut xs: Vec<u32> = (0..10).collect();
     shuffle(&mut xs, 42);
     assert_eq!(xs, [8, 3, 6, 5, 4, 0, 9, 2, 1, 7]);
-    let source = TaskSource {
-        shuffle: true,
-        seed: 7,
-        limit: Some(5),
-        ..TaskSource::builtin(TaskKind::Gsm8k, Some("test"))
-    };
+    let source =
+        TaskSource { shuffle: true, seed: 7, limit: Some(5), ..TaskSource::builtin(TaskKind::Gsm8k, Some("test")) };
     let loaded = source.load()?;
     let ids: Vec<&str> = loaded.tasks.iter().map(|t| t.id.as_str()).collect();
-    assert_eq!(
-        ids,
-        [
-            "gsm8k/test/117",
-            "gsm8k/test/66",
-            "gsm8k/test/1191",
-            "gsm8k/test/844",
-            "gsm8k/test/977"
-        ]
-    );
+    assert_eq!(ids, ["gsm8k/test/117", "gsm8k/test/66", "gsm8k/test/1191", "gsm8k/test/844", "gsm8k/test/977"]);
     assert_eq!(loaded.report.rows_beyond_limit, 1314);
     Ok(())
 }
 
 #[test]
 fn task_source_round_trips_through_toml_with_defaults() -> TestResult {
-    let source: TaskSource =
-        toml::from_str("task = \"humaneval\"\nlimit = 3\n[fields]\nprompt = \"q\"\n")?;
+    let source: TaskSource = toml::from_str("task = \"humaneval\"\nlimit = 3\n[fields]\nprompt = \"q\"\n")?;
     assert_eq!(source.task, TaskKind::HumanEval);
     assert_eq!(source.limit, Some(3));
     assert_eq!(source.fields.prompt, "q");
     assert_eq!(source.on_bad_row, OnBadRow::Skip);
-    assert!(
-        toml::from_str::<TaskSource>("tsk = \"gsm8k\"").is_err(),
-        "unknown keys are refused"
-    );
+    assert!(toml::from_str::<TaskSource>("tsk = \"gsm8k\"").is_err(), "unknown keys are refused");
     Ok(())
 }

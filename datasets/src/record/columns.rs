@@ -5,9 +5,7 @@ use std::sync::Arc;
 use arrow_array::builder::{ArrayBuilder, Float64Builder, StringBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, UInt32Type, UInt64Type};
-use arrow_array::{
-    Array, ArrayRef, BooleanArray, ListArray, RecordBatch, StringArray, StructArray,
-};
+use arrow_array::{Array, ArrayRef, BooleanArray, ListArray, RecordBatch, StringArray, StructArray};
 use arrow_buffer::{NullBuffer, OffsetBuffer};
 use arrow_schema::{DataType, Field, Fields};
 
@@ -25,34 +23,22 @@ pub const VALUE: &str = "value";
 
 /// `struct<role: string, content: string>`: the fields of one chat message, as TRL and HF `datasets` expect.
 pub fn message_fields() -> Fields {
-    Fields::from(vec![
-        Field::new(ROLE, DataType::Utf8, false),
-        Field::new(CONTENT, DataType::Utf8, false),
-    ])
+    Fields::from(vec![Field::new(ROLE, DataType::Utf8, false), Field::new(CONTENT, DataType::Utf8, false)])
 }
 
 /// `list<struct<role: string, content: string>>`: a conversation.
 pub fn message_list_type() -> DataType {
-    DataType::List(Arc::new(Field::new_list_field(
-        DataType::Struct(message_fields()),
-        false,
-    )))
+    DataType::List(Arc::new(Field::new_list_field(DataType::Struct(message_fields()), false)))
 }
 
 pub(crate) fn named_value_fields() -> Fields {
-    Fields::from(vec![
-        Field::new(NAME, DataType::Utf8, false),
-        Field::new(VALUE, DataType::Float64, false),
-    ])
+    Fields::from(vec![Field::new(NAME, DataType::Utf8, false), Field::new(VALUE, DataType::Float64, false)])
 }
 
 /// `list<struct<name: string, value: double>>`: named numbers (reward components). A list of structs rather than an
 /// Arrow map so that HF `datasets` and pandas read it without special handling.
 pub(crate) fn named_value_list_type() -> DataType {
-    DataType::List(Arc::new(Field::new_list_field(
-        DataType::Struct(named_value_fields()),
-        false,
-    )))
+    DataType::List(Arc::new(Field::new_list_field(DataType::Struct(named_value_fields()), false)))
 }
 
 /// Builds a `list<struct<role, content>>` column (arrow-array's "custom builder" pattern).
@@ -65,11 +51,7 @@ pub struct MessagesBuilder {
 
 impl Default for MessagesBuilder {
     fn default() -> Self {
-        MessagesBuilder {
-            offsets: vec![0],
-            roles: StringBuilder::new(),
-            contents: StringBuilder::new(),
-        }
+        MessagesBuilder { offsets: vec![0], roles: StringBuilder::new(), contents: StringBuilder::new() }
     }
 }
 
@@ -80,26 +62,18 @@ impl MessagesBuilder {
             self.roles.append_value(role);
             self.contents.append_value(content);
         }
-        self.offsets.push(
-            i32::try_from(self.roles.len()).expect("fewer than 2^31 messages per column chunk"),
-        );
+        self.offsets.push(i32::try_from(self.roles.len()).expect("fewer than 2^31 messages per column chunk"));
     }
 
     /// The column.
     pub fn finish(&mut self) -> Result<ListArray> {
         let values = StructArray::try_new(
             message_fields(),
-            vec![
-                Arc::new(self.roles.finish()) as ArrayRef,
-                Arc::new(self.contents.finish()),
-            ],
+            vec![Arc::new(self.roles.finish()) as ArrayRef, Arc::new(self.contents.finish())],
             None,
         )?;
         let offsets = OffsetBuffer::new(std::mem::replace(&mut self.offsets, vec![0]).into());
-        let field = Arc::new(Field::new_list_field(
-            DataType::Struct(message_fields()),
-            false,
-        ));
+        let field = Arc::new(Field::new_list_field(DataType::Struct(message_fields()), false));
         Ok(ListArray::try_new(field, offsets, Arc::new(values), None)?)
     }
 }
@@ -114,11 +88,7 @@ pub(crate) struct NamedValuesBuilder {
 
 impl Default for NamedValuesBuilder {
     fn default() -> Self {
-        NamedValuesBuilder {
-            offsets: vec![0],
-            names: StringBuilder::new(),
-            values: Float64Builder::new(),
-        }
+        NamedValuesBuilder { offsets: vec![0], names: StringBuilder::new(), values: Float64Builder::new() }
     }
 }
 
@@ -128,31 +98,18 @@ impl NamedValuesBuilder {
             self.names.append_value(name);
             self.values.append_value(*value);
         }
-        self.offsets.push(
-            i32::try_from(self.names.len()).expect("fewer than 2^31 values per column chunk"),
-        );
+        self.offsets.push(i32::try_from(self.names.len()).expect("fewer than 2^31 values per column chunk"));
     }
 
     pub(crate) fn finish(&mut self) -> Result<ListArray> {
         let values = StructArray::try_new(
             named_value_fields(),
-            vec![
-                Arc::new(self.names.finish()) as ArrayRef,
-                Arc::new(self.values.finish()),
-            ],
+            vec![Arc::new(self.names.finish()) as ArrayRef, Arc::new(self.values.finish())],
             None,
         )?;
         let offsets = OffsetBuffer::new(std::mem::replace(&mut self.offsets, vec![0]).into());
-        let field = Arc::new(Field::new_list_field(
-            DataType::Struct(named_value_fields()),
-            false,
-        ));
-        Ok(ListArray::try_new(
-            field,
-            offsets,
-            Arc::new(values),
-            None::<NullBuffer>,
-        )?)
+        let field = Arc::new(Field::new_list_field(DataType::Struct(named_value_fields()), false));
+        Ok(ListArray::try_new(field, offsets, Arc::new(values), None::<NullBuffer>)?)
     }
 }
 
@@ -168,31 +125,16 @@ impl<'a> Columns<'a> {
     }
 
     fn err(&self, reason: String) -> Error {
-        Error::Schema {
-            record: self.record,
-            reason,
-        }
+        Error::Schema { record: self.record, reason }
     }
 
     pub(crate) fn column(&self, name: &str) -> Result<&'a ArrayRef> {
-        self.batch
-            .column_by_name(name)
-            .ok_or_else(|| self.err(format!("missing column `{name}`")))
+        self.batch.column_by_name(name).ok_or_else(|| self.err(format!("missing column `{name}`")))
     }
 
-    fn typed<T: 'static>(
-        &self,
-        name: &str,
-        want: &str,
-        f: impl Fn(&'a ArrayRef) -> Option<&'a T>,
-    ) -> Result<&'a T> {
+    fn typed<T: 'static>(&self, name: &str, want: &str, f: impl Fn(&'a ArrayRef) -> Option<&'a T>) -> Result<&'a T> {
         let col = self.column(name)?;
-        f(col).ok_or_else(|| {
-            self.err(format!(
-                "column `{name}` is {}, expected {want}",
-                col.data_type()
-            ))
-        })
+        f(col).ok_or_else(|| self.err(format!("column `{name}` is {}, expected {want}", col.data_type())))
     }
 
     pub(crate) fn string(&self, name: &str) -> Result<&'a StringArray> {
@@ -230,41 +172,25 @@ impl<'a> Columns<'a> {
     /// Row `i` of a `list<struct<role, content>>` column.
     pub(crate) fn messages(&self, list: &ListArray, i: usize) -> Result<Vec<Message>> {
         let values = list.value(i);
-        let s = values
-            .as_struct_opt()
-            .ok_or_else(|| self.err("message list of non-structs".into()))?;
-        let role = s
-            .column_by_name(ROLE)
-            .and_then(|c| c.as_string_opt::<i32>());
-        let content = s
-            .column_by_name(CONTENT)
-            .and_then(|c| c.as_string_opt::<i32>());
+        let s = values.as_struct_opt().ok_or_else(|| self.err("message list of non-structs".into()))?;
+        let role = s.column_by_name(ROLE).and_then(|c| c.as_string_opt::<i32>());
+        let content = s.column_by_name(CONTENT).and_then(|c| c.as_string_opt::<i32>());
         let (Some(role), Some(content)) = (role, content) else {
             return Err(self.err("message struct without string role/content".into()));
         };
-        Ok((0..s.len())
-            .map(|j| Message::new(role.value(j), content.value(j)))
-            .collect())
+        Ok((0..s.len()).map(|j| Message::new(role.value(j), content.value(j))).collect())
     }
 
     /// Row `i` of a `list<struct<name, value>>` column.
     pub(crate) fn named_values(&self, list: &ListArray, i: usize) -> Result<Vec<(String, f64)>> {
         let values = list.value(i);
-        let s = values
-            .as_struct_opt()
-            .ok_or_else(|| self.err("named-value list of non-structs".into()))?;
-        let name = s
-            .column_by_name(NAME)
-            .and_then(|c| c.as_string_opt::<i32>());
-        let value = s
-            .column_by_name(VALUE)
-            .and_then(|c| c.as_primitive_opt::<Float64Type>());
+        let s = values.as_struct_opt().ok_or_else(|| self.err("named-value list of non-structs".into()))?;
+        let name = s.column_by_name(NAME).and_then(|c| c.as_string_opt::<i32>());
+        let value = s.column_by_name(VALUE).and_then(|c| c.as_primitive_opt::<Float64Type>());
         let (Some(name), Some(value)) = (name, value) else {
             return Err(self.err("named-value struct without name/value".into()));
         };
-        Ok((0..s.len())
-            .map(|j| (name.value(j).to_string(), value.value(j)))
-            .collect())
+        Ok((0..s.len()).map(|j| (name.value(j).to_string(), value.value(j))).collect())
     }
 }
 
@@ -285,11 +211,9 @@ pub(crate) fn list_values<T: arrow_array::ArrowPrimitiveType>(
     i: usize,
 ) -> Result<Vec<T::Native>> {
     let values = list.value(i);
-    let p = values
-        .as_primitive_opt::<T>()
-        .ok_or_else(|| Error::Schema {
-            record,
-            reason: format!("list of {}, expected {}", values.data_type(), T::DATA_TYPE),
-        })?;
+    let p = values.as_primitive_opt::<T>().ok_or_else(|| Error::Schema {
+        record,
+        reason: format!("list of {}, expected {}", values.data_type(), T::DATA_TYPE),
+    })?;
     Ok(p.values().to_vec())
 }

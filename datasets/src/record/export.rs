@@ -52,17 +52,10 @@ impl Record for KtoRow {
     }
 
     fn to_batch(rows: &[Self], (): ()) -> Result<RecordBatch> {
-        let (mut prompt, mut completion, mut label) = (
-            StringBuilder::new(),
-            StringBuilder::new(),
-            BooleanBuilder::new(),
-        );
-        let (mut task, mut traj, mut score, mut logp) = (
-            StringBuilder::new(),
-            StringBuilder::new(),
-            Float64Builder::new(),
-            Float64Builder::new(),
-        );
+        let (mut prompt, mut completion, mut label) =
+            (StringBuilder::new(), StringBuilder::new(), BooleanBuilder::new());
+        let (mut task, mut traj, mut score, mut logp) =
+            (StringBuilder::new(), StringBuilder::new(), Float64Builder::new(), Float64Builder::new());
         for r in rows {
             prompt.append_value(&r.prompt);
             completion.append_value(&r.completion);
@@ -86,11 +79,7 @@ impl Record for KtoRow {
 
     fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>> {
         let c = Columns::new(Self::NAME, batch);
-        let (prompt, completion, label) = (
-            c.string("prompt")?,
-            c.string("completion")?,
-            c.bool("label")?,
-        );
+        let (prompt, completion, label) = (c.string("prompt")?, c.string("completion")?, c.bool("label")?);
         let (task, traj) = (c.string("meta_task_id")?, c.string("meta_trajectory_id")?);
         let (score, logp) = (c.f64("meta_score")?, c.f64("meta_behaviour_logp")?);
         Ok((0..batch.num_rows())
@@ -128,16 +117,8 @@ pub struct PrmRow {
 static PRM_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("prompt", DataType::Utf8, false),
-        Field::new_list(
-            "completions",
-            Field::new_list_field(DataType::Utf8, false),
-            false,
-        ),
-        Field::new_list(
-            "labels",
-            Field::new_list_field(DataType::Float64, false),
-            false,
-        ),
+        Field::new_list("completions", Field::new_list_field(DataType::Utf8, false), false),
+        Field::new_list("labels", Field::new_list_field(DataType::Float64, false), false),
         Field::new("meta_task_id", DataType::Utf8, false),
         Field::new("meta_tree_id", DataType::Utf8, false),
         Field::new("meta_leaf_id", DataType::UInt64, false),
@@ -154,10 +135,10 @@ impl Record for PrmRow {
 
     fn to_batch(rows: &[Self], (): ()) -> Result<RecordBatch> {
         let mut prompt = StringBuilder::new();
-        let mut completions = ListBuilder::new(StringBuilder::new())
-            .with_field(Field::new_list_field(DataType::Utf8, false));
-        let mut labels = ListBuilder::new(Float64Builder::new())
-            .with_field(Field::new_list_field(DataType::Float64, false));
+        let mut completions =
+            ListBuilder::new(StringBuilder::new()).with_field(Field::new_list_field(DataType::Utf8, false));
+        let mut labels =
+            ListBuilder::new(Float64Builder::new()).with_field(Field::new_list_field(DataType::Float64, false));
         let (mut task, mut tree) = (StringBuilder::new(), StringBuilder::new());
         let mut leaf = arrow_array::builder::UInt64Builder::new();
         for r in rows {
@@ -165,11 +146,7 @@ impl Record for PrmRow {
                 return Err(Error::InvalidRecord {
                     record: Self::NAME,
                     task_id: r.task_id.clone(),
-                    reason: format!(
-                        "{} steps but {} labels",
-                        r.completions.len(),
-                        r.labels.len()
-                    ),
+                    reason: format!("{} steps but {} labels", r.completions.len(), r.labels.len()),
                 });
             }
             prompt.append_value(&r.prompt);
@@ -196,16 +173,8 @@ impl Record for PrmRow {
 
     fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>> {
         let c = Columns::new(Self::NAME, batch);
-        let (prompt, completions, labels) = (
-            c.string("prompt")?,
-            c.list("completions")?,
-            c.list("labels")?,
-        );
-        let (task, tree, leaf) = (
-            c.string("meta_task_id")?,
-            c.string("meta_tree_id")?,
-            c.u64("meta_leaf_id")?,
-        );
+        let (prompt, completions, labels) = (c.string("prompt")?, c.list("completions")?, c.list("labels")?);
+        let (task, tree, leaf) = (c.string("meta_task_id")?, c.string("meta_tree_id")?, c.u64("meta_leaf_id")?);
         (0..batch.num_rows())
             .map(|i| {
                 let steps = completions.value(i);

@@ -83,9 +83,7 @@ impl FromStr for PairFormat {
         match s {
             "standard" => Ok(PairFormat::Standard),
             "conversational" => Ok(PairFormat::Conversational),
-            other => Err(Error::Source(format!(
-                "pair format {other:?}: expected standard or conversational"
-            ))),
+            other => Err(Error::Source(format!("pair format {other:?}: expected standard or conversational"))),
         }
     }
 }
@@ -160,26 +158,18 @@ impl PreferencePair {
 
     /// Check the pair can be written in `format`.
     pub fn validate(&self, format: PairFormat) -> Result<()> {
-        let invalid = |reason: String| Error::InvalidRecord {
-            record: "pairs",
-            task_id: self.task_id.clone(),
-            reason,
-        };
+        let invalid = |reason: String| Error::InvalidRecord { record: "pairs", task_id: self.task_id.clone(), reason };
         if format == PairFormat::Conversational {
             match self.prompt_messages.last().map(|m| m.role.as_str()) {
                 Some("user" | "tool") => {}
                 Some(role) => {
-                    return Err(invalid(format!(
-                        "conversational prompt must end with a user turn, ends with {role:?}"
-                    )))
+                    return Err(invalid(format!("conversational prompt must end with a user turn, ends with {role:?}")))
                 }
                 None => return Err(invalid("conversational prompt has no messages".into())),
             }
         }
         if self.kind == PairKind::Outcome && (!self.prefix.is_empty() || !self.terminal) {
-            return Err(invalid(
-                "outcome pairs have no prefix and are terminal".into(),
-            ));
+            return Err(invalid("outcome pairs have no prefix and are terminal".into()));
         }
         Ok(())
     }
@@ -189,10 +179,9 @@ impl PreferencePair {
 pub fn schema(format: PairFormat) -> SchemaRef {
     let text = |name: &str| Field::new(name, DataType::Utf8, false);
     let (lead, other) = match format {
-        PairFormat::Standard => (
-            [text(PROMPT), text(CHOSEN), text(REJECTED)],
-            Field::new(META_PROMPT_MESSAGES, message_list_type(), false),
-        ),
+        PairFormat::Standard => {
+            ([text(PROMPT), text(CHOSEN), text(REJECTED)], Field::new(META_PROMPT_MESSAGES, message_list_type(), false))
+        }
         PairFormat::Conversational => (
             [
                 Field::new(PROMPT, message_list_type(), false),
@@ -305,14 +294,10 @@ impl PairBuilder {
 
     /// Append one row.
     pub fn append(&mut self, p: &PreferencePair) {
-        let messages = p
-            .prompt_messages
-            .iter()
-            .map(|m| (m.role.as_str(), m.content.as_str()));
+        let messages = p.prompt_messages.iter().map(|m| (m.role.as_str(), m.content.as_str()));
         match self.format {
             PairFormat::Standard => {
-                self.prompt_text
-                    .append_value(format!("{}{}", p.prompt, p.prefix));
+                self.prompt_text.append_value(format!("{}{}", p.prompt, p.prefix));
                 self.chosen_text.append_value(&p.chosen.text);
                 self.rejected_text.append_value(&p.rejected.text);
                 self.prompt_messages.append(messages);
@@ -321,10 +306,8 @@ impl PairBuilder {
                 self.prompt_messages.append(messages);
                 let chosen = format!("{}{}", p.prefix, p.chosen.text);
                 let rejected = format!("{}{}", p.prefix, p.rejected.text);
-                self.chosen_messages
-                    .append([("assistant", chosen.as_str())]);
-                self.rejected_messages
-                    .append([("assistant", rejected.as_str())]);
+                self.chosen_messages.append([("assistant", chosen.as_str())]);
+                self.rejected_messages.append([("assistant", rejected.as_str())]);
                 self.prompt_text.append_value(&p.prompt);
             }
         }
@@ -374,22 +357,11 @@ impl Record for PreferencePair {
     fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>> {
         let c = Columns::new(Self::NAME, batch);
         let format = detect_format(&c)?;
-        let (task_id, run_id, kind, terminal) = (
-            c.string(META_TASK_ID)?,
-            c.string(META_RUN_ID)?,
-            c.string(META_KIND)?,
-            c.bool(META_TERMINAL)?,
-        );
+        let (task_id, run_id, kind, terminal) =
+            (c.string(META_TASK_ID)?, c.string(META_RUN_ID)?, c.string(META_KIND)?, c.bool(META_TERMINAL)?);
         let (score_c, score_r) = (c.f64(META_SCORE_CHOSEN)?, c.f64(META_SCORE_REJECTED)?);
-        let (logp_c, logp_r) = (
-            c.f64(META_BEHAVIOUR_LOGP_CHOSEN)?,
-            c.f64(META_BEHAVIOUR_LOGP_REJECTED)?,
-        );
-        let (id_c, id_r, prefix) = (
-            c.string(META_CHOSEN_ID)?,
-            c.string(META_REJECTED_ID)?,
-            c.string(META_PREFIX)?,
-        );
+        let (logp_c, logp_r) = (c.f64(META_BEHAVIOUR_LOGP_CHOSEN)?, c.f64(META_BEHAVIOUR_LOGP_REJECTED)?);
+        let (id_c, id_r, prefix) = (c.string(META_CHOSEN_ID)?, c.string(META_REJECTED_ID)?, c.string(META_PREFIX)?);
         let mut out = Vec::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {
             let texts = PairTexts::read(&c, format, i, prefix.value(i))?;
@@ -437,9 +409,8 @@ impl PairTexts {
         match format {
             PairFormat::Standard => {
                 let folded = c.string(PROMPT)?.value(i);
-                let prompt = folded
-                    .strip_suffix(prefix)
-                    .ok_or_else(|| bad_row(c, i, "prompt does not end with meta_prefix"))?;
+                let prompt =
+                    folded.strip_suffix(prefix).ok_or_else(|| bad_row(c, i, "prompt does not end with meta_prefix"))?;
                 Ok(PairTexts {
                     prompt: prompt.to_string(),
                     prompt_messages: c.messages(c.list(META_PROMPT_MESSAGES)?, i)?,
@@ -453,10 +424,7 @@ impl PairTexts {
                     let [only] = m.as_slice() else {
                         return Err(bad_row(c, i, "expected one assistant message"));
                     };
-                    let text = only
-                        .content
-                        .strip_prefix(prefix)
-                        .ok_or_else(|| bad_row(c, i, "missing meta_prefix"))?;
+                    let text = only.content.strip_prefix(prefix).ok_or_else(|| bad_row(c, i, "missing meta_prefix"))?;
                     Ok(text.to_string())
                 };
                 Ok(PairTexts {
@@ -472,14 +440,8 @@ impl PairTexts {
 
 /// A schema error naming row `i` and its task.
 fn bad_row(c: &Columns<'_>, i: usize, what: &str) -> Error {
-    let task = c
-        .string(META_TASK_ID)
-        .map(|t| t.value(i).to_string())
-        .unwrap_or_default();
-    Error::Schema {
-        record: "pairs",
-        reason: format!("row {i} (task {task}): {what}"),
-    }
+    let task = c.string(META_TASK_ID).map(|t| t.value(i).to_string()).unwrap_or_default();
+    Error::Schema { record: "pairs", reason: format!("row {i} (task {task}): {what}") }
 }
 
 /// The form of a pairs batch, from the type of its `prompt` column.
@@ -487,9 +449,6 @@ fn detect_format(c: &Columns<'_>) -> Result<PairFormat> {
     match c.column(PROMPT)?.data_type() {
         DataType::Utf8 => Ok(PairFormat::Standard),
         DataType::List(_) => Ok(PairFormat::Conversational),
-        other => Err(Error::Schema {
-            record: "pairs",
-            reason: format!("column `prompt` is {other}"),
-        }),
+        other => Err(Error::Schema { record: "pairs", reason: format!("column `prompt` is {other}") }),
     }
 }

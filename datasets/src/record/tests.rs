@@ -12,26 +12,13 @@ use crate::part::{read_bytes, write_to, ParquetOptions};
 use crate::task::Message;
 
 fn round_trip<R: Record>(rows: &[R], layout: R::Layout) -> crate::Result<Vec<R>> {
-    let bytes = write_to(
-        Vec::new(),
-        rows,
-        layout,
-        &ParquetOptions {
-            batch_rows: 3,
-            ..Default::default()
-        },
-    )?;
+    let bytes = write_to(Vec::new(), rows, layout, &ParquetOptions { batch_rows: 3, ..Default::default() })?;
     read_bytes::<R>(bytes)
 }
 
 fn text() -> impl Strategy<Value = String> {
     // Unicode, empty strings, newlines and chat markup all must survive.
-    prop_oneof![
-        Just(String::new()),
-        "[a-z ]{1,12}",
-        "\\PC{0,20}",
-        Just("<|im_start|>user\n½ × 3\n".to_string())
-    ]
+    prop_oneof![Just(String::new()), "[a-z ]{1,12}", "\\PC{0,20}", Just("<|im_start|>user\n½ × 3\n".to_string())]
 }
 
 fn finite() -> impl Strategy<Value = f64> {
@@ -39,21 +26,13 @@ fn finite() -> impl Strategy<Value = f64> {
 }
 
 fn messages(ending: &'static str) -> impl Strategy<Value = Vec<Message>> {
-    (
-        vec(
-            (
-                prop_oneof![Just("system"), Just("user"), Just("assistant")],
-                text(),
-            ),
-            0..3,
-        ),
-        text(),
-    )
-        .prop_map(move |(head, last)| {
+    (vec((prop_oneof![Just("system"), Just("user"), Just("assistant")], text()), 0..3), text()).prop_map(
+        move |(head, last)| {
             let mut m: Vec<Message> = head.into_iter().map(|(r, c)| Message::new(r, c)).collect();
             m.push(Message::new(ending, last));
             m
-        })
+        },
+    )
 }
 
 prop_compose! {
@@ -84,14 +63,9 @@ prop_compose! {
 }
 
 fn side() -> impl Strategy<Value = PairSide> {
-    ("[a-z]{1,4}#[0-9]", text(), finite(), -500f64..0.0).prop_map(
-        |(trajectory_id, text, score, behaviour_logp)| PairSide {
-            trajectory_id,
-            text,
-            score,
-            behaviour_logp,
-        },
-    )
+    ("[a-z]{1,4}#[0-9]", text(), finite(), -500f64..0.0).prop_map(|(trajectory_id, text, score, behaviour_logp)| {
+        PairSide { trajectory_id, text, score, behaviour_logp }
+    })
 }
 
 prop_compose! {
@@ -179,11 +153,8 @@ fn trajectory_columns_carry_the_derived_sums() -> crate::Result<()> {
         ..Default::default()
     };
     let batch = Trajectory::to_batch(&[t], ())?;
-    let sum = batch
-        .column_by_name(trajectory::LOGPROB_SUM)
-        .expect("column");
-    let sum =
-        arrow_array::cast::AsArray::as_primitive::<arrow_array::types::Float64Type>(sum.as_ref());
+    let sum = batch.column_by_name(trajectory::LOGPROB_SUM).expect("column");
+    let sum = arrow_array::cast::AsArray::as_primitive::<arrow_array::types::Float64Type>(sum.as_ref());
     assert_eq!(sum.value(0), -0.875);
     assert_eq!(batch.schema().as_ref(), Trajectory::schema(()).as_ref());
     Ok(())
@@ -193,52 +164,23 @@ fn trajectory_columns_carry_the_derived_sums() -> crate::Result<()> {
 fn pair_schemas_match_trl_dpo_and_namespace_everything_else() {
     const TRL_COLUMNS: [&str; 3] = ["prompt", "chosen", "rejected"];
     // Columns TRL's DPOTrainer reads besides the three above: ours must never take these names.
-    const TRL_RESERVED: [&str; 6] = [
-        "ref_chosen_logps",
-        "ref_rejected_logps",
-        "tools",
-        "chat_template_kwargs",
-        "images",
-        "image",
-    ];
+    const TRL_RESERVED: [&str; 6] =
+        ["ref_chosen_logps", "ref_rejected_logps", "tools", "chat_template_kwargs", "images", "image"];
     let standard = pair::schema(PairFormat::Standard);
     let conversational = pair::schema(PairFormat::Conversational);
     for name in TRL_COLUMNS {
-        assert_eq!(
-            standard
-                .field_with_name(name)
-                .map(|f| f.data_type().clone())
-                .ok(),
-            Some(DataType::Utf8)
-        );
-        assert_eq!(
-            conversational
-                .field_with_name(name)
-                .map(|f| f.data_type().clone())
-                .ok(),
-            Some(message_list_type())
-        );
+        assert_eq!(standard.field_with_name(name).map(|f| f.data_type().clone()).ok(), Some(DataType::Utf8));
+        assert_eq!(conversational.field_with_name(name).map(|f| f.data_type().clone()).ok(), Some(message_list_type()));
     }
     for schema in [&standard, &conversational] {
         for f in schema.fields() {
-            assert!(
-                TRL_COLUMNS.contains(&f.name().as_str()) || f.name().starts_with("meta_"),
-                "{}",
-                f.name()
-            );
+            assert!(TRL_COLUMNS.contains(&f.name().as_str()) || f.name().starts_with("meta_"), "{}", f.name());
             assert!(!TRL_RESERVED.contains(&f.name().as_str()));
         }
     }
-    let DataType::List(item) = message_list_type() else {
-        panic!()
-    };
-    let DataType::Struct(fields) = item.data_type() else {
-        panic!()
-    };
-    assert_eq!(
-        fields.iter().map(|f| f.name().as_str()).collect::<Vec<_>>(),
-        ["role", "content"]
-    );
+    let DataType::List(item) = message_list_type() else { panic!() };
+    let DataType::Struct(fields) = item.data_type() else { panic!() };
+    assert_eq!(fields.iter().map(|f| f.name().as_str()).collect::<Vec<_>>(), ["role", "content"]);
 }
 
 #[test]
@@ -254,12 +196,8 @@ fn conversational_pairs_need_a_prompt_ending_in_a_user_turn() {
         kind: PairKind::Outcome,
         terminal: true,
     };
-    let err =
-        PreferencePair::to_batch(std::slice::from_ref(&p), PairFormat::Conversational).unwrap_err();
-    assert!(
-        err.to_string().contains("task t/1") && err.to_string().contains("ends with \"assistant\""),
-        "{err}"
-    );
+    let err = PreferencePair::to_batch(std::slice::from_ref(&p), PairFormat::Conversational).unwrap_err();
+    assert!(err.to_string().contains("task t/1") && err.to_string().contains("ends with \"assistant\""), "{err}");
     assert!(PreferencePair::to_batch(std::slice::from_ref(&p), PairFormat::Standard).is_ok());
     p.prompt_messages.clear();
     assert!(PreferencePair::to_batch(&[p], PairFormat::Conversational).is_err());
@@ -273,22 +211,13 @@ fn step_pairs_fold_the_prefix_per_form() -> crate::Result<()> {
         prompt: "<user>2+3*4?</user>".into(),
         prompt_messages: vec![Message::user("2+3*4?")],
         prefix: "3*4=12. ".into(),
-        chosen: PairSide {
-            text: "2+12=14.".into(),
-            score: 1.0,
-            ..Default::default()
-        },
-        rejected: PairSide {
-            text: "2+12=15.".into(),
-            ..Default::default()
-        },
+        chosen: PairSide { text: "2+12=14.".into(), score: 1.0, ..Default::default() },
+        rejected: PairSide { text: "2+12=15.".into(), ..Default::default() },
         kind: PairKind::Step,
         terminal: true,
     };
     let b = PreferencePair::to_batch(std::slice::from_ref(&p), PairFormat::Standard)?;
-    let prompt = arrow_array::cast::AsArray::as_string::<i32>(b.column(0).as_ref())
-        .value(0)
-        .to_string();
+    let prompt = arrow_array::cast::AsArray::as_string::<i32>(b.column(0).as_ref()).value(0).to_string();
     assert_eq!(prompt, "<user>2+3*4?</user>3*4=12. ");
     let b = PreferencePair::to_batch(std::slice::from_ref(&p), PairFormat::Conversational)?;
     let rows = PreferencePair::from_batch(&b)?;

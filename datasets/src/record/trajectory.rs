@@ -3,17 +3,13 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
-use arrow_array::builder::{
-    Float32Builder, Float64Builder, ListBuilder, StringBuilder, UInt32Builder, UInt64Builder,
-};
+use arrow_array::builder::{Float32Builder, Float64Builder, ListBuilder, StringBuilder, UInt32Builder, UInt64Builder};
 use arrow_array::types::{Float32Type, UInt32Type};
 use arrow_array::{ArrayRef, RecordBatch, StructArray};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use super::columns::{
-    list_values, named_value_list_type, opt_str, Columns, MessagesBuilder, NamedValuesBuilder,
-};
+use super::columns::{list_values, named_value_list_type, opt_str, Columns, MessagesBuilder, NamedValuesBuilder};
 use super::{message_list_type, Record};
 use crate::error::Result;
 use crate::task::Message;
@@ -103,10 +99,7 @@ pub struct RewardRecord {
 impl RewardRecord {
     /// A reward with this score and nothing else.
     pub fn new(score: f64) -> Self {
-        RewardRecord {
-            score,
-            ..Default::default()
-        }
+        RewardRecord { score, ..Default::default() }
     }
 
     /// The score, unless the task could not be scored.
@@ -179,16 +172,8 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new(PROMPT, DataType::Utf8, false),
         Field::new(PROMPT_MESSAGES, message_list_type(), false),
         Field::new(COMPLETION, DataType::Utf8, false),
-        Field::new_list(
-            TOKEN_IDS,
-            Field::new_list_field(DataType::UInt32, false),
-            false,
-        ),
-        Field::new_list(
-            TOKEN_LOGPROBS,
-            Field::new_list_field(DataType::Float32, false),
-            false,
-        ),
+        Field::new_list(TOKEN_IDS, Field::new_list_field(DataType::UInt32, false), false),
+        Field::new_list(TOKEN_LOGPROBS, Field::new_list_field(DataType::Float32, false), false),
         Field::new(LOGPROB_SUM, DataType::Float64, false),
         Field::new(NUM_TOKENS, DataType::UInt32, false),
         Field::new(FINISH_REASON, DataType::Utf8, false),
@@ -234,8 +219,7 @@ struct TokenColumns {
 impl Default for TokenColumns {
     fn default() -> Self {
         TokenColumns {
-            ids: ListBuilder::new(UInt32Builder::new())
-                .with_field(Field::new_list_field(DataType::UInt32, false)),
+            ids: ListBuilder::new(UInt32Builder::new()).with_field(Field::new_list_field(DataType::UInt32, false)),
             logprobs: ListBuilder::new(Float32Builder::new())
                 .with_field(Field::new_list_field(DataType::Float32, false)),
             logprob_sum: Float64Builder::new(),
@@ -251,8 +235,7 @@ impl TokenColumns {
         self.logprobs.values().append_slice(&t.token_logprobs);
         self.logprobs.append(true);
         self.logprob_sum.append_value(t.logprob_sum());
-        self.count
-            .append_value(u32::try_from(t.token_ids.len()).unwrap_or(u32::MAX));
+        self.count.append_value(u32::try_from(t.token_ids.len()).unwrap_or(u32::MAX));
     }
 
     /// `token_ids`, `token_logprobs`, `logprob_sum`, `num_tokens`, in schema order.
@@ -342,22 +325,14 @@ impl TrajectoryBuilder {
         self.task_id.append_value(&t.task_id);
         self.sample_index.append_value(t.sample_index);
         self.prompt.append_value(&t.prompt);
-        self.prompt_messages.append(
-            t.prompt_messages
-                .iter()
-                .map(|m| (m.role.as_str(), m.content.as_str())),
-        );
+        self.prompt_messages.append(t.prompt_messages.iter().map(|m| (m.role.as_str(), m.content.as_str())));
         self.completion.append_value(&t.completion);
         self.tokens.append(t);
         self.finish_reason.append_value(&t.finish_reason);
         self.reward.score.append_value(t.reward.score);
         self.reward.components.append(&t.reward.components);
-        self.reward
-            .extracted
-            .append_option(t.reward.extracted.as_deref());
-        self.reward
-            .failure
-            .append_option(t.reward.failure.as_deref());
+        self.reward.extracted.append_option(t.reward.extracted.as_deref());
+        self.reward.failure.append_option(t.reward.failure.as_deref());
         self.reward.error.append_option(t.reward.error.as_deref());
         self.sampling.append(&t.sampling);
         self.seed.append_value(t.seed);
@@ -389,11 +364,7 @@ impl TrajectoryBuilder {
             Arc::new(self.model_id.finish()),
             Arc::new(self.model_hash.finish()),
         ]);
-        Ok(StructArray::try_new(
-            SCHEMA.fields().clone(),
-            columns,
-            None,
-        )?)
+        Ok(StructArray::try_new(SCHEMA.fields().clone(), columns, None)?)
     }
 }
 
@@ -420,31 +391,14 @@ impl Record for Trajectory {
     fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>> {
         let c = Columns::new(Self::NAME, batch);
         let (id, run_id, task_id) = (c.string(ID)?, c.string(RUN_ID)?, c.string(TASK_ID)?);
-        let (sample_index, prompt, messages) = (
-            c.u32(SAMPLE_INDEX)?,
-            c.string(PROMPT)?,
-            c.list(PROMPT_MESSAGES)?,
-        );
-        let (completion, token_ids, logprobs) = (
-            c.string(COMPLETION)?,
-            c.list(TOKEN_IDS)?,
-            c.list(TOKEN_LOGPROBS)?,
-        );
-        let (finish, reward, components) = (
-            c.string(FINISH_REASON)?,
-            c.f64(REWARD)?,
-            c.list(REWARD_COMPONENTS)?,
-        );
-        let (extracted, failure, error) = (
-            c.string(REWARD_EXTRACTED)?,
-            c.string(REWARD_FAILURE)?,
-            c.string(REWARD_ERROR)?,
-        );
+        let (sample_index, prompt, messages) = (c.u32(SAMPLE_INDEX)?, c.string(PROMPT)?, c.list(PROMPT_MESSAGES)?);
+        let (completion, token_ids, logprobs) = (c.string(COMPLETION)?, c.list(TOKEN_IDS)?, c.list(TOKEN_LOGPROBS)?);
+        let (finish, reward, components) = (c.string(FINISH_REASON)?, c.f64(REWARD)?, c.list(REWARD_COMPONENTS)?);
+        let (extracted, failure, error) =
+            (c.string(REWARD_EXTRACTED)?, c.string(REWARD_FAILURE)?, c.string(REWARD_ERROR)?);
         let sampling = c.structs(SAMPLING)?;
-        let s =
-            Columns::new(Self::NAME, &RecordBatch::from(sampling.clone())).sampling_columns()?;
-        let (seed, model_id, model_hash) =
-            (c.u64(SEED)?, c.string(MODEL_ID)?, c.string(MODEL_HASH)?);
+        let s = Columns::new(Self::NAME, &RecordBatch::from(sampling.clone())).sampling_columns()?;
+        let (seed, model_id, model_hash) = (c.u64(SEED)?, c.string(MODEL_ID)?, c.string(MODEL_HASH)?);
         (0..batch.num_rows())
             .map(|i| {
                 Ok(Trajectory {
@@ -467,10 +421,7 @@ impl Record for Trajectory {
                     },
                     sampling: s[i],
                     seed: seed.value(i),
-                    model: ModelRecord {
-                        id: model_id.value(i).to_string(),
-                        hash: model_hash.value(i).to_string(),
-                    },
+                    model: ModelRecord { id: model_id.value(i).to_string(), hash: model_hash.value(i).to_string() },
                 })
             })
             .collect()
@@ -479,11 +430,7 @@ impl Record for Trajectory {
 
 impl Columns<'_> {
     fn sampling_columns(&self) -> Result<Vec<SamplingRecord>> {
-        let (t, p, k) = (
-            self.f32("temperature")?,
-            self.f32("top_p")?,
-            self.u32("top_k")?,
-        );
+        let (t, p, k) = (self.f32("temperature")?, self.f32("top_p")?, self.u32("top_k")?);
         let (m, n) = (self.f32("min_p")?, self.u32("max_new_tokens")?);
         Ok((0..self.batch.num_rows())
             .map(|i| SamplingRecord {

@@ -6,9 +6,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, ListBuilder, StringBuilder, UInt32Builder, UInt64Builder,
-};
+use arrow_array::builder::{BooleanBuilder, Float64Builder, ListBuilder, StringBuilder, UInt32Builder, UInt64Builder};
 use arrow_array::types::UInt32Type;
 use arrow_array::{Array, ArrayRef, RecordBatch, StructArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -85,11 +83,7 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new(PARENT_ID, DataType::UInt64, true),
         Field::new(DEPTH, DataType::UInt32, false),
         Field::new(TEXT, DataType::Utf8, false),
-        Field::new_list(
-            TOKEN_IDS,
-            Field::new_list_field(DataType::UInt32, false),
-            false,
-        ),
+        Field::new_list(TOKEN_IDS, Field::new_list_field(DataType::UInt32, false), false),
         Field::new(LOGPROB_SUM, DataType::Float64, false),
         Field::new(VISITS, DataType::UInt64, false),
         Field::new(VALUE, DataType::Float64, false),
@@ -178,11 +172,7 @@ impl TreeNodeBuilder {
             Arc::new(self.reward.finish()),
             Arc::new(self.terminal.finish()),
         ];
-        Ok(StructArray::try_new(
-            SCHEMA.fields().clone(),
-            columns,
-            None,
-        )?)
+        Ok(StructArray::try_new(SCHEMA.fields().clone(), columns, None)?)
     }
 }
 
@@ -208,16 +198,9 @@ impl Record for TreeNode {
 
     fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>> {
         let c = Columns::new(Self::NAME, batch);
-        let (run_id, task_id, tree_id) =
-            (c.string(RUN_ID)?, c.string(TASK_ID)?, c.string(TREE_ID)?);
-        let (node_id, parent_id, depth, text) = (
-            c.u64(NODE_ID)?,
-            c.u64(PARENT_ID)?,
-            c.u32(DEPTH)?,
-            c.string(TEXT)?,
-        );
-        let (token_ids, logprob_sum, visits) =
-            (c.list(TOKEN_IDS)?, c.f64(LOGPROB_SUM)?, c.u64(VISITS)?);
+        let (run_id, task_id, tree_id) = (c.string(RUN_ID)?, c.string(TASK_ID)?, c.string(TREE_ID)?);
+        let (node_id, parent_id, depth, text) = (c.u64(NODE_ID)?, c.u64(PARENT_ID)?, c.u32(DEPTH)?, c.string(TEXT)?);
+        let (token_ids, logprob_sum, visits) = (c.list(TOKEN_IDS)?, c.f64(LOGPROB_SUM)?, c.u64(VISITS)?);
         let (value, reward, terminal) = (c.f64(VALUE)?, c.f64(REWARD)?, c.bool(TERMINAL)?);
         (0..batch.num_rows())
             .map(|i| {

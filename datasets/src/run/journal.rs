@@ -44,30 +44,17 @@ pub struct Journal {
 impl Journal {
     /// Open (creating it if missing), truncate a torn last line, and parse every entry.
     pub fn open(path: &Path) -> Result<Journal> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)
-            .at(path)?;
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path).at(path)?;
         let bytes = std::fs::read(path).at(path)?;
         let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         if complete < bytes.len() {
-            tracing::info!(
-                "{}: dropping a torn last entry ({} bytes)",
-                path.display(),
-                bytes.len() - complete
-            );
+            tracing::info!("{}: dropping a torn last entry ({} bytes)", path.display(), bytes.len() - complete);
             file.set_len(complete as u64).at(path)?;
             file.sync_all().at(path)?;
         }
         let entries = parse(path, &bytes[..complete])?;
         file.flush().at(path)?;
-        Ok(Journal {
-            path: path.to_path_buf(),
-            file,
-            entries,
-        })
+        Ok(Journal { path: path.to_path_buf(), file, entries })
     }
 
     /// Read the committed entries without modifying the file (a torn last line is ignored).

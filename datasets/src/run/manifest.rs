@@ -152,10 +152,7 @@ impl Manifest {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).at(&path)?;
         let value: Value = serde_json::from_str(&text).map_err(|e| Error::json(&path, e))?;
-        let version = value
-            .get("schema_version")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
+        let version = value.get("schema_version").and_then(Value::as_u64).unwrap_or(0);
         if version > u64::from(SCHEMA_VERSION) {
             return Err(Error::run(
                 dir,
@@ -168,8 +165,7 @@ impl Manifest {
     /// Share of the job's time spent outside the engine, `1 - engine / (wall + load)`, when `wall` and `engine`
     /// are recorded: the datasets, reward and orchestration overhead of a job.
     pub fn outside_engine_share(&self) -> Option<f64> {
-        let total = *self.timings.get(timing::WALL)?
-            + self.timings.get(timing::LOAD).copied().unwrap_or(0.0);
+        let total = *self.timings.get(timing::WALL)? + self.timings.get(timing::LOAD).copied().unwrap_or(0.0);
         let engine = *self.timings.get(timing::ENGINE)?;
         (total > 0.0).then(|| 1.0 - engine / total)
     }
@@ -197,10 +193,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Unix seconds now.
 pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// JSON with object keys sorted at every level and no whitespace: the input of fingerprints. Written out rather
@@ -211,20 +204,11 @@ pub fn canonical_json(value: &Value) -> String {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
-            let body: Vec<String> = keys
-                .into_iter()
-                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical_json(&map[k])))
-                .collect();
+            let body: Vec<String> =
+                keys.into_iter().map(|k| format!("{}:{}", Value::String(k.clone()), canonical_json(&map[k]))).collect();
             format!("{{{}}}", body.join(","))
         }
-        Value::Array(items) => format!(
-            "[{}]",
-            items
-                .iter()
-                .map(canonical_json)
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
+        Value::Array(items) => format!("[{}]", items.iter().map(canonical_json).collect::<Vec<_>>().join(",")),
         other => other.to_string(),
     }
 }
@@ -232,10 +216,7 @@ pub fn canonical_json(value: &Value) -> String {
 /// `sha256:` + hex of SHA-256 over `canonical_json({"job": job, "config": config})`.
 pub fn fingerprint(job: &str, config: &Value) -> String {
     let doc = serde_json::json!({ "job": job, "config": config });
-    format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(canonical_json(&doc).as_bytes()))
-    )
+    format!("sha256:{}", hex::encode(Sha256::digest(canonical_json(&doc).as_bytes())))
 }
 
 /// Lines `  path: old (existing) vs new (this command)` for every leaf where two JSON documents differ.
@@ -252,25 +233,11 @@ fn diff(old: &Value, new: &Value, path: String, out: &mut Vec<String>) {
             keys.sort();
             keys.dedup();
             for k in keys {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                diff(
-                    a.get(k).unwrap_or(&Value::Null),
-                    b.get(k).unwrap_or(&Value::Null),
-                    p,
-                    out,
-                );
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                diff(a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), p, out);
             }
         }
-        (a, b) if a != b => out.push(format!(
-            "  {}: {} (existing) vs {} (this command)",
-            display_path(&path),
-            a,
-            b
-        )),
+        (a, b) if a != b => out.push(format!("  {}: {} (existing) vs {} (this command)", display_path(&path), a, b)),
         _ => {}
     }
 }
@@ -292,16 +259,10 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
         let a = json!({"b": 1, "a": {"y": [1, {"d": 2, "c": 3}], "x": "s"}});
-        assert_eq!(
-            canonical_json(&a),
-            r#"{"a":{"x":"s","y":[1,{"c":3,"d":2}]},"b":1}"#
-        );
+        assert_eq!(canonical_json(&a), r#"{"a":{"x":"s","y":[1,{"c":3,"d":2}]},"b":1}"#);
         assert_eq!(
             fingerprint("sample", &a),
-            fingerprint(
-                "sample",
-                &json!({"a": {"x": "s", "y": [1, {"c": 3, "d": 2}]}, "b": 1})
-            )
+            fingerprint("sample", &json!({"a": {"x": "s", "y": [1, {"c": 3, "d": 2}]}, "b": 1}))
         );
         assert_ne!(fingerprint("sample", &a), fingerprint("mcts", &a));
     }

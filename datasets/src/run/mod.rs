@@ -34,8 +34,8 @@ use serde_json::Value;
 pub use journal::{Journal, JournalEntry, JOURNAL_FILE};
 pub(crate) use manifest::now as manifest_now;
 pub use manifest::{
-    add_timings, canonical_json, fingerprint, json_differences, timing, Counts, Manifest,
-    MergedSource, RunIdentity, RunStatus, Timings, MANIFEST_FILE, SCHEMA_VERSION,
+    add_timings, canonical_json, fingerprint, json_differences, timing, Counts, Manifest, MergedSource, RunIdentity,
+    RunStatus, Timings, MANIFEST_FILE, SCHEMA_VERSION,
 };
 pub use reader::RunReader;
 
@@ -93,13 +93,7 @@ impl RunSpec {
     }
 
     /// The JSON that resume compares: job, config, shard, pair format, model hash.
-    fn identity_doc(
-        job: &str,
-        config: &Value,
-        shard: Shard,
-        format: PairFormat,
-        model: Option<&ModelRecord>,
-    ) -> Value {
+    fn identity_doc(job: &str, config: &Value, shard: Shard, format: PairFormat, model: Option<&ModelRecord>) -> Value {
         serde_json::json!({
             "job": job,
             "config": config,
@@ -247,10 +241,7 @@ impl RunDir {
         for entry in self.journal.entries() {
             for task in &entry.tasks {
                 if !self.done.insert(task.clone()) {
-                    return Err(Error::run(
-                        &self.path,
-                        format!("task {task} is committed twice in the journal"),
-                    ));
+                    return Err(Error::run(&self.path, format!("task {task} is committed twice in the journal")));
                 }
             }
             counts.add(&entry.counts);
@@ -299,14 +290,9 @@ impl RunDir {
     /// task count as planned (for `complete` in the manifest).
     pub fn plan(&mut self, tasks: Vec<Task>) -> Vec<Task> {
         let shard = self.manifest.identity.shard;
-        let mine: Vec<Task> = tasks
-            .into_iter()
-            .filter(|t| shard.contains(&t.id))
-            .collect();
+        let mine: Vec<Task> = tasks.into_iter().filter(|t| shard.contains(&t.id)).collect();
         self.manifest.identity.tasks_planned = Some(mine.len() as u64);
-        mine.into_iter()
-            .filter(|t| !self.done.contains(&t.id))
-            .collect()
+        mine.into_iter().filter(|t| !self.done.contains(&t.id)).collect()
     }
 
     /// Add seconds to a timing (see [`timing`]); recorded with the next commit.
@@ -318,10 +304,7 @@ impl RunDir {
     /// Refuses a task already committed or buffered, and pairs that do not fit the run's pair format.
     pub fn push(&mut self, output: TaskOutput) -> Result<()> {
         if self.done.contains(&output.task_id) || self.pending.tasks.contains(&output.task_id) {
-            return Err(Error::run(
-                &self.path,
-                format!("task {} pushed twice", output.task_id),
-            ));
+            return Err(Error::run(&self.path, format!("task {} pushed twice", output.task_id)));
         }
         for pair in &output.pairs {
             pair.validate(self.manifest.pair_format)?;
@@ -331,20 +314,13 @@ impl RunDir {
         p.counts.trajectories += output.trajectories.len() as u64;
         p.counts.pairs += output.pairs.len() as u64;
         p.counts.nodes += output.nodes.len() as u64;
-        p.counts.completion_tokens += output
-            .trajectories
-            .iter()
-            .map(|t| t.token_ids.len() as u64)
-            .sum::<u64>();
-        p.counts.correct +=
-            crate::select::count_correct(&output.trajectories, self.opts.correct_threshold) as u64;
+        p.counts.completion_tokens += output.trajectories.iter().map(|t| t.token_ids.len() as u64).sum::<u64>();
+        p.counts.correct += crate::select::count_correct(&output.trajectories, self.opts.correct_threshold) as u64;
         p.tasks.push(output.task_id);
         p.trajectories.extend(output.trajectories);
         p.pairs.extend(output.pairs);
         p.nodes.extend(output.nodes);
-        if p.rows() >= self.opts.flush_rows
-            || self.last_commit.elapsed() >= self.opts.flush_interval
-        {
+        if p.rows() >= self.opts.flush_rows || self.last_commit.elapsed() >= self.opts.flush_interval {
             self.flush()?;
         }
         Ok(())
@@ -355,20 +331,11 @@ impl RunDir {
         if self.pending.tasks.is_empty() {
             return Ok(());
         }
-        let _span = tracing::debug_span!(
-            "commit",
-            seq = self.next_seq,
-            tasks = self.pending.tasks.len()
-        )
-        .entered();
+        let _span = tracing::debug_span!("commit", seq = self.next_seq, tasks = self.pending.tasks.len()).entered();
         let started = Instant::now();
         let pending = std::mem::take(&mut self.pending);
         let seq = self.next_seq;
-        let name = format!(
-            "part-{:04}-{seq:06}.{}",
-            self.manifest.identity.shard.index(),
-            part::PARQUET_EXT
-        );
+        let name = format!("part-{:04}-{seq:06}.{}", self.manifest.identity.shard.index(), part::PARQUET_EXT);
         let mut files = Vec::new();
         self.write_part(&name, &pending.trajectories, (), &mut files)?;
         #[cfg(test)]
@@ -379,17 +346,10 @@ impl RunDir {
         self.crash_if(CrashAfter::AllParts)?;
 
         let mut timings = std::mem::take(&mut self.tail);
-        *timings.entry(timing::WALL.to_string()).or_default() +=
-            self.last_commit.elapsed().as_secs_f64();
+        *timings.entry(timing::WALL.to_string()).or_default() += self.last_commit.elapsed().as_secs_f64();
         *timings.entry(timing::WRITE.to_string()).or_default() += started.elapsed().as_secs_f64();
         let mark = Instant::now();
-        let entry = JournalEntry {
-            seq,
-            files,
-            tasks: pending.tasks,
-            counts: pending.counts,
-            timings,
-        };
+        let entry = JournalEntry { seq, files, tasks: pending.tasks, counts: pending.counts, timings };
         self.journal.append(entry.clone())?;
         self.last_commit = mark;
         self.next_seq = seq + 1;
@@ -404,13 +364,7 @@ impl RunDir {
         Ok(())
     }
 
-    fn write_part<R: Record>(
-        &self,
-        name: &str,
-        rows: &[R],
-        layout: R::Layout,
-        files: &mut Vec<String>,
-    ) -> Result<()> {
+    fn write_part<R: Record>(&self, name: &str, rows: &[R], layout: R::Layout, files: &mut Vec<String>) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -433,8 +387,7 @@ impl RunDir {
     fn write_manifest(&mut self) -> Result<()> {
         let mut m = self.manifest.clone();
         add_timings(&mut m.timings, &self.tail);
-        *m.timings.entry(timing::WALL.to_string()).or_default() +=
-            self.last_commit.elapsed().as_secs_f64();
+        *m.timings.entry(timing::WALL.to_string()).or_default() += self.last_commit.elapsed().as_secs_f64();
         m.orchard_version = env!("CARGO_PKG_VERSION").to_string();
         m.status.updated_at = manifest::now();
         m.write(&self.path)?;
@@ -458,17 +411,10 @@ impl RunDir {
 
 fn lock(path: &Path) -> Result<File> {
     let lock_path = path.join(LOCK_FILE);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .at(&lock_path)?;
+    let file = File::options().create(true).truncate(false).write(true).open(&lock_path).at(&lock_path)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked {
-            path: path.to_path_buf(),
-        }),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked { path: path.to_path_buf() }),
         Err(fs::TryLockError::Error(e)) => Err(e).at(&lock_path),
     }
 }
@@ -492,11 +438,7 @@ fn new_manifest(spec: &RunSpec) -> Manifest {
         source: spec.source.clone(),
         counts: Counts::default(),
         timings: Timings::new(),
-        status: RunStatus {
-            created_at: now,
-            updated_at: now,
-            ..Default::default()
-        },
+        status: RunStatus { created_at: now, updated_at: now, ..Default::default() },
         merged_from: Vec::new(),
     }
 }
@@ -524,10 +466,7 @@ fn check_same(path: &Path, existing: &Manifest, spec: &RunSpec) -> Result<()> {
     if differences.is_empty() {
         Ok(())
     } else {
-        Err(Error::ConfigMismatch {
-            path: path.to_path_buf(),
-            differences,
-        })
+        Err(Error::ConfigMismatch { path: path.to_path_buf(), differences })
     }
 }
 
@@ -537,11 +476,7 @@ fn ensure_fresh(path: &Path) -> Result<()> {
     for entry in fs::read_dir(path).at(path)? {
         let entry = entry.at(path)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let empty_dir = |p: &Path| {
-            fs::read_dir(p)
-                .map(|mut d| d.next().is_none())
-                .unwrap_or(false)
-        };
+        let empty_dir = |p: &Path| fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(false);
         let harmless = name == LOCK_FILE
             || part::is_tmp_name(&name)
             || (name == JOURNAL_FILE && entry.metadata().map(|m| m.len() == 0).unwrap_or(false))
@@ -558,19 +493,14 @@ fn ensure_fresh(path: &Path) -> Result<()> {
 
 /// Delete temporary files and part files that no journal entry names; fail if a named part is missing.
 fn remove_uncommitted(path: &Path, entries: &[JournalEntry]) -> Result<()> {
-    let committed: HashSet<&str> = entries
-        .iter()
-        .flat_map(|e| e.files.iter().map(String::as_str))
-        .collect();
+    let committed: HashSet<&str> = entries.iter().flat_map(|e| e.files.iter().map(String::as_str)).collect();
     for dir in PART_DIRS {
         let dir_path = path.join(dir);
         for entry in fs::read_dir(&dir_path).at(&dir_path)? {
             let entry = entry.at(&dir_path)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let rel = format!("{dir}/{name}");
-            if part::is_tmp_name(&name)
-                || (name.ends_with(part::PARQUET_EXT) && !committed.contains(rel.as_str()))
-            {
+            if part::is_tmp_name(&name) || (name.ends_with(part::PARQUET_EXT) && !committed.contains(rel.as_str())) {
                 tracing::info!("{}: removing uncommitted {rel}", path.display());
                 fs::remove_file(entry.path()).at(&entry.path())?;
             }

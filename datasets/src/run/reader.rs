@@ -23,11 +23,7 @@ impl RunReader {
     pub fn open(path: &Path) -> Result<RunReader> {
         let manifest = Manifest::read(path)?;
         let entries = Journal::read(&path.join(JOURNAL_FILE))?;
-        Ok(RunReader {
-            path: path.to_path_buf(),
-            manifest,
-            entries,
-        })
+        Ok(RunReader { path: path.to_path_buf(), manifest, entries })
     }
 
     /// The run directory.
@@ -47,10 +43,7 @@ impl RunReader {
 
     /// Every committed task id.
     pub fn task_ids(&self) -> HashSet<&str> {
-        self.entries
-            .iter()
-            .flat_map(|e| e.tasks.iter().map(String::as_str))
-            .collect()
+        self.entries.iter().flat_map(|e| e.tasks.iter().map(String::as_str)).collect()
     }
 
     /// The committed part files of record `R`, in commit order.

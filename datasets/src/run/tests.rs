@@ -12,9 +12,7 @@ fn spec() -> RunSpec {
 }
 
 fn tasks(n: usize) -> Vec<Task> {
-    (0..n)
-        .map(|i| Task::new(format!("t/{i}"), format!("question {i}")))
-        .collect()
+    (0..n).map(|i| Task::new(format!("t/{i}"), format!("question {i}"))).collect()
 }
 
 fn output(run_id: &str, task: &Task) -> TaskOutput {
@@ -34,19 +32,11 @@ fn output(run_id: &str, task: &Task) -> TaskOutput {
         })
         .collect();
     let pairs = select_pairs(&trajectories, &PairPolicy::default());
-    TaskOutput {
-        task_id: task.id.clone(),
-        trajectories,
-        pairs,
-        nodes: vec![],
-    }
+    TaskOutput { task_id: task.id.clone(), trajectories, pairs, nodes: vec![] }
 }
 
 fn small() -> WriterOptions {
-    WriterOptions {
-        flush_rows: 6,
-        ..Default::default()
-    } // two tasks (2 trajectories + 1 pair each) per commit
+    WriterOptions { flush_rows: 6, ..Default::default() } // two tasks (2 trajectories + 1 pair each) per commit
 }
 
 /// Files under the run's part dirs.
@@ -74,9 +64,7 @@ fn finish_and_check(dir: &Path, n: usize) -> TestResult {
     let traj = reader.trajectories()?;
     let mut ids: Vec<String> = traj.iter().map(|t| t.id.clone()).collect();
     ids.sort();
-    let mut want: Vec<String> = (0..n)
-        .flat_map(|i| [format!("t/{i}#0"), format!("t/{i}#1")])
-        .collect();
+    let mut want: Vec<String> = (0..n).flat_map(|i| [format!("t/{i}#0"), format!("t/{i}#1")]).collect();
     want.sort();
     assert_eq!(ids, want);
     assert_eq!(reader.pairs()?.len(), n);
@@ -84,11 +72,7 @@ fn finish_and_check(dir: &Path, n: usize) -> TestResult {
     assert_eq!(manifest.counts.trajectories as usize, 2 * n);
     assert_eq!(manifest.counts.correct as usize, n);
     // Every file present is committed and readable; nothing temporary is left.
-    let committed: HashSet<String> = reader
-        .entries()
-        .iter()
-        .flat_map(|e| e.files.clone())
-        .collect();
+    let committed: HashSet<String> = reader.entries().iter().flat_map(|e| e.files.clone()).collect();
     for f in part_files(dir) {
         assert!(committed.contains(&f), "uncommitted file {f}");
         part::read_file::<Trajectory>(&dir.join(&f))
@@ -146,69 +130,24 @@ fn a_different_config_is_refused_with_each_difference() -> TestResult {
     let dir = tempfile::tempdir()?;
     drop(RunDir::open(dir.path(), &spec(), small())?);
     let other = RunSpec::new("test-job", json!({"n": 4, "source": {"task": "gsm8k"}}));
-    let err = RunDir::open(dir.path(), &other, small())
-        .unwrap_err()
-        .to_string();
+    let err = RunDir::open(dir.path(), &other, small()).unwrap_err().to_string();
     assert!(err.contains("refusing to resume"), "{err}");
-    assert!(
-        err.contains("config.n: 2 (existing) vs 4 (this command)"),
-        "{err}"
-    );
-    let sharded = RunSpec {
-        shard: "1/2".parse()?,
-        ..spec()
-    };
-    let err = RunDir::open(dir.path(), &sharded, small())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("shard: \"0/1\" (existing) vs \"1/2\" (this command)"),
-        "{err}"
-    );
-    let model = |h: &str| {
-        Some(ModelRecord {
-            id: "m".into(),
-            hash: h.into(),
-        })
-    };
+    assert!(err.contains("config.n: 2 (existing) vs 4 (this command)"), "{err}");
+    let sharded = RunSpec { shard: "1/2".parse()?, ..spec() };
+    let err = RunDir::open(dir.path(), &sharded, small()).unwrap_err().to_string();
+    assert!(err.contains("shard: \"0/1\" (existing) vs \"1/2\" (this command)"), "{err}");
+    let model = |h: &str| Some(ModelRecord { id: "m".into(), hash: h.into() });
     // A model hash is adopted when first known, and compared from then on.
-    drop(RunDir::open(
-        dir.path(),
-        &RunSpec {
-            model: model("sha256:1"),
-            ..spec()
-        },
-        small(),
-    )?);
+    drop(RunDir::open(dir.path(), &RunSpec { model: model("sha256:1"), ..spec() }, small())?);
     Ok(())
 }
 
 #[test]
 fn a_model_hash_change_is_refused() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let model = |h: &str| {
-        Some(ModelRecord {
-            id: "m".into(),
-            hash: h.into(),
-        })
-    };
-    drop(RunDir::open(
-        dir.path(),
-        &RunSpec {
-            model: model("sha256:1"),
-            ..spec()
-        },
-        small(),
-    )?);
-    let err = RunDir::open(
-        dir.path(),
-        &RunSpec {
-            model: model("sha256:2"),
-            ..spec()
-        },
-        small(),
-    )
-    .unwrap_err();
+    let model = |h: &str| Some(ModelRecord { id: "m".into(), hash: h.into() });
+    drop(RunDir::open(dir.path(), &RunSpec { model: model("sha256:1"), ..spec() }, small())?);
+    let err = RunDir::open(dir.path(), &RunSpec { model: model("sha256:2"), ..spec() }, small()).unwrap_err();
     assert!(err.to_string().contains("model_hash"), "{err}");
     Ok(())
 }
@@ -226,9 +165,7 @@ fn a_second_writer_is_locked_out() -> TestResult {
 fn a_foreign_directory_is_not_written_into() -> TestResult {
     let dir = tempfile::tempdir()?;
     fs::write(dir.path().join("notes.txt"), "mine")?;
-    let err = RunDir::open(dir.path(), &spec(), small())
-        .unwrap_err()
-        .to_string();
+    let err = RunDir::open(dir.path(), &spec(), small()).unwrap_err().to_string();
     assert!(err.contains("not an Orchard run"), "{err}");
     Ok(())
 }
@@ -248,11 +185,7 @@ fn a_task_pushed_twice_is_refused() -> TestResult {
 /// Crash at each point of a commit, reopen, finish: every task exactly once, no stray file.
 #[test]
 fn every_crash_point_of_a_commit_recovers_without_loss_or_duplicates() -> TestResult {
-    for point in [
-        CrashAfter::FirstPart,
-        CrashAfter::AllParts,
-        CrashAfter::Journal,
-    ] {
+    for point in [CrashAfter::FirstPart, CrashAfter::AllParts, CrashAfter::Journal] {
         let dir = tempfile::tempdir()?;
         let mut run = RunDir::open(dir.path(), &spec(), small())?;
         let run_id = run.run_id().to_string();
@@ -264,11 +197,7 @@ fn every_crash_point_of_a_commit_recovers_without_loss_or_duplicates() -> TestRe
         assert!(run.push(output(&run_id, &todo[3])).is_err(), "{point:?}");
         drop(run);
         let committed_before = Journal::read(&dir.path().join(JOURNAL_FILE))?.len();
-        assert_eq!(
-            committed_before,
-            if point == CrashAfter::Journal { 2 } else { 1 },
-            "{point:?}"
-        );
+        assert_eq!(committed_before, if point == CrashAfter::Journal { 2 } else { 1 }, "{point:?}");
         let reopened = RunDir::open(dir.path(), &spec(), small())?;
         assert_eq!(reopened.done_count(), 2 * committed_before, "{point:?}");
         drop(reopened);
@@ -287,39 +216,17 @@ fn a_torn_journal_tail_and_temporary_files_are_cleaned_up() -> TestResult {
         }
     }
     // A kill during the second commit: half a part file, an orphan renamed part, half a journal line.
-    fs::write(
-        dir.path()
-            .join("trajectories/.part-0000-000002.parquet.tmp"),
-        b"PAR1 torn",
-    )?;
-    fs::copy(
-        dir.path().join("pairs/part-0000-000001.parquet"),
-        dir.path().join("pairs/part-0000-000002.parquet"),
-    )?;
-    let mut journal = fs::OpenOptions::new()
-        .append(true)
-        .open(dir.path().join(JOURNAL_FILE))?;
-    std::io::Write::write_all(
-        &mut journal,
-        br#"{"seq":2,"files":["pairs/part-0000-000002.parquet"],"tas"#,
-    )?;
+    fs::write(dir.path().join("trajectories/.part-0000-000002.parquet.tmp"), b"PAR1 torn")?;
+    fs::copy(dir.path().join("pairs/part-0000-000001.parquet"), dir.path().join("pairs/part-0000-000002.parquet"))?;
+    let mut journal = fs::OpenOptions::new().append(true).open(dir.path().join(JOURNAL_FILE))?;
+    std::io::Write::write_all(&mut journal, br#"{"seq":2,"files":["pairs/part-0000-000002.parquet"],"tas"#)?;
     drop(journal);
-    assert_eq!(
-        RunReader::open(dir.path())?.entries().len(),
-        1,
-        "readers skip the torn line"
-    );
+    assert_eq!(RunReader::open(dir.path())?.entries().len(), 1, "readers skip the torn line");
     let run = RunDir::open(dir.path(), &spec(), small())?;
     assert_eq!(run.done_count(), 2);
     assert_eq!(run.counts().tasks, 2);
     assert!(fs::read_to_string(dir.path().join(JOURNAL_FILE))?.ends_with('\n'));
-    assert_eq!(
-        part_files(dir.path()),
-        [
-            "pairs/part-0000-000001.parquet",
-            "trajectories/part-0000-000001.parquet"
-        ]
-    );
+    assert_eq!(part_files(dir.path()), ["pairs/part-0000-000001.parquet", "trajectories/part-0000-000001.parquet"]);
     drop(run);
     finish_and_check(dir.path(), 4)
 }
@@ -328,10 +235,7 @@ fn a_torn_journal_tail_and_temporary_files_are_cleaned_up() -> TestResult {
 fn a_corrupt_line_before_the_end_is_an_error() -> TestResult {
     let dir = tempfile::tempdir()?;
     drop(RunDir::open(dir.path(), &spec(), small())?);
-    fs::write(
-        dir.path().join(JOURNAL_FILE),
-        "garbage\n{\"seq\":1,\"files\":[],\"tasks\":[],\"counts\":{}}\n",
-    )?;
+    fs::write(dir.path().join(JOURNAL_FILE), "garbage\n{\"seq\":1,\"files\":[],\"tasks\":[],\"counts\":{}}\n")?;
     let err = RunDir::open(dir.path(), &spec(), small()).unwrap_err();
     assert!(matches!(err, Error::Journal { line: 1, .. }), "{err}");
     Ok(())
@@ -347,13 +251,8 @@ fn a_missing_committed_part_is_reported() -> TestResult {
         }
     }
     fs::remove_file(dir.path().join("pairs/part-0000-000001.parquet"))?;
-    let err = RunDir::open(dir.path(), &spec(), small())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("committed part pairs/part-0000-000001.parquet is missing"),
-        "{err}"
-    );
+    let err = RunDir::open(dir.path(), &spec(), small()).unwrap_err().to_string();
+    assert!(err.contains("committed part pairs/part-0000-000001.parquet is missing"), "{err}");
     Ok(())
 }
 
@@ -362,10 +261,7 @@ fn shards_partition_the_plan_and_name_their_parts() -> TestResult {
     let dir = tempfile::tempdir()?;
     let mut seen = Vec::new();
     for i in 0..3 {
-        let spec = RunSpec {
-            shard: Shard::new(i, 3)?,
-            ..spec()
-        };
+        let spec = RunSpec { shard: Shard::new(i, 3)?, ..spec() };
         let mut run = RunDir::open(&dir.path().join(format!("s{i}")), &spec, small())?;
         let todo = run.plan(tasks(30));
         seen.extend(todo.iter().map(|t| t.id.clone()));
@@ -373,9 +269,7 @@ fn shards_partition_the_plan_and_name_their_parts() -> TestResult {
             run.push(output("r", &t))?;
         }
         run.finish()?;
-        assert!(part_files(&dir.path().join(format!("s{i}")))
-            .iter()
-            .all(|f| f.contains(&format!("part-{i:04}-"))));
+        assert!(part_files(&dir.path().join(format!("s{i}"))).iter().all(|f| f.contains(&format!("part-{i:04}-"))));
     }
     seen.sort();
     let mut all: Vec<String> = tasks(30).into_iter().map(|t| t.id).collect();

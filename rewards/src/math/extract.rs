@@ -40,21 +40,12 @@ const ANSWER_IS: &str = "the answer is";
 
 /// The answer segments in order of trust (`####`, "the answer is", `\boxed{}`), each at most once.
 pub fn segments(text: &str) -> impl Iterator<Item = Segment<'_>> {
-    let hashes = text.rfind("####").map(|p| Segment {
-        text: line_after(text, p + 4),
-        source: Source::Hashes,
-    });
+    let hashes = text.rfind("####").map(|p| Segment { text: line_after(text, p + 4), source: Source::Hashes });
     let answer_is = rfind_ascii_ci(text, ANSWER_IS).map(|p| {
         let rest = line_after(text, p + ANSWER_IS.len());
-        Segment {
-            text: rest.trim_start_matches([':', ' ']),
-            source: Source::AnswerIs,
-        }
+        Segment { text: rest.trim_start_matches([':', ' ']), source: Source::AnswerIs }
     });
-    let boxed = last_boxed(text).map(|b| Segment {
-        text: b,
-        source: Source::Boxed,
-    });
+    let boxed = last_boxed(text).map(|b| Segment { text: b, source: Source::Boxed });
     [hashes, answer_is, boxed].into_iter().flatten()
 }
 
@@ -62,17 +53,11 @@ pub fn segments(text: &str) -> impl Iterator<Item = Segment<'_>> {
 pub fn numeric_answer(text: &str) -> Option<NumericAnswer> {
     for seg in segments(text) {
         if let Some(value) = number::first_number(&delatex(seg.text)) {
-            return Some(NumericAnswer {
-                value,
-                source: seg.source,
-            });
+            return Some(NumericAnswer { value, source: seg.source });
         }
     }
     let value = number::last_number(&delatex_if_cheap(text))?;
-    Some(NumericAnswer {
-        value,
-        source: Source::LastNumber,
-    })
+    Some(NumericAnswer { value, source: Source::LastNumber })
 }
 
 /// Whole texts are only de-LaTeXed when they contain `\frac` (the common case in MATH-style answers); other
@@ -99,9 +84,7 @@ pub fn last_boxed(text: &str) -> Option<&str> {
     }
     // `\boxed 5` (no braces): up to the next whitespace or `$`.
     let rest = text[after..].strip_prefix(' ')?;
-    let end = rest
-        .find(|c: char| c.is_whitespace() || c == '$')
-        .unwrap_or(rest.len());
+    let end = rest.find(|c: char| c.is_whitespace() || c == '$').unwrap_or(rest.len());
     Some(&rest[..end])
 }
 
@@ -116,18 +99,13 @@ pub(crate) fn rfind_ascii_ci(hay: &str, needle: &str) -> Option<usize> {
     if n.is_empty() || h.len() < n.len() {
         return None;
     }
-    (0..=h.len() - n.len())
-        .rev()
-        .find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
+    (0..=h.len() - n.len()).rev().find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
 }
 
 /// Normalise a non-numeric answer for string comparison: de-LaTeX, drop `$`, spaces, trailing `.`, lower-case.
 pub fn normalize_text_answer(text: &str) -> String {
     let t = delatex(text);
-    let mut out: String = t
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '$')
-        .collect();
+    let mut out: String = t.chars().filter(|c| !c.is_whitespace() && *c != '$').collect();
     while out.ends_with('.') {
         out.pop();
     }
@@ -144,30 +122,15 @@ mod tests {
 
     #[test]
     fn markers_are_trusted_in_refts_order() {
-        assert_eq!(
-            value("3 + 4 = 7 apples\n#### 7"),
-            Some((7.0, Source::Hashes))
-        );
-        assert_eq!(
-            value("so 12 left. Therefore, the answer is: 1,200"),
-            Some((1200.0, Source::AnswerIs))
-        );
+        assert_eq!(value("3 + 4 = 7 apples\n#### 7"), Some((7.0, Source::Hashes)));
+        assert_eq!(value("so 12 left. Therefore, the answer is: 1,200"), Some((1200.0, Source::AnswerIs)));
         assert_eq!(value("The answer is $18."), Some((18.0, Source::AnswerIs)));
-        assert_eq!(
-            value("we get \\boxed{\\frac{3}{4}} in total 9"),
-            Some((0.75, Source::Boxed))
-        );
-        assert_eq!(
-            value("she has 5 apples and eats 2, so 3 remain"),
-            Some((3.0, Source::LastNumber))
-        );
+        assert_eq!(value("we get \\boxed{\\frac{3}{4}} in total 9"), Some((0.75, Source::Boxed)));
+        assert_eq!(value("she has 5 apples and eats 2, so 3 remain"), Some((3.0, Source::LastNumber)));
         assert_eq!(value("no numbers here"), None);
         assert_eq!(value("#### -42"), Some((-42.0, Source::Hashes)));
         assert_eq!(value("THE ANSWER IS 50%"), Some((50.0, Source::AnswerIs)));
-        assert_eq!(
-            value("the answer is below\n12"),
-            Some((12.0, Source::LastNumber))
-        );
+        assert_eq!(value("the answer is below\n12"), Some((12.0, Source::LastNumber)));
     }
 
     #[test]

@@ -29,11 +29,7 @@ pub struct MathConfig {
 
 impl Default for MathConfig {
     fn default() -> Self {
-        MathConfig {
-            tolerance: DEFAULT_TOLERANCE,
-            partial_credit: DEFAULT_PARTIAL_CREDIT,
-            text_answers: false,
-        }
+        MathConfig { tolerance: DEFAULT_TOLERANCE, partial_credit: DEFAULT_PARTIAL_CREDIT, text_answers: false }
     }
 }
 
@@ -56,25 +52,15 @@ impl MathReward {
     }
 
     /// Score an already-extracted numeric answer (program-of-thought results) against the task.
-    pub(crate) fn score_value(
-        &self,
-        task: &Task,
-        value: Option<f64>,
-        shown: Option<&str>,
-    ) -> Outcome {
+    pub(crate) fn score_value(&self, task: &Task, value: Option<f64>, shown: Option<&str>) -> Outcome {
         let gold = match gold_number(task) {
             Ok(g) => g,
             Err(e) => return Outcome::task_error(e),
         };
-        let shown = shown
-            .map(str::to_string)
-            .or_else(|| value.map(format_number));
-        grade(
-            &self.config,
-            value.map(|v| (v - gold).abs() <= self.config.tolerance),
-            shown,
-            || format!("expected {}", format_number(gold)),
-        )
+        let shown = shown.map(str::to_string).or_else(|| value.map(format_number));
+        grade(&self.config, value.map(|v| (v - gold).abs() <= self.config.tolerance), shown, || {
+            format!("expected {}", format_number(gold))
+        })
     }
 }
 
@@ -86,17 +72,11 @@ fn gold_number(task: &Task) -> Result<f64, String> {
 }
 
 /// Shared grading: `correct` = None means nothing was extractable.
-fn grade(
-    config: &MathConfig,
-    correct: Option<bool>,
-    shown: Option<String>,
-    expected: impl Fn() -> String,
-) -> Outcome {
+fn grade(config: &MathConfig, correct: Option<bool>, shown: Option<String>, expected: impl Fn() -> String) -> Outcome {
     match (correct, shown) {
-        (Some(true), Some(shown)) => Outcome::new(1.0)
-            .with_component(CORRECT, 1.0)
-            .with_component(EXTRACTABLE, 1.0)
-            .with_extracted(shown),
+        (Some(true), Some(shown)) => {
+            Outcome::new(1.0).with_component(CORRECT, 1.0).with_component(EXTRACTABLE, 1.0).with_extracted(shown)
+        }
         (Some(_), Some(shown)) => {
             let failure = format!("wrong answer: got {shown}, {}", expected());
             Outcome::new(config.partial_credit)
@@ -118,35 +98,27 @@ impl Reward for MathReward {
             Ok(g) => g,
             Err(e) => return Outcome::task_error(e),
         };
-        let gold = extract::numeric_answer(gold_text)
-            .filter(|_| !self.config.text_answers || is_plain_number(gold_text));
+        let gold =
+            extract::numeric_answer(gold_text).filter(|_| !self.config.text_answers || is_plain_number(gold_text));
         let pred = extract::numeric_answer(completion);
         match (gold, pred) {
             (Some(g), pred) if !self.config.text_answers || pred.is_some() => {
                 let shown = pred.map(|p| format_number(p.value));
-                grade(
-                    &self.config,
-                    pred.map(|p| (p.value - g.value).abs() <= self.config.tolerance),
-                    shown,
-                    || format!("expected {}", format_number(g.value)),
-                )
+                grade(&self.config, pred.map(|p| (p.value - g.value).abs() <= self.config.tolerance), shown, || {
+                    format!("expected {}", format_number(g.value))
+                })
             }
-            (None, _) if !self.config.text_answers => Outcome::task_error(format!(
-                "reference answer `{}` holds no number",
-                truncate(gold_text, 80)
-            )),
+            (None, _) if !self.config.text_answers => {
+                Outcome::task_error(format!("reference answer `{}` holds no number", truncate(gold_text, 80)))
+            }
             _ => {
                 // Textual comparison on the first answer segment of each side (or the whole reference).
-                let gold_seg = extract::segments(gold_text)
-                    .next()
-                    .map_or(gold_text, |s| s.text);
+                let gold_seg = extract::segments(gold_text).next().map_or(gold_text, |s| s.text);
                 let gold_norm = extract::normalize_text_answer(gold_seg);
                 let pred_seg = extract::segments(completion).next().map(|s| s.text);
                 let shown = pred_seg.map(|s| s.trim().to_string());
                 let correct = pred_seg.map(|p| extract::normalize_text_answer(p) == gold_norm);
-                grade(&self.config, correct, shown, || {
-                    format!("expected {}", gold_seg.trim())
-                })
+                grade(&self.config, correct, shown, || format!("expected {}", gold_seg.trim()))
             }
         }
     }
@@ -157,10 +129,7 @@ impl Reward for MathReward {
 fn is_plain_number(gold: &str) -> bool {
     let seg = extract::segments(gold).next().map_or(gold, |s| s.text);
     let plain = number::delatex(seg);
-    let trimmed = plain
-        .trim()
-        .trim_start_matches(['$', '€', '£'])
-        .trim_end_matches(['%', '.', ' ']);
+    let trimmed = plain.trim().trim_start_matches(['$', '€', '£']).trim_end_matches(['%', '.', ' ']);
     let mut found = number::numbers(trimmed);
     match (found.next(), found.next()) {
         (Some(f), None) => f.start == 0 && f.end == trimmed.len(),
@@ -189,24 +158,15 @@ impl Reward for MultipleChoiceReward {
             Ok(g) => g,
             Err(e) => return Outcome::task_error(e),
         };
-        let Some(gold_letter) =
-            option_letter(gold).or_else(|| letter_for_value(task, gold, self.config.tolerance))
+        let Some(gold_letter) = option_letter(gold).or_else(|| letter_for_value(task, gold, self.config.tolerance))
         else {
-            return Outcome::task_error(format!(
-                "reference answer `{}` is not an option letter",
-                truncate(gold, 40)
-            ));
+            return Outcome::task_error(format!("reference answer `{}` is not an option letter", truncate(gold, 40)));
         };
         let pred = extract::segments(completion)
-            .find_map(|s| {
-                option_letter(s.text)
-                    .or_else(|| letter_for_value(task, s.text, self.config.tolerance))
-            })
+            .find_map(|s| option_letter(s.text).or_else(|| letter_for_value(task, s.text, self.config.tolerance)))
             .or_else(|| last_parenthesised_letter(completion));
         let shown = pred.map(|c| c.to_string());
-        grade(&self.config, pred.map(|p| p == gold_letter), shown, || {
-            format!("expected {gold_letter}")
-        })
+        grade(&self.config, pred.map(|p| p == gold_letter), shown, || format!("expected {gold_letter}"))
     }
 }
 
@@ -266,9 +226,7 @@ mod tests {
     use super::*;
 
     fn score(gold: &str, completion: &str) -> f64 {
-        MathReward::default()
-            .score(&Task::default().with_answer(gold), completion)
-            .score
+        MathReward::default().score(&Task::default().with_answer(gold), completion).score
     }
 
     #[test]
@@ -294,43 +252,28 @@ mod tests {
     fn outcome_names_what_was_extracted_and_why_it_failed() {
         let o = MathReward::default().score(&Task::default().with_answer("10"), "#### 12");
         assert_eq!(o.extracted.as_deref(), Some("12"));
-        assert_eq!(
-            o.failure.as_deref(),
-            Some("wrong answer: got 12, expected 10")
-        );
+        assert_eq!(o.failure.as_deref(), Some("wrong answer: got 12, expected 10"));
         assert_eq!(o.components.get(CORRECT), Some(&0.0));
         assert_eq!(o.components.get(EXTRACTABLE), Some(&1.0));
     }
 
     #[test]
     fn text_answers_compare_normalised_strings() {
-        let r = MathReward::new(MathConfig {
-            text_answers: true,
-            ..Default::default()
-        });
+        let r = MathReward::new(MathConfig { text_answers: true, ..Default::default() });
         let t = Task::default().with_answer("\\boxed{x^2+1}");
         assert_eq!(r.score(&t, "so \\boxed{x^2 + 1}").score, 1.0);
         assert_eq!(r.score(&t, "so \\boxed{x^3}").score, DEFAULT_PARTIAL_CREDIT);
-        assert_eq!(
-            r.score(&Task::default().with_answer("5"), "\\boxed{5.0}")
-                .score,
-            1.0
-        );
+        assert_eq!(r.score(&Task::default().with_answer("5"), "\\boxed{5.0}").score, 1.0);
     }
 
     #[test]
     fn multiple_choice_reads_letters_and_values() {
         let r = MultipleChoiceReward::default();
-        let t = Task::default()
-            .with_answer("b")
-            .with_choices(["a ) 38", "b ) 27.675", "c ) 30"]);
+        let t = Task::default().with_answer("b").with_choices(["a ) 38", "b ) 27.675", "c ) 30"]);
         assert_eq!(r.score(&t, "The answer is (b)").score, 1.0);
         assert_eq!(r.score(&t, "The answer is B.").score, 1.0);
         assert_eq!(r.score(&t, "The answer is 27.675").score, 1.0);
-        assert_eq!(
-            r.score(&t, "so we pick (c) at the end").score,
-            DEFAULT_PARTIAL_CREDIT
-        );
+        assert_eq!(r.score(&t, "so we pick (c) at the end").score, DEFAULT_PARTIAL_CREDIT);
         assert_eq!(r.score(&t, "no idea").score, 0.0);
         assert_eq!(r.score(&t, "The answer is b ) 27.675").score, 1.0);
     }

@@ -18,11 +18,7 @@ pub struct Found {
 
 /// All numbers in `text`, left to right.
 pub fn numbers(text: &str) -> Numbers<'_> {
-    Numbers {
-        text,
-        bytes: text.as_bytes(),
-        pos: 0,
-    }
+    Numbers { text, bytes: text.as_bytes(), pos: 0 }
 }
 
 /// The first number in `text`.
@@ -53,8 +49,7 @@ impl Iterator for Numbers<'_> {
         while self.pos < b.len() {
             let i = self.pos;
             let c = b[i];
-            let starts_digits =
-                c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit));
+            let starts_digits = c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit));
             if !starts_digits {
                 self.pos += 1;
                 continue;
@@ -73,11 +68,7 @@ impl Iterator for Numbers<'_> {
             }
             let (negative, start) = sign_before(self.text, i);
             self.pos = end;
-            return Some(Found {
-                value: if negative { -value } else { value },
-                start,
-                end,
-            });
+            return Some(Found { value: if negative { -value } else { value }, start, end });
         }
         None
     }
@@ -104,10 +95,7 @@ fn sign_before(text: &str, i: usize) -> (bool, usize) {
         return (false, i);
     }
     let s = i - sign_len;
-    let glued = text[..s]
-        .chars()
-        .next_back()
-        .is_some_and(|p| p.is_alphanumeric() || p == ')' || p == '_');
+    let glued = text[..s].chars().next_back().is_some_and(|p| p.is_alphanumeric() || p == ')' || p == '_');
     if glued {
         (false, i)
     } else {
@@ -121,13 +109,11 @@ fn read_unsigned(b: &[u8], i: usize) -> (f64, usize) {
     let mut int_part: u128 = 0;
     let mut int_digits = 0usize;
     let mut overflow = false;
-    let mut push = |d: u8, int_part: &mut u128| match int_part
-        .checked_mul(10)
-        .and_then(|v| v.checked_add(u128::from(d - b'0')))
-    {
-        Some(v) => *int_part = v,
-        None => overflow = true,
-    };
+    let mut push =
+        |d: u8, int_part: &mut u128| match int_part.checked_mul(10).and_then(|v| v.checked_add(u128::from(d - b'0'))) {
+            Some(v) => *int_part = v,
+            None => overflow = true,
+        };
     while j < b.len() && b[j].is_ascii_digit() {
         push(b[j], &mut int_part);
         j += 1;
@@ -137,8 +123,7 @@ fn read_unsigned(b: &[u8], i: usize) -> (f64, usize) {
     if (1..=3).contains(&int_digits) {
         while j + 3 < b.len() + 1
             && b.get(j) == Some(&b',')
-            && b.get(j + 1..j + 4)
-                .is_some_and(|g| g.iter().all(u8::is_ascii_digit))
+            && b.get(j + 1..j + 4).is_some_and(|g| g.iter().all(u8::is_ascii_digit))
             && !b.get(j + 4).is_some_and(u8::is_ascii_digit)
         {
             for k in 1..4 {
@@ -183,11 +168,7 @@ fn read_unsigned(b: &[u8], i: usize) -> (f64, usize) {
             end = k;
         }
     }
-    let mut value = if overflow {
-        f64::INFINITY
-    } else {
-        int_part as f64
-    };
+    let mut value = if overflow { f64::INFINITY } else { int_part as f64 };
     if let Some(fs) = frac_str_start {
         // Parse "0.ddd" with the standard library for correct rounding.
         let frac_text = std::str::from_utf8(&b[fs..text_end]).unwrap_or(".0");
@@ -213,10 +194,7 @@ fn read_fraction_tail(b: &[u8], start: usize, end: usize, value: f64) -> Option<
         while k < b.len() && b[k].is_ascii_digit() {
             k += 1;
         }
-        if k == s
-            || b.get(k)
-                .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'/')
-        {
+        if k == s || b.get(k).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'/') {
             return None;
         }
         let v: f64 = std::str::from_utf8(&b[s..k]).ok()?.parse().ok()?;

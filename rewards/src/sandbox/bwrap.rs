@@ -37,21 +37,14 @@ impl Bwrap {
         let unavailable = |why: String| Error::SandboxUnavailable { kind: "bwrap", why };
         let bwrap = which(&config.bwrap.to_string_lossy())
             .filter(|p| p.is_file())
-            .ok_or_else(|| {
-                unavailable(format!("`{}` not found on PATH", config.bwrap.display()))
-            })?;
+            .ok_or_else(|| unavailable(format!("`{}` not found on PATH", config.bwrap.display())))?;
         let help = Command::new(&bwrap)
             .arg("--help")
             .output()
             .map_err(|e| unavailable(format!("cannot run {}: {e}", bwrap.display())))?;
         let tmpfs_size = String::from_utf8_lossy(&help.stdout).contains("--size");
-        let python = std::fs::canonicalize(
-            which(&config.python.to_string_lossy()).unwrap_or(config.python.clone()),
-        )
-        .map_err(|e| Error::Interpreter {
-            path: config.python.clone(),
-            why: e.to_string(),
-        })?;
+        let python = std::fs::canonicalize(which(&config.python.to_string_lossy()).unwrap_or(config.python.clone()))
+            .map_err(|e| Error::Interpreter { path: config.python.clone(), why: e.to_string() })?;
         let reexpose = python_prefix_under_hidden(&python).into_iter().collect();
         let sandbox = Bwrap {
             slots: Slots::new(config.concurrency),
@@ -61,10 +54,7 @@ impl Bwrap {
             tmpfs_size,
             reexpose,
         };
-        let probe = sandbox.run(
-            "import sys; print(sys.version_info[0])",
-            &SandboxPolicy::default(),
-        )?;
+        let probe = sandbox.run("import sys; print(sys.version_info[0])", &SandboxPolicy::default())?;
         if probe.status != Status::Ok || probe.stdout.trim() != "3" {
             return Err(unavailable(format!(
                 "probe run ended {} ({}): {}",
@@ -78,27 +68,8 @@ impl Bwrap {
 
     fn args(&self, policy: &SandboxPolicy, dir: &Path) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::with_capacity(48);
-        push(
-            &mut a,
-            &[
-                "--unshare-user",
-                "--unshare-pid",
-                "--unshare-net",
-                "--unshare-ipc",
-                "--unshare-uts",
-            ],
-        );
-        push(
-            &mut a,
-            &[
-                "--unshare-cgroup-try",
-                "--die-with-parent",
-                "--new-session",
-                "--ro-bind",
-                "/",
-                "/",
-            ],
-        );
+        push(&mut a, &["--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]);
+        push(&mut a, &["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--ro-bind", "/", "/"]);
         for hidden in HIDDEN_DIRS {
             let p = Path::new(hidden);
             if p.is_dir() && !p.is_symlink() {
@@ -106,11 +77,7 @@ impl Bwrap {
             }
         }
         for keep in &self.reexpose {
-            a.extend([
-                "--ro-bind".into(),
-                keep.clone().into_os_string(),
-                keep.clone().into_os_string(),
-            ]);
+            a.extend(["--ro-bind".into(), keep.clone().into_os_string(), keep.clone().into_os_string()]);
         }
         let shm = SHM_SIZE.to_string();
         let tmp = policy.max_file_size.to_string();
@@ -166,11 +133,7 @@ fn python_prefix_under_hidden(python: &Path) -> Option<PathBuf> {
 impl Sandbox for Bwrap {
     fn run(&self, program: &str, policy: &SandboxPolicy) -> Result<ExecResult> {
         let _slot = self.slots.acquire();
-        let lease = if self.root {
-            Some(uid_lease::lease(self.config.uid_base)?)
-        } else {
-            None
-        };
+        let lease = if self.root { Some(uid_lease::lease(self.config.uid_base)?) } else { None };
         let run_as = lease.as_ref().map(|l| l.uid);
         let dir = program_dir(program, run_as)?;
         // As root the limit is set before bwrap and counts the outer bwrap and its init too (2 processes).
@@ -188,21 +151,14 @@ impl Sandbox for Bwrap {
         };
         let result = process::execute(&launch, policy, &|| {})?;
         // bwrap's own failures (before the interpreter starts) are the sandbox's, not the program's.
-        if result.exit_code == Some(1)
-            && result.stdout.is_empty()
-            && result.stderr.starts_with("bwrap: ")
-        {
-            return Err(Error::io(
-                "starting bubblewrap",
-                std::io::Error::other(result.stderr.trim().to_string()),
-            ));
+        if result.exit_code == Some(1) && result.stdout.is_empty() && result.stderr.starts_with("bwrap: ") {
+            return Err(Error::io("starting bubblewrap", std::io::Error::other(result.stderr.trim().to_string())));
         }
         Ok(result)
     }
 
     fn info(&self) -> SandboxInfo {
-        let mut not_enforced =
-            vec!["total memory of a run with many processes (RLIMIT_AS is per process)"];
+        let mut not_enforced = vec!["total memory of a run with many processes (RLIMIT_AS is per process)"];
         if !self.tmpfs_size {
             not_enforced.push("size of the private /tmp (bwrap older than 0.7 has no --size)");
         }

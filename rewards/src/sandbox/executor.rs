@@ -50,11 +50,7 @@ impl Executor {
     }
 
     /// An executor caching at most `capacity` results (0 disables the cache); the oldest entry is evicted first.
-    pub fn with_cache_capacity(
-        sandbox: Arc<dyn Sandbox>,
-        policy: SandboxPolicy,
-        capacity: usize,
-    ) -> Self {
+    pub fn with_cache_capacity(sandbox: Arc<dyn Sandbox>, policy: SandboxPolicy, capacity: usize) -> Self {
         Executor {
             sandbox,
             policy,
@@ -81,10 +77,7 @@ impl Executor {
         if self.capacity > 0 {
             if let Some(hit) = self.lock().map.get(&key) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(ExecResult {
-                    cached: true,
-                    ..hit.clone()
-                });
+                return Ok(ExecResult { cached: true, ..hit.clone() });
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
@@ -105,14 +98,9 @@ impl Executor {
 
     /// Run many programs with as many threads as the sandbox runs at once; results in input order.
     pub fn run_batch<S: AsRef<str> + Sync>(&self, programs: &[S]) -> Vec<Result<ExecResult>> {
-        let workers = self
-            .sandbox
-            .info()
-            .concurrency
-            .clamp(1, programs.len().max(1));
+        let workers = self.sandbox.info().concurrency.clamp(1, programs.len().max(1));
         let next = AtomicU64::new(0);
-        let results: Vec<Mutex<Option<Result<ExecResult>>>> =
-            programs.iter().map(|_| Mutex::new(None)).collect();
+        let results: Vec<Mutex<Option<Result<ExecResult>>>> = programs.iter().map(|_| Mutex::new(None)).collect();
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| loop {
@@ -137,10 +125,7 @@ impl Executor {
 
     /// Cache counters.
     pub fn stats(&self) -> CacheStats {
-        CacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-        }
+        CacheStats { hits: self.hits.load(Ordering::Relaxed), misses: self.misses.load(Ordering::Relaxed) }
     }
 
     fn key(&self, program: &str) -> Key {

@@ -235,10 +235,7 @@ pub struct NullSandbox;
 
 impl Sandbox for NullSandbox {
     fn run(&self, _program: &str, _policy: &SandboxPolicy) -> Result<ExecResult> {
-        Err(Error::SandboxUnavailable {
-            kind: "null",
-            why: "the null sandbox never executes code".into(),
-        })
+        Err(Error::SandboxUnavailable { kind: "null", why: "the null sandbox never executes code".into() })
     }
 
     fn info(&self) -> SandboxInfo {
@@ -272,9 +269,7 @@ impl std::str::FromStr for SandboxChoice {
             "auto" => Ok(SandboxChoice::Auto),
             "bwrap" => Ok(SandboxChoice::Bwrap),
             "rlimits" => Ok(SandboxChoice::Rlimits),
-            _ => Err(format!(
-                "unknown sandbox `{s}` (use auto, bwrap or rlimits)"
-            )),
+            _ => Err(format!("unknown sandbox `{s}` (use auto, bwrap or rlimits)")),
         }
     }
 }
@@ -355,8 +350,7 @@ mod human_duration_opt {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let text = Option::<String>::deserialize(d)?;
-        text.map(|t| crate::units::parse_duration(&t).map_err(serde::de::Error::custom))
-            .transpose()
+        text.map(|t| crate::units::parse_duration(&t).map_err(serde::de::Error::custom)).transpose()
     }
 }
 
@@ -388,8 +382,7 @@ mod tests {
 
     #[test]
     fn policy_reads_human_units_from_toml() -> anyhow::Result<()> {
-        let p: SandboxPolicy =
-            toml::from_str("timeout = \"500ms\"\nmemory = \"1GiB\"\nmax_processes = 8")?;
+        let p: SandboxPolicy = toml::from_str("timeout = \"500ms\"\nmemory = \"1GiB\"\nmax_processes = 8")?;
         assert_eq!(p.timeout, Duration::from_millis(500));
         assert_eq!(p.memory, 1 << 30);
         assert_eq!(p.max_processes, 8);
@@ -402,15 +395,9 @@ mod tests {
 
     #[test]
     fn cpu_seconds_round_up() {
-        let p = SandboxPolicy {
-            timeout: Duration::from_millis(2100),
-            ..Default::default()
-        };
+        let p = SandboxPolicy { timeout: Duration::from_millis(2100), ..Default::default() };
         assert_eq!(p.cpu_seconds(), 3);
-        let p = SandboxPolicy {
-            timeout: Duration::from_secs(5),
-            ..Default::default()
-        };
+        let p = SandboxPolicy { timeout: Duration::from_secs(5), ..Default::default() };
         assert_eq!(p.cpu_seconds(), 5);
     }
 }

@@ -65,11 +65,7 @@ enum Stop {
 
 /// Run `launch` under `policy`; `after_kill` runs once the process group has been killed (the root fallback
 /// sweeps its uid there).
-pub(crate) fn execute(
-    launch: &Launch,
-    policy: &SandboxPolicy,
-    after_kill: &dyn Fn(),
-) -> Result<ExecResult> {
+pub(crate) fn execute(launch: &Launch, policy: &SandboxPolicy, after_kill: &dyn Fn()) -> Result<ExecResult> {
     let mut cmd = Command::new(&launch.program);
     cmd.args(&launch.args)
         .current_dir(&launch.cwd)
@@ -87,9 +83,7 @@ pub(crate) fn execute(
         cmd.pre_exec(move || child_setup(limits, run_as, new_netns));
     }
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io("spawning the sandboxed process", e))?;
+    let mut child = cmd.spawn().map_err(|e| Error::io("spawning the sandboxed process", e))?;
     let supervised = supervise(&mut child, start, policy);
     // Kill the whole group: leftovers after a normal exit, everything after a timeout or output overflow.
     // SAFETY: plain kill(2) on the group the child created with setsid (pgid == pid).
@@ -104,9 +98,7 @@ pub(crate) fn execute(
             return Err(e);
         }
     };
-    let status = child
-        .wait()
-        .map_err(|e| Error::io("waiting for the sandboxed process", e))?;
+    let status = child.wait().map_err(|e| Error::io("waiting for the sandboxed process", e))?;
     let wall_ms = start.elapsed().as_millis() as u64;
     out.truncate(policy.max_output);
     err.truncate(policy.max_output);
@@ -152,14 +144,7 @@ fn child_setup(limits: Limits, run_as: Option<u32>, new_netns: bool) -> io::Resu
             }
         }
         // Die with the spawning thread (set after setuid, which clears it).
-        if libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ) != 0
-        {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -167,10 +152,7 @@ fn child_setup(limits: Limits, run_as: Option<u32>, new_netns: bool) -> io::Resu
 }
 
 unsafe fn set_limit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: soft as libc::rlim_t,
-        rlim_max: hard as libc::rlim_t,
-    };
+    let lim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
     // SAFETY: the caller is in pre_exec; setrlimit with a valid pointer to a stack value.
     if unsafe { libc::setrlimit(resource, &lim) } != 0 {
         return Err(io::Error::last_os_error());
@@ -186,13 +168,7 @@ fn supervise(child: &mut Child, start: Instant, policy: &SandboxPolicy) -> Resul
     let pidfd = pidfd_open(child.id());
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
-    for fd in [
-        stdout.as_ref().map(AsRawFd::as_raw_fd),
-        stderr.as_ref().map(AsRawFd::as_raw_fd),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    for fd in [stdout.as_ref().map(AsRawFd::as_raw_fd), stderr.as_ref().map(AsRawFd::as_raw_fd)].into_iter().flatten() {
         set_nonblocking(fd).map_err(|e| Error::io("configuring output pipes", e))?;
     }
     let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -205,19 +181,8 @@ fn supervise(child: &mut Child, start: Instant, policy: &SandboxPolicy) -> Resul
             break;
         }
         // Without a pidfd the exit is noticed by polling every 5 ms.
-        let tick = if pidfd.is_some() {
-            deadline - now
-        } else {
-            (deadline - now).min(Duration::from_millis(5))
-        };
-        let exited = wait_ready(
-            &mut stdout,
-            &mut stderr,
-            pidfd.as_ref(),
-            tick,
-            &mut out,
-            &mut err,
-        )?;
+        let tick = if pidfd.is_some() { deadline - now } else { (deadline - now).min(Duration::from_millis(5)) };
+        let exited = wait_ready(&mut stdout, &mut stderr, pidfd.as_ref(), tick, &mut out, &mut err)?;
         if out.len() > cap {
             stop = Some(Stop::OutputLimit("stdout"));
             break;
@@ -226,12 +191,8 @@ fn supervise(child: &mut Child, start: Instant, policy: &SandboxPolicy) -> Resul
             stop = Some(Stop::OutputLimit("stderr"));
             break;
         }
-        let exited = exited
-            || (pidfd.is_none()
-                && child
-                    .try_wait()
-                    .map_err(|e| Error::io("polling the process", e))?
-                    .is_some());
+        let exited =
+            exited || (pidfd.is_none() && child.try_wait().map_err(|e| Error::io("polling the process", e))?.is_some());
         if exited {
             break;
         }
@@ -244,14 +205,7 @@ fn supervise(child: &mut Child, start: Instant, policy: &SandboxPolicy) -> Resul
             if now >= grace_end || out.len() > cap || err.len() > cap {
                 break;
             }
-            wait_ready(
-                &mut stdout,
-                &mut stderr,
-                None,
-                grace_end - now,
-                &mut out,
-                &mut err,
-            )?;
+            wait_ready(&mut stdout, &mut stderr, None, grace_end - now, &mut out, &mut err)?;
         }
         if out.len() > cap {
             stop = Some(Stop::OutputLimit("stdout"));
@@ -272,11 +226,7 @@ fn wait_ready<R: Read + AsRawFd>(
     out: &mut Vec<u8>,
     err: &mut Vec<u8>,
 ) -> Result<bool> {
-    let mut fds: [libc::pollfd; 3] = [libc::pollfd {
-        fd: -1,
-        events: libc::POLLIN,
-        revents: 0,
-    }; 3];
+    let mut fds: [libc::pollfd; 3] = [libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 }; 3];
     if let Some(s) = stdout.as_ref() {
         fds[0].fd = s.as_raw_fd();
     }
@@ -347,14 +297,9 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-fn decode_status(
-    status: std::process::ExitStatus,
-    signal_in_exit_code: bool,
-) -> (Option<i32>, Option<i32>) {
+fn decode_status(status: std::process::ExitStatus, signal_in_exit_code: bool) -> (Option<i32>, Option<i32>) {
     match (status.code(), status.signal()) {
-        (Some(code), _) if signal_in_exit_code && (129..=128 + 64).contains(&code) => {
-            (None, Some(code - 128))
-        }
+        (Some(code), _) if signal_in_exit_code && (129..=128 + 64).contains(&code) => (None, Some(code - 128)),
         (code, signal) => (code, signal),
     }
 }
@@ -368,67 +313,32 @@ fn classify(
 ) -> (Status, Option<String>) {
     match stop {
         Some(Stop::Timeout) => {
-            return (
-                Status::Timeout,
-                Some(format!(
-                    "wall-clock limit of {} ms reached",
-                    policy.timeout.as_millis()
-                )),
-            )
+            return (Status::Timeout, Some(format!("wall-clock limit of {} ms reached", policy.timeout.as_millis())))
         }
         Some(Stop::OutputLimit(stream)) => {
             let cap = format_size(policy.max_output as u64);
-            return (
-                Status::OutputLimit,
-                Some(format!("{stream} passed the output cap of {cap}")),
-            );
+            return (Status::OutputLimit, Some(format!("{stream} passed the output cap of {cap}")));
         }
         None => {}
     }
     if signal == Some(libc::SIGXCPU) {
-        return (
-            Status::Timeout,
-            Some(format!(
-                "CPU time limit of {} s reached",
-                policy.cpu_seconds()
-            )),
-        );
+        return (Status::Timeout, Some(format!("CPU time limit of {} s reached", policy.cpu_seconds())));
     }
     if exit_code == Some(0) {
         return (Status::Ok, None);
     }
     if is_memory_error(stderr) {
         let why = failure_reason(stderr).unwrap_or_else(|| "MemoryError".into());
-        return (
-            Status::Memory,
-            Some(format!(
-                "memory limit of {} reached: {why}",
-                format_size(policy.memory)
-            )),
-        );
+        return (Status::Memory, Some(format!("memory limit of {} reached: {why}", format_size(policy.memory))));
     }
     match (exit_code, signal) {
-        (_, Some(sig)) => (
-            Status::Killed,
-            Some(format!("killed by signal {sig} ({})", signal_name(sig))),
-        ),
+        (_, Some(sig)) => (Status::Killed, Some(format!("killed by signal {sig} ({})", signal_name(sig)))),
         (Some(code), None) => {
-            let why = failure_reason(stderr).or_else(|| {
-                stderr
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .map(|l| l.trim().to_string())
-            });
-            (
-                Status::Error,
-                Some(why.unwrap_or_else(|| format!("exit status {code}"))),
-            )
+            let why = failure_reason(stderr)
+                .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()));
+            (Status::Error, Some(why.unwrap_or_else(|| format!("exit status {code}"))))
         }
-        (None, None) => (
-            Status::Killed,
-            Some("ended without exit status or signal".into()),
-        ),
+        (None, None) => (Status::Killed, Some("ended without exit status or signal".into())),
     }
 }
 
@@ -498,11 +408,7 @@ pub(crate) fn processes_of(uid: u32) -> u64 {
         return 0;
     };
     dir.filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        })
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
         .filter(|e| e.metadata().is_ok_and(|m| m.uid() == uid))
         .count() as u64
 }
@@ -541,29 +447,13 @@ mod tests {
     #[test]
     fn classification_prefers_limits_over_exit_codes() {
         let p = SandboxPolicy::default();
+        assert_eq!(classify(Some(Stop::Timeout), None, Some(9), "", &p).0, Status::Timeout);
+        assert_eq!(classify(None, None, Some(libc::SIGXCPU), "", &p).0, Status::Timeout);
         assert_eq!(
-            classify(Some(Stop::Timeout), None, Some(9), "", &p).0,
-            Status::Timeout
-        );
-        assert_eq!(
-            classify(None, None, Some(libc::SIGXCPU), "", &p).0,
-            Status::Timeout
-        );
-        assert_eq!(
-            classify(
-                None,
-                Some(1),
-                None,
-                "Traceback (most recent call last):\nMemoryError\n",
-                &p
-            )
-            .0,
+            classify(None, Some(1), None, "Traceback (most recent call last):\nMemoryError\n", &p).0,
             Status::Memory
         );
-        assert_eq!(
-            classify(None, Some(1), None, "boom\n", &p),
-            (Status::Error, Some("boom".into()))
-        );
+        assert_eq!(classify(None, Some(1), None, "boom\n", &p), (Status::Error, Some("boom".into())));
         assert_eq!(classify(None, None, Some(11), "", &p).0, Status::Killed);
         assert_eq!(classify(None, Some(0), None, "", &p), (Status::Ok, None));
     }

@@ -28,9 +28,7 @@ pub(crate) fn which(name: &str) -> Option<PathBuf> {
     if name.contains('/') {
         return Some(PathBuf::from(name));
     }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(name)).find(|p| p.is_file())
 }
 
 /// `program` followed by a `__main__` block that calls `solution()` and prints its `repr()` after
@@ -46,16 +44,10 @@ pub fn with_solution_call(program: &str) -> String {
 pub fn take_result(stdout: &mut String) -> Option<String> {
     let at = stdout.rfind(RESULT_MARKER)?;
     let value_start = at + RESULT_MARKER.len();
-    let value_end = stdout[value_start..]
-        .find('\n')
-        .map_or(stdout.len(), |e| value_start + e);
+    let value_end = stdout[value_start..].find('\n').map_or(stdout.len(), |e| value_start + e);
     let value = stdout[value_start..value_end].to_string();
     // Also drop the newline written before the marker.
-    let cut_start = if stdout[..at].ends_with('\n') {
-        at - 1
-    } else {
-        at
-    };
+    let cut_start = if stdout[..at].ends_with('\n') { at - 1 } else { at };
     let cut_end = (value_end + 1).min(stdout.len());
     stdout.replace_range(cut_start..cut_end, "");
     Some(value)
@@ -66,31 +58,18 @@ pub fn take_result(stdout: &mut String) -> Option<String> {
 /// HumanEval failures say which assertion failed.
 pub fn failure_reason(stderr: &str) -> Option<String> {
     let lines: Vec<&str> = stderr.lines().collect();
-    let tb_start = lines
-        .iter()
-        .rposition(|l| l.starts_with("Traceback (most recent call last)"))?;
+    let tb_start = lines.iter().rposition(|l| l.starts_with("Traceback (most recent call last)"))?;
     let tb = &lines[tb_start..];
     // The exception line: the last line that does not start with whitespace, after the frames.
-    let exc = tb
-        .iter()
-        .skip(1)
-        .rev()
-        .find(|l| !l.starts_with(' ') && !l.trim().is_empty())?;
+    let exc = tb.iter().skip(1).rev().find(|l| !l.starts_with(' ') && !l.trim().is_empty())?;
     let mut frame: Option<(String, Option<&str>)> = None;
     for (k, l) in tb.iter().enumerate() {
         let t = l.trim_start();
         if let Some(rest) = t.strip_prefix("File \"") {
-            let in_program =
-                rest.starts_with(PROGRAM_FILE) || rest.contains(&format!("/{PROGRAM_FILE}\""));
+            let in_program = rest.starts_with(PROGRAM_FILE) || rest.contains(&format!("/{PROGRAM_FILE}\""));
             if in_program {
-                let line_no = rest
-                    .split(", line ")
-                    .nth(1)
-                    .map(|s| s.split(',').next().unwrap_or(s).to_string());
-                let code = tb
-                    .get(k + 1)
-                    .map(|c| c.trim())
-                    .filter(|c| !c.starts_with("File \"") && !c.is_empty());
+                let line_no = rest.split(", line ").nth(1).map(|s| s.split(',').next().unwrap_or(s).to_string());
+                let code = tb.get(k + 1).map(|c| c.trim()).filter(|c| !c.starts_with("File \"") && !c.is_empty());
                 frame = Some((line_no.unwrap_or_default(), code));
             }
         }
@@ -107,10 +86,7 @@ pub fn failure_reason(stderr: &str) -> Option<String> {
 pub fn is_memory_error(stderr: &str) -> bool {
     let tail_start = stderr.len().saturating_sub(4096);
     let tail = stderr.get(tail_start..).unwrap_or(stderr);
-    tail.lines()
-        .rev()
-        .take(4)
-        .any(|l| l.starts_with("MemoryError") || l.contains("Cannot allocate memory"))
+    tail.lines().rev().take(4).any(|l| l.starts_with("MemoryError") || l.contains("Cannot allocate memory"))
 }
 
 #[cfg(test)]
@@ -119,19 +95,14 @@ mod tests {
 
     #[test]
     fn reason_names_exception_and_failing_line() {
-        let tb = "Traceback (most recent call last):\n  File \"/tmp/main.py\", line 20, in <module>\n    check(add)\n  \
+        let tb =
+            "Traceback (most recent call last):\n  File \"/tmp/main.py\", line 20, in <module>\n    check(add)\n  \
                   File \"/tmp/main.py\", line 12, in check\n    assert candidate(2, 3) == 5\n           \
                   ^^^^^^^^^^^^^^^\nAssertionError\n";
-        assert_eq!(
-            failure_reason(tb).as_deref(),
-            Some("AssertionError at line 12: assert candidate(2, 3) == 5")
-        );
+        assert_eq!(failure_reason(tb).as_deref(), Some("AssertionError at line 12: assert candidate(2, 3) == 5"));
         let tb = "Traceback (most recent call last):\n  File \"main.py\", line 1, in <module>\n    x = y\n\
                   NameError: name 'y' is not defined\n";
-        assert_eq!(
-            failure_reason(tb).as_deref(),
-            Some("NameError: name 'y' is not defined at line 1: x = y")
-        );
+        assert_eq!(failure_reason(tb).as_deref(), Some("NameError: name 'y' is not defined at line 1: x = y"));
         assert_eq!(failure_reason("plain text"), None);
     }
 
@@ -142,10 +113,7 @@ mod tests {
         assert_eq!(out, "hello\n");
         let program = with_solution_call("def solution():\n    return 1");
         assert!(program.contains("solution()"));
-        assert!(
-            program.contains("\\x01orchard-result:"),
-            "the Python literal spells RESULT_MARKER"
-        );
+        assert!(program.contains("\\x01orchard-result:"), "the Python literal spells RESULT_MARKER");
     }
 
     #[test]

@@ -21,10 +21,8 @@ pub struct Rlimits {
 impl Rlimits {
     /// Check that the interpreter runs (one probe run).
     pub fn new(config: SandboxConfig) -> Result<Self> {
-        let python = which(&config.python.to_string_lossy()).ok_or_else(|| Error::Interpreter {
-            path: config.python.clone(),
-            why: "not found on PATH".into(),
-        })?;
+        let python = which(&config.python.to_string_lossy())
+            .ok_or_else(|| Error::Interpreter { path: config.python.clone(), why: "not found on PATH".into() })?;
         // SAFETY: getuid never fails.
         let uid = unsafe { libc::getuid() };
         let sandbox = Rlimits {
@@ -33,10 +31,7 @@ impl Rlimits {
             root: is_root(),
             uid,
         };
-        let probe = sandbox.run(
-            "import sys; print(sys.version_info[0])",
-            &SandboxPolicy::default(),
-        )?;
+        let probe = sandbox.run("import sys; print(sys.version_info[0])", &SandboxPolicy::default())?;
         if probe.status != Status::Ok || probe.stdout.trim() != "3" {
             return Err(Error::Interpreter {
                 path: sandbox.config.python.clone(),
@@ -50,28 +45,15 @@ impl Rlimits {
 impl Sandbox for Rlimits {
     fn run(&self, program: &str, policy: &SandboxPolicy) -> Result<ExecResult> {
         let _slot = self.slots.acquire();
-        let lease = if self.root {
-            Some(uid_lease::lease(self.config.uid_base)?)
-        } else {
-            None
-        };
+        let lease = if self.root { Some(uid_lease::lease(self.config.uid_base)?) } else { None };
         let run_as = lease.as_ref().map(|l| l.uid);
         let dir = program_dir(program, run_as)?;
         // A dedicated uid counts only this run; the calling user's count includes everything else they run.
-        let processes = if self.root {
-            policy.max_processes
-        } else {
-            processes_of(self.uid) + policy.max_processes
-        };
+        let processes = if self.root { policy.max_processes } else { processes_of(self.uid) + policy.max_processes };
         let home = dir.path().to_string_lossy().into_owned();
         let launch = Launch {
             program: self.config.python.clone(),
-            args: policy
-                .python_flags()
-                .iter()
-                .map(Into::into)
-                .chain([PROGRAM_FILE.into()])
-                .collect(),
+            args: policy.python_flags().iter().map(Into::into).chain([PROGRAM_FILE.into()]).collect(),
             cwd: dir.path().to_path_buf(),
             env: process::scrubbed_env(&home),
             limits: Limits::from_policy(policy, Some(processes)),

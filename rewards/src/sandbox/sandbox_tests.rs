@@ -6,10 +6,7 @@ use std::time::{Duration, Instant};
 use super::*;
 
 fn policy() -> SandboxPolicy {
-    SandboxPolicy {
-        timeout: Duration::from_secs(3),
-        ..Default::default()
-    }
+    SandboxPolicy { timeout: Duration::from_secs(3), ..Default::default() }
 }
 
 fn sandboxes() -> Vec<Arc<dyn Sandbox>> {
@@ -18,9 +15,7 @@ fn sandboxes() -> Vec<Arc<dyn Sandbox>> {
         Ok(b) => v.push(Arc::new(b)),
         Err(e) => eprintln!("skipping bwrap: {e}"),
     }
-    v.push(Arc::new(
-        Rlimits::new(SandboxConfig::default()).expect("python3 runs under rlimits"),
-    ));
+    v.push(Arc::new(Rlimits::new(SandboxConfig::default()).expect("python3 runs under rlimits")));
     v
 }
 
@@ -28,18 +23,10 @@ fn sandboxes() -> Vec<Arc<dyn Sandbox>> {
 fn ok_error_and_output_are_reported() -> anyhow::Result<()> {
     for sb in sandboxes() {
         let r = sb.run("print('hi')", &policy())?;
-        assert_eq!(
-            (r.status, r.exit_code, r.stdout.as_str()),
-            (Status::Ok, Some(0), "hi\n"),
-            "{sb:?}"
-        );
+        assert_eq!((r.status, r.exit_code, r.stdout.as_str()), (Status::Ok, Some(0), "hi\n"), "{sb:?}");
         let r = sb.run("def f():\n    assert 1 == 2\nf()\n", &policy())?;
         assert_eq!(r.status, Status::Error);
-        assert_eq!(
-            r.reason.as_deref(),
-            Some("AssertionError at line 2: assert 1 == 2"),
-            "{r:?}"
-        );
+        assert_eq!(r.reason.as_deref(), Some("AssertionError at line 2: assert 1 == 2"), "{r:?}");
         assert_eq!(r.exit_code, Some(1));
     }
     Ok(())
@@ -48,18 +35,11 @@ fn ok_error_and_output_are_reported() -> anyhow::Result<()> {
 #[test]
 fn sleeping_past_the_deadline_times_out_on_time() -> anyhow::Result<()> {
     for sb in sandboxes() {
-        let p = SandboxPolicy {
-            timeout: Duration::from_millis(500),
-            ..policy()
-        };
+        let p = SandboxPolicy { timeout: Duration::from_millis(500), ..policy() };
         let t = Instant::now();
         let r = sb.run("import time\ntime.sleep(30)", &p)?;
         assert_eq!(r.status, Status::Timeout, "{r:?}");
-        assert!(
-            t.elapsed() < Duration::from_millis(1500),
-            "{:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
     }
     Ok(())
 }
@@ -67,10 +47,7 @@ fn sleeping_past_the_deadline_times_out_on_time() -> anyhow::Result<()> {
 #[test]
 fn memory_bomb_reports_memory() -> anyhow::Result<()> {
     for sb in sandboxes() {
-        let p = SandboxPolicy {
-            memory: 256 << 20,
-            ..policy()
-        };
+        let p = SandboxPolicy { memory: 256 << 20, ..policy() };
         let r = sb.run("x = bytearray(1 << 30)", &p)?;
         assert_eq!(r.status, Status::Memory, "{r:?}");
     }
@@ -92,11 +69,7 @@ fn environment_is_scrubbed() -> anyhow::Result<()> {
     std::env::set_var("ORCHARD_SECRET_TEST_VAR", "leak");
     for sb in sandboxes() {
         let r = sb.run("import os\nprint(sorted(os.environ))", &policy())?;
-        assert!(
-            !r.stdout.contains("ORCHARD_SECRET_TEST_VAR"),
-            "{}",
-            r.stdout
-        );
+        assert!(!r.stdout.contains("ORCHARD_SECRET_TEST_VAR"), "{}", r.stdout);
     }
     Ok(())
 }

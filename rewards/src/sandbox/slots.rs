@@ -18,11 +18,7 @@ pub(crate) struct Slot<'a> {
 impl Slots {
     pub(crate) fn new(count: usize) -> Self {
         let count = count.max(1);
-        Slots {
-            free: Mutex::new(count),
-            available: Condvar::new(),
-            count,
-        }
+        Slots { free: Mutex::new(count), available: Condvar::new(), count }
     }
 
     pub(crate) fn count(&self) -> usize {
@@ -33,10 +29,7 @@ impl Slots {
     pub(crate) fn acquire(&self) -> Slot<'_> {
         let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
         while *free == 0 {
-            free = self
-                .available
-                .wait(free)
-                .unwrap_or_else(PoisonError::into_inner);
+            free = self.available.wait(free).unwrap_or_else(PoisonError::into_inner);
         }
         *free -= 1;
         Slot { pool: self }
@@ -45,11 +38,7 @@ impl Slots {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        *self
-            .pool
-            .free
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) += 1;
+        *self.pool.free.lock().unwrap_or_else(PoisonError::into_inner) += 1;
         self.pool.available.notify_one();
     }
 }

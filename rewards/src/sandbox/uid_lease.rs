@@ -31,16 +31,12 @@ fn lock_dir() -> Result<PathBuf> {
             if !m.is_dir() || m.uid() != 0 || m.mode() & 0o022 != 0 {
                 return Err(Error::io(
                     "checking the uid lease directory",
-                    std::io::Error::other(format!(
-                        "{} is not a root-owned private directory",
-                        dir.display()
-                    )),
+                    std::io::Error::other(format!("{} is not a root-owned private directory", dir.display())),
                 ));
             }
         }
         Err(_) => {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| Error::io("creating the uid lease directory", e))?;
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating the uid lease directory", e))?;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| Error::io("securing the uid lease directory", e))?;
         }
@@ -56,12 +52,7 @@ static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
 /// Lease a free uid in `base .. base + UID_RANGE`, round-robin.
 pub(crate) fn lease(base: u32) -> Result<UidLease> {
     let dir = lock_dir()?;
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id() % UID_RANGE,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
+    let _ = NEXT.compare_exchange(u32::MAX, std::process::id() % UID_RANGE, Ordering::Relaxed, Ordering::Relaxed);
     let start = NEXT.fetch_add(1, Ordering::Relaxed);
     for k in 0..UID_RANGE {
         let uid = base + (start.wrapping_add(k) % UID_RANGE);
