@@ -160,7 +160,7 @@ impl GgufFile {
     fn bytes_of(&self, name: &str, info: &TensorInfo) -> Result<&[u8]> {
         let dt = info.ggml_dtype;
         let elems = info.shape.elem_count();
-        if elems % dt.block_size() != 0 {
+        if !elems.is_multiple_of(dt.block_size()) {
             return Err(Error::bad_model(&self.path, format!("tensor `{name}` has a partial block")));
         }
         let size = elems / dt.block_size() * dt.type_size();

@@ -157,7 +157,7 @@ impl KvCache {
     pub(crate) fn reserve(&mut self, extra: usize) -> usize {
         let start = self.len;
         let need = (start + extra).div_ceil(BLOCK_TOKENS);
-        if extra > 0 && start % BLOCK_TOKENS != 0 {
+        if extra > 0 && !start.is_multiple_of(BLOCK_TOKENS) {
             let last = start / BLOCK_TOKENS;
             Arc::make_mut(&mut self.blocks[last]);
         }

@@ -88,10 +88,12 @@ impl FromStr for TaskKind {
             "jsonl" => TaskKind::Jsonl,
             "json" => TaskKind::Json,
             "parquet" => TaskKind::Parquet,
-            other => return Err(Error::Source(format!(
+            other => {
+                return Err(Error::Source(format!(
                 "unknown task {other:?}: expected one of gsm8k, svamp, humaneval (built in) or jsonl, json, parquet \
                      (a --path with a field mapping)"
-            ))),
+            )))
+            }
         })
     }
 }

@@ -78,7 +78,6 @@ pub fn matmul(w: &PackedMatrix, x: &[f32], m: usize, out: &mut [f32]) {
     let ptr = SyncPtr(out.as_mut_ptr());
     let chunk = chunk_len(np, 1);
     (0..np.div_ceil(chunk)).into_par_iter().for_each(|c| {
-        let ptr = ptr;
         for p in c * chunk..((c + 1) * chunk).min(np) {
             let panel = &w.panels[p * k * NR..(p + 1) * k * NR];
             let cols = NR.min(n - p * NR);
@@ -90,7 +89,7 @@ pub fn matmul(w: &PackedMatrix, x: &[f32], m: usize, out: &mut [f32]) {
                 for (t, vals) in tile.iter().take(mr).enumerate() {
                     for (j, v) in vals.iter().take(cols).enumerate() {
                         // SAFETY: (r0 + t, p·NR + j) lies inside `out`; only this task writes panel p's columns.
-                        unsafe { *ptr.0.add((r0 + t) * n + p * NR + j) = *v };
+                        unsafe { *ptr.get().add((r0 + t) * n + p * NR + j) = *v };
                     }
                 }
                 r0 += mr;
@@ -148,6 +147,7 @@ fn panel_kernel(isa: Isa, panel: &[f32], x: &[f32], k: usize, mr: usize, tile: &
 }
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // index loops over const-generic register tiles
 mod x86 {
     use std::arch::x86_64::*;
 

@@ -68,6 +68,13 @@ pub(crate) struct SyncPtr(pub *mut f32);
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper, not its raw field).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Splits `n` items into chunks so that each of the pool's threads gets several (load balance) but each chunk
 /// stays at least `min` items (amortise the task overhead).
 pub(crate) fn chunk_len(n: usize, min: usize) -> usize {

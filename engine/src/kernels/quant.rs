@@ -66,7 +66,7 @@ impl QRows {
     }
 
     fn check_len(raw: &[u8], rows: usize, cols: usize, block_bytes: usize) -> Result<(), String> {
-        if cols % BLOCK != 0 {
+        if !cols.is_multiple_of(BLOCK) {
             return Err(format!("row length {cols} is not a multiple of the block size {BLOCK}"));
         }
         let want = rows * cols / BLOCK * block_bytes;
@@ -395,7 +395,6 @@ pub fn qmatmul(w: &QMatrix, x: &QActs, out: &mut [f32]) {
         Isa::Scalar => 1,
     };
     (0..panels.div_ceil(chunk)).into_par_iter().for_each(|c| {
-        let ptr = ptr;
         let mut tile = [[0f32; PANEL]; MR];
         let mut r0 = 0;
         while r0 < m {
@@ -407,7 +406,7 @@ pub fn qmatmul(w: &QMatrix, x: &QActs, out: &mut [f32]) {
                     // SAFETY: row r0 + t < m and columns p·16 .. p·16 + cols < n lie inside `out`; only this task
                     // writes panel p's columns.
                     unsafe {
-                        std::ptr::copy_nonoverlapping(vals.as_ptr(), ptr.0.add((r0 + t) * n + p * PANEL), cols);
+                        std::ptr::copy_nonoverlapping(vals.as_ptr(), ptr.get().add((r0 + t) * n + p * PANEL), cols);
                     }
                 }
             }
@@ -438,8 +437,8 @@ fn panel_kernel(isa: Isa, w: &QMatrix, p: usize, x: &QActs, r0: usize, rows: usi
             }
         },
         _ => {
-            for t in 0..rows {
-                panel_scalar(w, p, x, r0 + t, &mut tile[t]);
+            for (t, out) in tile.iter_mut().enumerate().take(rows) {
+                panel_scalar(w, p, x, r0 + t, out);
             }
         }
     }
@@ -473,6 +472,7 @@ fn panel_scalar(w: &QMatrix, p: usize, x: &QActs, row: usize, out: &mut [f32; PA
 }
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // index loops over const-generic register tiles
 mod x86 {
     use std::arch::x86_64::*;
 
