@@ -21,7 +21,7 @@ pub const DEFAULT_MAX_NEW_TOKENS: usize = 256;
 
 /// How to pick tokens and when to stop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SamplingParams {
     /// Softmax temperature; 0 means greedy. Default [`DEFAULT_TEMPERATURE`].
     pub temperature: f32,
