@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::chat::{ChatTemplate, Message};
@@ -355,8 +356,12 @@ impl Engine {
             };
             // 3. Sample the decode steps.
             let decoded = active.len();
-            for (i, seq) in active.iter_mut().enumerate() {
-                let draw = sample(logits.row(i, 0), &requests[seq.request].params, &mut seq.rng);
+            let draws: Vec<_> = active
+                .par_iter_mut()
+                .enumerate()
+                .map(|(i, seq)| sample(logits.row(i, 0), &requests[seq.request].params, &mut seq.rng))
+                .collect();
+            for (seq, draw) in active.iter_mut().zip(draws) {
                 seq.push(draw.token, draw.logprob, self, &requests[seq.request].params, ctx)?;
             }
             stats.generated_tokens += active.len();

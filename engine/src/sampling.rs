@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernels::ops::log_sum_exp;
+use crate::kernels::ops::{exp, log_sum_exp};
 use crate::model::TokenId;
 
 /// Default sampling temperature (unbiased samples of the model's distribution).
@@ -116,6 +116,12 @@ pub struct Draw {
 /// Candidates considered before falling back to a full sort for top-p.
 const TOP_P_PREFIX: usize = 1024;
 
+/// Unnormalised probability of a logit at temperature `1/inv_t`: `exp((v − max)/T)` in f32, widened.
+#[inline]
+fn weight(v: f32, max: f64, inv_t: f64) -> f64 {
+    exp(((v as f64 - max) * inv_t) as f32) as f64
+}
+
 /// Samples one token from `logits`.
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SeqRng) -> Draw {
     let lse = log_sum_exp(logits);
@@ -135,7 +141,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SeqRng) -> Draw
     let filtered = params.top_k > 0 || params.top_p < 1.0 || params.min_p > 0.0;
     if !filtered {
         // Inverse CDF in vocabulary order over the whole distribution.
-        let weights: Vec<f64> = logits.iter().map(|&v| ((v as f64 - max) * inv_t).exp()).collect();
+        let weights: Vec<f64> = logits.iter().map(|&v| weight(v, max, inv_t)).collect();
         let total: f64 = weights.iter().sum();
         let target = u * total;
         let mut acc = 0.0;
@@ -153,8 +159,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SeqRng) -> Draw
     }
     // Candidates in (probability desc, id asc) order.
     let by_rank = |a: &(usize, f64), b: &(usize, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    let all: Vec<(usize, f64)> =
-        logits.iter().enumerate().map(|(i, &v)| (i, ((v as f64 - max) * inv_t).exp())).collect();
+    let all: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, &v)| (i, weight(v, max, inv_t))).collect();
     let total: f64 = all.iter().map(|c| c.1).sum();
     let keep = if params.top_k > 0 { params.top_k.min(all.len()) } else { all.len() };
     let prefix = keep.min(TOP_P_PREFIX);

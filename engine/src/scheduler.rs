@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::engine::{final_text, finish_after, Engine, FinishReason, Sample, Scored};
@@ -451,6 +452,20 @@ impl Worker {
         self.metrics.sequences_in_forwards += plan.len() as u64;
         self.metrics.rows_in_forwards += rows as u64;
         let ctx = model.config().max_position_embeddings;
+        // Draw every sequence's next token in parallel (each from its own logits and RNG: order-independent).
+        let mut rngs: Vec<Option<SeqRng>> = plan
+            .iter()
+            .enumerate()
+            .map(|(k, &(i, _, _))| (logits.rows(k) > 0).then(|| self.running[i].rng.clone()))
+            .collect();
+        let draws: Vec<Option<crate::sampling::Draw>> = rngs
+            .par_iter_mut()
+            .enumerate()
+            .map(|(k, rng)| {
+                let params = &self.running[plan[k].0].params;
+                rng.as_mut().map(|r| sample(logits.row(k, 0), params, r))
+            })
+            .collect();
         let mut finished = Vec::new();
         for (k, &(i, start, end)) in plan.iter().enumerate() {
             let s = &mut self.running[i];
@@ -458,10 +473,8 @@ impl Worker {
             if !decoding {
                 self.metrics.prefill_tokens_computed += (end - start) as u64;
             }
-            if logits.rows(k) == 0 {
-                continue;
-            }
-            let draw = sample(logits.row(k, 0), &s.params, &mut s.rng);
+            let (Some(draw), Some(rng)) = (draws[k], rngs[k].take()) else { continue };
+            s.rng = rng;
             s.tokens.push(draw.token);
             s.logprobs.push(draw.logprob);
             self.metrics.decode_tokens += 1;

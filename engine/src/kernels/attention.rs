@@ -119,7 +119,7 @@ fn row(a: &RowArgs<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
                 for (d, &qv) in qh.iter().enumerate() {
                     let krow = &kt[d * L..(d + 1) * L];
                     for l in 0..L {
-                        acc[l] += qv * krow[l];
+                        acc[l] = qv.mul_add(krow[l], acc[l]);
                     }
                 }
                 let dst = &mut scores[h * stride + b * L..h * stride + (b + 1) * L];
@@ -162,7 +162,7 @@ fn row(a: &RowArgs<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
                     let w = scores[h * stride + b * L + t];
                     let oh = &mut o[h * hd..(h + 1) * hd];
                     for (x, &y) in oh.iter_mut().zip(v) {
-                        *x += w * y;
+                        *x = w.mul_add(y, *x);
                     }
                 }
             }

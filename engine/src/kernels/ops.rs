@@ -132,14 +132,22 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// `log Σ exp(x)`, accumulated in f64.
+/// `log Σ exp(x)`: f32 exponentials ([`exp`]) summed in f64.
 pub fn log_sum_exp(x: &[f32]) -> f64 {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     if !max.is_finite() {
         return max as f64;
     }
-    let sum: f64 = x.iter().map(|&v| ((v - max) as f64).exp()).sum();
-    max as f64 + sum.ln()
+    // 8 interleaved f64 partial sums: vectorisable, and a fixed order.
+    let mut lanes = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let rest: f64 = chunks.remainder().iter().map(|&v| exp(v - max) as f64).sum();
+    for c in chunks {
+        for l in 0..8 {
+            lanes[l] += exp(c[l] - max) as f64;
+        }
+    }
+    max as f64 + (lanes.iter().sum::<f64>() + rest).ln()
 }
 
 #[cfg(test)]
