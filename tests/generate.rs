@@ -199,3 +199,16 @@ fn tokenize_shows_ids_and_pieces() {
 }
 
 use predicates::prelude::PredicateBooleanExt;
+
+/// Without the `cuda` feature, `--device cuda` says how to get it instead of failing obscurely.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn bench_on_cuda_without_the_feature_says_how_to_build_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_gguf(dir.path());
+    orchard()
+        .args(["bench", "--model", model.to_str().unwrap(), "--device", "cuda"])
+        .assert()
+        .failure()
+        .stderr(contains("--features cuda"));
+}

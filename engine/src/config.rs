@@ -158,9 +158,10 @@ struct HfConfig {
     num_key_value_heads: Option<usize>,
     head_dim: Option<usize>,
     rms_norm_eps: f64,
-    #[serde(default = "default_rope_theta")]
-    rope_theta: f64,
+    rope_theta: Option<f64>,
     rope_scaling: Option<serde_json::Value>,
+    /// transformers ≥ 5 writes `rope_theta` and the scaling inside `rope_parameters`.
+    rope_parameters: Option<serde_json::Value>,
     #[serde(default = "default_max_position")]
     max_position_embeddings: usize,
     #[serde(default)]
@@ -204,7 +205,15 @@ impl HfConfig {
         if self.use_sliding_window == Some(true) {
             return Err(Error::unsupported(path, "use_sliding_window = true"));
         }
-        let rope_scaling = match &self.rope_scaling {
+        let params = self.rope_parameters.as_ref().filter(|v| v.is_object());
+        let rope_theta = self
+            .rope_theta
+            .or_else(|| params.and_then(|p| p.get("rope_theta")).and_then(|x| x.as_f64()))
+            .unwrap_or_else(default_rope_theta);
+        // In `rope_parameters`, `rope_type: default` means no scaling.
+        let params_scaling =
+            params.filter(|p| p.get("rope_type").and_then(|t| t.as_str()).is_some_and(|t| t != "default"));
+        let rope_scaling = match self.rope_scaling.as_ref().or(params_scaling) {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => Some(parse_rope_scaling(v).map_err(|msg| Error::unsupported(path, msg))?),
         };
@@ -219,7 +228,7 @@ impl HfConfig {
             num_kv_heads: self.num_key_value_heads.unwrap_or(heads),
             head_dim: self.head_dim.unwrap_or(self.hidden_size.checked_div(heads).unwrap_or(0)),
             rms_norm_eps: self.rms_norm_eps as f32,
-            rope_theta: self.rope_theta as f32,
+            rope_theta: rope_theta as f32,
             rope_scaling,
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,
@@ -300,6 +309,30 @@ mod tests {
         assert_eq!(cfg.head_dim, 16);
         assert_eq!(cfg.rope_theta, 10_000.0);
         assert!(!cfg.attention_bias);
+        Ok(())
+    }
+
+    #[test]
+    fn transformers5_rope_parameters_are_read() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        let p = write(
+            dir.path(),
+            r#"{"model_type":"llama","vocab_size":100,"hidden_size":64,"intermediate_size":128,
+               "num_hidden_layers":2,"num_attention_heads":4,"rms_norm_eps":1e-5,
+               "rope_parameters":{"rope_theta":100000.0,"rope_type":"default"}}"#,
+        );
+        let cfg = ModelConfig::from_hf_json(&p)?;
+        assert_eq!(cfg.rope_theta, 100_000.0);
+        assert!(cfg.rope_scaling.is_none());
+        let p = write(
+            dir.path(),
+            r#"{"model_type":"llama","vocab_size":100,"hidden_size":64,"intermediate_size":128,
+               "num_hidden_layers":2,"num_attention_heads":4,"rms_norm_eps":1e-5,
+               "rope_parameters":{"rope_theta":500000.0,"rope_type":"llama3","factor":8.0}}"#,
+        );
+        let cfg = ModelConfig::from_hf_json(&p)?;
+        assert_eq!(cfg.rope_theta, 500_000.0);
+        assert!(matches!(cfg.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
         Ok(())
     }
 

@@ -23,6 +23,8 @@
 pub mod bench;
 pub mod chat;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod engine;
 pub mod error;
 pub mod gguf;
