@@ -30,6 +30,14 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../..")
 
 
+def export_config(gguf, out):
+    """SmolLM2's config and tokenizer from the default GGUF (run where the GGUF is; needs the `gguf` package)."""
+    from transformers import AutoConfig
+    d, f = os.path.split(gguf)
+    AutoTokenizer.from_pretrained(d, gguf_file=f).save_pretrained(out)
+    AutoConfig.from_pretrained(d, gguf_file=f).save_pretrained(out)
+
+
 def make_model(config_dir, out):
     if not os.path.exists(os.path.join(out, "model.safetensors")):
         torch.manual_seed(0)
@@ -96,7 +104,12 @@ def main():
     ap.add_argument("--model-dir", default="/tmp/smol-random")
     ap.add_argument("--preset", default="full")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--export-config", metavar="GGUF",
+                    help="write --config from this GGUF and exit (do this where the GGUF is, before the GPU run)")
     args = ap.parse_args()
+    if args.export_config:
+        export_config(args.export_config, args.config)
+        return
     model_dir = make_model(args.config, args.model_dir)
     res = {"gpu": torch.cuda.get_device_name(0), "preset": args.preset}
 
