@@ -56,7 +56,7 @@ pub use loaders::{load, BadRow, FieldMap, LoadReport, Loaded, OnBadRow, TaskKind
 pub use merge::{merge, MergeOptions};
 pub use part::ParquetOptions;
 pub use record::{
-    KtoRow, ModelRecord, PairFormat, PairKind, PairSide, PreferencePair, PrmRow, Record, RewardRecord, SamplingRecord,
+    KtoRow, ModelRecord, NodeDetail, PairFormat, PairKind, PairSide, PreferencePair, PrmRow, Record, RewardRecord, SamplingRecord,
     Trajectory, TreeNode,
 };
 pub use run::{Manifest, RunDir, RunReader, RunSpec, TaskOutput, WriterOptions};
