@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernels::ops::{exp, log_sum_exp};
+use crate::kernels::ops::{exp, log_sum_exp, sum_exp};
 use crate::model::TokenId;
 
 /// Default sampling temperature (unbiased samples of the model's distribution).
@@ -116,10 +116,11 @@ pub struct Draw {
 /// Candidates considered before falling back to a full sort for top-p.
 const TOP_P_PREFIX: usize = 1024;
 
-/// Unnormalised probability of a logit at temperature `1/inv_t`: `exp((v − max)/T)` in f32, widened.
+/// Unnormalised probability of a logit at temperature `1/inv_t`: `exp((v − max)/T)` in f32, widened (the same
+/// arithmetic as [`sum_exp`]).
 #[inline]
 fn weight(v: f32, max: f64, inv_t: f64) -> f64 {
-    exp(((v as f64 - max) * inv_t) as f32) as f64
+    exp((v - max as f32) * inv_t as f32) as f64
 }
 
 /// Samples one token from `logits`.
@@ -140,13 +141,13 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SeqRng) -> Draw
     let u: f64 = rng.0.random();
     let filtered = params.top_k > 0 || params.top_p < 1.0 || params.min_p > 0.0;
     if !filtered {
-        // Inverse CDF in vocabulary order over the whole distribution.
-        let weights: Vec<f64> = logits.iter().map(|&v| weight(v, max, inv_t)).collect();
-        let total: f64 = weights.iter().sum();
+        // Inverse CDF in vocabulary order over the whole distribution, without materialising it.
+        let total = sum_exp(logits, max as f32, inv_t as f32);
         let target = u * total;
         let mut acc = 0.0;
         let mut last_positive = 0;
-        for (i, &w) in weights.iter().enumerate() {
+        for (i, &v) in logits.iter().enumerate() {
+            let w = weight(v, max, inv_t);
             if w > 0.0 {
                 last_positive = i;
             }
