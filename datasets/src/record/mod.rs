@@ -12,7 +12,7 @@
 
 mod columns;
 mod export;
-mod pair;
+pub mod pair;
 mod trajectory;
 mod tree;
 
