@@ -16,6 +16,8 @@ use orchard_search::Policy;
 
 /// Most tokens of a critic's answer ("Candidate 3" fits).
 const CRITIC_TOKENS: usize = 6;
+/// Continuations of a step that stopped before any content.
+const BLANK_STEP_RETRIES: usize = 2;
 
 /// The engine as a search policy.
 pub struct EnginePolicy {
@@ -43,6 +45,35 @@ impl EnginePolicy {
 
     fn decode(&self, ids: &[u32]) -> String {
         self.engine.tokenizer().decode(ids, true).unwrap_or_default()
+    }
+
+    /// One sample per request, through the scheduler (all submitted before any is awaited).
+    fn sample_batch(&self, requests: &[ExtendRequest]) -> orchard_engine::Result<Vec<Extension>> {
+        let pending: Vec<_> = requests
+            .iter()
+            .map(|r| {
+                let params = SamplingParams {
+                    temperature: r.sampling.temperature,
+                    top_p: r.sampling.top_p,
+                    top_k: r.sampling.top_k,
+                    min_p: r.sampling.min_p,
+                    max_new_tokens: r.max_new,
+                    stop: match &r.until {
+                        Until::Step(rule) => rule.stop_strings(),
+                        Until::End => Vec::new(),
+                    },
+                    ..SamplingParams::default()
+                };
+                self.scheduler.submit(SeqRequest { tokens: r.context.clone(), params, seed: r.seed })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(requests.len());
+        for (rx, r) in pending.into_iter().zip(requests) {
+            let sample =
+                rx.recv().unwrap_or_else(|_| Err(orchard_engine::Error::Request("the scheduler stopped".into())))?;
+            out.push(self.to_extension(&r.until, sample));
+        }
+        Ok(out)
     }
 
     fn to_extension(&self, until: &Until, s: orchard_engine::Sample) -> Extension {
@@ -77,28 +108,39 @@ impl Policy for EnginePolicy {
     }
 
     fn extend_batch(&self, requests: &[ExtendRequest]) -> Result<Vec<Extension>, Self::Error> {
-        let pending: Vec<_> = requests
-            .iter()
-            .map(|r| {
-                let params = SamplingParams {
-                    temperature: r.sampling.temperature,
-                    top_p: r.sampling.top_p,
-                    top_k: r.sampling.top_k,
-                    min_p: r.sampling.min_p,
-                    max_new_tokens: r.max_new,
-                    stop: match &r.until {
-                        Until::Step(rule) => rule.stop_strings(),
-                        Until::End => Vec::new(),
-                    },
-                    ..SamplingParams::default()
-                };
-                self.scheduler.submit(SeqRequest { tokens: r.context.clone(), params, seed: r.seed })
-            })
-            .collect();
-        let mut out = Vec::with_capacity(requests.len());
-        for (rx, r) in pending.into_iter().zip(requests) {
-            let sample = rx.recv().unwrap_or_else(|_| Err(orchard_engine::Error::Request("the scheduler stopped".into())))?;
-            out.push(self.to_extension(&r.until, sample));
+        let mut out = self.sample_batch(requests)?;
+        // A step that stopped at its delimiter before any content (a model opening with a blank line) continues
+        // from there, so steps are never empty; the blank tokens stay part of the step.
+        for _ in 0..BLANK_STEP_RETRIES {
+            let blank: Vec<usize> = (0..out.len())
+                .filter(|&i| {
+                    let e = &out[i];
+                    matches!(requests[i].until, Until::Step(_))
+                        && e.end == Some(EndReason::Step)
+                        && e.text.trim().is_empty()
+                        && e.tokens.len() < requests[i].max_new
+                })
+                .collect();
+            if blank.is_empty() {
+                break;
+            }
+            let more: Vec<ExtendRequest> = blank
+                .iter()
+                .map(|&i| {
+                    let r = &requests[i];
+                    let mut context = r.context.clone();
+                    context.extend_from_slice(&out[i].tokens);
+                    ExtendRequest { context, max_new: r.max_new - out[i].tokens.len(), ..r.clone() }
+                })
+                .collect();
+            for (&i, tail) in blank.iter().zip(self.sample_batch(&more)?) {
+                let e = &mut out[i];
+                e.tokens.extend(tail.tokens);
+                e.logprobs.extend(tail.logprobs);
+                e.text = self.decode(&e.tokens);
+                e.generated += tail.generated;
+                e.end = tail.end;
+            }
         }
         Ok(out)
     }

@@ -14,8 +14,9 @@
 //!    search goes on.
 //! 5. **Back up** the reward along the path and undo every virtual loss of the round (also when the policy fails).
 //!
-//! Budgets: `iterations` selections per tree, `max_depth` steps, `max_tokens` generated tokens per tree (checked
-//! between rounds).
+//! Budgets: `iterations` selections per tree, `max_depth` steps, `max_tokens` generated tokens per tree: a round
+//! starts only as many walks as fit the budget left if every step and rollout used its whole token allowance (at
+//! least one), and no round starts once the budget is spent.
 
 use orchard_rewards::{score_caught, Reward, Task};
 use serde::{Deserialize, Serialize};
@@ -282,7 +283,7 @@ impl Mcts {
     pub fn grow<P: Policy>(&self, policy: &P, reward: &dyn Reward, task: &Task, tree: &mut Tree) -> Result<Stats> {
         let mut stats = Stats { iterations: 0, generated: 0 };
         while stats.iterations < self.cfg.iterations && !self.out_of_tokens(tree) {
-            let walks = self.select(tree, self.cfg.iterations - stats.iterations);
+            let walks = self.select(tree, (self.cfg.iterations - stats.iterations).min(self.walks_within_budget(tree)));
             if walks.is_empty() {
                 break;
             }
@@ -299,6 +300,16 @@ impl Mcts {
             })?;
         }
         Ok(stats)
+    }
+
+    /// Walks a round may start without passing the token budget even if every step and rollout used its full
+    /// token allowance (at least one, so a search always moves).
+    fn walks_within_budget(&self, tree: &Tree) -> usize {
+        if self.cfg.max_tokens == 0 {
+            return usize::MAX;
+        }
+        let worst = self.cfg.k * self.cfg.step_tokens + self.cfg.rollout_tokens;
+        (self.cfg.max_tokens.saturating_sub(tree.generated_tokens()) / worst).max(1)
     }
 
     fn out_of_tokens(&self, tree: &Tree) -> bool {

@@ -53,7 +53,8 @@ pub struct TocConfig {
     pub depth: u32,
     /// Most tokens of one program. Default [`DEFAULT_PROGRAM_TOKENS`].
     pub program_tokens: usize,
-    /// Generated-token budget per tree, checked between layers; 0 = none. Default 0.
+    /// Generated-token budget per tree: a layer writes only as many programs as fit what is left at full length
+    /// (at least one); 0 = none. Default 0.
     pub max_tokens: usize,
     /// Prompt pool (`{question}` is replaced by the task). Default [`POT_PROMPTS`].
     pub prompts: Vec<String>,
@@ -147,8 +148,18 @@ pub fn grow<P: Policy>(
         }
         let mut requests = Vec::new();
         let mut origins = Vec::new();
+        // Children that fit the budget left even at full length (at least one), in breadth-first order.
+        let mut room = if cfg.max_tokens > 0 {
+            (cfg.max_tokens.saturating_sub(generated) / cfg.program_tokens).max(1)
+        } else {
+            usize::MAX
+        };
         for &parent in &frontier {
             for j in 0..cfg.m {
+                if room == 0 {
+                    break;
+                }
+                room -= 1;
                 let s = seed::child(tree.nodes[parent].seed, j);
                 let p = (seed::mix(s, seed::PROMPT_POOL) % cfg.prompts.len() as u64) as usize;
                 let user = reflection_prompt(tree, parent, &cfg.prompts[p], question);

@@ -351,7 +351,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     let (mut nodes, mut generated) = (0usize, 0usize);
     let workers = args.workers.unwrap_or(DEFAULT_WORKERS);
-    grow_all(&algo, &policy, &reward, &tasks, job.seed, workers, |_, grown| {
+    grow_all(&algo, &policy, reward.reward(), &tasks, job.seed, workers, |_, grown| {
         let grown = grown?;
         let tree = &grown.tree;
         nodes += tree.nodes.len();
