@@ -37,7 +37,9 @@ impl EnginePolicy {
     }
 
     fn render(&self, messages: &[Message]) -> orchard_engine::Result<Start> {
-        let prompt = Prompt::Messages(messages.iter().map(|m| orchard_engine::Message::new(&m.role, m.content.clone())).collect());
+        let prompt = Prompt::Messages(
+            messages.iter().map(|m| orchard_engine::Message::new(&m.role, m.content.clone())).collect(),
+        );
         let text = self.engine.render_prompt(&prompt, None, false)?;
         let tokens = self.engine.tokenizer().encode(&text, false)?;
         Ok(Start { text, tokens })
@@ -85,7 +87,14 @@ impl EnginePolicy {
             Until::Step(rule) => {
                 let k = cut(rule, n, |k| self.decode(&s.token_ids[..k]));
                 let at_boundary = rule.boundary(&self.decode(&s.token_ids[..k])).is_some() || k < n;
-                (k, if at_boundary || s.finish_reason == FinishReason::Stop { EndReason::Step } else { EndReason::Length })
+                (
+                    k,
+                    if at_boundary || s.finish_reason == FinishReason::Stop {
+                        EndReason::Step
+                    } else {
+                        EndReason::Length
+                    },
+                )
             }
             Until::End => (n, EndReason::Length),
         };

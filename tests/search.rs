@@ -36,12 +36,7 @@ fn search_cmd(model: &Path, tasks: &Path, out: &Path, algo: &str) -> assert_cmd:
 /// (task, node, parent, text, visits) of every saved node.
 fn nodes(run: &Path) -> BTreeSet<(String, u64, Option<u64>, String, u64)> {
     let reader = orchard_datasets::RunReader::open(run).expect("open run");
-    reader
-        .nodes()
-        .expect("nodes")
-        .into_iter()
-        .map(|n| (n.task_id, n.node_id, n.parent_id, n.text, n.visits))
-        .collect()
+    reader.nodes().expect("nodes").into_iter().map(|n| (n.task_id, n.node_id, n.parent_id, n.text, n.visits)).collect()
 }
 
 fn pair_keys(pairs: Vec<orchard_datasets::PreferencePair>) -> Vec<(String, String, String, String)> {

@@ -33,7 +33,13 @@ impl Default for BonConfig {
 }
 
 /// Samples `cfg.n` solutions below the root in one batch and scores them; each child's value is its score.
-pub fn grow<P: Policy>(cfg: &BonConfig, policy: &P, reward: &dyn Reward, task: &Task, tree: &mut Tree) -> Result<usize> {
+pub fn grow<P: Policy>(
+    cfg: &BonConfig,
+    policy: &P,
+    reward: &dyn Reward,
+    task: &Task,
+    tree: &mut Tree,
+) -> Result<usize> {
     if cfg.n == 0 || cfg.solution_tokens == 0 {
         return Err(Error::Config("bon: n and solution_tokens must be at least 1".into()));
     }

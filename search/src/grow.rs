@@ -61,9 +61,16 @@ pub struct Grown {
 }
 
 /// Grows one task's tree.
-pub fn grow_tree<P: Policy>(algo: &Algo, policy: &P, reward: &dyn Reward, task: &SearchTask, run_seed: u64) -> Result<Grown> {
+pub fn grow_tree<P: Policy>(
+    algo: &Algo,
+    policy: &P,
+    reward: &dyn Reward,
+    task: &SearchTask,
+    run_seed: u64,
+) -> Result<Grown> {
     let start = policy.start(&task.messages).map_err(|e| Error::policy(&task.id, e))?;
-    let mut tree = Tree::new(&task.id, task.messages.clone(), &start.text, start.tokens, seed::tree_seed(run_seed, &task.id));
+    let mut tree =
+        Tree::new(&task.id, task.messages.clone(), &start.text, start.tokens, seed::tree_seed(run_seed, &task.id));
     let generated = match algo {
         Algo::Mcts(m) => m.grow(policy, reward, &task.reward_task, &mut tree)?.generated,
         Algo::Toc(cfg) => toc::grow(cfg, policy, reward, &task.reward_task, &task.question, &mut tree)?,

@@ -79,8 +79,10 @@ impl Default for Selection {
 /// How a reward is backed up.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "rule", rename_all = "kebab-case", deny_unknown_fields)]
+#[derive(Default)]
 pub enum Backup {
     /// Agent Q, Eq. 8: every node on the path takes the running mean of the rewards through it.
+    #[default]
     Mean,
     /// MCTS-DPO: the evaluated node takes the mean of its rewards; each ancestor
     /// `Q = γ·Σ_c max(1, N_c)·Q_c / Σ_c max(1, N_c)` over its visited children.
@@ -88,12 +90,6 @@ pub enum Backup {
         /// Discount γ (MCTS-DPO: 1).
         gamma: f64,
     },
-}
-
-impl Default for Backup {
-    fn default() -> Self {
-        Backup::Mean
-    }
 }
 
 /// MCTS knobs (TOML table `[mcts]`).
@@ -153,8 +149,10 @@ impl MctsConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str| Err(Error::Config(format!("mcts: {what}")));
         match self.selection {
-            Selection::Ucb1 { c_exp } if !(c_exp >= 0.0) => return bad("c_exp must be ≥ 0"),
-            Selection::Puct { c_puct, length_penalty } if !(c_puct >= 0.0 && length_penalty >= 0.0) => {
+            Selection::Ucb1 { c_exp } if c_exp.is_nan() || c_exp < 0.0 => return bad("c_exp must be ≥ 0"),
+            Selection::Puct { c_puct, length_penalty }
+                if c_puct.is_nan() || c_puct < 0.0 || length_penalty.is_nan() || length_penalty < 0.0 =>
+            {
                 return bad("c_puct and length_penalty must be ≥ 0")
             }
             _ => {}
@@ -351,7 +349,9 @@ impl Mcts {
         for w in walks {
             let leaf = *w.path.last().expect("a walk holds the root");
             let n = &tree.nodes[leaf];
-            if !n.terminal && n.depth < self.cfg.max_depth && !n.children.iter().any(|&c| tree.nodes[c].kind == NodeKind::Step)
+            if !n.terminal
+                && n.depth < self.cfg.max_depth
+                && !n.children.iter().any(|&c| tree.nodes[c].kind == NodeKind::Step)
             {
                 expand.push(leaf);
             }
@@ -370,13 +370,15 @@ impl Mcts {
                 });
             }
         }
-        let proposals = if requests.is_empty() { Vec::new() } else { policy.extend_batch(&requests).map_err(policy_err)? };
+        let proposals =
+            if requests.is_empty() { Vec::new() } else { policy.extend_batch(&requests).map_err(policy_err)? };
         let mut proposals = proposals.into_iter();
         let mut children: Vec<Vec<NodeId>> = Vec::new();
         for (&leaf, reqs) in expand.iter().zip(requests.chunks(self.cfg.k)) {
             let mut kids = Vec::new();
             for r in reqs {
-                let ext = proposals.next().ok_or_else(|| Error::Worker("the policy returned too few extensions".into()))?;
+                let ext =
+                    proposals.next().ok_or_else(|| Error::Worker("the policy returned too few extensions".into()))?;
                 stats.generated += ext.generated;
                 kids.push(tree.add_child(leaf, NodeKind::Step, ext, r.seed));
             }
@@ -399,8 +401,7 @@ impl Mcts {
             };
             evaluate.push((wi, node));
         }
-        let rollout_from: Vec<NodeId> =
-            evaluate.iter().map(|&(_, n)| n).filter(|&n| !tree.nodes[n].terminal).collect();
+        let rollout_from: Vec<NodeId> = evaluate.iter().map(|&(_, n)| n).filter(|&n| !tree.nodes[n].terminal).collect();
         let requests: Vec<ExtendRequest> = rollout_from
             .iter()
             .map(|&n| ExtendRequest {
@@ -499,10 +500,10 @@ impl Mcts {
         let mut rank = 1usize;
         loop {
             let asking: Vec<usize> = (0..remaining.len()).filter(|&i| remaining[i].len() > 1).collect();
-            for i in 0..remaining.len() {
-                if remaining[i].len() == 1 {
-                    tree.nodes[remaining[i][0]].critic = Some(1.0 / rank as f64);
-                    remaining[i].clear();
+            for kids in remaining.iter_mut() {
+                if kids.len() == 1 {
+                    tree.nodes[kids[0]].critic = Some(1.0 / rank as f64);
+                    kids.clear();
                 }
             }
             if asking.is_empty() {
@@ -514,7 +515,11 @@ impl Mcts {
                     let kids = &remaining[i];
                     let parent = tree.nodes[kids[0]].parent.expect("a proposal has a parent");
                     ChoiceRequest {
-                        prompt: critic_prompt(&question, &tree.solution(parent), kids.iter().map(|&c| tree.nodes[c].text.as_str())),
+                        prompt: critic_prompt(
+                            &question,
+                            &tree.solution(parent),
+                            kids.iter().map(|&c| tree.nodes[c].text.as_str()),
+                        ),
                         options: kids.len(),
                         seed: seed::mix(seed::mix(tree.nodes[parent].seed, seed::CRITIC), rank as u64),
                     }

@@ -197,7 +197,7 @@ pub fn trajectories(tree: &Tree, meta: &TrajectoryMeta) -> Vec<Trajectory> {
                     failure: v.failure,
                     error: v.error,
                 },
-                sampling: meta.sampling.clone(),
+                sampling: meta.sampling,
                 seed: tree.nodes[i].seed,
                 model: meta.model.clone(),
             }
@@ -230,9 +230,7 @@ pub fn dedup(pairs: Vec<PreferencePair>) -> Vec<PreferencePair> {
     let mut seen = HashSet::new();
     pairs
         .into_iter()
-        .filter(|p| {
-            seen.insert((p.task_id.clone(), norm(&p.prefix), norm(&p.chosen.text), norm(&p.rejected.text)))
-        })
+        .filter(|p| seen.insert((p.task_id.clone(), norm(&p.prefix), norm(&p.chosen.text), norm(&p.rejected.text))))
         .collect()
 }
 
@@ -262,9 +260,7 @@ fn explored(tree: &Tree, n: NodeId) -> Vec<NodeId> {
         .copied()
         .filter(|&c| {
             let node = &tree.nodes[c];
-            node.kind == NodeKind::Step
-                && node.visits > 0
-                && node.verdict.as_ref().is_none_or(|v| v.error.is_none())
+            node.kind == NodeKind::Step && node.visits > 0 && node.verdict.as_ref().is_none_or(|v| v.error.is_none())
         })
         .collect()
 }
@@ -362,7 +358,14 @@ fn mcts_dpo(tree: &Tree, alpha: f64, run_id: &str) -> Vec<PreferencePair> {
     out
 }
 
-fn itool(tree: &Tree, min_gap: f64, min_chosen: f64, max_overlap: f64, alpha: f64, run_id: &str) -> Vec<PreferencePair> {
+fn itool(
+    tree: &Tree,
+    min_gap: f64,
+    min_chosen: f64,
+    max_overlap: f64,
+    alpha: f64,
+    run_id: &str,
+) -> Vec<PreferencePair> {
     let mut out = Vec::new();
     for n in 0..tree.nodes.len() {
         let kids = explored(tree, n);

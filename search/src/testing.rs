@@ -50,7 +50,7 @@ impl ScriptedPolicy {
     fn line(&self, context: &[u32], seed: u64) -> (String, bool) {
         let depth = context.iter().filter(|&&t| t == u32::from(b'\n')).count().saturating_sub(1);
         let h = mix(seed, depth as u64);
-        if depth >= self.max_steps || h % 4 == 0 {
+        if depth >= self.max_steps || h.is_multiple_of(4) {
             (format!("answer {}", (h >> 8) % 3), true)
         } else {
             (format!("step {}\n", (h >> 8) % 5), false)

@@ -65,9 +65,14 @@ fn ucb1_selection_picks_the_child_the_formula_ranks_first() -> R {
     // N(parent) = 10. Child a: n=6, q=0.5 -> 0.5 + √2·sqrt(ln10/7) = 1.3111; child b: n=3, q=0.3 -> 1.3730;
     // child c: n=1, q=0.0 -> 1.5174. UCB1 picks c.
     let t = star(&[(6, 0.5), (3, 0.3), (1, 0.0)]);
-    let m = Mcts::new(MctsConfig { selection: Selection::Ucb1 { c_exp: std::f64::consts::SQRT_2 }, ..Default::default() })?;
+    let m =
+        Mcts::new(MctsConfig { selection: Selection::Ucb1 { c_exp: std::f64::consts::SQRT_2 }, ..Default::default() })?;
     let scores: Vec<f64> = (1..=3).map(|c| m.child_score(&t, 0, c)).collect();
-    let want = [0.5 + (2f64 * 10f64.ln() / 7.0).sqrt(), 0.3 + (2f64 * 10f64.ln() / 4.0).sqrt(), (2f64 * 10f64.ln() / 2.0).sqrt()];
+    let want = [
+        0.5 + (2f64 * 10f64.ln() / 7.0).sqrt(),
+        0.3 + (2f64 * 10f64.ln() / 4.0).sqrt(),
+        (2f64 * 10f64.ln() / 2.0).sqrt(),
+    ];
     for (s, w) in scores.iter().zip(want) {
         assert!((s - w).abs() < 1e-12, "{s} vs {w}");
     }
@@ -84,7 +89,10 @@ fn puct_selection_uses_the_length_penalised_prior() -> R {
     let mut t = star(&[(2, 0.5), (2, 0.5)]);
     t.nodes[1].logprobs = vec![-2.0; 7];
     t.nodes[2].logprobs = vec![-0.1; 7];
-    let m = Mcts::new(MctsConfig { selection: Selection::Puct { c_puct: 1.0, length_penalty: 1.25 }, ..Default::default() })?;
+    let m = Mcts::new(MctsConfig {
+        selection: Selection::Puct { c_puct: 1.0, length_penalty: 1.25 },
+        ..Default::default()
+    })?;
     let prior = |lp: f64| (lp * 7.0 / 7f64.powf(1.25)).exp();
     let want = |lp: f64| 0.5 + prior(lp) * 4f64.sqrt() / 3.0;
     assert!((m.child_score(&t, 0, 1) - want(-2.0)).abs() < 1e-9);
@@ -254,7 +262,10 @@ fn a_reward_that_panics_marks_its_node_failed_and_the_search_goes_on() -> R {
     assert!(tree.nodes.iter().any(|n| n.score().is_some()), "other nodes were scored");
     assert_eq!(tree.root().visits, 40, "every iteration ran");
     // Failed nodes never enter pairs.
-    for rule in [PairRule::Outcome { correct_threshold: 1.0, max_per_prompt: None }, PairRule::AgentQ { theta: 0.0, alpha: 1.0 }] {
+    for rule in [
+        PairRule::Outcome { correct_threshold: 1.0, max_per_prompt: None },
+        PairRule::AgentQ { theta: 0.0, alpha: 1.0 },
+    ] {
         for p in extract(&tree, &rule, "run") {
             assert!(!p.chosen.text.contains("answer 2") && !p.rejected.text.contains("answer 2"), "{p:?}");
         }
@@ -266,7 +277,11 @@ fn a_reward_that_panics_marks_its_node_failed_and_the_search_goes_on() -> R {
 fn budgets_stop_the_search() -> R {
     let algo = mcts(MctsConfig { iterations: 1000, max_tokens: 200, max_depth: 3, ..Default::default() });
     let g = grow_tree(&algo, &ScriptedPolicy::new(6), &ScriptedReward::default(), &task(2), 1)?;
-    assert!(g.generated >= 200 && g.generated < 200 + 4 * 64 + 256, "one walk past the budget at most: {}", g.generated);
+    assert!(
+        g.generated >= 200 && g.generated < 200 + 4 * 64 + 256,
+        "one walk past the budget at most: {}",
+        g.generated
+    );
     assert!(g.tree.nodes.iter().all(|n| n.depth <= 4), "steps stop at max depth (rollouts one below)");
     Ok(())
 }
@@ -319,10 +334,13 @@ fn agentq_pairs_every_explored_sibling_pair_with_a_large_enough_gap() {
 fn mcts_dpo_pairs_best_and_worst_sibling_along_the_most_visited_path() {
     let t = hand_tree();
     let pairs = extract(&t, &PairRule::MctsDpo { alpha: 1.0 }, "r");
-    assert_eq!(texts(&pairs), vec![
-        ("".into(), "a = 3 * 4 = 12\n".into(), "c = 3 - 4\n".into()),
-        ("a = 3 * 4 = 12\n".into(), "answer 12".into(), "answer 13".into()),
-    ]);
+    assert_eq!(
+        texts(&pairs),
+        vec![
+            ("".into(), "a = 3 * 4 = 12\n".into(), "c = 3 - 4\n".into()),
+            ("a = 3 * 4 = 12\n".into(), "answer 12".into(), "answer 13".into()),
+        ]
+    );
     // ε = min(1 - 1/(1 + N_l/N_w), .5): root 1 - 1/(1 + 2/5) = 2/7; a 1 - 1/(1 + 2/3) = 0.4.
     assert!((pairs[0].label_smoothing - 2.0 / 7.0).abs() < 1e-12);
     assert!((pairs[1].label_smoothing - 0.4).abs() < 1e-12);
@@ -331,17 +349,23 @@ fn mcts_dpo_pairs_best_and_worst_sibling_along_the_most_visited_path() {
 #[test]
 fn itool_pairs_max_and_min_child_under_its_filters() {
     let mut t = hand_tree();
-    let got = texts(&extract(&t, &PairRule::ITool { min_gap: 0.1, min_chosen: -0.3, max_overlap: 0.95, alpha: 1.0 }, "r"));
-    assert_eq!(got, vec![
-        ("".into(), "a = 3 * 4 = 12\n".into(), "c = 3 - 4\n".into()),
-        ("a = 3 * 4 = 12\n".into(), "answer 12".into(), "answer 13".into()),
-    ]);
+    let got =
+        texts(&extract(&t, &PairRule::ITool { min_gap: 0.1, min_chosen: -0.3, max_overlap: 0.95, alpha: 1.0 }, "r"));
+    assert_eq!(
+        got,
+        vec![
+            ("".into(), "a = 3 * 4 = 12\n".into(), "c = 3 - 4\n".into()),
+            ("a = 3 * 4 = 12\n".into(), "answer 12".into(), "answer 13".into()),
+        ]
+    );
     // Gap below 0.1 at the root, chosen below -0.3 under a: no pairs.
     t.nodes[1].q = 0.05;
     t.nodes[2].q = 0.0;
     t.nodes[5].q = -0.4;
     t.nodes[6].q = -0.9;
-    assert!(extract(&t, &PairRule::ITool { min_gap: 0.1, min_chosen: -0.3, max_overlap: 0.95, alpha: 1.0 }, "r").is_empty());
+    assert!(
+        extract(&t, &PairRule::ITool { min_gap: 0.1, min_chosen: -0.3, max_overlap: 0.95, alpha: 1.0 }, "r").is_empty()
+    );
     // Near-identical texts are filtered by overlap.
     assert!(word_overlap("x = 1 + 2", "x = 1 + 2") > 0.95);
     assert!((word_overlap("a b c d", "a b c e") - 0.75).abs() < 1e-12);
@@ -354,10 +378,13 @@ fn step_dpo_pairs_the_first_wrong_step_with_a_correct_continuation() {
     let b1 = t.add_child(2, NodeKind::Rollout, ext("answer 7", true, -0.5), 0);
     t.nodes[b1].verdict = Some(Verdict { score: 0.0, ..Default::default() });
     let got = texts(&extract(&t, &PairRule::StepDpo { correct_threshold: 1.0, alpha: 1.0 }, "r"));
-    assert_eq!(got, vec![
-        ("".into(), "a = 3 * 4 = 12\n".into(), "b = 3 + 4 = 7\n".into()),
-        ("a = 3 * 4 = 12\n".into(), "answer 12".into(), "answer 13".into()),
-    ]);
+    assert_eq!(
+        got,
+        vec![
+            ("".into(), "a = 3 * 4 = 12\n".into(), "b = 3 + 4 = 7\n".into()),
+            ("a = 3 * 4 = 12\n".into(), "answer 12".into(), "answer 13".into()),
+        ]
+    );
 }
 
 #[test]
@@ -430,7 +457,8 @@ fn tree_of_code_grows_failed_programs_with_their_errors_and_votes() -> R {
     let t = Tree::new("x", vec![Message::user("q")], "p", vec![], 0);
     let mut t = t;
     let p = t.add_child(0, NodeKind::Program, ext("def solution():\n    return x", true, -0.1), 0);
-    t.nodes[p].execution = Some(crate::tree::Execution { ok: false, answer: None, feedback: Some("NameError: x".into()) });
+    t.nodes[p].execution =
+        Some(crate::tree::Execution { ok: false, answer: None, feedback: Some("NameError: x".into()) });
     let prompt = crate::toc::reflection_prompt(&t, p, "Solve {question}", "2+2");
     assert!(prompt.contains("Solve 2+2") && prompt.contains("return x") && prompt.contains("NameError: x"), "{prompt}");
     Ok(())

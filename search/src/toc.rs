@@ -82,7 +82,9 @@ impl TocConfig {
             return Err(Error::Config("toc: m, depth and program_tokens must be at least 1".into()));
         }
         if self.prompts.is_empty() || self.prompts.iter().any(|p| !p.contains("{question}")) {
-            return Err(Error::Config("toc: the prompt pool must be non-empty and every prompt hold {question}".into()));
+            return Err(Error::Config(
+                "toc: the prompt pool must be non-empty and every prompt hold {question}".into(),
+            ));
         }
         Ok(())
     }

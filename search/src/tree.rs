@@ -363,8 +363,8 @@ impl Tree {
                 other => return Err(broken(&tree_id, format!("node {i} has parent {other:?}"))),
             };
             let d = &r.detail;
-            let kind = NodeKind::parse(&d.kind)
-                .ok_or_else(|| broken(&tree_id, format!("node {i} has kind {:?}", d.kind)))?;
+            let kind =
+                NodeKind::parse(&d.kind).ok_or_else(|| broken(&tree_id, format!("node {i} has kind {:?}", d.kind)))?;
             let verdict = r.reward.map(|score| Verdict {
                 score,
                 components: d.reward_components.clone(),
@@ -372,11 +372,8 @@ impl Tree {
                 failure: d.reward_failure.clone(),
                 error: d.reward_error.clone(),
             });
-            let execution = d.exec_ok.map(|ok| Execution {
-                ok,
-                answer: d.exec_answer.clone(),
-                feedback: d.exec_feedback.clone(),
-            });
+            let execution =
+                d.exec_ok.map(|ok| Execution { ok, answer: d.exec_answer.clone(), feedback: d.exec_feedback.clone() });
             nodes.push(Node {
                 kind,
                 parent,

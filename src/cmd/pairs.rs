@@ -64,6 +64,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let rule = cfg.rule();
     let pairs: Vec<_> = trees.iter().flat_map(|t| extract(t, &rule, &run_id)).collect();
     write_file(&args.out, &pairs, manifest.pair_format, &ParquetOptions::default())?;
-    eprintln!("orchard: {} pairs ({:?}) from {} trees; wrote {}", pairs.len(), cfg.policy, trees.len(), args.out.display());
+    eprintln!(
+        "orchard: {} pairs ({:?}) from {} trees; wrote {}",
+        pairs.len(),
+        cfg.policy,
+        trees.len(),
+        args.out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -270,7 +270,10 @@ fn resolve(args: &Args) -> anyhow::Result<SearchJob> {
         pairs.alpha = a;
     }
     job.pairs = Some(pairs);
-    if job.algo == AlgoName::Toc && job.reward.as_deref() == Some("humaneval") && job.toc.prompts == TocConfig::default().prompts {
+    if job.algo == AlgoName::Toc
+        && job.reward.as_deref() == Some("humaneval")
+        && job.toc.prompts == TocConfig::default().prompts
+    {
         job.toc.prompts = CODE_PROMPTS.iter().map(|s| s.to_string()).collect();
     }
     Ok(job)

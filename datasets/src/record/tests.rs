@@ -268,10 +268,10 @@ fn pairs_and_nodes_written_before_the_search_columns_still_read() -> crate::Resu
         weight: 2.0,
         label_smoothing: 0.1,
     };
-    let old = without(&PreferencePair::to_batch(std::slice::from_ref(&p), PairFormat::Standard)?, &[
-        pair::META_WEIGHT,
-        pair::META_LABEL_SMOOTHING,
-    ]);
+    let old = without(
+        &PreferencePair::to_batch(std::slice::from_ref(&p), PairFormat::Standard)?,
+        &[pair::META_WEIGHT, pair::META_LABEL_SMOOTHING],
+    );
     let back = PreferencePair::from_batch(&old)?;
     assert_eq!(back, vec![PreferencePair { weight: 1.0, label_smoothing: 0.0, ..p }]);
 
@@ -284,8 +284,7 @@ fn pairs_and_nodes_written_before_the_search_columns_still_read() -> crate::Resu
         ..Default::default()
     };
     let batch = TreeNode::to_batch(std::slice::from_ref(&n), ())?;
-    let detail_columns: Vec<String> =
-        batch.schema().fields().iter().skip(13).map(|f| f.name().clone()).collect();
+    let detail_columns: Vec<String> = batch.schema().fields().iter().skip(13).map(|f| f.name().clone()).collect();
     let names: Vec<&str> = detail_columns.iter().map(String::as_str).collect();
     let back = TreeNode::from_batch(&without(&batch, &names))?;
     assert_eq!(back, vec![TreeNode { detail: NodeDetail::default(), ..n }]);
