@@ -13,3 +13,6 @@ mkdir -p "$OUT"
   --n 3 --max-new-tokens 256 2>&1 | tail -2
 /usr/bin/time -f "%e s" "$BIN" search --algo toc "${COMMON[@]}" --reward pot --out "$OUT/toc" \
   --m 3 --depth 3 --max-new-tokens 256 --max-tokens 768 2>&1 | tail -2
+# Best-of-4: the closest best-of-N to MCTS's actual token use (NOTES-search.md).
+/usr/bin/time -f "%e s" "$BIN" search --algo bon "${COMMON[@]}" --reward gsm8k --out "$OUT/bon4" \
+  --n 4 --max-new-tokens 256 2>&1 | tail -2

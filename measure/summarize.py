@@ -22,7 +22,7 @@ def pairs_with(run, policy):
 print("| algo | questions | ≥1 correct trajectory | generated tokens / question (tree nodes) | pairs (run policy) | outcome pairs | sequences / forward | rows / forward | KV prefix hit | wall s |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 extra = {}
-for algo in ["mcts", "toc", "bon"]:
+for algo in ["mcts", "toc", "bon", "bon4"]:
     run = os.path.join(out, algo)
     if not os.path.exists(os.path.join(run, "manifest.json")):
         continue
@@ -30,7 +30,7 @@ for algo in ["mcts", "toc", "bon"]:
     nodes = table(run, "trees")
     trajs = table(run, "trajectories")
     tasks = {n["task_id"] for n in nodes}
-    solved = {t["task_id"] for t in trajs if t["reward"]["error"] is None and t["reward"]["score"] >= 1.0}
+    solved = {t["task_id"] for t in trajs if t["reward_error"] is None and t["reward"] >= 1.0}
     tokens = sum(len(n["token_ids"]) for n in nodes if n["parent_id"] is not None)
     met = json.load(open(os.path.join(run, "search_metrics.json")))
     policy = m["config"]["pairs"]["policy"]
