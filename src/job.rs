@@ -48,6 +48,11 @@ impl JobReward {
         Ok(JobReward { reward, _sandbox: sb })
     }
 
+    /// The reward itself (searches score through [`orchard_rewards::score_caught`]).
+    pub fn reward(&self) -> &dyn Reward {
+        self.reward.as_ref()
+    }
+
     /// Scores one completion; a panicking reward becomes an outcome with an error, never a crash.
     pub fn score(&self, task: &orchard_rewards::Task, completion: &str) -> Outcome {
         score_caught(self.reward.as_ref(), task, completion)

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod job;
+mod policy;
 
 /// Orchard: grow search trees over LLM generations and harvest them as training data.
 #[derive(Debug, Parser)]
@@ -40,6 +41,12 @@ enum Command {
     Merge(cmd::merge::Args),
     /// Export a run as one Parquet file for a trainer (TRL DPO standard/conversational, KTO, PRM).
     Export(cmd::export::Args),
+    /// Grow search trees (MCTS, Tree-of-Code, best-of-N) to trees, trajectories and pairs (resumable, shardable).
+    Search(Box<cmd::search::Args>),
+    /// Re-extract preference pairs from a run's saved trees with a pair policy.
+    Pairs(cmd::pairs::Args),
+    /// Inspect saved search trees.
+    Tree(cmd::tree::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +63,9 @@ fn main() -> ExitCode {
         Command::Reward(args) => cmd::reward::run(args),
         Command::Merge(args) => cmd::merge::run(args),
         Command::Export(args) => cmd::export::run(args),
+        Command::Search(args) => cmd::search::run(*args),
+        Command::Pairs(args) => cmd::pairs::run(args),
+        Command::Tree(args) => cmd::tree::run(args),
     };
     match result {
         Ok(code) => code,

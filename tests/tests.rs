@@ -5,6 +5,7 @@ mod generate;
 mod merge;
 mod runs;
 mod sample;
+mod search;
 mod util;
 
 mod exec;

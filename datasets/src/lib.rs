@@ -56,8 +56,8 @@ pub use loaders::{load, BadRow, FieldMap, LoadReport, Loaded, OnBadRow, TaskKind
 pub use merge::{merge, MergeOptions};
 pub use part::ParquetOptions;
 pub use record::{
-    KtoRow, ModelRecord, PairFormat, PairKind, PairSide, PreferencePair, PrmRow, Record, RewardRecord, SamplingRecord,
-    Trajectory, TreeNode,
+    KtoRow, ModelRecord, NodeDetail, PairFormat, PairKind, PairSide, PreferencePair, PrmRow, Record, RewardRecord,
+    SamplingRecord, Trajectory, TreeNode,
 };
 pub use run::{Manifest, RunDir, RunReader, RunSpec, TaskOutput, WriterOptions};
 pub use select::{select_pairs, PairPolicy, PairStrategy};

@@ -167,6 +167,8 @@ pub fn outcome_pair(chosen: &Trajectory, rejected: &Trajectory) -> PreferencePai
         rejected: side(rejected),
         kind: PairKind::Outcome,
         terminal: true,
+        weight: crate::record::pair::DEFAULT_PAIR_WEIGHT,
+        label_smoothing: 0.0,
     }
 }
 

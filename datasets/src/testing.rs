@@ -60,6 +60,8 @@ pub fn synthetic_pairs(n: usize, seed: u64) -> Vec<PreferencePair> {
                 rejected,
                 kind: PairKind::Outcome,
                 terminal: true,
+                weight: 1.0,
+                label_smoothing: 0.0,
             }
         })
         .collect()
@@ -133,6 +135,7 @@ pub fn fake_tree(task: &Task, trajectories: &[Trajectory]) -> (Vec<TreeNode>, Ve
         value,
         reward: terminal.then_some(value),
         terminal,
+        detail: Default::default(),
     };
     let mut nodes = vec![node(0, None, 0, &first.prompt, 0.0, false)];
     for t in crate::select::dedup_scored(trajectories) {
@@ -163,6 +166,8 @@ pub fn fake_tree(task: &Task, trajectories: &[Trajectory]) -> (Vec<TreeNode>, Ve
             rejected: side(b, bh),
             kind: PairKind::Step,
             terminal: false,
+            weight: 1.0,
+            label_smoothing: 0.0,
         };
         let terminal = PreferencePair {
             chosen: side(g, &g.completion),

@@ -7,10 +7,13 @@ pub mod export;
 pub mod fetch_model;
 pub mod generate;
 pub mod merge;
+pub mod pairs;
 pub mod reward;
 pub mod sample;
 pub mod score;
+pub mod search;
 pub mod tokenize;
+pub mod tree;
 
 /// Logs go to stderr; `RUST_LOG` (e.g. `RUST_LOG=orchard_engine=debug`) raises the level.
 pub fn init_logging() {

@@ -153,6 +153,23 @@ impl<'a> Columns<'a> {
         self.typed(name, "UInt64", |c| c.as_primitive_opt::<UInt64Type>())
     }
 
+    /// A Float64 column that files written by older versions may lack.
+    pub(crate) fn opt_f64(&self, name: &str) -> Result<Option<&'a arrow_array::Float64Array>> {
+        if self.batch.column_by_name(name).is_none() {
+            return Ok(None);
+        }
+        self.f64(name).map(Some)
+    }
+
+    /// Column `name` through `get` (e.g. `Columns::string`), or `None` when a file written by an older version lacks
+    /// it (columns added after the first release are optional on read).
+    pub(crate) fn optional<T>(&self, name: &str, get: impl Fn(&Self, &str) -> Result<T>) -> Result<Option<T>> {
+        if self.batch.column_by_name(name).is_none() {
+            return Ok(None);
+        }
+        get(self, name).map(Some)
+    }
+
     pub(crate) fn f32(&self, name: &str) -> Result<&'a arrow_array::Float32Array> {
         self.typed(name, "Float32", |c| c.as_primitive_opt::<Float32Type>())
     }
@@ -197,6 +214,11 @@ impl<'a> Columns<'a> {
 /// `Some(value)` unless null.
 pub(crate) fn opt_str(a: &StringArray, i: usize) -> Option<String> {
     a.is_valid(i).then(|| a.value(i).to_string())
+}
+
+/// `Some(value)` unless null.
+pub(crate) fn opt_bool(a: &BooleanArray, i: usize) -> Option<bool> {
+    a.is_valid(i).then(|| a.value(i))
 }
 
 /// `Some(value)` unless null.

@@ -5,14 +5,14 @@
 //! |---|---|---|
 //! | [`Trajectory`] | `trajectories/` | every sampling job, one row per completion |
 //! | [`PreferencePair`] | `pairs/` | pair selection, TRL DPO layout (standard or conversational) + `meta_*` columns |
-//! | [`TreeNode`] | `trees/` | tree searches (defined now, filled by the search jobs) |
+//! | [`TreeNode`] | `trees/` | tree searches (`orchard search`), one row per node |
 //! | [`KtoRow`], [`PrmRow`] | export files | `orchard export --format kto|prm` |
 //!
 //! `docs/FORMATS.md` documents every column.
 
 mod columns;
 mod export;
-mod pair;
+pub mod pair;
 mod trajectory;
 mod tree;
 
@@ -27,7 +27,7 @@ pub use columns::{message_fields, message_list_type, MessagesBuilder};
 pub use export::{KtoRow, PrmRow};
 pub use pair::{PairBuilder, PairFormat, PairKind, PairSide, PreferencePair};
 pub use trajectory::{ModelRecord, RewardRecord, SamplingRecord, Trajectory, TrajectoryBuilder};
-pub use tree::{TreeNode, TreeNodeBuilder};
+pub use tree::{NodeDetail, TreeNode, TreeNodeBuilder};
 
 /// A row type with an Arrow schema: what the Parquet writer and reader are generic over.
 pub trait Record: Sized + Clone + Debug + PartialEq {

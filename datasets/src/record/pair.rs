@@ -64,6 +64,19 @@ pub const META_PREFIX: &str = "meta_prefix";
 pub const META_PROMPT_MESSAGES: &str = "meta_prompt_messages";
 /// Column `meta_prompt_text` (conversational form only): the prompt text as the model saw it.
 pub const META_PROMPT_TEXT: &str = "meta_prompt_text";
+/// Column `meta_weight`: the pair's weight in the loss (1 unless a pair policy says otherwise). Files written before
+/// the column existed read as 1.
+pub const META_WEIGHT: &str = "meta_weight";
+/// Column `meta_label_smoothing`: the conservative-DPO flip rate ε for this pair (MCTS-DPO derives it from visit
+/// counts; 0 = plain DPO). Files written before the column existed read as 0.
+pub const META_LABEL_SMOOTHING: &str = "meta_label_smoothing";
+
+/// Default [`PreferencePair::weight`].
+pub const DEFAULT_PAIR_WEIGHT: f64 = 1.0;
+
+fn default_weight() -> f64 {
+    DEFAULT_PAIR_WEIGHT
+}
 
 /// Which of TRL's two DPO layouts a pairs file uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -148,6 +161,12 @@ pub struct PreferencePair {
     pub kind: PairKind,
     /// Whether both continuations end the solution (always true for outcome pairs).
     pub terminal: bool,
+    /// Weight of the pair in the loss. Default [`DEFAULT_PAIR_WEIGHT`].
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    /// Conservative-DPO label smoothing ε ∈ [0, 0.5] (MCTS-DPO: from visit counts). Default 0.
+    #[serde(default)]
+    pub label_smoothing: f64,
 }
 
 impl PreferencePair {
@@ -207,6 +226,8 @@ pub fn schema(format: PairFormat) -> SchemaRef {
         text(META_REJECTED_ID),
         text(META_PREFIX),
         other,
+        f64(META_WEIGHT),
+        f64(META_LABEL_SMOOTHING),
     ]);
     Arc::new(Schema::new(fields))
 }
@@ -240,6 +261,8 @@ struct MetaColumns {
     chosen_id: StringBuilder,
     rejected_id: StringBuilder,
     prefix: StringBuilder,
+    weight: Float64Builder,
+    label_smoothing: Float64Builder,
 }
 
 impl MetaColumns {
@@ -256,6 +279,13 @@ impl MetaColumns {
         self.chosen_id.append_value(&p.chosen.trajectory_id);
         self.rejected_id.append_value(&p.rejected.trajectory_id);
         self.prefix.append_value(&p.prefix);
+        self.weight.append_value(p.weight);
+        self.label_smoothing.append_value(p.label_smoothing);
+    }
+
+    /// The columns after the form-specific one, in schema order.
+    fn finish_tail(&mut self) -> [ArrayRef; 2] {
+        [Arc::new(self.weight.finish()), Arc::new(self.label_smoothing.finish())]
     }
 
     /// In schema order.
@@ -333,6 +363,7 @@ impl PairBuilder {
             PairFormat::Standard => Arc::new(self.prompt_messages.finish()?),
             PairFormat::Conversational => Arc::new(self.prompt_text.finish()),
         });
+        columns.extend(self.meta.finish_tail());
         Ok(RecordBatch::try_new(schema(self.format), columns)?)
     }
 }
@@ -362,6 +393,9 @@ impl Record for PreferencePair {
         let (score_c, score_r) = (c.f64(META_SCORE_CHOSEN)?, c.f64(META_SCORE_REJECTED)?);
         let (logp_c, logp_r) = (c.f64(META_BEHAVIOUR_LOGP_CHOSEN)?, c.f64(META_BEHAVIOUR_LOGP_REJECTED)?);
         let (id_c, id_r, prefix) = (c.string(META_CHOSEN_ID)?, c.string(META_REJECTED_ID)?, c.string(META_PREFIX)?);
+        // Optional: absent from files written before they existed.
+        let weight = c.opt_f64(META_WEIGHT)?;
+        let smoothing = c.opt_f64(META_LABEL_SMOOTHING)?;
         let mut out = Vec::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {
             let texts = PairTexts::read(&c, format, i, prefix.value(i))?;
@@ -390,6 +424,8 @@ impl Record for PreferencePair {
                 },
                 kind,
                 terminal: terminal.value(i),
+                weight: weight.map_or(DEFAULT_PAIR_WEIGHT, |w| w.value(i)),
+                label_smoothing: smoothing.map_or(0.0, |w| w.value(i)),
             });
         }
         Ok(out)

@@ -72,6 +72,7 @@ prop_compose! {
     fn pair()(
         task in "[a-z]{1,5}/[0-9]{1,3}", prompt in text(), prompt_messages in messages("user"), step in any::<bool>(),
         prefix in text(), chosen in side(), rejected in side(), terminal in any::<bool>(),
+        weight in 0f64..4.0, label_smoothing in 0f64..0.5,
     ) -> PreferencePair {
         let kind = if step { PairKind::Step } else { PairKind::Outcome };
         PreferencePair {
@@ -84,6 +85,8 @@ prop_compose! {
             rejected,
             kind,
             terminal: !step || terminal,
+            weight,
+            label_smoothing,
         }
     }
 }
@@ -92,11 +95,25 @@ prop_compose! {
     fn node()(
         node_id in 0u64..1000, parent in option::of(0u64..1000), depth in 0u32..20, text in text(),
         tokens in vec(any::<u32>(), 0..20), lp in -100f64..0.0, visits in any::<u64>(), value in finite(),
-        reward in option::of(finite()), terminal in any::<bool>(),
+        reward in option::of(finite()), terminal in any::<bool>(), detail in detail(),
     ) -> TreeNode {
         TreeNode {
             run_id: "run-1".into(), task_id: "t/1".into(), tree_id: "t/1/tree0".into(), node_id, parent_id: parent,
-            depth, text, token_ids: tokens, logprob_sum: lp, visits, value, reward, terminal,
+            depth, text, token_ids: tokens, logprob_sum: lp, visits, value, reward, terminal, detail,
+        }
+    }
+}
+
+prop_compose! {
+    fn detail()(
+        kind in "[a-z]{0,7}", seed in any::<u64>(), token_logprobs in vec(-50f32..0.0, 0..10),
+        critic in option::of(finite()), components in vec(("[a-z/]{1,8}", finite()), 0..3),
+        texts in vec(option::of(text()), 6), exec_ok in option::of(any::<bool>()),
+    ) -> NodeDetail {
+        NodeDetail {
+            kind, seed, token_logprobs, critic, reward_components: components.into_iter().collect(),
+            reward_extracted: texts[0].clone(), reward_failure: texts[1].clone(), reward_error: texts[2].clone(),
+            exec_ok, exec_answer: texts[3].clone(), exec_feedback: texts[4].clone(), origin: texts[5].clone(),
         }
     }
 }
@@ -195,6 +212,8 @@ fn conversational_pairs_need_a_prompt_ending_in_a_user_turn() {
         rejected: PairSide::default(),
         kind: PairKind::Outcome,
         terminal: true,
+        weight: 1.0,
+        label_smoothing: 0.0,
     };
     let err = PreferencePair::to_batch(std::slice::from_ref(&p), PairFormat::Conversational).unwrap_err();
     assert!(err.to_string().contains("task t/1") && err.to_string().contains("ends with \"assistant\""), "{err}");
@@ -215,6 +234,8 @@ fn step_pairs_fold_the_prefix_per_form() -> crate::Result<()> {
         rejected: PairSide { text: "2+12=15.".into(), ..Default::default() },
         kind: PairKind::Step,
         terminal: true,
+        weight: 0.5,
+        label_smoothing: 0.25,
     };
     let b = PreferencePair::to_batch(std::slice::from_ref(&p), PairFormat::Standard)?;
     let prompt = arrow_array::cast::AsArray::as_string::<i32>(b.column(0).as_ref()).value(0).to_string();
@@ -222,5 +243,50 @@ fn step_pairs_fold_the_prefix_per_form() -> crate::Result<()> {
     let b = PreferencePair::to_batch(std::slice::from_ref(&p), PairFormat::Conversational)?;
     let rows = PreferencePair::from_batch(&b)?;
     assert_eq!(rows, vec![p]);
+    Ok(())
+}
+
+/// `batch` without the columns named in `drop`, as a file written before they existed would read.
+fn without(batch: &RecordBatch, drop: &[&str]) -> RecordBatch {
+    let keep: Vec<usize> =
+        (0..batch.num_columns()).filter(|&i| !drop.contains(&batch.schema().field(i).name().as_str())).collect();
+    batch.project(&keep).expect("projection")
+}
+
+#[test]
+fn pairs_and_nodes_written_before_the_search_columns_still_read() -> crate::Result<()> {
+    let p = PreferencePair {
+        run_id: "r".into(),
+        task_id: "t/1".into(),
+        prompt: "q".into(),
+        prompt_messages: vec![Message::user("q")],
+        prefix: String::new(),
+        chosen: PairSide { text: "a".into(), score: 1.0, ..Default::default() },
+        rejected: PairSide { text: "b".into(), ..Default::default() },
+        kind: PairKind::Outcome,
+        terminal: true,
+        weight: 2.0,
+        label_smoothing: 0.1,
+    };
+    let old = without(
+        &PreferencePair::to_batch(std::slice::from_ref(&p), PairFormat::Standard)?,
+        &[pair::META_WEIGHT, pair::META_LABEL_SMOOTHING],
+    );
+    let back = PreferencePair::from_batch(&old)?;
+    assert_eq!(back, vec![PreferencePair { weight: 1.0, label_smoothing: 0.0, ..p }]);
+
+    let n = TreeNode {
+        run_id: "r".into(),
+        task_id: "t/1".into(),
+        tree_id: "t/1/tree0".into(),
+        text: "x".into(),
+        detail: NodeDetail { kind: "step".into(), seed: 9, critic: Some(0.5), ..Default::default() },
+        ..Default::default()
+    };
+    let batch = TreeNode::to_batch(std::slice::from_ref(&n), ())?;
+    let detail_columns: Vec<String> = batch.schema().fields().iter().skip(13).map(|f| f.name().clone()).collect();
+    let names: Vec<&str> = detail_columns.iter().map(String::as_str).collect();
+    let back = TreeNode::from_batch(&without(&batch, &names))?;
+    assert_eq!(back, vec![TreeNode { detail: NodeDetail::default(), ..n }]);
     Ok(())
 }
