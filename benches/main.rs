@@ -3,7 +3,8 @@
 use criterion::{criterion_group, criterion_main};
 
 mod datasets;
+mod engine;
 mod rewards;
 
-criterion_group!(benches, rewards::bench, datasets::bench);
+criterion_group!(benches, engine::bench, rewards::bench, datasets::bench);
 criterion_main!(benches);

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod job;
 
 /// Orchard: grow search trees over LLM generations and harvest them as training data.
 #[derive(Debug, Parser)]
@@ -25,6 +26,8 @@ enum Command {
     Score(cmd::score::Args),
     /// Show how a model's tokenizer splits a text (ids and pieces).
     Tokenize(cmd::tokenize::Args),
+    /// Best-of-N sampling to scored trajectories and preference pairs (Parquet, resumable, shardable).
+    Sample(Box<cmd::sample::Args>),
     /// Measure prefill and decode throughput (tokens/s) on this machine.
     Bench(cmd::bench::Args),
     /// Fetch the default model into the cache and print its path.
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => cmd::generate::run(args),
         Command::Score(args) => cmd::score::run(args),
         Command::Tokenize(args) => cmd::tokenize::run(args),
+        Command::Sample(args) => cmd::sample::run(*args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::FetchModel(args) => cmd::fetch_model::run(args),
         Command::Exec(args) => cmd::exec::run(args),

@@ -1,8 +1,10 @@
 //! End-to-end tests of the `orchard` binary: one module per user-visible command.
 
 mod export;
+mod generate;
 mod merge;
 mod runs;
+mod sample;
 mod util;
 
 mod exec;

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::chat::{ChatTemplate, Message};
@@ -355,8 +356,12 @@ impl Engine {
             };
             // 3. Sample the decode steps.
             let decoded = active.len();
-            for (i, seq) in active.iter_mut().enumerate() {
-                let draw = sample(logits.row(i, 0), &requests[seq.request].params, &mut seq.rng);
+            let draws: Vec<_> = active
+                .par_iter_mut()
+                .enumerate()
+                .map(|(i, seq)| sample(logits.row(i, 0), &requests[seq.request].params, &mut seq.rng))
+                .collect();
+            for (seq, draw) in active.iter_mut().zip(draws) {
                 seq.push(draw.token, draw.logprob, self, &requests[seq.request].params, ctx)?;
             }
             stats.generated_tokens += active.len();
@@ -557,35 +562,12 @@ impl Seq {
         self.tokens.push(token);
         self.logprobs.push(logprob);
         self.last = token;
-        let is_eos = !p.ignore_eos && engine.tokenizer.eos().contains(&token);
-        if is_eos || p.stop_token_ids.contains(&token) {
-            self.finish = Some(FinishReason::Stop);
-            return Ok(());
-        }
-        if !p.stop.is_empty() {
-            let text = engine.tokenizer.decode(&self.tokens, true)?;
-            let longest = p.stop.iter().map(String::len).max().unwrap_or(0);
-            let mut from = self.text_len.saturating_sub(longest);
-            while !text.is_char_boundary(from) {
-                from -= 1;
-            }
-            if p.stop.iter().any(|s| text[from..].contains(s.as_str())) {
-                self.finish = Some(FinishReason::Stop);
-                return Ok(());
-            }
-            self.text_len = text.len();
-        }
-        if self.tokens.len() >= p.max_new_tokens || self.cache.len() + 1 >= ctx {
-            self.finish = Some(FinishReason::Length);
-        }
+        self.finish = finish_after(engine, &self.tokens, p, self.cache.len(), ctx, &mut self.text_len)?;
         Ok(())
     }
 
     fn into_sample(self, engine: &Engine, p: &SamplingParams, reason: FinishReason) -> Result<(usize, usize, Sample)> {
-        let mut text = engine.tokenizer.decode(&self.tokens, true)?;
-        if let Some(cut) = p.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-            text.truncate(cut);
-        }
+        let text = final_text(engine, &self.tokens, p)?;
         Ok((
             self.request,
             self.index,
@@ -598,4 +580,47 @@ impl Seq {
             },
         ))
     }
+}
+
+/// Whether a sequence whose generated tokens are `generated` (the last one just sampled, not yet in a cache of
+/// `cache_len` positions) is done: a stop token, a stop string (searched from `text_len` on, which is advanced),
+/// the budget or the context.
+pub(crate) fn finish_after(
+    engine: &Engine,
+    generated: &[TokenId],
+    p: &SamplingParams,
+    cache_len: usize,
+    ctx: usize,
+    text_len: &mut usize,
+) -> Result<Option<FinishReason>> {
+    let Some(&token) = generated.last() else { return Ok(None) };
+    let is_eos = !p.ignore_eos && engine.tokenizer.eos().contains(&token);
+    if is_eos || p.stop_token_ids.contains(&token) {
+        return Ok(Some(FinishReason::Stop));
+    }
+    if !p.stop.is_empty() {
+        let text = engine.tokenizer.decode(generated, true)?;
+        let longest = p.stop.iter().map(String::len).max().unwrap_or(0);
+        let mut from = text_len.saturating_sub(longest).min(text.len());
+        while !text.is_char_boundary(from) {
+            from -= 1;
+        }
+        if p.stop.iter().any(|s| text[from..].contains(s.as_str())) {
+            return Ok(Some(FinishReason::Stop));
+        }
+        *text_len = text.len();
+    }
+    if generated.len() >= p.max_new_tokens || cache_len + 1 >= ctx {
+        return Ok(Some(FinishReason::Length));
+    }
+    Ok(None)
+}
+
+/// The text of generated tokens: special tokens dropped, cut before the first stop string.
+pub(crate) fn final_text(engine: &Engine, generated: &[TokenId], p: &SamplingParams) -> Result<String> {
+    let mut text = engine.tokenizer.decode(generated, true)?;
+    if let Some(cut) = p.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+        text.truncate(cut);
+    }
+    Ok(text)
 }

@@ -114,6 +114,12 @@ impl KvCache {
         KvCache { layout, pool, blocks: Vec::new(), len: 0 }
     }
 
+    /// A cache made of already computed full blocks (a prefix-index hit), holding their positions.
+    pub fn from_blocks(layout: KvLayout, pool: Arc<KvPool>, blocks: Vec<Arc<KvBlock>>) -> Self {
+        let len = blocks.len() * BLOCK_TOKENS;
+        KvCache { layout, pool, blocks, len }
+    }
+
     /// Cached positions.
     pub fn len(&self) -> usize {
         self.len

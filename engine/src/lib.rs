@@ -32,7 +32,9 @@ pub mod hub;
 pub mod kernels;
 pub mod kv;
 pub mod model;
+pub mod prefix;
 pub mod sampling;
+pub mod scheduler;
 pub mod testing;
 pub mod tokenizer;
 pub mod weights;
@@ -44,6 +46,7 @@ pub use error::{Error, Result};
 pub use kv::KvCache;
 pub use model::{LogitRows, Logits, Model, Step, TokenId};
 pub use sampling::SamplingParams;
+pub use scheduler::{Metrics, Scheduler, SchedulerConfig, SeqRequest};
 pub use tokenizer::Tokenizer;
 pub use weights::Precision;
 

@@ -101,7 +101,11 @@ pub struct Model {
     norm: Vec<f32>,
     inv_freq: Vec<f32>,
     pool: Arc<KvPool>,
+    version: u64,
 }
+
+/// Every model instance gets its own weights version: caches keyed by it never outlive a weight change.
+static NEXT_VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The parts a loader hands to [`Model::new`].
 #[derive(Debug)]
@@ -171,6 +175,7 @@ impl Model {
             norm: parts.norm,
             inv_freq,
             pool: Arc::new(KvPool::default()),
+            version: NEXT_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -235,6 +240,11 @@ impl Model {
     /// A new, empty KV cache.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.kv_layout(), self.pool.clone())
+    }
+
+    /// The weights version of this instance (unique per loaded or trained model).
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// KV storage accounting for every cache of this model.

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernels::ops::log_sum_exp;
+use crate::kernels::ops::{exp, log_sum_exp, sum_exp};
 use crate::model::TokenId;
 
 /// Default sampling temperature (unbiased samples of the model's distribution).
@@ -21,7 +21,7 @@ pub const DEFAULT_MAX_NEW_TOKENS: usize = 256;
 
 /// How to pick tokens and when to stop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SamplingParams {
     /// Softmax temperature; 0 means greedy. Default [`DEFAULT_TEMPERATURE`].
     pub temperature: f32,
@@ -116,6 +116,13 @@ pub struct Draw {
 /// Candidates considered before falling back to a full sort for top-p.
 const TOP_P_PREFIX: usize = 1024;
 
+/// Unnormalised probability of a logit at temperature `1/inv_t`: `exp((v − max)/T)` in f32, widened (the same
+/// arithmetic as [`sum_exp`]).
+#[inline]
+fn weight(v: f32, max: f64, inv_t: f64) -> f64 {
+    exp((v - max as f32) * inv_t as f32) as f64
+}
+
 /// Samples one token from `logits`.
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SeqRng) -> Draw {
     let lse = log_sum_exp(logits);
@@ -134,13 +141,13 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SeqRng) -> Draw
     let u: f64 = rng.0.random();
     let filtered = params.top_k > 0 || params.top_p < 1.0 || params.min_p > 0.0;
     if !filtered {
-        // Inverse CDF in vocabulary order over the whole distribution.
-        let weights: Vec<f64> = logits.iter().map(|&v| ((v as f64 - max) * inv_t).exp()).collect();
-        let total: f64 = weights.iter().sum();
+        // Inverse CDF in vocabulary order over the whole distribution, without materialising it.
+        let total = sum_exp(logits, max as f32, inv_t as f32);
         let target = u * total;
         let mut acc = 0.0;
         let mut last_positive = 0;
-        for (i, &w) in weights.iter().enumerate() {
+        for (i, &v) in logits.iter().enumerate() {
+            let w = weight(v, max, inv_t);
             if w > 0.0 {
                 last_positive = i;
             }
@@ -153,8 +160,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SeqRng) -> Draw
     }
     // Candidates in (probability desc, id asc) order.
     let by_rank = |a: &(usize, f64), b: &(usize, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    let all: Vec<(usize, f64)> =
-        logits.iter().enumerate().map(|(i, &v)| (i, ((v as f64 - max) * inv_t).exp())).collect();
+    let all: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, &v)| (i, weight(v, max, inv_t))).collect();
     let total: f64 = all.iter().map(|c| c.1).sum();
     let keep = if params.top_k > 0 { params.top_k.min(all.len()) } else { all.len() };
     let prefix = keep.min(TOP_P_PREFIX);

@@ -4,4 +4,5 @@
 mod equivalence;
 mod loading;
 mod reference;
+mod scheduler;
 mod util;

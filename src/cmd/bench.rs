@@ -44,6 +44,16 @@ pub struct Args {
     /// Text whose tokens make the prompts (default: built-in GSM8K questions).
     #[arg(long, value_name = "FILE")]
     pub text: Option<PathBuf>,
+    /// Run the tree workload instead (`small`: 4 GSM8K prompts, `full`: 16): per prompt 4 children × 48 tokens,
+    /// 4 grandchildren each × 48, one 128-token rollout per grandchild, through the continuous-batching scheduler.
+    #[arg(long, value_name = "PRESET")]
+    pub tree: Option<String>,
+    /// Tree workload: recompute every branch's whole prefix (no prefix sharing).
+    #[arg(long, requires = "tree")]
+    pub no_sharing: bool,
+    /// Tree workload: KV memory budget (e.g. 512MiB); cached prefixes are evicted and sequences preempted to fit.
+    #[arg(long, value_parser = super::exec::parse_size_arg, requires = "tree")]
+    pub kv_budget: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -57,6 +67,9 @@ struct Row<'a> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(preset) = &args.tree {
+        return tree(&args, preset);
+    }
     let engine = args.model.load()?;
     let text = match &args.text {
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?,
@@ -136,4 +149,44 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn rayon_threads() -> usize {
     orchard_engine::compute_threads()
+}
+
+/// The tree workload through the scheduler; prints one JSON line (the [`TreeReport`] plus peak RSS).
+fn tree(args: &Args, preset: &str) -> anyhow::Result<ExitCode> {
+    use orchard_datasets::{TaskKind, TaskSource};
+    use orchard_engine::bench::{run_tree, TreeShape};
+    use orchard_engine::{Prompt, Scheduler, SchedulerConfig};
+    let shape = TreeShape::preset(preset).with_context(|| format!("unknown tree preset `{preset}` (small, full)"))?;
+    let engine = std::sync::Arc::new(args.model.load()?);
+    let mut source = TaskSource::builtin(TaskKind::Gsm8k, Some("train"));
+    source.limit = Some(shape.prompts);
+    let tasks = source.load()?.tasks;
+    let prompts = tasks
+        .iter()
+        .map(|t| engine.prompt_tokens(&Prompt::Text(t.prompt.clone()), None, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = SchedulerConfig {
+        prefix_cache: !args.no_sharing,
+        kv_budget: args.kv_budget.map(|b| b as usize),
+        precision: args.precision.resolve(),
+        ..SchedulerConfig::default()
+    };
+    let scheduler = Scheduler::start(engine.clone(), config);
+    let report = run_tree(&scheduler, &prompts, shape, !args.no_sharing)?;
+    let mut row = serde_json::to_value(&report)?;
+    row["peak_rss_bytes"] = peak_rss_bytes().into();
+    row["weights_bytes"] = engine.model().weight_bytes().into();
+    row["kv_budget"] = args.kv_budget.into();
+    println!("{row}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Peak resident set size of this process (`VmHWM`), 0 where /proc is unavailable.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }

@@ -8,6 +8,7 @@ pub mod fetch_model;
 pub mod generate;
 pub mod merge;
 pub mod reward;
+pub mod sample;
 pub mod score;
 pub mod tokenize;
 

@@ -93,79 +93,172 @@ unsafe fn row_avx2(a: &RowArgs<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     row(a, scores, out)
 }
 
-/// One query row's heads of KV group `g` against keys `0..=pos` (`out` is that group's slice of the row). Plain loops over 16-lane arrays, vectorised by the
-/// caller's target features; the same operations in the same order on every ISA.
+/// One query row's heads of KV group `g` against keys `0..=pos` (`out` is that group's slice of the row).
+///
+/// Plain loops over fixed-size arrays with fused multiply-adds, vectorised by the caller's target features; the
+/// same operations in the same order on every ISA (the portable tier computes `mul_add` exactly too, only slower).
+/// Heads are processed in register-sized chunks with several independent accumulators, so the FMA latency is
+/// hidden: scores keep four partial sums per head (dimensions mod 4), values keep each head's whole output.
 #[inline(always)]
 fn row(a: &RowArgs<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
-    const L: usize = BLOCK_TOKENS;
     let AttnShape { heads, kv_heads, head_dim: hd } = a.shape;
     debug_assert!(a.g < kv_heads);
     let group = heads / kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
     let n_keys = a.pos + 1;
-    let nb = n_keys.div_ceil(L);
-    let stride = nb * L;
+    let stride = n_keys.div_ceil(BLOCK_TOKENS) * BLOCK_TOKENS;
     scores.clear();
     scores.resize(group * stride, 0.0);
-    let blocks = &a.cache.blocks()[..nb];
+    out.fill(0.0);
+    let mut h0 = 0;
+    while h0 < group {
+        let left = group - h0;
+        match hd {
+            64 => h0 += chunk::<64>(a, h0, left, scores, stride, out),
+            128 => h0 += chunk::<128>(a, h0, left, scores, stride, out),
+            _ => h0 += chunk_dyn(a, h0, scores, stride, out),
+        }
+    }
+}
+
+/// Heads `h0 ..` of the group (as many as fit the registers, at most `left`); returns how many were done.
+#[inline(always)]
+fn chunk<const HD: usize>(
+    a: &RowArgs<'_>,
+    h0: usize,
+    left: usize,
+    scores: &mut [f32],
+    stride: usize,
+    out: &mut [f32],
+) -> usize {
+    // Value accumulators: NH·HD floats must fit the register file (≤ 256 floats = 16 zmm).
+    let cap = (256 / HD).max(1);
+    match left.min(cap) {
+        4 => heads::<HD, 4>(a, h0, scores, stride, out),
+        3 => heads::<HD, 3>(a, h0, scores, stride, out),
+        2 => heads::<HD, 2>(a, h0, scores, stride, out),
+        _ => heads::<HD, 1>(a, h0, scores, stride, out),
+    }
+}
+
+#[inline(always)]
+fn heads<const HD: usize, const NH: usize>(
+    a: &RowArgs<'_>,
+    h0: usize,
+    scores: &mut [f32],
+    stride: usize,
+    out: &mut [f32],
+) -> usize {
+    const L: usize = BLOCK_TOKENS;
+    let group = a.shape.heads / a.shape.kv_heads;
+    let scale = 1.0 / (HD as f32).sqrt();
+    let n_keys = a.pos + 1;
+    let blocks = &a.cache.blocks()[..n_keys.div_ceil(L)];
     let g = a.g;
-    {
-        // 1. Scores: for each block, 16 keys at once per head.
-        for (b, block) in blocks.iter().enumerate() {
-            let kt = block.keys_t(a.layer, g);
-            for h in 0..group {
-                let qh = &a.q[(g * group + h) * hd..(g * group + h + 1) * hd];
-                let mut acc = [0f32; L];
-                for (d, &qv) in qh.iter().enumerate() {
-                    let krow = &kt[d * L..(d + 1) * L];
+    let mut q = [[0f32; HD]; NH];
+    for (h, qh) in q.iter_mut().enumerate() {
+        let at = (g * group + h0 + h) * HD;
+        qh.copy_from_slice(&a.q[at..at + HD]);
+    }
+    // 1. Scores, 16 keys per vector: Σ_d q[d]·K[d][key] in four partial sums (d mod 4), independent FMA chains.
+    for (b, block) in blocks.iter().enumerate() {
+        let kt = block.keys_t(a.layer, g);
+        for (h, qh) in q.iter().enumerate() {
+            let mut acc = [[0f32; L]; 4];
+            for d in (0..HD).step_by(4) {
+                for (j, part) in acc.iter_mut().enumerate() {
+                    let k: &[f32; L] = kt[(d + j) * L..(d + j + 1) * L].try_into().expect("a block row");
+                    let qv = qh[d + j];
                     for l in 0..L {
-                        acc[l] += qv * krow[l];
+                        part[l] = qv.mul_add(k[l], part[l]);
                     }
                 }
-                let dst = &mut scores[h * stride + b * L..h * stride + (b + 1) * L];
-                for l in 0..L {
-                    dst[l] = acc[l] * scale;
-                }
+            }
+            let dst = &mut scores[(h0 + h) * stride + b * L..(h0 + h) * stride + (b + 1) * L];
+            for l in 0..L {
+                dst[l] = ((acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l])) * scale;
             }
         }
-        // 2. Softmax over the valid keys of each head.
-        for h in 0..group {
-            let s = &mut scores[h * stride..h * stride + n_keys];
-            let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut lanes = [0f32; L];
-            let mut chunks = s.chunks_exact_mut(L);
-            for c in &mut chunks {
-                for l in 0..L {
-                    c[l] = exp(c[l] - max);
-                    lanes[l] += c[l];
-                }
-            }
-            let mut sum = 0f32;
-            for v in chunks.into_remainder() {
-                *v = exp(*v - max);
-                sum += *v;
-            }
-            let total = lanes.iter().sum::<f32>() + sum;
-            let inv = 1.0 / total;
-            for v in s.iter_mut() {
-                *v *= inv;
-            }
-        }
-        // 3. Weighted sum of values.
-        let o = out;
-        o.fill(0.0);
-        for (b, block) in blocks.iter().enumerate() {
-            let values = block.values(a.layer, g);
-            for t in 0..L.min(n_keys - b * L) {
-                let v = &values[t * hd..(t + 1) * hd];
-                for h in 0..group {
-                    let w = scores[h * stride + b * L + t];
-                    let oh = &mut o[h * hd..(h + 1) * hd];
-                    for (x, &y) in oh.iter_mut().zip(v) {
-                        *x += w * y;
-                    }
+    }
+    // 2. Softmax over the valid keys of each head.
+    for h in 0..NH {
+        softmax(&mut scores[(h0 + h) * stride..(h0 + h) * stride + n_keys]);
+    }
+    // 3. Values: each head's output stays in registers while the keys stream by.
+    let mut o = [[0f32; HD]; NH];
+    for (b, block) in blocks.iter().enumerate() {
+        let values = block.values(a.layer, g);
+        for t in 0..L.min(n_keys - b * L) {
+            let v: &[f32; HD] = values[t * HD..(t + 1) * HD].try_into().expect("a value row");
+            for h in 0..NH {
+                let w = scores[(h0 + h) * stride + b * L + t];
+                for d in 0..HD {
+                    o[h][d] = w.mul_add(v[d], o[h][d]);
                 }
             }
         }
     }
+    for (h, oh) in o.iter().enumerate() {
+        out[(h0 + h) * HD..(h0 + h + 1) * HD].copy_from_slice(oh);
+    }
+    NH
+}
+
+/// Softmax in place, vectorisable with a fixed summation order.
+#[inline(always)]
+fn softmax(s: &mut [f32]) {
+    const L: usize = BLOCK_TOKENS;
+    let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut lanes = [0f32; L];
+    let mut chunks = s.chunks_exact_mut(L);
+    for c in &mut chunks {
+        for l in 0..L {
+            c[l] = exp(c[l] - max);
+            lanes[l] += c[l];
+        }
+    }
+    let mut sum = 0f32;
+    for v in chunks.into_remainder() {
+        *v = exp(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / (lanes.iter().sum::<f32>() + sum);
+    for v in s.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Any head width: one head at a time, same operation order as [`heads`].
+fn chunk_dyn(a: &RowArgs<'_>, h: usize, scores: &mut [f32], stride: usize, out: &mut [f32]) -> usize {
+    const L: usize = BLOCK_TOKENS;
+    let hd = a.shape.head_dim;
+    let group = a.shape.heads / a.shape.kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let n_keys = a.pos + 1;
+    let blocks = &a.cache.blocks()[..n_keys.div_ceil(L)];
+    let qh = &a.q[(a.g * group + h) * hd..(a.g * group + h + 1) * hd];
+    for (b, block) in blocks.iter().enumerate() {
+        let kt = block.keys_t(a.layer, a.g);
+        let mut acc = [[0f32; L]; 4];
+        for d in 0..hd {
+            let k = &kt[d * L..(d + 1) * L];
+            for l in 0..L {
+                acc[d % 4][l] = qh[d].mul_add(k[l], acc[d % 4][l]);
+            }
+        }
+        for l in 0..L {
+            scores[h * stride + b * L + l] = ((acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l])) * scale;
+        }
+    }
+    softmax(&mut scores[h * stride..h * stride + n_keys]);
+    let oh = &mut out[h * hd..(h + 1) * hd];
+    for (b, block) in blocks.iter().enumerate() {
+        let values = block.values(a.layer, a.g);
+        for t in 0..L.min(n_keys - b * L) {
+            let w = scores[h * stride + b * L + t];
+            for (x, &y) in oh.iter_mut().zip(&values[t * hd..(t + 1) * hd]) {
+                *x = w.mul_add(y, *x);
+            }
+        }
+    }
+    1
 }

@@ -132,14 +132,50 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// `log Σ exp(x)`, accumulated in f64.
+/// `log Σ exp(x)`: f32 exponentials ([`exp`]) summed in f64.
 pub fn log_sum_exp(x: &[f32]) -> f64 {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     if !max.is_finite() {
         return max as f64;
     }
-    let sum: f64 = x.iter().map(|&v| ((v - max) as f64).exp()).sum();
-    max as f64 + sum.ln()
+    max as f64 + sum_exp(x, max, 1.0).ln()
+}
+
+/// `Σ exp((x − max)·inv_t)` with f32 exponentials summed in 8 interleaved f64 lanes (fixed order).
+pub fn sum_exp(x: &[f32], max: f32, inv_t: f32) -> f64 {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa()` only reports levels the CPU supports.
+        Isa::Avx512 => unsafe { sum_exp_avx512(x, max, inv_t) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { sum_exp_avx2(x, max, inv_t) },
+        _ => sum_exp_impl(x, max, inv_t),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn sum_exp_avx512(x: &[f32], max: f32, inv_t: f32) -> f64 {
+    sum_exp_impl(x, max, inv_t)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sum_exp_avx2(x: &[f32], max: f32, inv_t: f32) -> f64 {
+    sum_exp_impl(x, max, inv_t)
+}
+
+#[inline(always)]
+fn sum_exp_impl(x: &[f32], max: f32, inv_t: f32) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let rest: f64 = chunks.remainder().iter().map(|&v| exp((v - max) * inv_t) as f64).sum();
+    for c in chunks {
+        for l in 0..8 {
+            lanes[l] += exp((c[l] - max) * inv_t) as f64;
+        }
+    }
+    lanes.iter().sum::<f64>() + rest
 }
 
 #[cfg(test)]

@@ -1,0 +1,112 @@
+//! Engine benches: the int8×Q4 and f32 matmul kernels on the default model's shapes, and prefill / one decode step
+//! of the default model at B = 1 and 16 (tokens per second). The comparison against llama.cpp is
+//! `benches/compare/engine_llamacpp.py`.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use orchard_engine::bench::prompt_ids;
+use orchard_engine::kernels::dense::{self, PackedMatrix};
+use orchard_engine::kernels::quant::{self, QActs, QRows};
+use orchard_engine::{Engine, LogitRows, Precision, Step};
+
+/// Deterministic pseudo-random values in [−1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// GGUF Q4_1 bytes of an `n × k` matrix.
+fn q4_1(n: usize, k: usize) -> Vec<u8> {
+    let v = values(n * k / 2, 3);
+    let mut raw = Vec::with_capacity(n * k / 32 * 20);
+    for (b, chunk) in v.chunks(16).enumerate() {
+        raw.extend_from_slice(&half::f16::from_f32(0.01 + b as f32 % 7.0 * 1e-3).to_le_bytes());
+        raw.extend_from_slice(&half::f16::from_f32(-0.08).to_le_bytes());
+        raw.extend(chunk.iter().map(|x| ((x + 1.0) * 127.9) as u8));
+    }
+    raw
+}
+
+fn kernels(c: &mut Criterion) {
+    let (n, k) = (1536, 576); // gate/up projection of SmolLM2-135M
+    let w = QRows::from_q4_1(&q4_1(n, k), n, k).expect("valid blocks").pack();
+    let wd = PackedMatrix::pack(&values(n * k, 5), n, k);
+    let mut g = c.benchmark_group("engine/matmul_1536x576");
+    for m in [1usize, 16, 64] {
+        let x = values(m * k, 7);
+        let mut out = vec![0f32; m * n];
+        g.throughput(Throughput::Elements((m * n * k) as u64)); // multiply-adds
+        g.bench_with_input(BenchmarkId::new("q4_int8", m), &m, |b, &m| {
+            b.iter(|| {
+                let acts = QActs::quantize(&x, m, k);
+                quant::qmatmul(&w, &acts, &mut out);
+                black_box(&out);
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("f32", m), &m, |b, &m| {
+            b.iter(|| {
+                dense::matmul(&wd, &x, m, &mut out);
+                black_box(&out);
+            })
+        });
+    }
+    g.finish();
+}
+
+fn default_model(c: &mut Criterion) {
+    orchard_engine::init_threads(None);
+    let engine = Engine::load("default").expect("the default model (run `orchard fetch-model`)");
+    let model = engine.model();
+    let base = engine.tokenizer().encode("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether?", false).expect("tokenize");
+    let mut g = c.benchmark_group("engine/default_model");
+    g.sample_size(10);
+    let prompt = prompt_ids(&base, 200, 0);
+    g.throughput(Throughput::Elements(200));
+    g.bench_function("prefill_200", |b| {
+        b.iter(|| {
+            let mut cache = model.new_cache();
+            let mut steps = [Step { cache: &mut cache, tokens: &prompt, logits: LogitRows::Last }];
+            black_box(model.forward(&mut steps, Precision::Quantized).expect("forward"));
+        })
+    });
+    for batch in [1usize, 16] {
+        let prompts: Vec<_> = (0..batch).map(|i| prompt_ids(&base, 200, i)).collect();
+        let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
+        {
+            let mut steps: Vec<Step<'_>> = caches
+                .iter_mut()
+                .zip(&prompts)
+                .map(|(c, p)| Step { cache: c, tokens: p, logits: LogitRows::None })
+                .collect();
+            model.forward(&mut steps, Precision::Quantized).expect("prefill");
+        }
+        let next = [[42u32]; 64];
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_with_input(BenchmarkId::new("decode_step", batch), &batch, |b, _| {
+            b.iter(|| {
+                // Fork so every iteration decodes at the same context length (the fork copies one block).
+                let mut forks: Vec<_> = caches.to_vec();
+                let mut steps: Vec<Step<'_>> = forks
+                    .iter_mut()
+                    .zip(&next)
+                    .map(|(c, t)| Step { cache: c, tokens: t, logits: LogitRows::Last })
+                    .collect();
+                black_box(model.forward(&mut steps, Precision::Quantized).expect("decode"));
+            })
+        });
+    }
+    g.finish();
+}
+
+pub fn bench(c: &mut Criterion) {
+    kernels(c);
+    default_model(c);
+}

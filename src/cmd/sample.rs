@@ -1,0 +1,295 @@
+//! `orchard sample`: best-of-N sampling to scored trajectories and preference pairs (the ReFT/RFT baseline).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use orchard_datasets::cli::{PairArgs, SourceArgs};
+use orchard_datasets::record::{PairFormat, RewardRecord, SamplingRecord};
+use orchard_datasets::run::timing;
+use orchard_datasets::{
+    select_pairs, task_seed, PairPolicy, RunDir, RunSpec, Shard, TaskOutput, TaskSource, Trajectory, WriterOptions,
+};
+use orchard_engine::{GenerateOptions, GenerateRequest, SamplingParams};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::common::{ModelArgs, PrecisionArg};
+use super::exec::SandboxArgs;
+use crate::job::{model_record, out_dir, read_job_file, reward_task, task_prompt, JobReward, SamplingArgs};
+
+/// Default samples per prompt.
+pub const DEFAULT_N: usize = 8;
+
+/// Sample N completions per task with the engine, score them with a verifiable reward, and write trajectories
+/// and preference pairs (Parquet, TRL's DPO columns) plus manifest.json to --out.
+///
+/// Every flag has a key in the TOML job file (--config): top-level `model`, `n`, `seed`, `reward`,
+/// `reward_config`, `system`, `out`, `pair_format`; tables `[source]` (task, split, path, limit, shuffle,
+/// on_bad_row, fields.*), `[pairs]` (strategy, max_per_prompt, min_margin, correct_threshold) and `[sampling]`
+/// (temperature, top_p, top_k, min_p, max_new_tokens, stop). Flags override the file.
+///
+/// Rerunning the same command on the same --out resumes: finished tasks (journaled) are skipped, a different
+/// configuration is refused. --shard i/n runs one deterministic slice (by task id hash); `orchard merge` combines
+/// the shards. Each task's samples are seeded from (--seed, task id), so resumed and sharded runs reproduce an
+/// uninterrupted one.
+///
+/// Examples:
+///   orchard sample --task gsm8k --split train --limit 50 --n 8 --reward gsm8k --out runs/gsm8k-50
+///   orchard sample --config job.toml --shard 0/4
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// TOML job file (flags override its values).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// Model: `default`, a .gguf file or an HF directory. TOML: `model`.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Compute threads (not part of the job's identity).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Samples per task. TOML: `n`.
+    #[arg(long, short = 'n')]
+    pub n: Option<usize>,
+    /// Reward name: gsm8k, svamp, math, pot, humaneval, … TOML: `reward`.
+    #[arg(long)]
+    pub reward: Option<String>,
+    /// Reward described in TOML (composites) instead of --reward. TOML: `reward_config`.
+    #[arg(long, value_name = "FILE.toml")]
+    pub reward_config: Option<PathBuf>,
+    /// System message before each prompt. TOML: `system`.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub pairs: PairArgs,
+    /// Base seed of sampling (and of --shuffle). TOML: `seed`.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// This process's slice of the tasks, `i/n` (e.g. a Slurm array index). TOML: `shard`.
+    #[arg(long)]
+    pub shard: Option<Shard>,
+    /// Output run directory. TOML: `out`.
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+    /// Tasks sampled together in one engine call (default: enough to fill the decode batch).
+    #[arg(long)]
+    pub group: Option<usize>,
+    /// Numeric path (not part of the job's identity: every path is batch-invariant).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
+    pub precision: PrecisionArg,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// The job file, and the job's identity once flags are applied.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SampleJob {
+    /// Model spec.
+    pub model: Option<String>,
+    /// Where tasks come from.
+    pub source: TaskSource,
+    /// Samples per task.
+    pub n: Option<usize>,
+    /// Reward name.
+    pub reward: Option<String>,
+    /// Reward TOML file.
+    pub reward_config: Option<PathBuf>,
+    /// System message.
+    pub system: Option<String>,
+    /// Sampling parameters.
+    pub sampling: SamplingParams,
+    /// Pair selection.
+    pub pairs: PairPolicy,
+    /// TRL layout of pairs.
+    pub pair_format: PairFormat,
+    /// Seed.
+    pub seed: u64,
+    /// Shard (not part of the identity).
+    pub shard: Option<Shard>,
+    /// Output directory (not part of the identity).
+    pub out: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let file: SampleJob = read_job_file(args.config.as_deref())?;
+    // 1. The job: the file's values with every given flag applied.
+    let mut source = args.source.apply(file.source.clone());
+    let seed = args.seed.unwrap_or(file.seed);
+    source.seed = seed;
+    let (pairs, pair_format) = args.pairs.apply(file.pairs.clone(), file.pair_format);
+    let sampling = args.sampling.apply(file.sampling.clone());
+    sampling.validate()?;
+    let n = args.n.or(file.n).unwrap_or(DEFAULT_N);
+    anyhow::ensure!(n >= 1, "--n must be at least 1");
+    let model_spec = args.model.clone().or(file.model.clone()).unwrap_or_else(|| "default".into());
+    let reward_name = args.reward.clone().or(file.reward.clone());
+    let reward_config = args.reward_config.clone().or(file.reward_config.clone());
+    let system = args.system.clone().or(file.system.clone());
+    let shard = args.shard.or(file.shard).unwrap_or_default();
+    let out = out_dir(&args.out, &file.out)?;
+    let reward = JobReward::build(reward_name.as_deref(), reward_config.as_deref(), &args.sandbox)?;
+    let identity = SampleJob {
+        model: Some(model_spec.clone()),
+        source: source.clone(),
+        n: Some(n),
+        reward: reward_name,
+        reward_config,
+        system: system.clone(),
+        sampling: sampling.clone(),
+        pairs: pairs.clone(),
+        pair_format,
+        seed,
+        shard: None,
+        out: None,
+    };
+
+    // 2. Tasks, model, run directory.
+    let loaded = source.load()?;
+    for bad in loaded.report.bad_rows.iter().take(5) {
+        eprintln!("orchard: skipped {bad}");
+    }
+    let load_s = started.elapsed().as_secs_f64();
+    let model_args = ModelArgs { model: model_spec, threads: args.threads };
+    let engine = model_args.load()?;
+    let model = model_record(&engine)?;
+    let spec = RunSpec {
+        shard,
+        pair_format,
+        model: Some(model.clone()),
+        source: Some(loaded.report.clone()),
+        ..RunSpec::new("sample", serde_json::to_value(&identity)?)
+    };
+    let opts = WriterOptions { correct_threshold: pairs.correct_threshold, ..Default::default() };
+    let mut run = RunDir::open(&out, &spec, opts).with_context(|| format!("opening run {}", out.display()))?;
+    run.add_timing(timing::LOAD, load_s);
+    let run_id = run.run_id().to_string();
+    let resumed = run.done_count();
+    let todo = run.plan(loaded.tasks);
+    if resumed > 0 {
+        eprintln!("orchard: resuming {}: {resumed} tasks already done, {} to go", out.display(), todo.len());
+    }
+
+    // 3. Sample, score, pair — a group of tasks per engine call.
+    let gen_opts = GenerateOptions { precision: args.precision.resolve(), ..GenerateOptions::default() };
+    let group = args.group.unwrap_or_else(|| (gen_opts.max_batch / n).max(1));
+    let record = SamplingRecord {
+        temperature: sampling.temperature,
+        top_p: sampling.top_p,
+        top_k: sampling.top_k as u32,
+        min_p: sampling.min_p,
+        max_new_tokens: sampling.max_new_tokens as u32,
+    };
+    let bar = super::common::progress_bar(todo.len() as u64, "prompts");
+    let mut generated = 0usize;
+    let mut engine_s = 0f64;
+    for tasks in todo.chunks(group) {
+        let t0 = Instant::now();
+        let mut prompts = Vec::with_capacity(tasks.len());
+        let mut requests = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let prompt = task_prompt(task, system.as_deref());
+            let text = engine.render_prompt(&prompt, None, false).with_context(|| format!("task {}", task.id))?;
+            let ids = engine.tokenizer().encode(&text, false)?;
+            requests.push(GenerateRequest {
+                prompt: ids,
+                n,
+                params: sampling.clone(),
+                seed: task_seed(seed, &task.id),
+            });
+            prompts.push(text);
+        }
+        let samples = engine.generate(&requests, &gen_opts, &mut |_| {})?;
+        let dt = t0.elapsed().as_secs_f64();
+        engine_s += dt;
+        run.add_timing(timing::ENGINE, dt);
+
+        let t1 = Instant::now();
+        let outcomes: Vec<Vec<_>> = tasks
+            .par_iter()
+            .zip(&samples)
+            .map(|(task, ss)| {
+                let rt = reward_task(task);
+                ss.iter().map(|s| reward.score(&rt, &s.text)).collect()
+            })
+            .collect();
+        run.add_timing(timing::REWARD, t1.elapsed().as_secs_f64());
+
+        let t2 = Instant::now();
+        for ((task, ss), (os, prompt)) in tasks.iter().zip(&samples).zip(outcomes.iter().zip(&prompts)) {
+            let trajectories: Vec<Trajectory> = ss
+                .iter()
+                .zip(os)
+                .enumerate()
+                .map(|(k, (s, o))| {
+                    generated += s.token_ids.len();
+                    Trajectory {
+                        id: Trajectory::make_id(&task.id, k as u32),
+                        run_id: run_id.clone(),
+                        task_id: task.id.clone(),
+                        sample_index: k as u32,
+                        prompt: prompt.clone(),
+                        prompt_messages: task.chat(system.as_deref()),
+                        completion: s.text.clone(),
+                        token_ids: s.token_ids.clone(),
+                        token_logprobs: s.token_logprobs.clone(),
+                        finish_reason: finish_name(s.finish_reason).to_string(),
+                        reward: RewardRecord {
+                            score: o.score,
+                            components: o.components.clone(),
+                            extracted: o.extracted.clone(),
+                            failure: o.failure.clone(),
+                            error: o.error.clone(),
+                        },
+                        sampling: record.clone(),
+                        seed: s.seed,
+                        model: model.clone(),
+                    }
+                })
+                .collect();
+            let pairs = select_pairs(&trajectories, &pairs);
+            run.push(TaskOutput { task_id: task.id.clone(), trajectories, pairs, nodes: vec![] })?;
+        }
+        run.add_timing(timing::SELECT, t2.elapsed().as_secs_f64());
+        let c = run.counts();
+        bar.inc(tasks.len() as u64);
+        bar.set_message(format!(
+            "{:.1} tok/s, {} correct / {} samples, {} pairs",
+            generated as f64 / engine_s.max(1e-9),
+            c.correct,
+            c.trajectories,
+            c.pairs
+        ));
+    }
+    bar.finish_and_clear();
+    let manifest = run.finish()?;
+    let c = &manifest.counts;
+    let wall = manifest.timings.get(timing::WALL).copied().unwrap_or_default();
+    let share = manifest.outside_engine_share().unwrap_or(f64::NAN);
+    eprintln!(
+        "orchard: {} tasks, {} trajectories ({} correct), {} pairs in {:.1}s; engine {:.1} tok/s; {:.1}% of the time outside the engine; wrote {}",
+        c.tasks,
+        c.trajectories,
+        c.correct,
+        c.pairs,
+        wall,
+        generated as f64 / engine_s.max(1e-9),
+        100.0 * share,
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn finish_name(r: orchard_engine::FinishReason) -> &'static str {
+    match r {
+        orchard_engine::FinishReason::Stop => "stop",
+        orchard_engine::FinishReason::Length => "length",
+    }
+}

@@ -1,0 +1,130 @@
+//! Pieces every data-generation job shares: the job file, the reward, the model record, task conversions.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use orchard_datasets::{ModelRecord, Task};
+use orchard_engine::{Engine, Message, Prompt, SamplingParams};
+use orchard_rewards::{score_caught, Outcome, Reward, RewardSpec};
+use serde::de::DeserializeOwned;
+
+use crate::cmd::exec::SandboxArgs;
+
+/// Reads a TOML job file into `T` (unknown keys are refused, with the file named).
+pub fn read_job_file<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+    match path {
+        None => Ok(T::default()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+        }
+    }
+}
+
+/// A reward built from a name (`gsm8k`, `humaneval`…) or a TOML description, with its sandbox when it runs code.
+pub struct JobReward {
+    reward: Box<dyn Reward>,
+    /// Kept alive for the reward's lifetime.
+    _sandbox: Option<Arc<dyn orchard_rewards::sandbox::Sandbox>>,
+}
+
+impl JobReward {
+    /// Builds the reward named `kind`, or described by the TOML file `config`.
+    pub fn build(kind: Option<&str>, config: Option<&Path>, sandbox: &SandboxArgs) -> anyhow::Result<Self> {
+        let mut spec = match (kind, config) {
+            (_, Some(path)) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+                RewardSpec::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+            }
+            (Some(kind), None) => RewardSpec::from_name(kind)?,
+            (None, None) => anyhow::bail!("no reward: give --reward NAME or --reward-config FILE.toml"),
+        };
+        for policy in spec.policies_mut() {
+            sandbox.apply(policy);
+        }
+        let sb = if spec.needs_sandbox() { Some(sandbox.open()?) } else { None };
+        let reward = spec.build(sb.as_ref())?;
+        Ok(JobReward { reward, _sandbox: sb })
+    }
+
+    /// Scores one completion; a panicking reward becomes an outcome with an error, never a crash.
+    pub fn score(&self, task: &orchard_rewards::Task, completion: &str) -> Outcome {
+        score_caught(self.reward.as_ref(), task, completion)
+    }
+}
+
+/// What the rewards crate needs of a dataset task.
+pub fn reward_task(task: &Task) -> orchard_rewards::Task {
+    let mut t = orchard_rewards::Task::new(task.prompt.clone());
+    if let Some(r) = &task.reference {
+        t = t.with_answer(r.clone());
+    }
+    if let Some(tests) = &task.tests {
+        t = t.with_tests(tests.clone(), task.entry_point.clone());
+    }
+    t
+}
+
+/// The chat prompt of a task, in the engine's message type.
+pub fn task_prompt(task: &Task, system: Option<&str>) -> Prompt {
+    Prompt::Messages(task.chat(system).into_iter().map(|m| Message::new(&m.role, m.content)).collect())
+}
+
+/// The model as recorded in outputs (id and weights hash).
+pub fn model_record(engine: &Engine) -> anyhow::Result<ModelRecord> {
+    Ok(ModelRecord { id: engine.info().id.clone(), hash: format!("sha256:{}", engine.info().hash()?) })
+}
+
+/// Sampling knobs on the command line; each has a TOML key in the job file's `[sampling]` table.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SamplingArgs {
+    /// Softmax temperature; 0 = greedy. TOML: `sampling.temperature`.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass (1 = off). TOML: `sampling.top_p`.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Keep the K most likely tokens (0 = off). TOML: `sampling.top_k`.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Min-p filter (0 = off). TOML: `sampling.min_p`.
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Most tokens per completion. TOML: `sampling.max_new_tokens`.
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Stop string (repeatable). TOML: `sampling.stop`.
+    #[arg(long = "stop", value_name = "S")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    /// The job file's parameters with every given flag applied.
+    pub fn apply(&self, mut p: SamplingParams) -> SamplingParams {
+        if let Some(v) = self.temperature {
+            p.temperature = v;
+        }
+        if let Some(v) = self.top_p {
+            p.top_p = v;
+        }
+        if let Some(v) = self.top_k {
+            p.top_k = v;
+        }
+        if let Some(v) = self.min_p {
+            p.min_p = v;
+        }
+        if let Some(v) = self.max_new_tokens {
+            p.max_new_tokens = v;
+        }
+        if !self.stop.is_empty() {
+            p.stop.clone_from(&self.stop);
+        }
+        p
+    }
+}
+
+/// `out` from the flag, else from the job file.
+pub fn out_dir(flag: &Option<PathBuf>, file: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    flag.clone().or_else(|| file.clone()).context("no output directory: give --out DIR (or `out` in the job file)")
+}

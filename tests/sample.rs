@@ -1,0 +1,117 @@
+//! `orchard sample` end to end on a tiny model: outputs, resume, config mismatch, sharding + merge, kill -9.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use predicates::str::contains;
+
+use crate::util::{orchard, tiny_gguf};
+
+/// A JSONL task file whose references are what the tiny model tends to say (so some samples are correct).
+fn tasks(dir: &Path, n: usize) -> PathBuf {
+    let p = dir.join("tasks.jsonl");
+    let body: String = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"id\": \"t{i}\", \"prompt\": \"question {i}: what is {i} plus one?\", \"reference\": \"{}\"}}\n",
+                i % 3
+            )
+        })
+        .collect();
+    std::fs::write(&p, body).expect("write tasks");
+    p
+}
+
+fn sample_cmd(model: &Path, tasks: &Path, out: &Path) -> assert_cmd::Command {
+    let mut c = orchard();
+    c.args(["sample", "--model", model.to_str().unwrap(), "--task", "jsonl", "--path", tasks.to_str().unwrap()])
+        .args(["--reference-field", "reference", "--id-field", "id", "--n", "4", "--reward", "math"])
+        .args(["--max-new-tokens", "8", "--seed", "3", "--out", out.to_str().unwrap()]);
+    c
+}
+
+/// (task id, sample index, completion, score) of every trajectory in a run, read with the datasets crate.
+fn trajectories(run: &Path) -> BTreeSet<(String, u32, String, String)> {
+    let reader = orchard_datasets::RunReader::open(run).expect("open run");
+    reader
+        .trajectories()
+        .expect("read trajectories")
+        .into_iter()
+        .map(|t| (t.task_id, t.sample_index, t.completion, format!("{:.3}", t.reward.score)))
+        .collect()
+}
+
+#[test]
+fn sample_writes_trajectories_pairs_and_a_manifest_and_resumes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_gguf(dir.path());
+    let tasks = tasks(dir.path(), 6);
+    let out = dir.path().join("run");
+    sample_cmd(&model, &tasks, &out).assert().success().stderr(contains("6 tasks, 24 trajectories"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest")).expect("json");
+    assert_eq!(manifest["counts"]["tasks"], 6);
+    assert_eq!(manifest["counts"]["trajectories"], 24);
+    assert!(manifest["timings"]["engine"].as_f64().expect("engine time") > 0.0);
+    assert_eq!(manifest["model"]["id"], "tiny");
+    let first = trajectories(&out);
+    assert_eq!(first.len(), 24);
+
+    // Rerunning the same command does no new work and changes nothing.
+    sample_cmd(&model, &tasks, &out).assert().success();
+    assert_eq!(trajectories(&out), first);
+
+    // A different configuration on the same directory is refused, naming the key.
+    sample_cmd(&model, &tasks, &out).args(["--temperature", "0.5"]).assert().code(2).stderr(contains("temperature"));
+}
+
+#[test]
+fn shards_merge_into_the_unsharded_run() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_gguf(dir.path());
+    let tasks = tasks(dir.path(), 8);
+    let whole = dir.path().join("whole");
+    sample_cmd(&model, &tasks, &whole).assert().success();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    sample_cmd(&model, &tasks, &a).args(["--shard", "0/2"]).assert().success();
+    sample_cmd(&model, &tasks, &b).args(["--shard", "1/2"]).assert().success();
+    let merged = dir.path().join("merged");
+    orchard()
+        .args(["merge", "--out", merged.to_str().unwrap(), a.to_str().unwrap(), b.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_eq!(trajectories(&merged), trajectories(&whole));
+}
+
+#[test]
+fn a_killed_job_resumes_to_the_uninterrupted_result() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_gguf(dir.path());
+    let tasks = tasks(dir.path(), 300);
+    let whole = dir.path().join("whole");
+    sample_cmd(&model, &tasks, &whole).args(["--group", "4"]).assert().success();
+    let want = trajectories(&whole);
+    let killed = dir.path().join("killed");
+    let bin = assert_cmd::cargo::cargo_bin("orchard");
+    let mut interrupted = 0;
+    for delay_ms in [200u64, 500, 900, 1400] {
+        let mut child = std::process::Command::new(&bin)
+            .args(["sample", "--model", model.to_str().unwrap(), "--task", "jsonl", "--path", tasks.to_str().unwrap()])
+            .args(["--reference-field", "reference", "--id-field", "id", "--n", "4", "--reward", "math"])
+            .args(["--max-new-tokens", "8", "--seed", "3", "--out", killed.to_str().unwrap(), "--group", "4"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let complete = std::fs::read(killed.join("manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|m| m["status"]["complete"] == true);
+        interrupted += usize::from(!complete);
+    }
+    assert!(interrupted >= 2, "the kills should land mid-job ({interrupted} did)");
+    sample_cmd(&model, &tasks, &killed).args(["--group", "4"]).assert().success();
+    assert_eq!(trajectories(&killed), want);
+}
