@@ -40,6 +40,12 @@ enum Command {
     Merge(cmd::merge::Args),
     /// Export a run as one Parquet file for a trainer (TRL DPO standard/conversational, KTO, PRM).
     Export(cmd::export::Args),
+    /// Train on preference pairs (DPO family) or scored trajectories (TOPR), LoRA or full fine-tuning.
+    Train(Box<cmd::train::Args>),
+    /// Accuracy on GSM8K/SVAMP (greedy and maj@K) with 95% intervals, as JSON.
+    Eval(Box<cmd::eval::Args>),
+    /// Write a model as an f32 HF directory (the base for PEFT adapters and other trainers).
+    Convert(cmd::convert::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +62,9 @@ fn main() -> ExitCode {
         Command::Reward(args) => cmd::reward::run(args),
         Command::Merge(args) => cmd::merge::run(args),
         Command::Export(args) => cmd::export::run(args),
+        Command::Train(args) => cmd::train::run(*args),
+        Command::Eval(args) => cmd::eval::run(*args),
+        Command::Convert(args) => cmd::convert::run(args),
     };
     match result {
         Ok(code) => code,

@@ -5,6 +5,7 @@ mod generate;
 mod merge;
 mod runs;
 mod sample;
+mod train;
 mod util;
 
 mod exec;

@@ -155,9 +155,10 @@ impl FromStr for Target {
     /// `q`, `q_proj`, … `down_proj`.
     fn from_str(s: &str) -> Result<Self> {
         let name = s.trim().strip_suffix("_proj").unwrap_or(s.trim());
-        Target::ALL.into_iter().find(|t| t.peft_name().strip_suffix("_proj") == Some(name)).ok_or_else(|| {
-            Error::Request(format!("unknown LoRA target `{s}`: expected q, k, v, o, gate, up or down"))
-        })
+        Target::ALL
+            .into_iter()
+            .find(|t| t.peft_name().strip_suffix("_proj") == Some(name))
+            .ok_or_else(|| Error::Request(format!("unknown LoRA target `{s}`: expected q, k, v, o, gate, up or down")))
     }
 }
 
@@ -510,7 +511,15 @@ impl DiffModel {
         Ok(x)
     }
 
-    fn layer(&self, li: usize, layer: &DiffLayer, x: &Tensor, rope: &RopeTable, b: &Packed, mode: Mode) -> Result<Tensor> {
+    fn layer(
+        &self,
+        li: usize,
+        layer: &DiffLayer,
+        x: &Tensor,
+        rope: &RopeTable,
+        b: &Packed,
+        mode: Mode,
+    ) -> Result<Tensor> {
         let cfg = &self.config;
         let (eps, fused) = (cfg.rms_norm_eps, self.fused);
         let shape = AttnShape { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim };
@@ -667,7 +676,11 @@ impl DiffModel {
         let parts = ModelParts {
             config: cfg.clone(),
             embed_tokens: Linear::from_f32(&self.embed_tokens.to_vec()?, cfg.vocab_size, d),
-            lm_head: self.lm_head.as_ref().map(|h| h.to_vec().map(|v| Linear::from_f32(&v, cfg.vocab_size, d))).transpose()?,
+            lm_head: self
+                .lm_head
+                .as_ref()
+                .map(|h| h.to_vec().map(|v| Linear::from_f32(&v, cfg.vocab_size, d)))
+                .transpose()?,
             layers,
             norm: self.norm.to_vec()?,
             rope_freq_factors: factors,

@@ -75,7 +75,11 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)], meta: HashMap<String, String>) -> Result<()> {
+fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    meta: HashMap<String, String>,
+) -> Result<()> {
     let views = tensors
         .iter()
         .map(|(n, shape, bytes)| {
@@ -178,7 +182,8 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         _ => path.to_path_buf(),
     };
     let state_path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&state_path).map_err(|_| Error::checkpoint(&dir, "no state.json: not a checkpoint"))?;
+    let text =
+        std::fs::read_to_string(&state_path).map_err(|_| Error::checkpoint(&dir, "no state.json: not a checkpoint"))?;
     let state: TrainState =
         serde_json::from_str(&text).map_err(|e| Error::checkpoint(&dir, format!("unreadable state.json: {e}")))?;
     if state.format != FORMAT {

@@ -257,7 +257,9 @@ fn read_pair_rows(file: &Path, columns: &PairColumns, engine: &Engine) -> Result
     if let Some(name) = &columns.label_smoothing {
         require(file, &schema, name, "per-pair label smoothing was asked for")?;
     }
-    if engine.template().is_none() && matches!(schema.field_with_name(PROMPT).map(|f| f.data_type()), Ok(DataType::List(_))) {
+    if engine.template().is_none()
+        && matches!(schema.field_with_name(PROMPT).map(|f| f.data_type()), Ok(DataType::List(_)))
+    {
         return Err(Error::schema(file, "conversational prompts need a chat template, and the model has none"));
     }
     let mut rows = Vec::new();
@@ -391,13 +393,16 @@ impl Columns<'_> {
                     Some(text) => PromptField::Text(format!("{text}{prefix}")),
                     None if prefix.is_empty() => PromptField::Messages(self.messages(i, PROMPT)?),
                     None => {
-                        return Err(self.bad(i, format!("a step pair in conversational form needs `{META_PROMPT_TEXT}`")))
+                        return Err(
+                            self.bad(i, format!("a step pair in conversational form needs `{META_PROMPT_TEXT}`"))
+                        )
                     }
                 }
             }
             _ => PromptField::Text(self.text(i, PROMPT)?.unwrap_or_default()),
         };
-        let behaviour = match (self.float(i, META_BEHAVIOUR_LOGP_CHOSEN)?, self.float(i, META_BEHAVIOUR_LOGP_REJECTED)?) {
+        let behaviour = match (self.float(i, META_BEHAVIOUR_LOGP_CHOSEN)?, self.float(i, META_BEHAVIOUR_LOGP_REJECTED)?)
+        {
             (Some(c), Some(r)) if columns.behaviour => Some((c, r)),
             _ => None,
         };

@@ -24,7 +24,8 @@ pub const PEFT_CONFIG: &str = "adapter_config.json";
 pub fn write_dir_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let tmp = tempfile::Builder::new().prefix(".orchard-export-").tempdir_in(parent).map_err(|e| Error::io(parent, e))?;
+    let tmp =
+        tempfile::Builder::new().prefix(".orchard-export-").tempdir_in(parent).map_err(|e| Error::io(parent, e))?;
     write(tmp.path())?;
     let staged = tmp.keep();
     if dir.exists() {
@@ -107,7 +108,8 @@ pub fn hf_tensors(model: &Model) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let cfg = model.config();
     let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
     let [nq, nk, nv] = qkv_split(cfg);
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, d], model.embed_tokens().to_f32())];
+    let mut out =
+        vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, d], model.embed_tokens().to_f32())];
     for (i, l) in model.layers().iter().enumerate() {
         let p = |s: &str| format!("model.layers.{i}.{s}");
         let qkv = l.qkv_proj.to_f32();
@@ -237,7 +239,10 @@ pub fn export_hf(model: &Model, engine: &Engine, dir: &Path) -> Result<()> {
         let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
         safetensors::serialize_to_file(views, Some(meta), &tmp.join("model.safetensors"))?;
         write_json(&tmp.join("config.json"), &config)?;
-        write_json(&tmp.join("generation_config.json"), &serde_json::json!({"bos_token_id": bos, "eos_token_id": eos}))?;
+        write_json(
+            &tmp.join("generation_config.json"),
+            &serde_json::json!({"bos_token_id": bos, "eos_token_id": eos}),
+        )?;
         write_json(&tmp.join("tokenizer_config.json"), &tok_config)?;
         let tj = tmp.join("tokenizer.json");
         tok.inner().save(&tj, false).map_err(|e| Error::schema(&tj, e.to_string()))?;

@@ -235,10 +235,7 @@ pub struct ReferenceLogps {
 
 impl ReferenceLogps {
     fn to_f64(&self) -> Result<ReferenceLogps> {
-        Ok(ReferenceLogps {
-            chosen: cpu_f64(&self.chosen)?.detach(),
-            rejected: cpu_f64(&self.rejected)?.detach(),
-        })
+        Ok(ReferenceLogps { chosen: cpu_f64(&self.chosen)?.detach(), rejected: cpu_f64(&self.rejected)?.detach() })
     }
 }
 
@@ -293,7 +290,9 @@ impl candle_core::CustomOp1 for LogSigmoid {
             candle_core::bail!("log-sigmoid: the input must be contiguous");
         };
         let out = match storage {
-            candle_core::CpuStorage::F64(v) => candle_core::CpuStorage::F64(v[start..end].iter().map(|&x| f(x)).collect()),
+            candle_core::CpuStorage::F64(v) => {
+                candle_core::CpuStorage::F64(v[start..end].iter().map(|&x| f(x)).collect())
+            }
             candle_core::CpuStorage::F32(v) => {
                 candle_core::CpuStorage::F32(v[start..end].iter().map(|&x| f(x as f64) as f32).collect())
             }

@@ -21,7 +21,7 @@ pub struct StepMetrics {
     /// Gradient norm before clipping.
     pub grad_norm: f64,
     /// Prompt + completion tokens run per second of the step.
-    #[serde(rename = "tokens/s")]
+    #[serde(rename = "tokens_per_s")]
     pub tokens_per_s: f64,
     /// Tokens run in the step.
     pub tokens: usize,
@@ -130,7 +130,9 @@ pub fn plot(rows: &[StepMetrics], path: &Path) -> Result<()> {
         ("rewards/accuracies | topr/weight", |m| {
             m.preference.as_ref().map(|p| p.accuracy).or(m.topr.as_ref().map(|t| t.weight))
         }),
-        ("rewards/margins | topr/reward", |m| m.preference.as_ref().map(|p| p.margins).or(m.topr.as_ref().map(|t| t.reward))),
+        ("rewards/margins | topr/reward", |m| {
+            m.preference.as_ref().map(|p| p.margins).or(m.topr.as_ref().map(|t| t.reward))
+        }),
         ("grad_norm", |m| Some(m.grad_norm)),
     ];
     let err = |e: String| Error::io(path, std::io::Error::other(e));
@@ -139,7 +141,8 @@ pub fn plot(rows: &[StepMetrics], path: &Path) -> Result<()> {
     let areas = root.split_evenly((2, 2));
     let last = rows.last().map_or(1, |m| m.step).max(1);
     for (area, (name, get)) in areas.iter().zip(panels) {
-        let pts: Vec<(f64, f64)> = rows.iter().filter_map(|m| get(m).map(|v| (m.step as f64, v))).filter(|p| p.1.is_finite()).collect();
+        let pts: Vec<(f64, f64)> =
+            rows.iter().filter_map(|m| get(m).map(|v| (m.step as f64, v))).filter(|p| p.1.is_finite()).collect();
         let (lo, hi) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
         let (lo, hi) = if lo.is_finite() { (lo, if hi > lo { hi } else { lo + 1.0 }) } else { (0.0, 1.0) };
         let pad = (hi - lo) * 0.05;

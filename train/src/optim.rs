@@ -163,14 +163,23 @@ impl AdamW {
 
     /// Moments and step count, for a checkpoint: `(name, m, v)` per parameter.
     pub fn state(&self) -> (u64, Vec<(&str, &[f32], &[f32])>) {
-        let moments = self.params.iter().zip(self.m.iter().zip(&self.v)).map(|((n, _), (m, v))| (n.as_str(), m.as_slice(), v.as_slice()));
+        let moments = self
+            .params
+            .iter()
+            .zip(self.m.iter().zip(&self.v))
+            .map(|((n, _), (m, v))| (n.as_str(), m.as_slice(), v.as_slice()));
         (self.steps, moments.collect())
     }
 
     /// Restores moments and step count saved by [`AdamW::state`].
-    pub fn load_state(&mut self, steps: u64, mut lookup: impl FnMut(&str) -> Option<(Vec<f32>, Vec<f32>)>) -> Result<()> {
+    pub fn load_state(
+        &mut self,
+        steps: u64,
+        mut lookup: impl FnMut(&str) -> Option<(Vec<f32>, Vec<f32>)>,
+    ) -> Result<()> {
         for (i, (name, var)) in self.params.iter().enumerate() {
-            let (m, v) = lookup(name).ok_or_else(|| Error::Config(format!("optimizer state for `{name}` is missing")))?;
+            let (m, v) =
+                lookup(name).ok_or_else(|| Error::Config(format!("optimizer state for `{name}` is missing")))?;
             if m.len() != var.elem_count() || v.len() != var.elem_count() {
                 return Err(Error::Config(format!("optimizer state for `{name}` has the wrong size")));
             }

@@ -221,7 +221,8 @@ impl<'e> Trainer<'e> {
                             None => {
                                 let values =
                                     reference::compute(&model, pairs, budget, &mut |d, t| progress("reference", d, t))?;
-                                let r = References { model_hash: model_hash.clone(), data_hash: data_hash.clone(), values };
+                                let r =
+                                    References { model_hash: model_hash.clone(), data_hash: data_hash.clone(), values };
                                 reference::store(&path, &r)?;
                                 r
                             }
@@ -233,8 +234,7 @@ impl<'e> Trainer<'e> {
         };
         let steps_per_epoch = data.len().div_ceil(cfg.batch.batch_size);
         let total = cfg.max_steps.unwrap_or(usize::MAX).min(steps_per_epoch * cfg.epochs);
-        let schedule =
-            Schedule { peak: cfg.optim.lr, warmup: cfg.optim.warmup_steps, total, kind: cfg.optim.schedule };
+        let schedule = Schedule { peak: cfg.optim.lr, warmup: cfg.optim.warmup_steps, total, kind: cfg.optim.schedule };
         let opt = AdamW::new(model.named_parameters(), cfg.optim.adam);
         let state = TrainState {
             format: checkpoint::FORMAT,
@@ -340,19 +340,33 @@ impl<'e> Trainer<'e> {
     /// Runs one optimizer step and returns its metrics.
     pub fn step(&mut self) -> Result<StepMetrics> {
         let start = Instant::now();
-        let (idx, micro) = self.plan();
         let lr = self.schedule.lr(self.state.step);
+        let acc = self.accumulate()?;
+        let stats = self.opt.step(lr, self.cfg.optim.max_grad_norm)?;
+        self.advance();
+        let seconds = start.elapsed().as_secs_f64();
+        Ok(acc.finish(&self.state, self.steps_per_epoch, lr, stats.grad_norm, seconds))
+    }
+
+    /// The forward and backward passes of the next step, micro-batch by micro-batch, summed into the optimizer's
+    /// gradient buffers (no update).
+    fn accumulate(&mut self) -> Result<StepAccumulator> {
+        let (idx, micro) = self.plan();
         let mut acc = StepAccumulator::default();
         for (m, mb) in micro.iter().enumerate() {
             // Dropout masks are a pure function of (seed, step, micro-batch): resumes retrace them exactly.
-            let dropout_seed = self.cfg.seed ^ ((self.state.step as u64) << 20 | m as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
+            let dropout_seed =
+                self.cfg.seed ^ ((self.state.step as u64) << 20 | m as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
             let mode = Mode::Train { dropout_seed };
             let loss = match (&self.cfg.objective, &self.data) {
                 (Objective::Preference { loss, .. }, TrainData::Pairs(pairs)) => {
-                    let totals = StepTotals { pairs: idx.len(), chosen_tokens: idx.iter().map(|&i| pairs[i].chosen.len()).sum() };
+                    let chosen_tokens = idx.iter().map(|&i| pairs[i].chosen.len()).sum();
+                    let totals = StepTotals { pairs: idx.len(), chosen_tokens };
                     self.preference_micro_batch(loss, pairs, mb, totals, mode, &mut acc)?
                 }
-                (Objective::Topr(cfg), TrainData::Trajectories(t)) => self.topr_micro_batch(cfg, t, mb, idx.len(), mode, &mut acc)?,
+                (Objective::Topr(cfg), TrainData::Trajectories(t)) => {
+                    self.topr_micro_batch(cfg, t, mb, idx.len(), mode, &mut acc)?
+                }
                 _ => return Err(Error::Config("objective and data do not match".into())),
             };
             acc.loss += loss.to_scalar::<f64>()?;
@@ -360,13 +374,10 @@ impl<'e> Trainer<'e> {
             self.opt.accumulate(&grads)?;
             acc.tokens += mb.iter().map(|&i| self.data.tokens(i).0).sum::<usize>();
         }
-        let stats = self.opt.step(lr, self.cfg.optim.max_grad_norm)?;
         if !acc.loss.is_finite() {
             return Err(Error::Numeric(format!("the loss at step {} is {}", self.state.step + 1, acc.loss)));
         }
-        self.advance();
-        let seconds = start.elapsed().as_secs_f64();
-        Ok(acc.finish(&self.state, self.steps_per_epoch, lr, stats.grad_norm, seconds))
+        Ok(acc)
     }
 
     fn advance(&mut self) {
@@ -389,7 +400,8 @@ impl<'e> Trainer<'e> {
         acc: &mut StepAccumulator,
     ) -> Result<Tensor> {
         let b = mb.len();
-        let mut seqs: Vec<(&[TokenId], &[TokenId])> = mb.iter().map(|&i| (&pairs[i].prompt[..], &pairs[i].chosen[..])).collect();
+        let mut seqs: Vec<(&[TokenId], &[TokenId])> =
+            mb.iter().map(|&i| (&pairs[i].prompt[..], &pairs[i].chosen[..])).collect();
         seqs.extend(mb.iter().map(|&i| (&pairs[i].prompt[..], &pairs[i].rejected[..])));
         let logps = completion_logps(&self.model, &seqs, mode)?;
         let count = |f: fn(&PairExample) -> usize| -> Result<Tensor> {
@@ -430,7 +442,8 @@ impl<'e> Trainer<'e> {
         mode: Mode,
         acc: &mut StepAccumulator,
     ) -> Result<Tensor> {
-        let seqs: Vec<(&[TokenId], &[TokenId])> = mb.iter().map(|&i| (&t[i].prompt[..], &t[i].completion[..])).collect();
+        let seqs: Vec<(&[TokenId], &[TokenId])> =
+            mb.iter().map(|&i| (&t[i].prompt[..], &t[i].completion[..])).collect();
         let logp = completion_logps(&self.model, &seqs, mode)?;
         let f = |g: fn(&TrajectoryExample) -> f64| -> Result<Tensor> {
             Ok(Tensor::from_vec(mb.iter().map(|&i| g(&t[i])).collect::<Vec<f64>>(), mb.len(), &Device::Cpu)?)

@@ -279,7 +279,12 @@ impl candle_core::CustomOp3 for LoraLinearOp {
         let mut y = with_values(&self.w, self.name(), |w| Ok(matmul_xwt(x, w, rows, n, k)))?;
         for (i, blk) in self.blocks.iter().enumerate() {
             let low = self.low(&self.input(x, i), a, i, rows, k);
-            let g = Gemm { alpha: self.scale, accumulate: true, threads: pool_threads(), ..Gemm::new(rows, blk.rows, self.rank) };
+            let g = Gemm {
+                alpha: self.scale,
+                accumulate: true,
+                threads: pool_threads(),
+                ..Gemm::new(rows, blk.rows, self.rank)
+            };
             // SAFETY: block rows lie inside y's columns; B's block inside b.
             unsafe {
                 g.run(
@@ -323,7 +328,12 @@ impl candle_core::CustomOp3 for LoraLinearOp {
                             let mut dxi = vec![0f32; rows * k];
                             // SAFETY: every operand addresses its block inside the buffers checked in forward.
                             unsafe {
-                                Gemm { threads, ..Gemm::new(rows, r, blk.rows) }.run(gb.as_mut_ptr(), r, g_i, Mat::rows(b_i, r));
+                                Gemm { threads, ..Gemm::new(rows, r, blk.rows) }.run(
+                                    gb.as_mut_ptr(),
+                                    r,
+                                    g_i,
+                                    Mat::rows(b_i, r),
+                                );
                                 // dB_i = scale · g_iᵀ · low
                                 Gemm { alpha: self.scale, threads, ..Gemm::new(blk.rows, r, rows) }.run(
                                     db[blk.b_row * r..].as_mut_ptr(),
@@ -832,7 +842,12 @@ impl CustomOp1 for AttentionOp {
 
 /// Causal self-attention of packed sequences (`seqs`: `(first row, length)`, tiling the rows in order) on fused
 /// `q ‖ k ‖ v` rows; returns `T × heads·head_dim`.
-pub(crate) fn attention(qkv: &Tensor, seqs: &Arc<Vec<(usize, usize)>>, shape: AttnShape, fused: bool) -> CResult<Tensor> {
+pub(crate) fn attention(
+    qkv: &Tensor,
+    seqs: &Arc<Vec<(usize, usize)>>,
+    shape: AttnShape,
+    fused: bool,
+) -> CResult<Tensor> {
     if fused {
         return qkv.contiguous()?.apply_op1(AttentionOp { seqs: seqs.clone(), shape });
     }
@@ -945,8 +960,11 @@ impl CustomOp1 for TokenLogprobsOp {
             candle_core::bail!("token_logprobs: {} targets for {rows} rows of {vocab} logits", self.targets.len());
         }
         let x = slice(xs, xl, self.name())?;
-        let out: Vec<f32> =
-            x.par_chunks(vocab).zip(self.targets.par_iter()).map(|(row, &t)| row[t as usize] - log_sum_exp(row)).collect();
+        let out: Vec<f32> = x
+            .par_chunks(vocab)
+            .zip(self.targets.par_iter())
+            .map(|(row, &t)| row[t as usize] - log_sum_exp(row))
+            .collect();
         Ok((CpuStorage::F32(out), Shape::from(rows)))
     }
 

@@ -67,10 +67,8 @@ fn all_position_logits_equal_the_inference_path() -> TestResult {
         let mut row = 0;
         for s in &seqs {
             let mut cache = model.new_cache();
-            let logits = model.forward(
-                &mut [Step { cache: &mut cache, tokens: s, logits: LogitRows::From(0) }],
-                Precision::F32,
-            )?;
+            let logits = model
+                .forward(&mut [Step { cache: &mut cache, tokens: s, logits: LogitRows::From(0) }], Precision::F32)?;
             let want = Tensor::from_vec(logits.values, (s.len(), logits.vocab), &Device::Cpu)?;
             let diff = max_abs_diff(&packed.narrow(0, row, s.len())?, &want)?;
             assert!(diff <= 1e-4, "{arch:?}: max |Δlogit| {diff}");
@@ -180,7 +178,8 @@ fn gradients_match_finite_differences() -> TestResult {
 #[test]
 fn merged_lora_model_equals_the_adapted_forward() -> TestResult {
     let (_dir, model) = tiny(Arch::Qwen2)?;
-    let tuning = Tuning::Lora(LoraConfig { targets: vec![Target::Q, Target::V, Target::Up, Target::Down], ..lora_cfg() });
+    let tuning =
+        Tuning::Lora(LoraConfig { targets: vec![Target::Q, Target::V, Target::Up, Target::Down], ..lora_cfg() });
     let m = DiffModel::new(&model, &tuning, &Device::Cpu, 4)?;
     randomise_b(&m)?;
     let merged = DiffModel::new(&m.merged_model(Path::new("merged"))?, &Tuning::Full, &Device::Cpu, 0)?;

@@ -50,7 +50,10 @@ fn every_loss_equals_trl_in_value_and_gradient() -> TestResult {
         ("ipo", DpoLoss::Ipo { beta }),
         ("hinge", DpoLoss::Hinge { beta }),
         ("rpo", DpoLoss::Rpo { beta, alpha: 1.0 }),
-        ("simpo", DpoLoss::Simpo { beta: p["simpo_beta"].as_f64().ok_or("b")?, gamma: p["simpo_gamma"].as_f64().ok_or("g")? }),
+        (
+            "simpo",
+            DpoLoss::Simpo { beta: p["simpo_beta"].as_f64().ok_or("b")?, gamma: p["simpo_gamma"].as_f64().ok_or("g")? },
+        ),
         ("orpo", DpoLoss::Orpo { beta }),
     ];
     for (name, loss) in losses {
