@@ -124,7 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut source = args.source.apply(file.source.clone());
     let seed = args.seed.unwrap_or(file.seed);
     source.seed = seed;
-    let (pairs, pair_format) = args.pairs.apply(file.pairs.clone(), file.pair_format);
+    let (pairs, pair_format) = args.pairs.apply(file.pairs, file.pair_format);
     let sampling = args.sampling.apply(file.sampling.clone());
     sampling.validate()?;
     let n = args.n.or(file.n).unwrap_or(DEFAULT_N);
@@ -144,7 +144,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         reward_config,
         system: system.clone(),
         sampling: sampling.clone(),
-        pairs: pairs.clone(),
+        pairs,
         pair_format,
         seed,
         shard: None,
@@ -248,7 +248,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                             failure: o.failure.clone(),
                             error: o.error.clone(),
                         },
-                        sampling: record.clone(),
+                        sampling: record,
                         seed: s.seed,
                         model: model.clone(),
                     }

@@ -58,6 +58,12 @@ pub struct TrainState {
     pub config: serde_json::Value,
 }
 
+/// AdamW's first and second moments `(m, v)` by parameter name.
+pub type Moments = HashMap<String, (Vec<f32>, Vec<f32>)>;
+
+/// A named tensor as written: `(name, shape, little-endian f32 bytes)`.
+pub type NamedBytes = (String, Vec<usize>, Vec<u8>);
+
 /// A checkpoint read back.
 #[derive(Debug)]
 pub struct Checkpoint {
@@ -68,7 +74,7 @@ pub struct Checkpoint {
     /// Trainable tensors by name.
     pub params: HashMap<String, Tensor>,
     /// Optimizer moments `(m, v)` by parameter name, and the optimizer's step count.
-    pub moments: (u64, HashMap<String, (Vec<f32>, Vec<f32>)>),
+    pub moments: (u64, Moments),
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -91,7 +97,7 @@ fn write_safetensors(
 }
 
 /// The trainable tensors of `model` as `(name, shape, little-endian bytes)`.
-pub fn trainable_tensors(model: &DiffModel) -> Result<Vec<(String, Vec<usize>, Vec<u8>)>> {
+pub fn trainable_tensors(model: &DiffModel) -> Result<Vec<NamedBytes>> {
     model
         .named_parameters()
         .into_iter()

@@ -59,6 +59,9 @@ fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     Ok(f(&data[a..b]))
 }
 
+/// One parameter's optimizer state as saved: `(name, m, v)`.
+pub type MomentsRef<'a> = (&'a str, &'a [f32], &'a [f32]);
+
 /// AdamW over named parameters, with gradient accumulation buffers.
 #[derive(Debug)]
 pub struct AdamW {
@@ -162,7 +165,7 @@ impl AdamW {
     }
 
     /// Moments and step count, for a checkpoint: `(name, m, v)` per parameter.
-    pub fn state(&self) -> (u64, Vec<(&str, &[f32], &[f32])>) {
+    pub fn state(&self) -> (u64, Vec<MomentsRef<'_>>) {
         let moments = self
             .params
             .iter()

@@ -131,7 +131,7 @@ impl TrainConfig {
         if !(self.optim.lr.is_finite() && self.optim.lr > 0.0) {
             return Err(Error::Config(format!("learning rate must be positive, got {}", self.optim.lr)));
         }
-        if !(self.batch.memory_gb > 0.0) {
+        if self.batch.memory_gb.is_nan() || self.batch.memory_gb <= 0.0 {
             return Err(Error::Config("the memory budget must be positive".into()));
         }
         Ok(())
@@ -476,7 +476,7 @@ impl<'e> Trainer<'e> {
 
     /// Whether a checkpoint is due after the step just taken.
     pub fn checkpoint_due(&self) -> bool {
-        self.cfg.checkpoint_every > 0 && self.state.step % self.cfg.checkpoint_every == 0
+        self.cfg.checkpoint_every > 0 && self.state.step.is_multiple_of(self.cfg.checkpoint_every)
     }
 }
 

@@ -773,7 +773,7 @@ impl AttentionOp {
 
     fn check(&self, rows: usize, width: usize) -> CResult<()> {
         let s = self.shape;
-        if width != s.qkv_width() || s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
+        if width != s.qkv_width() || s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
             candle_core::bail!("attention: rows of {width} do not hold {} q and {} kv heads", s.heads, s.kv_heads);
         }
         let mut next = 0;
