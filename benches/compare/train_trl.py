@@ -49,7 +49,8 @@ def make_pairs(model_dir, path):
         prompts.append(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
         chosen.append(rows[i]["answer"])
         rejected.append(rows[i + 1]["answer"])
-    pq.write_table(pa.table({"prompt": prompts, "chosen": chosen, "rejected": rejected}), path)
+    # zstd: Orchard's Parquet reader is built with zstd, not snappy (pyarrow's default).
+    pq.write_table(pa.table({"prompt": prompts, "chosen": chosen, "rejected": rejected}), path, compression="zstd")
 
 
 def peak_rss_of(cmd, env=None):
@@ -103,7 +104,9 @@ def worker_trl(mode, model_dir, pairs, steps):
             logging_steps=1, save_strategy="no", dataloader_num_workers=0, seed=0, lr_scheduler_type="constant",
             max_grad_norm=1.0, weight_decay=0.0,
         )
-        trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=peft_config)
+        trainer = DPOTrainer(
+            model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=peft_config, callbacks=[Clock()]
+        )
         trainer.train()
     print(json.dumps({"step_s": times}))
 
@@ -145,6 +148,7 @@ def main():
             out, _, t_rss = peak_rss_of([sys.executable, __file__, "--worker", mode, "--model-dir", model_dir,
                                          "--pairs", pairs, "--steps", str(args.steps)])
             t_steps = json.loads(out.strip().splitlines()[-1])["step_s"]
+            assert t_steps, "TRL reported no optimizer steps"
             o_med = statistics.median(o_steps[1:] or o_steps)
             t_med = statistics.median(t_steps[1:] or t_steps)
             result[mode] = {
