@@ -47,6 +47,12 @@ enum Command {
     Pairs(cmd::pairs::Args),
     /// Inspect saved search trees.
     Tree(cmd::tree::Args),
+    /// Train on preference pairs (DPO family) or scored trajectories (TOPR), LoRA or full fine-tuning.
+    Train(Box<cmd::train::Args>),
+    /// Accuracy on GSM8K/SVAMP (greedy and maj@K) with 95% intervals, as JSON.
+    Eval(Box<cmd::eval::Args>),
+    /// Write a model as an f32 HF directory (the base for PEFT adapters and other trainers).
+    Convert(cmd::convert::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +72,9 @@ fn main() -> ExitCode {
         Command::Search(args) => cmd::search::run(*args),
         Command::Pairs(args) => cmd::pairs::run(args),
         Command::Tree(args) => cmd::tree::run(args),
+        Command::Train(args) => cmd::train::run(*args),
+        Command::Eval(args) => cmd::eval::run(*args),
+        Command::Convert(args) => cmd::convert::run(args),
     };
     match result {
         Ok(code) => code,

@@ -6,6 +6,7 @@ mod merge;
 mod runs;
 mod sample;
 mod search;
+mod train;
 mod util;
 
 mod exec;

@@ -20,6 +20,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod autograd;
 pub mod bench;
 pub mod chat;
 pub mod config;

@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod common;
+pub mod convert;
+pub mod eval;
 pub mod exec;
 pub mod export;
 pub mod fetch_model;
@@ -13,6 +15,7 @@ pub mod sample;
 pub mod score;
 pub mod search;
 pub mod tokenize;
+pub mod train;
 pub mod tree;
 
 /// Logs go to stderr; `RUST_LOG` (e.g. `RUST_LOG=orchard_engine=debug`) raises the level.

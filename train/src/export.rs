@@ -1,0 +1,254 @@
+//! Exports: a LoRA adapter in PEFT's format (`adapter_config.json` + `adapter_model.safetensors`), and any engine
+//! [`Model`] (a merged trained model, or a base model dequantized to f32) as an HF directory that transformers'
+//! `AutoModelForCausalLM.from_pretrained` and `orchard generate --model DIR` both load.
+//!
+//! Directories are written under a temporary name next to the target and renamed into place: a failed export
+//! leaves an existing directory as it was.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use orchard_engine::autograd::{DiffModel, Target, Tuning};
+use orchard_engine::config::{Arch, RopeScaling};
+use orchard_engine::model::qkv_split;
+use orchard_engine::{Engine, Model};
+
+use crate::error::{Error, Result};
+
+/// PEFT's adapter weights file.
+pub const PEFT_WEIGHTS: &str = "adapter_model.safetensors";
+/// PEFT's adapter config file.
+pub const PEFT_CONFIG: &str = "adapter_config.json";
+
+/// Runs `write` on a fresh temporary directory beside `dir`, then moves it to `dir` (replacing what was there).
+pub fn write_dir_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let tmp =
+        tempfile::Builder::new().prefix(".orchard-export-").tempdir_in(parent).map_err(|e| Error::io(parent, e))?;
+    write(tmp.path())?;
+    let staged = tmp.keep();
+    if dir.exists() {
+        let old = parent.join(format!(".orchard-old-{}", std::process::id()));
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+        std::fs::rename(&staged, dir).map_err(|e| Error::io(dir, e))?;
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    } else {
+        std::fs::rename(&staged, dir).map_err(|e| Error::io(dir, e))?;
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+fn f32_view(data: &[u8], shape: Vec<usize>) -> Result<safetensors::tensor::TensorView<'_>> {
+    Ok(safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, data)?)
+}
+
+fn le(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Writes `model`'s adapters as a PEFT LoRA adapter for `base_model` (the `base_model_name_or_path` PEFT loads).
+pub fn export_peft(model: &DiffModel, base_model: &str, dir: &Path) -> Result<()> {
+    let Tuning::Lora(cfg) = model.tuning() else {
+        return Err(Error::Config("only a LoRA run has an adapter to export; export the merged model instead".into()));
+    };
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (i, layer) in model.layers().iter().enumerate() {
+        for t in Target::ALL {
+            let Some(ad) = layer.adapter(t) else { continue };
+            let prefix = format!("base_model.model.model.layers.{i}.{}", t.hf_path());
+            for (which, var) in [("lora_A", &ad.a), ("lora_B", &ad.b)] {
+                let values: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
+                tensors.push((format!("{prefix}.{which}.weight"), var.dims().to_vec(), le(&values)));
+            }
+        }
+    }
+    let mut targets: Vec<&str> = cfg.targets.iter().map(|t| t.peft_name()).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": targets,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "use_rslora": false,
+        "use_dora": false,
+        "modules_to_save": null,
+        "layers_to_transform": null,
+        "layers_pattern": null,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "revision": null,
+    });
+    write_dir_atomically(dir, |tmp| {
+        let views = tensors
+            .iter()
+            .map(|(n, s, b)| f32_view(b, s.clone()).map(|v| (n.clone(), v)))
+            .collect::<Result<Vec<_>>>()?;
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::serialize_to_file(views, Some(meta), &tmp.join(PEFT_WEIGHTS))?;
+        write_json(&tmp.join(PEFT_CONFIG), &config)
+    })
+}
+
+/// `model`'s weights under HF transformers' names (`model.layers.0.self_attn.q_proj.weight` …).
+pub fn hf_tensors(model: &Model) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let cfg = model.config();
+    let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+    let [nq, nk, nv] = qkv_split(cfg);
+    let mut out =
+        vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, d], model.embed_tokens().to_f32())];
+    for (i, l) in model.layers().iter().enumerate() {
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        let qkv = l.qkv_proj.to_f32();
+        let (q, kv) = qkv.split_at(nq * d);
+        let (k, v) = kv.split_at(nk * d);
+        out.push((p("self_attn.q_proj.weight"), vec![nq, d], q.to_vec()));
+        out.push((p("self_attn.k_proj.weight"), vec![nk, d], k.to_vec()));
+        out.push((p("self_attn.v_proj.weight"), vec![nv, d], v.to_vec()));
+        if let Some(b) = &l.qkv_bias {
+            out.push((p("self_attn.q_proj.bias"), vec![nq], b[..nq].to_vec()));
+            out.push((p("self_attn.k_proj.bias"), vec![nk], b[nq..nq + nk].to_vec()));
+            out.push((p("self_attn.v_proj.bias"), vec![nv], b[nq + nk..].to_vec()));
+        }
+        out.push((p("self_attn.o_proj.weight"), vec![d, cfg.num_heads * cfg.head_dim], l.o_proj.to_f32()));
+        let gu = l.gate_up_proj.to_f32();
+        let (g, u) = gu.split_at(f * d);
+        out.push((p("mlp.gate_proj.weight"), vec![f, d], g.to_vec()));
+        out.push((p("mlp.up_proj.weight"), vec![f, d], u.to_vec()));
+        out.push((p("mlp.down_proj.weight"), vec![d, f], l.down_proj.to_f32()));
+        out.push((p("input_layernorm.weight"), vec![d], l.input_layernorm.clone()));
+        out.push((p("post_attention_layernorm.weight"), vec![d], l.post_attention_layernorm.clone()));
+    }
+    out.push(("model.norm.weight".into(), vec![d], model.norm().to_vec()));
+    if !model.is_tied() {
+        out.push(("lm_head.weight".into(), vec![cfg.vocab_size, d], model.lm_head().to_f32()));
+    }
+    out
+}
+
+/// HF `config.json` for `model`.
+pub fn hf_config(model: &Model, bos: Option<u32>, eos: Option<u32>) -> Result<serde_json::Value> {
+    let cfg = model.config();
+    if model.inv_freq() != orchard_engine::config::rope_inv_freq(cfg).as_slice() {
+        return Err(Error::Config(
+            "the model's rotary frequencies carry per-frequency factors (GGUF rope_freqs) that an HF config cannot \
+             express"
+                .into(),
+        ));
+    }
+    let (arch, model_type) = match cfg.arch {
+        Arch::Llama => ("LlamaForCausalLM", "llama"),
+        Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+    };
+    let rope_scaling = match cfg.rope_scaling {
+        None => serde_json::Value::Null,
+        Some(RopeScaling::Linear { factor }) => serde_json::json!({"rope_type": "linear", "factor": factor}),
+        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position }) => {
+            serde_json::json!({
+                "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position,
+            })
+        }
+    };
+    let mut c = serde_json::json!({
+        "architectures": [arch],
+        "model_type": model_type,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": rope_scaling,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "tie_word_embeddings": cfg.tie_word_embeddings && model.is_tied(),
+        "attention_bias": cfg.attention_bias,
+        "attention_dropout": 0.0,
+        "mlp_bias": false,
+        "torch_dtype": "float32",
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+    });
+    if cfg.arch == Arch::Qwen2 {
+        c["use_sliding_window"] = serde_json::Value::Bool(false);
+    }
+    Ok(c)
+}
+
+/// The chat template of the model `engine` was loaded from, as source text (GGUF metadata or HF files).
+pub fn chat_template_source(engine: &Engine) -> Result<Option<String>> {
+    let path = &engine.info().path;
+    if path.is_file() {
+        let g = orchard_engine::gguf::GgufFile::open(path)?;
+        return Ok(g.meta_str("tokenizer.chat_template").map(str::to_string));
+    }
+    let jinja = path.join("chat_template.jinja");
+    if jinja.is_file() {
+        return std::fs::read_to_string(&jinja).map(Some).map_err(|e| Error::io(&jinja, e));
+    }
+    let cfg_path = path.join("tokenizer_config.json");
+    let Ok(text) = std::fs::read_to_string(&cfg_path) else { return Ok(None) };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::schema(&cfg_path, e.to_string()))?;
+    Ok(v.get("chat_template").and_then(|t| t.as_str()).map(str::to_string))
+}
+
+/// Writes `model` with `engine`'s tokenizer and chat template as an HF directory at `dir`.
+pub fn export_hf(model: &Model, engine: &Engine, dir: &Path) -> Result<()> {
+    let tok = engine.tokenizer();
+    let (bos, eos) = (tok.bos(), tok.eos().first().copied());
+    let config = hf_config(model, bos, eos)?;
+    let template = chat_template_source(engine)?;
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
+        hf_tensors(model).into_iter().map(|(n, s, v)| (n, s, le(&v))).collect();
+    let special = |id: Option<u32>| id.map(|i| tok.special_text(Some(i)));
+    let mut tok_config = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": special(bos),
+        "eos_token": special(eos),
+        "pad_token": special(eos),
+        "add_bos_token": false,
+        "add_eos_token": false,
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": model.config().max_position_embeddings,
+    });
+    if let Some(t) = &template {
+        tok_config["chat_template"] = serde_json::Value::String(t.clone());
+    }
+    write_dir_atomically(dir, |tmp| {
+        let views = tensors
+            .iter()
+            .map(|(n, s, b)| f32_view(b, s.clone()).map(|v| (n.clone(), v)))
+            .collect::<Result<Vec<_>>>()?;
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::serialize_to_file(views, Some(meta), &tmp.join("model.safetensors"))?;
+        write_json(&tmp.join("config.json"), &config)?;
+        write_json(
+            &tmp.join("generation_config.json"),
+            &serde_json::json!({"bos_token_id": bos, "eos_token_id": eos}),
+        )?;
+        write_json(&tmp.join("tokenizer_config.json"), &tok_config)?;
+        let tj = tmp.join("tokenizer.json");
+        tok.inner().save(&tj, false).map_err(|e| Error::schema(&tj, e.to_string()))?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests;
