@@ -1,6 +1,6 @@
-"""Side-by-side summary of the equal-budget runs written by measure/run.sh (NOTES-search.md).
+"""Side-by-side summary of the equal-budget runs written by benches/compare/search/run.sh (NOTES-search.md).
 
-usage: python measure/summarize.py OUT_DIR [ORCHARD_BIN]
+usage: python benches/compare/search/summarize.py OUT_DIR [ORCHARD_BIN]
 Reads each run's trees/, trajectories/, pairs/ and search_metrics.json; re-extracts outcome pairs (and, for MCTS,
 the step-level policies) with `orchard pairs`.
 """
