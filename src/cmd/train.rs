@@ -84,7 +84,8 @@ pub struct Args {
     /// ε of cdpo and robust.
     #[arg(long, default_value_t = DEFAULT_LABEL_SMOOTHING)]
     pub label_smoothing: f64,
-    /// cdpo: read each pair's ε from this float column (MCTS-DPO's visit-count smoothing).
+    /// cdpo: read each pair's ε from this float column (MCTS-DPO's visit-count smoothing; `orchard search` and
+    /// `orchard pairs --policy mcts-dpo` write it as `meta_label_smoothing`).
     #[arg(long, value_name = "COLUMN")]
     pub smoothing_column: Option<String>,
     /// α of RPO's NLL term.

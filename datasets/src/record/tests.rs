@@ -132,6 +132,25 @@ proptest! {
         prop_assert_eq!(round_trip(&rows, PairFormat::Conversational).unwrap(), rows);
     }
 
+    /// pyarrow and pandas write snappy by default; such files must read as well as Orchard's own zstd ones.
+    #[test]
+    fn pairs_rewritten_with_snappy_read_back(rows in vec(pair(), 1..6)) {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let zstd = write_to(Vec::new(), &rows, PairFormat::Standard, &ParquetOptions::default()).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(zstd)).unwrap();
+        let schema = reader.schema().clone();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::SNAPPY)
+            .build();
+        let mut snappy = Vec::new();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(&mut snappy, schema, Some(props)).unwrap();
+        for batch in reader.build().unwrap() {
+            writer.write(&batch.unwrap()).unwrap();
+        }
+        writer.close().unwrap();
+        prop_assert_eq!(read_bytes::<PreferencePair>(snappy).unwrap(), rows);
+    }
+
     #[test]
     fn tree_nodes_round_trip(rows in vec(node(), 0..8)) {
         prop_assert_eq!(round_trip(&rows, ()).unwrap(), rows);
