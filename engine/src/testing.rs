@@ -173,27 +173,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 /// Writes an HF model directory (config, safetensors, tokenizer files, chat template).
 pub fn write_hf_dir(dir: &Path, cfg: &ModelConfig, weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let model_type = cfg.arch.name();
-    let config = serde_json::json!({
-        "model_type": model_type,
-        "architectures": [if cfg.arch == Arch::Llama { "LlamaForCausalLM" } else { "Qwen2ForCausalLM" }],
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads,
-        "num_key_value_heads": cfg.num_kv_heads,
-        "head_dim": cfg.head_dim,
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-        "hidden_act": "silu",
-        "attention_bias": cfg.attention_bias,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "torch_dtype": "float32",
-    });
+    let config = cfg.to_hf_json(Some(1), Some(2));
     let write = |name: &str, text: String| -> Result<()> {
         let p = dir.join(name);
         std::fs::write(&p, text).map_err(|e| Error::io(&p, e))

@@ -176,18 +176,11 @@ fn rayon_threads() -> usize {
 
 /// The tree workload through the scheduler; prints one JSON line (the [`TreeReport`] plus peak RSS).
 fn tree(args: &Args, preset: &str) -> anyhow::Result<ExitCode> {
-    use orchard_datasets::{TaskKind, TaskSource};
     use orchard_engine::bench::{run_tree, TreeShape};
-    use orchard_engine::{Prompt, Scheduler, SchedulerConfig};
+    use orchard_engine::{Scheduler, SchedulerConfig};
     let shape = TreeShape::preset(preset).with_context(|| format!("unknown tree preset `{preset}` (small, full)"))?;
     let engine = std::sync::Arc::new(args.model.load()?);
-    let mut source = TaskSource::builtin(TaskKind::Gsm8k, Some("train"));
-    source.limit = Some(shape.prompts);
-    let tasks = source.load()?.tasks;
-    let prompts = tasks
-        .iter()
-        .map(|t| engine.prompt_tokens(&Prompt::Text(t.prompt.clone()), None, false))
-        .collect::<Result<Vec<_>, _>>()?;
+    let prompts = tree_prompts(&engine, shape)?;
     let config = SchedulerConfig {
         prefix_cache: !args.no_sharing,
         kv_budget: args.kv_budget.map(|b| b as usize),
@@ -202,6 +195,20 @@ fn tree(args: &Args, preset: &str) -> anyhow::Result<ExitCode> {
     row["kv_budget"] = args.kv_budget.into();
     println!("{row}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The tree workload's prompts: the first GSM8K train questions, chat-templated, one per tree.
+fn tree_prompts(
+    engine: &orchard_engine::Engine,
+    shape: orchard_engine::bench::TreeShape,
+) -> anyhow::Result<Vec<Vec<orchard_engine::TokenId>>> {
+    use orchard_datasets::{TaskKind, TaskSource};
+    let mut source = TaskSource::builtin(TaskKind::Gsm8k, Some("train"));
+    source.limit = Some(shape.prompts);
+    let tasks = source.load()?.tasks;
+    let prompts =
+        tasks.iter().map(|t| engine.prompt_tokens(&orchard_engine::Prompt::Text(t.prompt.clone()), None, false));
+    Ok(prompts.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Peak resident set size of this process (`VmHWM`), 0 where /proc is unavailable.
@@ -275,18 +282,9 @@ fn cuda(args: &Args) -> anyhow::Result<ExitCode> {
         summary.insert(format!("decode_b{b}_tok_per_s"), ((b * args.new_tokens) as f64 / decode).into());
     }
     if let Some(preset) = &args.tree {
-        use orchard_datasets::{TaskKind, TaskSource};
-        use orchard_engine::Prompt;
         let shape = orchard_engine::bench::TreeShape::preset(preset)
             .with_context(|| format!("unknown tree preset `{preset}` (small, full)"))?;
-        let mut source = TaskSource::builtin(TaskKind::Gsm8k, Some("train"));
-        source.limit = Some(shape.prompts);
-        let prompts = source
-            .load()?
-            .tasks
-            .iter()
-            .map(|t| engine.prompt_tokens(&Prompt::Text(t.prompt.clone()), None, false))
-            .collect::<Result<Vec<_>, _>>()?;
+        let prompts = tree_prompts(&engine, shape)?;
         cuda::run_tree(&gpu, &prompts, shape)?; // warm-up
         let mut runs = Vec::new();
         let mut rows = Vec::new();

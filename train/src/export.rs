@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use orchard_engine::autograd::{DiffModel, Target, Tuning};
-use orchard_engine::config::{Arch, RopeScaling};
 use orchard_engine::model::qkv_split;
 use orchard_engine::{Engine, Model};
 
@@ -149,46 +148,8 @@ pub fn hf_config(model: &Model, bos: Option<u32>, eos: Option<u32>) -> Result<se
                 .into(),
         ));
     }
-    let (arch, model_type) = match cfg.arch {
-        Arch::Llama => ("LlamaForCausalLM", "llama"),
-        Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
-    };
-    let rope_scaling = match cfg.rope_scaling {
-        None => serde_json::Value::Null,
-        Some(RopeScaling::Linear { factor }) => serde_json::json!({"rope_type": "linear", "factor": factor}),
-        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position }) => {
-            serde_json::json!({
-                "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
-                "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position,
-            })
-        }
-    };
-    let mut c = serde_json::json!({
-        "architectures": [arch],
-        "model_type": model_type,
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads,
-        "num_key_value_heads": cfg.num_kv_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_scaling": rope_scaling,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "tie_word_embeddings": cfg.tie_word_embeddings && model.is_tied(),
-        "attention_bias": cfg.attention_bias,
-        "attention_dropout": 0.0,
-        "mlp_bias": false,
-        "torch_dtype": "float32",
-        "bos_token_id": bos,
-        "eos_token_id": eos,
-    });
-    if cfg.arch == Arch::Qwen2 {
-        c["use_sliding_window"] = serde_json::Value::Bool(false);
-    }
+    let mut c = cfg.to_hf_json(bos, eos);
+    c["tie_word_embeddings"] = serde_json::Value::Bool(cfg.tie_word_embeddings && model.is_tied());
     Ok(c)
 }
 
