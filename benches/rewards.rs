@@ -51,5 +51,11 @@ pub fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let ex = Arc::new(Executor::with_cache_capacity(sb, SandboxPolicy::default(), 0));
     g.bench_function("exec_print_one_uncached", |b| b.iter(|| ex.run("print(1)").expect("runs")));
+    // The same with a fresh sandbox and interpreter per run (no fork server).
+    let one_shot = SandboxConfig { fork_server: false, ..SandboxConfig::default() };
+    if let Ok(sb) = sandbox::open(SandboxChoice::Auto, one_shot) {
+        let ex = Executor::with_cache_capacity(sb, SandboxPolicy::default(), 0);
+        g.bench_function("exec_print_one_uncached_one_shot", |b| b.iter(|| ex.run("print(1)").expect("runs")));
+    }
     g.finish();
 }

@@ -3,7 +3,10 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
+use super::forkserver::{self, Failure, Server, ServerKey};
 use super::process::{self, is_root, program_dir, Launch, Limits};
 use super::python::{which, PROGRAM_FILE};
 use super::slots::Slots;
@@ -18,6 +21,9 @@ pub const HIDDEN_DIRS: [&str; 3] = ["/root", "/home", "/run"];
 /// Size of `/dev/shm` inside the sandbox (enough for multiprocessing's semaphores).
 const SHM_SIZE: u64 = 8 << 20;
 
+/// After this many fork servers in a row fail, runs go to one-shot sandboxes only.
+const MAX_SERVER_FAILURES: u32 = 3;
+
 /// The bubblewrap sandbox (see the [module docs](super) for what it enforces).
 #[derive(Debug)]
 pub struct Bwrap {
@@ -29,6 +35,12 @@ pub struct Bwrap {
     tmpfs_size: bool,
     /// Extra read-only binds: an interpreter that lives under a hidden directory.
     reexpose: Vec<PathBuf>,
+    /// Idle fork servers (at most one per slot and key).
+    servers: Mutex<Vec<Server>>,
+    /// Consecutive fork-server failures; at [`MAX_SERVER_FAILURES`] the fast path is switched off.
+    server_failures: AtomicU32,
+    /// Runs a fork server delivered.
+    forked: AtomicU64,
 }
 
 impl Bwrap {
@@ -53,6 +65,9 @@ impl Bwrap {
             root: is_root(),
             tmpfs_size,
             reexpose,
+            servers: Mutex::new(Vec::new()),
+            server_failures: AtomicU32::new(0),
+            forked: AtomicU64::new(0),
         };
         let probe = sandbox.run("import sys; print(sys.version_info[0])", &SandboxPolicy::default())?;
         if probe.status != Status::Ok || probe.stdout.trim() != "3" {
@@ -66,7 +81,13 @@ impl Bwrap {
         Ok(sandbox)
     }
 
-    fn args(&self, policy: &SandboxPolicy, dir: &Path) -> Vec<OsString> {
+    /// How many runs were forked from a fork server (the rest ran in one-shot sandboxes).
+    pub fn forked_runs(&self) -> u64 {
+        self.forked.load(Ordering::Relaxed)
+    }
+
+    /// Namespaces and mounts, shared by one-shot runs and fork servers: everything before the command.
+    fn mount_args(&self, tmp_size: u64) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::with_capacity(48);
         push(&mut a, &["--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]);
         push(&mut a, &["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--ro-bind", "/", "/"]);
@@ -80,10 +101,11 @@ impl Bwrap {
             a.extend(["--ro-bind".into(), keep.clone().into_os_string(), keep.clone().into_os_string()]);
         }
         let shm = SHM_SIZE.to_string();
-        let tmp = policy.max_file_size.to_string();
-        // /dev is the host's, read-only (from the `/` bind above): device nodes work per their permissions, nothing
-        // can be created there, and the sandbox holds no capabilities. A fresh `--dev /dev` (a tmpfs with copies of
-        // the basic nodes) would cost ~3 ms per run, a fifth of a whole run.
+        let tmp = tmp_size.to_string();
+        // A fresh /dev (tmpfs with the basic nodes: null, zero, full, random, urandom, tty): the host's, seen through
+        // the `/` bind, is mounted nodev inside a user namespace, so not even /dev/null would open. ~3 ms per
+        // sandbox, paid once per fork server.
+        push(&mut a, &["--dev", "/dev"]);
         if self.tmpfs_size {
             push(&mut a, &["--size", &shm]);
         }
@@ -91,11 +113,17 @@ impl Bwrap {
         if self.tmpfs_size {
             push(&mut a, &["--size", &tmp]);
         }
-        push(&mut a, &["--tmpfs", "/tmp"]);
+        push(&mut a, &["--tmpfs", "/tmp", "--chdir", "/tmp"]);
+        a
+    }
+
+    /// A one-shot sandbox: the program bound in as `/tmp/main.py`, a fresh interpreter.
+    fn args(&self, policy: &SandboxPolicy, dir: &Path) -> Vec<OsString> {
+        let mut a = self.mount_args(policy.max_file_size);
         a.push("--ro-bind".into());
         a.push(dir.join(PROGRAM_FILE).into_os_string());
         a.push(format!("/tmp/{PROGRAM_FILE}").into());
-        push(&mut a, &["--chdir", "/tmp", "--"]);
+        a.push("--".into());
         a.push(self.config.python.clone().into_os_string());
         a.extend(policy.python_flags().iter().map(OsString::from));
         if self.root {
@@ -116,23 +144,85 @@ impl Bwrap {
         }
         a
     }
-}
 
-fn push(args: &mut Vec<OsString>, items: &[&str]) {
-    args.extend(items.iter().map(OsString::from));
-}
+    /// Run in a fork server (see [`forkserver`]); `None` when no server could deliver a result, so the caller runs
+    /// the program in a one-shot sandbox instead.
+    fn run_in_server(&self, program: &str, policy: &SandboxPolicy) -> Option<ExecResult> {
+        if self.server_failures.load(Ordering::Relaxed) >= MAX_SERVER_FAILURES {
+            return None;
+        }
+        let key = ServerKey::of(policy);
+        // A server found dead when the request is sent never started the run: one retry with a fresh one.
+        for _ in 0..2 {
+            let mut server = match self.idle_server(key) {
+                Some(s) => s,
+                None => match self.start_server(key) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.server_failed(&e.to_string());
+                        return None;
+                    }
+                },
+            };
+            match server.run(program, policy) {
+                Ok(result) => {
+                    self.server_failures.store(0, Ordering::Relaxed);
+                    self.forked.fetch_add(1, Ordering::Relaxed);
+                    self.servers.lock().unwrap_or_else(PoisonError::into_inner).push(server);
+                    return Some(result);
+                }
+                Err(Failure::NotStarted(why)) => tracing::debug!("fork server gone before the run ({why})"),
+                Err(Failure::Died(why)) => {
+                    self.server_failed(&why);
+                    return None;
+                }
+            }
+        }
+        None
+    }
 
-/// If the interpreter lives under a hidden directory (a pyenv under `/root`), the installation prefix to bind back
-/// read-only: the parent of its `bin/`.
-fn python_prefix_under_hidden(python: &Path) -> Option<PathBuf> {
-    let hidden = HIDDEN_DIRS.iter().any(|h| python.starts_with(h));
-    let prefix = python.parent()?.parent()?;
-    (hidden && prefix.components().count() > 2).then(|| prefix.to_path_buf())
-}
+    fn server_failed(&self, why: &str) {
+        let n = self.server_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= MAX_SERVER_FAILURES {
+            tracing::warn!(
+                "sandbox fork server failed {n} times in a row ({why}); every run now starts its own sandbox"
+            );
+        } else {
+            tracing::debug!("sandbox fork server failed ({why}); the run is repeated in a one-shot sandbox");
+        }
+    }
 
-impl Sandbox for Bwrap {
-    fn run(&self, program: &str, policy: &SandboxPolicy) -> Result<ExecResult> {
-        let _slot = self.slots.acquire();
+    /// An idle live server for `key`. Servers for other keys are dropped when the pool is full.
+    fn idle_server(&self, key: ServerKey) -> Option<Server> {
+        let mut pool = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.retain_mut(|s| !s.exited());
+        let found = pool.iter().position(|s| s.key == key).map(|i| pool.swap_remove(i));
+        if found.is_none() && pool.len() >= self.slots.count() {
+            pool.remove(0);
+        }
+        found
+    }
+
+    fn start_server(&self, key: ServerKey) -> Result<Server> {
+        let lease = if self.root { Some(uid_lease::lease(self.config.uid_base)?) } else { None };
+        let mut args = self.mount_args(key.tmp_size);
+        args.extend(forkserver::command_tail(&self.config.python, key));
+        let launch = Launch {
+            program: self.bwrap.clone(),
+            args,
+            cwd: PathBuf::from("/"),
+            env: process::scrubbed_env("/tmp"),
+            limits: Limits::unlimited(),
+            run_as: lease.as_ref().map(|l| l.uid),
+            new_netns: false,
+            isolation: Isolation::Bwrap,
+            signal_in_exit_code: true,
+        };
+        Server::start(process::command(&launch), key, lease).map_err(|e| Error::io("starting a sandbox fork server", e))
+    }
+
+    /// A fresh sandbox and interpreter for this run alone.
+    fn run_one_shot(&self, program: &str, policy: &SandboxPolicy) -> Result<ExecResult> {
         let lease = if self.root { Some(uid_lease::lease(self.config.uid_base)?) } else { None };
         let run_as = lease.as_ref().map(|l| l.uid);
         let dir = program_dir(program, run_as)?;
@@ -155,6 +245,30 @@ impl Sandbox for Bwrap {
             return Err(Error::io("starting bubblewrap", std::io::Error::other(result.stderr.trim().to_string())));
         }
         Ok(result)
+    }
+}
+
+fn push(args: &mut Vec<OsString>, items: &[&str]) {
+    args.extend(items.iter().map(OsString::from));
+}
+
+/// If the interpreter lives under a hidden directory (a pyenv under `/root`), the installation prefix to bind back
+/// read-only: the parent of its `bin/`.
+fn python_prefix_under_hidden(python: &Path) -> Option<PathBuf> {
+    let hidden = HIDDEN_DIRS.iter().any(|h| python.starts_with(h));
+    let prefix = python.parent()?.parent()?;
+    (hidden && prefix.components().count() > 2).then(|| prefix.to_path_buf())
+}
+
+impl Sandbox for Bwrap {
+    fn run(&self, program: &str, policy: &SandboxPolicy) -> Result<ExecResult> {
+        let _slot = self.slots.acquire();
+        if self.config.fork_server {
+            if let Some(result) = self.run_in_server(program, policy) {
+                return Ok(result);
+            }
+        }
+        self.run_one_shot(program, policy)
     }
 
     fn info(&self) -> SandboxInfo {

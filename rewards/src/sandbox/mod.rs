@@ -1,6 +1,7 @@
 //! A sandbox for untrusted, model-written Python.
 //!
-//! Every run is a fresh process (no interpreter is reused, so no state leaks between runs) in its own session and
+//! Every run is a fresh process (a new interpreter, or under bubblewrap a child forked from a clean, already started
+//! interpreter in a per-slot sandbox — see below; no state of one run reaches the next) in its own session and
 //! process group, with a scrubbed environment, a private temporary directory, rlimits, a wall-clock deadline and
 //! capped output. At the deadline, or as soon as the main process exits, everything the run started is killed.
 //!
@@ -11,8 +12,10 @@
 //!   UTS namespaces (no network at all, only a private loopback; all processes die with the PID namespace, including
 //!   ones that left the process group); the host filesystem read-only, with `/root`, `/home` and `/run` replaced by
 //!   empty directories; a size-capped `tmpfs` as the only writable place (`/tmp`, also the working directory, plus
-//!   a small `/dev/shm`); the host's `/dev` read-only (device nodes usable per their permissions, without any
-//!   capability).
+//!   a small `/dev/shm`); a fresh `/dev` with only the basic device nodes (`null`, `zero`, `full`, `random`,
+//!   `urandom`, `tty`). By default each slot keeps one such sandbox alive with a fork server as its PID 1 and forks every
+//!   run from it, killing whatever the run left and emptying `/tmp` and `/dev/shm` before the next one (a fresh
+//!   sandbox and interpreter per run, `SandboxConfig::fork_server = false`, costs ~15 ms more per run).
 //! * [`Rlimits`] is the fallback when `bwrap` is missing or user namespaces are disabled. It is chosen only
 //!   explicitly (`SandboxChoice::Rlimits`) or by `SandboxChoice::Auto` with a logged warning, and every result
 //!   carries `isolation: "rlimits"`. **What does NOT hold then**: the program sees the whole host filesystem with the
@@ -35,6 +38,7 @@
 
 mod bwrap;
 mod executor;
+mod forkserver;
 mod process;
 pub mod python;
 mod rlimits;
@@ -286,6 +290,9 @@ pub struct SandboxConfig {
     pub uid_base: u32,
     /// The `bwrap` binary. Default `bwrap` (looked up on `PATH`).
     pub bwrap: PathBuf,
+    /// Under bubblewrap, fork each run from a warm interpreter in a persistent per-slot sandbox (default true);
+    /// false starts a fresh sandbox and interpreter for every run.
+    pub fork_server: bool,
 }
 
 impl Default for SandboxConfig {
@@ -295,6 +302,7 @@ impl Default for SandboxConfig {
             concurrency: std::thread::available_parallelism().map_or(1, usize::from),
             uid_base: DEFAULT_UID_BASE,
             bwrap: PathBuf::from("bwrap"),
+            fork_server: true,
         }
     }
 }

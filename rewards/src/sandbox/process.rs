@@ -37,6 +37,12 @@ impl Limits {
             file_size: policy.max_file_size,
         }
     }
+
+    /// No limits (`RLIM_INFINITY`): for a fork server, whose runs lower their own.
+    pub(crate) fn unlimited() -> Self {
+        let inf = u64::MAX; // RLIM_INFINITY
+        Limits { address_space: inf, cpu_seconds: inf, processes: None, file_size: inf }
+    }
 }
 
 /// One process to start.
@@ -58,7 +64,7 @@ pub(crate) struct Launch {
 
 /// Why supervision stopped before the process ended by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
+pub(crate) enum Stop {
     Timeout,
     OutputLimit(&'static str),
 }
@@ -66,22 +72,8 @@ enum Stop {
 /// Run `launch` under `policy`; `after_kill` runs once the process group has been killed (the root fallback
 /// sweeps its uid there).
 pub(crate) fn execute(launch: &Launch, policy: &SandboxPolicy, after_kill: &dyn Fn()) -> Result<ExecResult> {
-    let mut cmd = Command::new(&launch.program);
-    cmd.args(&launch.args)
-        .current_dir(&launch.cwd)
-        .env_clear()
-        .envs(launch.env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let limits = launch.limits;
-    let run_as = launch.run_as;
-    let new_netns = launch.new_netns;
-    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe system calls
-    // (no allocation, no locks): setsid, unshare, setrlimit, setgroups, setgid, setuid, prctl.
-    unsafe {
-        cmd.pre_exec(move || child_setup(limits, run_as, new_netns));
-    }
+    let mut cmd = command(launch);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(|e| Error::io("spawning the sandboxed process", e))?;
     let supervised = supervise(&mut child, start, policy);
@@ -119,6 +111,22 @@ pub(crate) fn execute(launch: &Launch, policy: &SandboxPolicy, after_kill: &dyn 
     })
 }
 
+/// The command for `launch`: arguments, working directory, scrubbed environment, and the child set-up (own
+/// session, rlimits, identity, parent-death signal) between `fork` and `exec`. Standard streams are the caller's.
+pub(crate) fn command(launch: &Launch) -> Command {
+    let mut cmd = Command::new(&launch.program);
+    cmd.args(&launch.args).current_dir(&launch.cwd).env_clear().envs(launch.env.iter().map(|(k, v)| (*k, v.as_str())));
+    let limits = launch.limits;
+    let run_as = launch.run_as;
+    let new_netns = launch.new_netns;
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe system calls
+    // (no allocation, no locks): setsid, unshare, setrlimit, setgroups, setgid, setuid, prctl.
+    unsafe {
+        cmd.pre_exec(move || child_setup(limits, run_as, new_netns));
+    }
+    cmd
+}
+
 fn child_setup(limits: Limits, run_as: Option<u32>, new_netns: bool) -> io::Result<()> {
     // SAFETY: async-signal-safe system calls only; arguments are plain integers and null pointers.
     unsafe {
@@ -129,7 +137,7 @@ fn child_setup(limits: Limits, run_as: Option<u32>, new_netns: bool) -> io::Resu
             return Err(io::Error::last_os_error());
         }
         set_limit(libc::RLIMIT_AS, limits.address_space, limits.address_space)?;
-        set_limit(libc::RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1)?;
+        set_limit(libc::RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds.saturating_add(1))?;
         set_limit(libc::RLIMIT_FSIZE, limits.file_size, limits.file_size)?;
         set_limit(libc::RLIMIT_CORE, 0, 0)?;
         if let Some(n) = limits.processes {
@@ -304,7 +312,7 @@ fn decode_status(status: std::process::ExitStatus, signal_in_exit_code: bool) ->
     }
 }
 
-fn classify(
+pub(crate) fn classify(
     stop: Option<Stop>,
     exit_code: Option<i32>,
     signal: Option<i32>,

@@ -102,3 +102,97 @@ fn batch_equals_sequential() -> anyhow::Result<()> {
 fn null_sandbox_refuses() {
     assert!(NullSandbox.run("print(1)", &policy()).is_err());
 }
+
+/// A bwrap sandbox with one slot (so every run goes to the same fork server), or `None` where bwrap cannot run.
+fn one_slot_bwrap(fork_server: bool) -> Option<Bwrap> {
+    match Bwrap::new(SandboxConfig { concurrency: 1, fork_server, ..Default::default() }) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("skipping bwrap: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn fork_server_runs_leave_nothing_for_the_next_run() -> anyhow::Result<()> {
+    let Some(sb) = one_slot_bwrap(true) else {
+        return Ok(());
+    };
+    let dirty = "import os, random, time\n\
+                 open('/tmp/left', 'w').write('x')\nopen('/dev/shm/left', 'w').write('x')\nos.mkdir('/tmp/d')\n\
+                 os.chmod('/tmp/d', 0)\n\
+                 if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n    os._exit(0)\n\
+                 print(random.random())\n";
+    let look = "import os, random\nprint(sorted(os.listdir('/tmp')), os.listdir('/dev/shm'))\n\
+                print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == sorted({1, os.getpid()}))\n\
+                print(random.random())\n";
+    let a = sb.run(dirty, &policy())?;
+    let b = sb.run(look, &policy())?;
+    let c = sb.run(dirty, &policy())?;
+    assert_eq!(sb.forked_runs(), 4, "probe + 3 runs forked from the server");
+    assert_eq!(a.status, Status::Ok, "{a:?}");
+    let lines: Vec<&str> = b.stdout.lines().collect();
+    assert_eq!(lines[..2], ["['main.py'] []", "True"], "{b:?}");
+    // `random` is seeded per run, not inherited from the server.
+    assert!(a.stdout != c.stdout && lines[2] != a.stdout.trim(), "{a:?} {b:?} {c:?}");
+    Ok(())
+}
+
+#[test]
+fn fork_server_survives_signals_from_its_runs() -> anyhow::Result<()> {
+    let Some(sb) = one_slot_bwrap(true) else {
+        return Ok(());
+    };
+    let quick = SandboxPolicy { timeout: Duration::from_millis(400), ..policy() };
+    let hostile = [
+        "import os, signal\nfor s in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGSTOP):\n    \
+         os.kill(os.getppid(), s)\nprint('alive')\n",
+        // A child's kill(-1) reaches every process of the namespace but itself and PID 1: the run's main dies.
+        "import os, signal\nif os.fork() == 0:\n    os.kill(-1, signal.SIGKILL)\nelse:\n    os.wait()\n    \
+         print('alive')\n",
+        "import time\ntime.sleep(30)\n",
+        "while True:\n    print('x' * 1000)\n",
+        "x = bytearray(1 << 30)\n",
+    ];
+    let want = [Status::Ok, Status::Killed, Status::Timeout, Status::OutputLimit, Status::Memory];
+    for (program, want) in hostile.iter().zip(want) {
+        let r = sb.run(program, &quick)?;
+        assert_eq!(r.status, want, "{r:?}");
+        let after = sb.run("print('next')", &quick)?;
+        assert_eq!((after.status, after.stdout.as_str()), (Status::Ok, "next\n"), "{after:?}");
+    }
+    assert_eq!(sb.forked_runs(), 1 + 2 * hostile.len() as u64, "every run forked from the one server");
+    Ok(())
+}
+
+#[test]
+fn fork_server_and_one_shot_sandboxes_give_the_same_results() -> anyhow::Result<()> {
+    let (Some(forked), Some(fresh)) = (one_slot_bwrap(true), one_slot_bwrap(false)) else {
+        return Ok(());
+    };
+    let programs = [
+        "print('hi')\nimport sys\nprint(sys.argv, __name__, __file__)\nprint('err', file=sys.stderr)\n",
+        "def f():\n    assert 1 == 2\nf()\n",
+        "x = (\n",
+        "import sys\nsys.exit(3)\n",
+        "import sys\nsys.exit('bye')\n",
+        "import sys\nsys.stdout.buffer.write(b'\\xff\\xfe ok\\n')\n",
+        "import os\nos.kill(os.getpid(), 11)\n",
+        "import subprocess\nprint(subprocess.run(['true'], stdout=subprocess.DEVNULL).returncode)\n",
+        "import threading, time\nthreading.Thread(target=lambda: (time.sleep(0.1), print('thread'))).start()\n",
+        "import atexit\natexit.register(lambda: print('at exit'))\nprint('main', end='')\n",
+        "from multiprocessing import Pool\nif __name__ == '__main__':\n    with Pool(2) as p:\n        \
+         print(p.map(abs, [-1, -2]))\n",
+        "raise KeyError('k')\n",
+    ];
+    for p in programs {
+        let a = forked.run(p, &policy())?;
+        let b = fresh.run(p, &policy())?;
+        let strip = |r: ExecResult| (r.status, r.exit_code, r.signal, r.stdout, r.stderr, r.reason);
+        assert_eq!(strip(a), strip(b), "program {p:?}");
+    }
+    assert_eq!(forked.forked_runs(), 1 + programs.len() as u64);
+    assert_eq!(fresh.forked_runs(), 0);
+    Ok(())
+}
