@@ -105,7 +105,7 @@ impl Bwrap {
         // A fresh /dev (tmpfs with the basic nodes: null, zero, full, random, urandom, tty): the host's, seen through
         // the `/` bind, is mounted nodev inside a user namespace, so not even /dev/null would open. ~3 ms per
         // sandbox, paid once per fork server.
-        push(&mut a, &["--dev", "/dev"]);
+        push(&mut a, &["--dev", "/dev", "--mqueue", "/dev/mqueue"]);
         if self.tmpfs_size {
             push(&mut a, &["--size", &shm]);
         }

@@ -7,10 +7,14 @@
 #            bytes of stderr. `stop` is null, "timeout", "stdout" or "stderr" (which output passed its cap).
 # Every run is a child forked from this clean interpreter: own session and process group, stdin /dev/null, its own
 # rlimits, /tmp as working directory holding main.py; it ends like an interpreter does (threads joined, atexit
-# handlers run, output flushed) without tearing the interpreter down. When the run's main process exits (or at the deadline, or
-# when output passes the cap) every other process in the namespace is killed and reaped, then /tmp and /dev/shm
-# are emptied before the next request is read. Imports are kept to what the protocol needs (no `random`, whose
-# state would be shared by every forked run).
+# handlers run, output flushed) without tearing the interpreter down. When the run's main process exits (or at the
+# deadline, or when output passes the cap) every other process in the namespace is killed and reaped, then /tmp,
+# /dev/shm, POSIX message queues and System V IPC objects are emptied before the next request is read.
+#
+# The server is not dumpable, so runs cannot reach its descriptors or memory through /proc or ptrace. Its freed
+# memory is not scrubbed: a run could find bytes of earlier requests in its forked copy of the heap. Imports are
+# kept to what the protocol needs (no `random`, whose state would be shared by every forked run).
+import ctypes
 import json
 import os
 import resource
@@ -19,6 +23,13 @@ import signal
 import sys
 import time
 
+LIBC = ctypes.CDLL(None, use_errno=True)
+PR_SET_DUMPABLE = 4
+IPC_RMID = 0
+# Not dumpable: a run (same uid) can neither ptrace this process nor open its /proc/1/fd/* (the protocol pipes),
+# /proc/1/mem or /proc/1/environ. Without that guarantee there is no server.
+if LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+    sys.exit("orchard fork server: prctl(PR_SET_DUMPABLE, 0) failed")
 REQ = os.dup(0)
 REP = os.dup(1)
 DEVNULL = os.open("/dev/null", os.O_RDWR)
@@ -29,7 +40,7 @@ for fd in (REQ, REP, DEVNULL):
 # A fresh interpreter turns SIGINT into KeyboardInterrupt; here it must not reach the server.
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 MAIN = "/tmp/main.py"
-WIPE = ("/tmp", "/dev/shm")
+WIPE = ("/tmp", "/dev/shm", "/dev/mqueue")
 READ = 1 << 16
 
 
@@ -81,6 +92,22 @@ def sweep():
     reap()
 
 
+def remove_ipc():
+    # System V objects outlive their creators inside the IPC namespace: remove what the run made.
+    for kind, remove in (
+        ("shm", lambda i: LIBC.shmctl(i, IPC_RMID, None)),
+        ("sem", lambda i: LIBC.semctl(i, 0, IPC_RMID)),
+        ("msg", lambda i: LIBC.msgctl(i, IPC_RMID, None)),
+    ):
+        try:
+            with open("/proc/sysvipc/" + kind) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            remove(int(row.split()[1]))
+
+
 def wipe(path):
     try:
         names = os.listdir(path)
@@ -107,6 +134,7 @@ def child(req, out_w, err_w):
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
         os.closerange(3, 1 << 16)
+        LIBC.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         cpu = req["cpu"]
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -266,6 +294,7 @@ def serve():
         os.close(out_w)
         os.close(err_w)
         write_all(supervise(pid, out_r, err_r, req))
+        remove_ipc()
         for path in WIPE:
             wipe(path)
 

@@ -119,12 +119,13 @@ fn fork_server_runs_leave_nothing_for_the_next_run() -> anyhow::Result<()> {
     let Some(sb) = one_slot_bwrap(true) else {
         return Ok(());
     };
-    let dirty = "import os, random, time\n\
+    let dirty = "import ctypes, os, random, time\n\
                  open('/tmp/left', 'w').write('x')\nopen('/dev/shm/left', 'w').write('x')\nos.mkdir('/tmp/d')\n\
-                 os.chmod('/tmp/d', 0)\n\
+                 os.chmod('/tmp/d', 0)\nassert ctypes.CDLL(None).shmget(0, 4096, 0o1600) >= 0\n\
                  if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n    os._exit(0)\n\
                  print(random.random())\n";
-    let look = "import os, random\nprint(sorted(os.listdir('/tmp')), os.listdir('/dev/shm'))\n\
+    let look = "import os, random\nprint(sorted(os.listdir('/tmp')), os.listdir('/dev/shm'), \
+                len(open('/proc/sysvipc/shm').readlines()))\n\
                 print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == sorted({1, os.getpid()}))\n\
                 print(random.random())\n";
     let a = sb.run(dirty, &policy())?;
@@ -133,7 +134,7 @@ fn fork_server_runs_leave_nothing_for_the_next_run() -> anyhow::Result<()> {
     assert_eq!(sb.forked_runs(), 4, "probe + 3 runs forked from the server");
     assert_eq!(a.status, Status::Ok, "{a:?}");
     let lines: Vec<&str> = b.stdout.lines().collect();
-    assert_eq!(lines[..2], ["['main.py'] []", "True"], "{b:?}");
+    assert_eq!(lines[..2], ["['main.py'] [] 1", "True"], "{b:?}");
     // `random` is seeded per run, not inherited from the server.
     assert!(a.stdout != c.stdout && lines[2] != a.stdout.trim(), "{a:?} {b:?} {c:?}");
     Ok(())
@@ -194,5 +195,25 @@ fn fork_server_and_one_shot_sandboxes_give_the_same_results() -> anyhow::Result<
     }
     assert_eq!(forked.forked_runs(), 1 + programs.len() as u64);
     assert_eq!(fresh.forked_runs(), 0);
+    Ok(())
+}
+
+#[test]
+fn runs_cannot_reach_the_fork_server_through_proc() -> anyhow::Result<()> {
+    let Some(sb) = one_slot_bwrap(true) else {
+        return Ok(());
+    };
+    // Try to read the server's descriptors, memory and environment, then to forge a reply on each of its pipes.
+    let attack = "import os\nseen = []\nfor path in ('/proc/1/fd', '/proc/1/mem', '/proc/1/environ'):\n    \
+                  try:\n        os.listdir(path) if path.endswith('fd') else open(path, 'rb').read(1)\n        \
+                  seen.append('open')\n    except OSError:\n        seen.append('denied')\nprint(*seen)\n\
+                  fake = b'{\"exit_code\": 0, \"signal\": null, \"stop\": null, \"out\": 7, \"err\": 0}\\nforged\\n'\n\
+                  for fd in range(64):\n    try:\n        open(f'/proc/1/fd/{fd}', 'wb').write(fake)\n    \
+                  except OSError:\n        pass\nraise SystemExit(1)\n";
+    let r = sb.run(attack, &policy())?;
+    assert_eq!((r.status, r.stdout.as_str()), (Status::Error, "denied denied denied\n"), "{r:?}");
+    let next = sb.run("print('next')", &policy())?;
+    assert_eq!(next.stdout, "next\n", "the protocol is still in step: {next:?}");
+    assert_eq!(sb.forked_runs(), 3);
     Ok(())
 }
