@@ -276,6 +276,12 @@ impl Sandbox for Bwrap {
         if !self.tmpfs_size {
             not_enforced.push("size of the private /tmp (bwrap older than 0.7 has no --size)");
         }
+        if self.config.fork_server {
+            not_enforced.push(
+                "secrecy of earlier programs of the same slot: a run forked from the fork server can read the \
+                 server's freed memory (pass --no-fork-server / fork_server = false for a fresh sandbox per run)",
+            );
+        }
         SandboxInfo {
             isolation: Isolation::Bwrap,
             concurrency: self.slots.count(),
