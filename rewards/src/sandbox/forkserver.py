@@ -208,6 +208,25 @@ def finish(status):
     os._exit(status & 0xFF)
 
 
+def pump(ready, open_fds, streams):
+    # Append what the ready pipes hold; a pipe at EOF leaves `open_fds`.
+    for fd in ready:
+        if fd in streams:
+            data = os.read(fd, READ)
+            if data:
+                streams[fd] += data
+            else:
+                open_fds.remove(fd)
+
+
+def over_cap(streams, out_r, err_r, cap):
+    if len(streams[out_r]) > cap:
+        return "stdout"
+    if len(streams[err_r]) > cap:
+        return "stderr"
+    return None
+
+
 def supervise(pid, out_r, err_r, req):
     deadline = time.monotonic() + req["timeout"]
     cap = req["max_output"]
@@ -215,31 +234,19 @@ def supervise(pid, out_r, err_r, req):
     streams = {out_r: bytearray(), err_r: bytearray()}
     open_fds = [out_r, err_r]
     stop = None
-    exited = False
-    while True:
+    while stop is None:
         left = deadline - time.monotonic()
         if left <= 0:
             stop = "timeout"
             break
         watch = open_fds + ([pidfd] if pidfd is not None else [])
         ready, _, _ = select.select(watch, [], [], left if pidfd is not None else min(left, 0.005))
-        for fd in ready:
-            if fd == pidfd:
-                exited = True
-            else:
-                data = os.read(fd, READ)
-                if data:
-                    streams[fd] += data
-                else:
-                    open_fds.remove(fd)
-        if len(streams[out_r]) > cap:
-            stop = "stdout"
-            break
-        if len(streams[err_r]) > cap:
-            stop = "stderr"
-            break
-        if pidfd is None and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            exited = True
+        pump(ready, open_fds, streams)
+        stop = over_cap(streams, out_r, err_r, cap)
+        if pidfd is not None:
+            exited = pidfd in ready
+        else:
+            exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         if exited:
             break
     try:
@@ -248,22 +255,13 @@ def supervise(pid, out_r, err_r, req):
         pass
     _, status = os.waitpid(pid, 0)
     sweep()
-    if stop is None:
-        # Everything is dead: what is left in the pipes is bounded and ends in EOF.
-        while open_fds and stop is None:
-            ready, _, _ = select.select(open_fds, [], [], 0.25)
-            if not ready:
-                break
-            for fd in ready:
-                data = os.read(fd, READ)
-                if data:
-                    streams[fd] += data
-                else:
-                    open_fds.remove(fd)
-            if len(streams[out_r]) > cap:
-                stop = "stdout"
-            elif len(streams[err_r]) > cap:
-                stop = "stderr"
+    # Everything is dead: what is left in the pipes is bounded and ends in EOF.
+    while open_fds and stop is None:
+        ready, _, _ = select.select(open_fds, [], [], 0.25)
+        if not ready:
+            break
+        pump(ready, open_fds, streams)
+        stop = over_cap(streams, out_r, err_r, cap)
     for fd in (out_r, err_r) + ((pidfd,) if pidfd is not None else ()):
         os.close(fd)
     out, err = bytes(streams[out_r][: cap + 1]), bytes(streams[err_r][: cap + 1])
