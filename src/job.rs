@@ -4,12 +4,103 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use orchard_datasets::{ModelRecord, Task};
+use orchard_datasets::cli::SourceArgs;
+use orchard_datasets::{ModelRecord, Shard, Task, TaskSource};
 use orchard_engine::{Engine, Message, Prompt, SamplingParams};
 use orchard_rewards::{score_caught, Outcome, Reward, RewardSpec};
 use serde::de::DeserializeOwned;
 
+use crate::cmd::common::{ModelArgs, PrecisionArg};
 use crate::cmd::exec::SandboxArgs;
+
+/// Flags every data-generation job has (`orchard sample`, `orchard search`); each overrides its key in the job
+/// file.
+#[derive(Debug, clap::Args)]
+pub struct JobArgs {
+    /// TOML job file (flags override its values).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// Model: `default`, a .gguf file or an HF directory. TOML: `model`.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Compute threads (not part of the job's identity).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Reward name: gsm8k, svamp, math, pot, humaneval, … TOML: `reward`.
+    #[arg(long)]
+    pub reward: Option<String>,
+    /// Reward described in TOML (composites) instead of --reward. TOML: `reward_config`.
+    #[arg(long, value_name = "FILE.toml")]
+    pub reward_config: Option<PathBuf>,
+    /// System message before each prompt. TOML: `system`.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Base seed of sampling (and of --shuffle). TOML: `seed`.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// This process's slice of the tasks, `i/n` (e.g. a Slurm array index). TOML: `shard`.
+    #[arg(long)]
+    pub shard: Option<Shard>,
+    /// Output run directory. TOML: `out`.
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+    /// Numeric path (not part of the job's identity: every path is batch-invariant).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
+    pub precision: PrecisionArg,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// The keys of a job file that [`JobArgs`] override, borrowed from the file's own struct.
+pub struct JobKeys<'a> {
+    /// `model` (resolved to `default` when neither flag nor file names one).
+    pub model: &'a mut Option<String>,
+    /// `[source]` (its seed becomes the job's seed).
+    pub source: &'a mut TaskSource,
+    /// `reward`.
+    pub reward: &'a mut Option<String>,
+    /// `reward_config`.
+    pub reward_config: &'a mut Option<PathBuf>,
+    /// `system`.
+    pub system: &'a mut Option<String>,
+    /// `seed`.
+    pub seed: &'a mut u64,
+}
+
+impl JobArgs {
+    /// Read the job file (`--config`, or defaults) into `T`.
+    pub fn read_file<T: DeserializeOwned + Default>(&self) -> anyhow::Result<T> {
+        read_job_file(self.config.as_deref())
+    }
+
+    /// Apply the flags that are part of the job's identity to the file's keys.
+    pub fn apply(&self, keys: JobKeys<'_>) {
+        *keys.source = self.source.apply(keys.source.clone());
+        *keys.seed = self.seed.unwrap_or(*keys.seed);
+        keys.source.seed = *keys.seed;
+        *keys.model = Some(self.model.clone().or(keys.model.take()).unwrap_or_else(|| "default".into()));
+        *keys.reward = self.reward.clone().or(keys.reward.take());
+        *keys.reward_config = self.reward_config.clone().or(keys.reward_config.take());
+        *keys.system = self.system.clone().or(keys.system.take());
+    }
+
+    /// Where this process's output goes and which slice it runs: flags over the file's `shard` and `out`.
+    pub fn placement(&self, shard: Option<Shard>, out: &Option<PathBuf>) -> anyhow::Result<(Shard, PathBuf)> {
+        Ok((self.shard.or(shard).unwrap_or_default(), out_dir(&self.out, out)?))
+    }
+
+    /// The model flags for loading `model` (a resolved spec).
+    pub fn model_args(&self, model: &Option<String>) -> ModelArgs {
+        ModelArgs { model: model.clone().unwrap_or_else(|| "default".into()), threads: self.threads }
+    }
+
+    /// The job's reward, built from the resolved `reward` / `reward_config` keys with the sandbox flags.
+    pub fn reward(&self, reward: &Option<String>, reward_config: &Option<PathBuf>) -> anyhow::Result<JobReward> {
+        JobReward::build(reward.as_deref(), reward_config.as_deref(), &self.sandbox)
+    }
+}
 
 /// Reads a TOML job file into `T` (unknown keys are refused, with the file named).
 pub fn read_job_file<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {

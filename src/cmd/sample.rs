@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use orchard_datasets::cli::{PairArgs, SourceArgs};
+use orchard_datasets::cli::PairArgs;
 use orchard_datasets::record::{PairFormat, RewardRecord, SamplingRecord};
 use orchard_datasets::run::timing;
 use orchard_datasets::{
@@ -15,9 +15,7 @@ use orchard_engine::{GenerateOptions, GenerateRequest, SamplingParams};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::common::{ModelArgs, PrecisionArg};
-use super::exec::SandboxArgs;
-use crate::job::{model_record, out_dir, read_job_file, reward_task, task_prompt, JobReward, SamplingArgs};
+use crate::job::{model_record, reward_task, task_prompt, JobArgs, JobKeys, SamplingArgs};
 
 /// Default samples per prompt.
 pub const DEFAULT_N: usize = 8;
@@ -41,50 +39,18 @@ pub const DEFAULT_N: usize = 8;
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// TOML job file (flags override its values).
-    #[arg(long, value_name = "FILE.toml")]
-    pub config: Option<PathBuf>,
-    /// Model: `default`, a .gguf file or an HF directory. TOML: `model`.
-    #[arg(long, short = 'm')]
-    pub model: Option<String>,
-    /// Compute threads (not part of the job's identity).
-    #[arg(long)]
-    pub threads: Option<usize>,
     #[command(flatten)]
-    pub source: SourceArgs,
+    pub job: JobArgs,
     /// Samples per task. TOML: `n`.
     #[arg(long, short = 'n')]
     pub n: Option<usize>,
-    /// Reward name: gsm8k, svamp, math, pot, humaneval, … TOML: `reward`.
-    #[arg(long)]
-    pub reward: Option<String>,
-    /// Reward described in TOML (composites) instead of --reward. TOML: `reward_config`.
-    #[arg(long, value_name = "FILE.toml")]
-    pub reward_config: Option<PathBuf>,
-    /// System message before each prompt. TOML: `system`.
-    #[arg(long)]
-    pub system: Option<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub pairs: PairArgs,
-    /// Base seed of sampling (and of --shuffle). TOML: `seed`.
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// This process's slice of the tasks, `i/n` (e.g. a Slurm array index). TOML: `shard`.
-    #[arg(long)]
-    pub shard: Option<Shard>,
-    /// Output run directory. TOML: `out`.
-    #[arg(long, short = 'o')]
-    pub out: Option<PathBuf>,
     /// Tasks sampled together in one engine call (default: enough to fill the decode batch).
     #[arg(long)]
     pub group: Option<usize>,
-    /// Numeric path (not part of the job's identity: every path is batch-invariant).
-    #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
-    pub precision: PrecisionArg,
-    #[command(flatten)]
-    pub sandbox: SandboxArgs,
 }
 
 /// The job file, and the job's identity once flags are applied.
@@ -119,37 +85,26 @@ pub struct SampleJob {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let file: SampleJob = read_job_file(args.config.as_deref())?;
+    let mut file: SampleJob = args.job.read_file()?;
     // 1. The job: the file's values with every given flag applied.
-    let mut source = args.source.apply(file.source.clone());
-    let seed = args.seed.unwrap_or(file.seed);
-    source.seed = seed;
+    args.job.apply(JobKeys {
+        model: &mut file.model,
+        source: &mut file.source,
+        reward: &mut file.reward,
+        reward_config: &mut file.reward_config,
+        system: &mut file.system,
+        seed: &mut file.seed,
+    });
     let (pairs, pair_format) = args.pairs.apply(file.pairs, file.pair_format);
     let sampling = args.sampling.apply(file.sampling.clone());
     sampling.validate()?;
     let n = args.n.or(file.n).unwrap_or(DEFAULT_N);
     anyhow::ensure!(n >= 1, "--n must be at least 1");
-    let model_spec = args.model.clone().or(file.model.clone()).unwrap_or_else(|| "default".into());
-    let reward_name = args.reward.clone().or(file.reward.clone());
-    let reward_config = args.reward_config.clone().or(file.reward_config.clone());
-    let system = args.system.clone().or(file.system.clone());
-    let shard = args.shard.or(file.shard).unwrap_or_default();
-    let out = out_dir(&args.out, &file.out)?;
-    let reward = JobReward::build(reward_name.as_deref(), reward_config.as_deref(), &args.sandbox)?;
-    let identity = SampleJob {
-        model: Some(model_spec.clone()),
-        source: source.clone(),
-        n: Some(n),
-        reward: reward_name,
-        reward_config,
-        system: system.clone(),
-        sampling: sampling.clone(),
-        pairs,
-        pair_format,
-        seed,
-        shard: None,
-        out: None,
-    };
+    let (shard, out) = args.job.placement(file.shard, &file.out)?;
+    let reward = args.job.reward(&file.reward, &file.reward_config)?;
+    let identity =
+        SampleJob { n: Some(n), sampling: sampling.clone(), pairs, pair_format, shard: None, out: None, ..file };
+    let (source, seed, system) = (identity.source.clone(), identity.seed, identity.system.clone());
 
     // 2. Tasks, model, run directory.
     let loaded = source.load()?;
@@ -157,8 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("orchard: skipped {bad}");
     }
     let load_s = started.elapsed().as_secs_f64();
-    let model_args = ModelArgs { model: model_spec, threads: args.threads };
-    let engine = model_args.load()?;
+    let engine = args.job.model_args(&identity.model).load()?;
     let model = model_record(&engine)?;
     let spec = RunSpec {
         shard,
@@ -178,7 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     // 3. Sample, score, pair — a group of tasks per engine call.
-    let gen_opts = GenerateOptions { precision: args.precision.resolve(), ..GenerateOptions::default() };
+    let gen_opts = GenerateOptions { precision: args.job.precision.resolve(), ..GenerateOptions::default() };
     let group = args.group.unwrap_or_else(|| (gen_opts.max_batch / n).max(1));
     let record = SamplingRecord {
         temperature: sampling.temperature,

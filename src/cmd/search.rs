@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use orchard_datasets::cli::SourceArgs;
 use orchard_datasets::record::{PairFormat, SamplingRecord};
 use orchard_datasets::run::timing;
 use orchard_datasets::{RunDir, RunReader, RunSpec, Shard, TaskOutput, TaskSource, WriterOptions};
@@ -20,9 +19,7 @@ use orchard_search::toc::{TocConfig, CODE_PROMPTS};
 use orchard_search::StepRule;
 use serde::{Deserialize, Serialize};
 
-use super::common::{ModelArgs, PrecisionArg};
-use super::exec::SandboxArgs;
-use crate::job::{model_record, out_dir, read_job_file, reward_task, JobReward};
+use crate::job::{model_record, reward_task, JobArgs, JobKeys};
 use crate::policy::EnginePolicy;
 
 /// Default worker threads growing trees at once.
@@ -64,32 +61,11 @@ pub enum AlgoName {
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// TOML job file (flags override its values).
-    #[arg(long, value_name = "FILE.toml")]
-    pub config: Option<PathBuf>,
-    /// Model: `default`, a .gguf file or an HF directory. TOML: `model`.
-    #[arg(long, short = 'm')]
-    pub model: Option<String>,
-    /// Compute threads (not part of the job's identity).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub job: JobArgs,
     /// Search algorithm. TOML: `algo`.
     #[arg(long, value_enum)]
     pub algo: Option<AlgoName>,
-    #[command(flatten)]
-    pub source: SourceArgs,
-    /// Reward name: gsm8k, svamp, math, pot, humaneval, … TOML: `reward`.
-    #[arg(long)]
-    pub reward: Option<String>,
-    /// Reward described in TOML instead of --reward. TOML: `reward_config`.
-    #[arg(long, value_name = "FILE.toml")]
-    pub reward_config: Option<PathBuf>,
-    /// System message before each prompt. TOML: `system`.
-    #[arg(long)]
-    pub system: Option<String>,
-    /// Base seed. TOML: `seed`.
-    #[arg(long)]
-    pub seed: Option<u64>,
     #[command(flatten)]
     pub knobs: KnobArgs,
     /// Pair policy: outcome, agentq, mcts-dpo, itool, step-dpo (default: agentq for mcts, outcome otherwise).
@@ -102,20 +78,9 @@ pub struct Args {
     /// TRL layout of pairs/: standard or conversational. TOML: `pair_format`.
     #[arg(long)]
     pub pair_format: Option<PairFormat>,
-    /// This process's slice of the tasks, `i/n`. TOML: `shard`.
-    #[arg(long)]
-    pub shard: Option<Shard>,
-    /// Output run directory. TOML: `out`.
-    #[arg(long, short = 'o')]
-    pub out: Option<PathBuf>,
     /// Trees grown at once (not part of the job's identity). Default [`DEFAULT_WORKERS`].
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Numeric path (not part of the job's identity).
-    #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
-    pub precision: PrecisionArg,
-    #[command(flatten)]
-    pub sandbox: SandboxArgs,
 }
 
 /// Search knobs on the command line (each overrides its TOML key).
@@ -241,17 +206,18 @@ impl KnobArgs {
 
 /// The job's identity: the file with every flag applied.
 fn resolve(args: &Args) -> anyhow::Result<SearchJob> {
-    let mut job: SearchJob = read_job_file(args.config.as_deref())?;
-    job.source = args.source.apply(job.source.clone());
-    job.seed = args.seed.unwrap_or(job.seed);
-    job.source.seed = job.seed;
+    let mut job: SearchJob = args.job.read_file()?;
+    args.job.apply(JobKeys {
+        model: &mut job.model,
+        source: &mut job.source,
+        reward: &mut job.reward,
+        reward_config: &mut job.reward_config,
+        system: &mut job.system,
+        seed: &mut job.seed,
+    });
     if let Some(a) = args.algo {
         job.algo = a;
     }
-    job.model = Some(args.model.clone().or(job.model.clone()).unwrap_or_else(|| "default".into()));
-    job.reward = args.reward.clone().or(job.reward.clone());
-    job.reward_config = args.reward_config.clone().or(job.reward_config.clone());
-    job.system = args.system.clone().or(job.system.clone());
     if let Some(f) = args.pair_format {
         job.pair_format = f;
     }
@@ -292,9 +258,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let pair_cfg = job.pairs.expect("resolved");
     let rule = pair_cfg.rule();
-    let shard = args.shard.or(job.shard).unwrap_or_default();
-    let out = out_dir(&args.out, &job.out)?;
-    let reward = JobReward::build(job.reward.as_deref(), job.reward_config.as_deref(), &args.sandbox)?;
+    let (shard, out) = args.job.placement(job.shard, &job.out)?;
+    let reward = args.job.reward(&job.reward, &job.reward_config)?;
     let identity = SearchJob { shard: None, out: None, ..job.clone() };
 
     // 1. Tasks, model, scheduler, run directory.
@@ -302,10 +267,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for bad in loaded.report.bad_rows.iter().take(5) {
         eprintln!("orchard: skipped {bad}");
     }
-    let model_spec = job.model.clone().expect("resolved");
-    let engine = Arc::new(ModelArgs { model: model_spec, threads: args.threads }.load()?);
+    let engine = Arc::new(args.job.model_args(&job.model).load()?);
     let model = model_record(&engine)?;
-    let sched_cfg = SchedulerConfig { precision: args.precision.resolve(), ..SchedulerConfig::default() };
+    let sched_cfg = SchedulerConfig { precision: args.job.precision.resolve(), ..SchedulerConfig::default() };
     let policy = EnginePolicy::new(engine.clone(), Scheduler::start(engine, sched_cfg));
     let spec = RunSpec {
         shard,
