@@ -5,28 +5,23 @@ use std::path::{Path, PathBuf};
 
 use predicates::str::contains;
 
-use crate::util::{orchard, tiny_gguf};
+use crate::util::{jsonl_tasks, kill_mid_job, orchard, tiny_gguf};
 
-/// A JSONL task file whose references are what the tiny model tends to say (so some samples are correct).
 fn tasks(dir: &Path, n: usize) -> PathBuf {
-    let p = dir.join("tasks.jsonl");
-    let body: String = (0..n)
-        .map(|i| {
-            format!(
-                "{{\"id\": \"t{i}\", \"prompt\": \"question {i}: what is {i} plus one?\", \"reference\": \"{}\"}}\n",
-                i % 3
-            )
-        })
-        .collect();
-    std::fs::write(&p, body).expect("write tasks");
-    p
+    jsonl_tasks(dir, n, |i| format!("question {i}: what is {i} plus one?"))
+}
+
+fn sample_args(model: &Path, tasks: &Path, out: &Path) -> Vec<String> {
+    let mut a =
+        vec!["sample", "--model", model.to_str().unwrap(), "--task", "jsonl", "--path", tasks.to_str().unwrap()];
+    a.extend(["--reference-field", "reference", "--id-field", "id", "--n", "4", "--reward", "math"]);
+    a.extend(["--max-new-tokens", "8", "--seed", "3", "--out", out.to_str().unwrap()]);
+    a.into_iter().map(String::from).collect()
 }
 
 fn sample_cmd(model: &Path, tasks: &Path, out: &Path) -> assert_cmd::Command {
     let mut c = orchard();
-    c.args(["sample", "--model", model.to_str().unwrap(), "--task", "jsonl", "--path", tasks.to_str().unwrap()])
-        .args(["--reference-field", "reference", "--id-field", "id", "--n", "4", "--reward", "math"])
-        .args(["--max-new-tokens", "8", "--seed", "3", "--out", out.to_str().unwrap()]);
+    c.args(sample_args(model, tasks, out));
     c
 }
 
@@ -92,25 +87,9 @@ fn a_killed_job_resumes_to_the_uninterrupted_result() {
     sample_cmd(&model, &tasks, &whole).args(["--group", "4"]).assert().success();
     let want = trajectories(&whole);
     let killed = dir.path().join("killed");
-    let bin = assert_cmd::cargo::cargo_bin("orchard");
-    let mut interrupted = 0;
-    for delay_ms in [200u64, 500, 900, 1400] {
-        let mut child = std::process::Command::new(&bin)
-            .args(["sample", "--model", model.to_str().unwrap(), "--task", "jsonl", "--path", tasks.to_str().unwrap()])
-            .args(["--reference-field", "reference", "--id-field", "id", "--n", "4", "--reward", "math"])
-            .args(["--max-new-tokens", "8", "--seed", "3", "--out", killed.to_str().unwrap(), "--group", "4"])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn");
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
-        let complete = std::fs::read(killed.join("manifest.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .is_some_and(|m| m["status"]["complete"] == true);
-        interrupted += usize::from(!complete);
-    }
+    let mut args = sample_args(&model, &tasks, &killed);
+    args.extend(["--group".to_string(), "4".to_string()]);
+    let interrupted = kill_mid_job(&args, &killed, &[200, 500, 900, 1400], || {});
     assert!(interrupted >= 2, "the kills should land mid-job ({interrupted} did)");
     sample_cmd(&model, &tasks, &killed).args(["--group", "4"]).assert().success();
     assert_eq!(trajectories(&killed), want);

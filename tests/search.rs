@@ -7,15 +7,10 @@ use std::path::{Path, PathBuf};
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 
-use crate::util::{orchard, tiny_gguf};
+use crate::util::{jsonl_tasks, kill_mid_job, orchard, tiny_gguf};
 
 fn tasks(dir: &Path, n: usize) -> PathBuf {
-    let p = dir.join("tasks.jsonl");
-    let body: String = (0..n)
-        .map(|i| format!("{{\"id\": \"t{i}\", \"prompt\": \"what is {i} plus one?\", \"reference\": \"{}\"}}\n", i % 3))
-        .collect();
-    std::fs::write(&p, body).expect("write tasks");
-    p
+    jsonl_tasks(dir, n, |i| format!("what is {i} plus one?"))
 }
 
 fn search_args(model: &Path, tasks: &Path, out: &Path, algo: &str) -> Vec<String> {
@@ -123,26 +118,12 @@ fn a_killed_search_resumes_without_losing_finished_trees() {
     search_cmd(&model, &tasks, &whole, "mcts").assert().success();
     let want = nodes(&whole);
     let killed = dir.path().join("killed");
-    let mut interrupted = 0;
-    for delay_ms in [250u64, 600] {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("orchard"))
-            .args(search_args(&model, &tasks, &killed, "mcts"))
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn");
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
-        let complete = std::fs::read(killed.join("manifest.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .is_some_and(|m| m["status"]["complete"] == true);
-        interrupted += usize::from(!complete);
+    let interrupted = kill_mid_job(&search_args(&model, &tasks, &killed, "mcts"), &killed, &[250, 600], || {
         // Whatever was committed is a subset of the uninterrupted run: no finished tree is lost or altered.
         if killed.join("manifest.json").exists() {
             assert!(nodes(&killed).is_subset(&want));
         }
-    }
+    });
     assert!(interrupted >= 1, "a kill should land mid-job");
     search_cmd(&model, &tasks, &killed, "mcts").assert().success();
     assert_eq!(nodes(&killed), want);

@@ -39,3 +39,40 @@ pub fn json_lines(bytes: &[u8]) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
 }
+
+/// A JSONL task file of `n` rows `{id: "t{i}", prompt: prompt(i), reference: i % 3}`: references the tiny model
+/// sometimes says, so some samples are correct.
+pub fn jsonl_tasks(dir: &std::path::Path, n: usize, prompt: impl Fn(usize) -> String) -> std::path::PathBuf {
+    let p = dir.join("tasks.jsonl");
+    let body: String = (0..n)
+        .map(|i| {
+            let row = serde_json::json!({"id": format!("t{i}"), "prompt": prompt(i), "reference": (i % 3).to_string()});
+            format!("{row}\n")
+        })
+        .collect();
+    std::fs::write(&p, body).expect("write tasks");
+    p
+}
+
+/// Run `orchard ARGS` (a job writing the run directory `run`) once per delay, SIGKILLing it after that many
+/// milliseconds, and call `after_kill` after each kill. Returns how many kills landed before the run was complete.
+pub fn kill_mid_job(args: &[String], run: &std::path::Path, delays_ms: &[u64], mut after_kill: impl FnMut()) -> usize {
+    let mut interrupted = 0;
+    for &delay_ms in delays_ms {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("orchard"))
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let complete = std::fs::read(run.join("manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|m| m["status"]["complete"] == true);
+        interrupted += usize::from(!complete);
+        after_kill();
+    }
+    interrupted
+}
