@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use orchard_datasets::cli::SourceArgs;
-use orchard_datasets::{ModelRecord, Shard, Task, TaskSource};
+use orchard_datasets::loaders::Loaded;
+use orchard_datasets::record::{PairFormat, SamplingRecord};
+use orchard_datasets::run::timing;
+use orchard_datasets::{ModelRecord, RunDir, RunSpec, Shard, Task, TaskSource, WriterOptions};
 use orchard_engine::{Engine, Message, Prompt, SamplingParams};
 use orchard_rewards::{score_caught, Outcome, Reward, RewardSpec};
 use serde::de::DeserializeOwned;
@@ -223,4 +226,62 @@ impl SamplingArgs {
 /// `out` from the flag, else from the job file.
 pub fn out_dir(flag: &Option<PathBuf>, file: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     flag.clone().or_else(|| file.clone()).context("no output directory: give --out DIR (or `out` in the job file)")
+}
+
+/// Where and how a job writes: what [`open_run`] needs besides the tasks.
+pub struct RunPlace<'a> {
+    /// Job kind recorded in the manifest (`sample`, `search`).
+    pub kind: &'static str,
+    /// What one task becomes, for the resume message (`tasks`, `trees`).
+    pub unit: &'static str,
+    /// The job's identity (resuming with another is refused).
+    pub identity: serde_json::Value,
+    /// This process's slice.
+    pub shard: Shard,
+    /// Layout of the pairs.
+    pub pair_format: PairFormat,
+    /// The model's record.
+    pub model: ModelRecord,
+    /// Score from which a trajectory counts as correct.
+    pub correct_threshold: f64,
+    /// The run directory.
+    pub out: &'a Path,
+    /// Seconds spent loading so far (recorded as the run's load time).
+    pub load_s: f64,
+}
+
+/// Report the first bad rows of `loaded`, open (or resume) the run directory and return it with the tasks still to
+/// do.
+pub fn open_run(place: RunPlace<'_>, loaded: Loaded) -> anyhow::Result<(RunDir, Vec<Task>)> {
+    for bad in loaded.report.bad_rows.iter().take(5) {
+        eprintln!("orchard: skipped {bad}");
+    }
+    let spec = RunSpec {
+        shard: place.shard,
+        pair_format: place.pair_format,
+        model: Some(place.model),
+        source: Some(loaded.report.clone()),
+        ..RunSpec::new(place.kind, place.identity)
+    };
+    let opts = WriterOptions { correct_threshold: place.correct_threshold, ..Default::default() };
+    let out = place.out;
+    let mut run = RunDir::open(out, &spec, opts).with_context(|| format!("opening run {}", out.display()))?;
+    run.add_timing(timing::LOAD, place.load_s);
+    let resumed = run.done_count();
+    let todo = run.plan(loaded.tasks);
+    if resumed > 0 {
+        eprintln!("orchard: resuming {}: {resumed} {} already done, {} to go", out.display(), place.unit, todo.len());
+    }
+    Ok((run, todo))
+}
+
+/// The sampling settings as recorded with each trajectory.
+pub fn sampling_record(p: &SamplingParams, max_new_tokens: usize) -> SamplingRecord {
+    SamplingRecord {
+        temperature: p.temperature,
+        top_p: p.top_p,
+        top_k: p.top_k as u32,
+        min_p: p.min_p,
+        max_new_tokens: max_new_tokens as u32,
+    }
 }

@@ -9,13 +9,16 @@ use orchard_datasets::cli::PairArgs;
 use orchard_datasets::record::{PairFormat, RewardRecord, SamplingRecord};
 use orchard_datasets::run::timing;
 use orchard_datasets::{
-    select_pairs, task_seed, PairPolicy, RunDir, RunSpec, Shard, TaskOutput, TaskSource, Trajectory, WriterOptions,
+    select_pairs, task_seed, ModelRecord, PairPolicy, Shard, Task, TaskOutput, TaskSource, Trajectory,
 };
-use orchard_engine::{GenerateOptions, GenerateRequest, SamplingParams};
+use orchard_engine::{GenerateOptions, GenerateRequest, Sample, SamplingParams};
+use orchard_rewards::Outcome;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::job::{model_record, reward_task, task_prompt, JobArgs, JobKeys, SamplingArgs};
+use crate::job::{
+    model_record, open_run, reward_task, sampling_record, task_prompt, JobArgs, JobKeys, RunPlace, SamplingArgs,
+};
 
 /// Default samples per prompt.
 pub const DEFAULT_N: usize = 8;
@@ -108,39 +111,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     // 2. Tasks, model, run directory.
     let loaded = source.load()?;
-    for bad in loaded.report.bad_rows.iter().take(5) {
-        eprintln!("orchard: skipped {bad}");
-    }
     let load_s = started.elapsed().as_secs_f64();
     let engine = args.job.model_args(&identity.model).load()?;
     let model = model_record(&engine)?;
-    let spec = RunSpec {
+    let place = RunPlace {
+        kind: "sample",
+        unit: "tasks",
+        identity: serde_json::to_value(&identity)?,
         shard,
         pair_format,
-        model: Some(model.clone()),
-        source: Some(loaded.report.clone()),
-        ..RunSpec::new("sample", serde_json::to_value(&identity)?)
+        model: model.clone(),
+        correct_threshold: pairs.correct_threshold,
+        out: &out,
+        load_s,
     };
-    let opts = WriterOptions { correct_threshold: pairs.correct_threshold, ..Default::default() };
-    let mut run = RunDir::open(&out, &spec, opts).with_context(|| format!("opening run {}", out.display()))?;
-    run.add_timing(timing::LOAD, load_s);
+    let (mut run, todo) = open_run(place, loaded)?;
     let run_id = run.run_id().to_string();
-    let resumed = run.done_count();
-    let todo = run.plan(loaded.tasks);
-    if resumed > 0 {
-        eprintln!("orchard: resuming {}: {resumed} tasks already done, {} to go", out.display(), todo.len());
-    }
 
     // 3. Sample, score, pair — a group of tasks per engine call.
     let gen_opts = GenerateOptions { precision: args.job.precision.resolve(), ..GenerateOptions::default() };
     let group = args.group.unwrap_or_else(|| (gen_opts.max_batch / n).max(1));
-    let record = SamplingRecord {
-        temperature: sampling.temperature,
-        top_p: sampling.top_p,
-        top_k: sampling.top_k as u32,
-        min_p: sampling.min_p,
-        max_new_tokens: sampling.max_new_tokens as u32,
-    };
+    let record = sampling_record(&sampling, sampling.max_new_tokens);
     let bar = super::common::progress_bar(todo.len() as u64, "prompts");
     let mut generated = 0usize;
     let mut engine_s = 0f64;
@@ -177,37 +168,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         run.add_timing(timing::REWARD, t1.elapsed().as_secs_f64());
 
         let t2 = Instant::now();
+        let ctx = Recorded { run_id: &run_id, system: system.as_deref(), sampling: record, model: &model };
         for ((task, ss), (os, prompt)) in tasks.iter().zip(&samples).zip(outcomes.iter().zip(&prompts)) {
-            let trajectories: Vec<Trajectory> = ss
-                .iter()
-                .zip(os)
-                .enumerate()
-                .map(|(k, (s, o))| {
-                    generated += s.token_ids.len();
-                    Trajectory {
-                        id: Trajectory::make_id(&task.id, k as u32),
-                        run_id: run_id.clone(),
-                        task_id: task.id.clone(),
-                        sample_index: k as u32,
-                        prompt: prompt.clone(),
-                        prompt_messages: task.chat(system.as_deref()),
-                        completion: s.text.clone(),
-                        token_ids: s.token_ids.clone(),
-                        token_logprobs: s.token_logprobs.clone(),
-                        finish_reason: finish_name(s.finish_reason).to_string(),
-                        reward: RewardRecord {
-                            score: o.score,
-                            components: o.components.clone(),
-                            extracted: o.extracted.clone(),
-                            failure: o.failure.clone(),
-                            error: o.error.clone(),
-                        },
-                        sampling: record,
-                        seed: s.seed,
-                        model: model.clone(),
-                    }
-                })
-                .collect();
+            generated += ss.iter().map(|s| s.token_ids.len()).sum::<usize>();
+            let trajectories: Vec<Trajectory> =
+                ss.iter().zip(os).enumerate().map(|(k, (s, o))| ctx.trajectory(task, prompt, k, s, o)).collect();
             let pairs = select_pairs(&trajectories, &pairs);
             run.push(TaskOutput { task_id: task.id.clone(), trajectories, pairs, nodes: vec![] })?;
         }
@@ -239,6 +204,41 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// What every trajectory of the run records besides its own sample and score.
+struct Recorded<'a> {
+    run_id: &'a str,
+    system: Option<&'a str>,
+    sampling: SamplingRecord,
+    model: &'a ModelRecord,
+}
+
+impl Recorded<'_> {
+    fn trajectory(&self, task: &Task, prompt: &str, k: usize, s: &Sample, o: &Outcome) -> Trajectory {
+        Trajectory {
+            id: Trajectory::make_id(&task.id, k as u32),
+            run_id: self.run_id.to_string(),
+            task_id: task.id.clone(),
+            sample_index: k as u32,
+            prompt: prompt.to_string(),
+            prompt_messages: task.chat(self.system),
+            completion: s.text.clone(),
+            token_ids: s.token_ids.clone(),
+            token_logprobs: s.token_logprobs.clone(),
+            finish_reason: finish_name(s.finish_reason).to_string(),
+            reward: RewardRecord {
+                score: o.score,
+                components: o.components.clone(),
+                extracted: o.extracted.clone(),
+                failure: o.failure.clone(),
+                error: o.error.clone(),
+            },
+            sampling: self.sampling,
+            seed: s.seed,
+            model: self.model.clone(),
+        }
+    }
 }
 
 fn finish_name(r: orchard_engine::FinishReason) -> &'static str {

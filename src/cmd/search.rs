@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use orchard_datasets::record::{PairFormat, SamplingRecord};
 use orchard_datasets::run::timing;
-use orchard_datasets::{RunDir, RunReader, RunSpec, Shard, TaskOutput, TaskSource, WriterOptions};
+use orchard_datasets::{RunReader, Shard, TaskOutput, TaskSource};
 use orchard_engine::scheduler::{Scheduler, SchedulerConfig};
 use orchard_search::bon::BonConfig;
 use orchard_search::grow::{grow_all, Algo, SearchTask};
@@ -19,7 +19,7 @@ use orchard_search::toc::{TocConfig, CODE_PROMPTS};
 use orchard_search::StepRule;
 use serde::{Deserialize, Serialize};
 
-use crate::job::{model_record, reward_task, JobArgs, JobKeys};
+use crate::job::{model_record, open_run, reward_task, JobArgs, JobKeys, RunPlace};
 use crate::policy::EnginePolicy;
 
 /// Default worker threads growing trees at once.
@@ -264,29 +264,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     // 1. Tasks, model, scheduler, run directory.
     let loaded = job.source.load()?;
-    for bad in loaded.report.bad_rows.iter().take(5) {
-        eprintln!("orchard: skipped {bad}");
-    }
     let engine = Arc::new(args.job.model_args(&job.model).load()?);
     let model = model_record(&engine)?;
     let sched_cfg = SchedulerConfig { precision: args.job.precision.resolve(), ..SchedulerConfig::default() };
     let policy = EnginePolicy::new(engine.clone(), Scheduler::start(engine, sched_cfg));
-    let spec = RunSpec {
+    let place = RunPlace {
+        kind: "search",
+        unit: "trees",
+        identity: serde_json::to_value(&identity)?,
         shard,
         pair_format: job.pair_format,
-        model: Some(model.clone()),
-        source: Some(loaded.report.clone()),
-        ..RunSpec::new("search", serde_json::to_value(&identity)?)
+        model: model.clone(),
+        correct_threshold: pair_cfg.correct_threshold,
+        out: &out,
+        load_s: started.elapsed().as_secs_f64(),
     };
-    let opts = WriterOptions { correct_threshold: pair_cfg.correct_threshold, ..Default::default() };
-    let mut run = RunDir::open(&out, &spec, opts).with_context(|| format!("opening run {}", out.display()))?;
-    run.add_timing(timing::LOAD, started.elapsed().as_secs_f64());
+    let (mut run, todo) = open_run(place, loaded)?;
     let run_id = run.run_id().to_string();
-    let resumed = run.done_count();
-    let todo = run.plan(loaded.tasks);
-    if resumed > 0 {
-        eprintln!("orchard: resuming {}: {resumed} trees already done, {} to go", out.display(), todo.len());
-    }
     let tasks: Vec<SearchTask> = todo
         .iter()
         .map(|t| SearchTask {

@@ -86,34 +86,55 @@ impl Bwrap {
         self.forked.load(Ordering::Relaxed)
     }
 
-    /// Namespaces and mounts, shared by one-shot runs and fork servers: everything before the command.
-    fn mount_args(&self, tmp_size: u64) -> Vec<OsString> {
-        let mut a: Vec<OsString> = Vec::with_capacity(48);
+    /// Namespaces and mounts shared by one-shot sandboxes and fork servers: the host read-only, home directories
+    /// and `/run` empty and read-only, a fresh `/dev` (tmpfs with the basic nodes: null, zero, full, random,
+    /// urandom, tty; the host's, seen through the `/` bind, is mounted nodev inside a user namespace, so not even
+    /// /dev/null would open), a `/proc` of the sandbox's PID namespace.
+    fn base_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::with_capacity(64);
         push(&mut a, &["--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]);
         push(&mut a, &["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--ro-bind", "/", "/"]);
-        for hidden in HIDDEN_DIRS {
-            let p = Path::new(hidden);
-            if p.is_dir() && !p.is_symlink() {
-                push(&mut a, &["--tmpfs", hidden]);
-            }
+        let hidden: Vec<&str> =
+            HIDDEN_DIRS.into_iter().filter(|h| Path::new(h).is_dir() && !Path::new(h).is_symlink()).collect();
+        for dir in &hidden {
+            push(&mut a, &["--tmpfs", dir]);
         }
         for keep in &self.reexpose {
             a.extend(["--ro-bind".into(), keep.clone().into_os_string(), keep.clone().into_os_string()]);
         }
+        for dir in &hidden {
+            push(&mut a, &["--remount-ro", dir]);
+        }
+        push(&mut a, &["--dev", "/dev", "--dir", "/dev/shm", "--proc", "/proc"]);
+        a
+    }
+
+    /// A one-shot sandbox's mounts: a size-capped private `/tmp` (the working directory) and `/dev/shm`, its own
+    /// mqueue; `/dev` read-only.
+    fn mount_args(&self, tmp_size: u64) -> Vec<OsString> {
+        let mut a = self.base_args();
         let shm = SHM_SIZE.to_string();
         let tmp = tmp_size.to_string();
-        // A fresh /dev (tmpfs with the basic nodes: null, zero, full, random, urandom, tty): the host's, seen through
-        // the `/` bind, is mounted nodev inside a user namespace, so not even /dev/null would open. ~3 ms per
-        // sandbox, paid once per fork server.
-        push(&mut a, &["--dev", "/dev", "--mqueue", "/dev/mqueue"]);
+        push(&mut a, &["--mqueue", "/dev/mqueue"]);
         if self.tmpfs_size {
             push(&mut a, &["--size", &shm]);
         }
-        push(&mut a, &["--tmpfs", "/dev/shm", "--proc", "/proc"]);
+        push(&mut a, &["--tmpfs", "/dev/shm", "--remount-ro", "/dev"]);
         if self.tmpfs_size {
             push(&mut a, &["--size", &tmp]);
         }
         push(&mut a, &["--tmpfs", "/tmp", "--chdir", "/tmp"]);
+        a
+    }
+
+    /// A fork server's mounts: nothing writable; each run mounts its own `/tmp`, `/dev/shm`, mqueue and `/proc`
+    /// in namespaces of its own (see [`forkserver`]), for which the server holds CAP_SYS_ADMIN and CAP_NET_ADMIN
+    /// in the sandbox's user namespace (and no capability outside it; runs drop them).
+    fn server_args(&self, key: ServerKey) -> Vec<OsString> {
+        let mut a = self.base_args();
+        push(&mut a, &["--dir", "/dev/mqueue", "--remount-ro", "/dev", "--tmpfs", "/tmp", "--remount-ro", "/tmp"]);
+        push(&mut a, &["--chdir", "/tmp", "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_NET_ADMIN"]);
+        a.extend(forkserver::command_tail(&self.config.python, key));
         a
     }
 
@@ -137,7 +158,7 @@ impl Bwrap {
                     "import resource as _r; _r.setrlimit(_r.RLIMIT_NPROC, ({n}, {n})); del _r\n\
                      import runpy as _p, sys as _s; _s.argv = ['{PROGRAM_FILE}']\n\
                      _p.run_path('{PROGRAM_FILE}', run_name='__main__')",
-                    n = policy.max_processes + 1
+                    n = policy.max_processes.saturating_add(1)
                 )
                 .into(),
             );
@@ -205,11 +226,9 @@ impl Bwrap {
 
     fn start_server(&self, key: ServerKey) -> Result<Server> {
         let lease = if self.root { Some(uid_lease::lease(self.config.uid_base)?) } else { None };
-        let mut args = self.mount_args(key.tmp_size);
-        args.extend(forkserver::command_tail(&self.config.python, key));
         let launch = Launch {
             program: self.bwrap.clone(),
-            args,
+            args: self.server_args(key),
             cwd: PathBuf::from("/"),
             env: process::scrubbed_env("/tmp"),
             limits: Limits::unlimited(),
@@ -227,7 +246,7 @@ impl Bwrap {
         let run_as = lease.as_ref().map(|l| l.uid);
         let dir = program_dir(program, run_as)?;
         // As root the limit is set before bwrap and counts the outer bwrap and its init too (2 processes).
-        let processes = self.root.then_some(policy.max_processes + 2);
+        let processes = self.root.then_some(policy.max_processes.saturating_add(2));
         let launch = Launch {
             program: self.bwrap.clone(),
             args: self.args(policy, dir.path()),

@@ -1,19 +1,21 @@
 //! Persistent bubblewrap sandboxes with a fork server inside: the fast path of [`Bwrap`](super::Bwrap).
 //!
-//! Starting a sandbox and an interpreter costs ~15 ms, most of a HumanEval-sized run. A [`Server`] is one bubblewrap
-//! sandbox (the same namespaces, mounts and uid as a one-shot run) whose PID 1 is `forkserver.py`, an interpreter
-//! that has already started (and imported `site`). Each run is a child forked from it: its own session and process
-//! group, stdin `/dev/null`, its own rlimits, `/tmp/main.py`. When the run's main process exits, at the deadline or
-//! when output passes the cap, the server kills every other process of the namespace (processes that left the
-//! group included), reaps them, and empties `/tmp` and `/dev/shm` before the next run. Runs of one server are
-//! sequential; concurrency comes from one server per slot.
+//! Starting a sandbox and an interpreter costs ~15–25 ms, most of a HumanEval-sized run. A [`Server`] is one
+//! bubblewrap sandbox (the same namespaces, read-only host and uid as a one-shot run, nothing writable) whose PID 1
+//! is `forkserver.py`, an interpreter that has already started (and imported `site`). Every run is forked from it
+//! into namespaces of its own — mount (fresh tmpfs `/tmp` holding `main.py`, `/dev/shm`, mqueue, `/proc`), PID
+//! (the run's init is PID 1, its program PID 2, as in a one-shot sandbox), network (loopback only), IPC and UTS —
+//! with no capabilities, `no_new_privs`, a seccomp filter refusing the kernel keyring calls, and its own rlimits.
+//! The namespaces of the next run are made while the server waits for its request. When the program exits, at the
+//! deadline or when output passes the cap, the run's init is killed and with it everything the run started, its
+//! mounts and its network: nothing of one run reaches the next, and the server (whose PID a run cannot even see,
+//! and which is not dumpable) is out of reach. To make the namespaces the server holds CAP_SYS_ADMIN and
+//! CAP_NET_ADMIN inside the sandbox's user namespace, which grant nothing outside it.
 //!
-//! What still holds per run, as with a fresh sandbox: the limits, the deadline, output caps, no network, the
-//! read-only host, a private empty `/tmp`, nothing left running afterwards. Because PID 1 ignores signals sent
-//! from inside its namespace, a run cannot kill the server; if the server dies anyway, the run is repeated in a
-//! one-shot sandbox, and if it does not answer by the deadline plus [`BACKSTOP`] it is killed and the run reported
-//! as a timeout. The forked interpreter has the server's few modules (`json`, `select`, `resource`) already
-//! imported; `random` is not, so runs do not share a random state.
+//! If a server dies or cannot set a run up, the run is repeated in a one-shot sandbox (after
+//! three failures in a row every run is); if it does not answer by the deadline plus
+//! [`BACKSTOP`] it is killed and the run reported as a timeout. Known residual: the forked interpreter's memory
+//! holds the server's freed heap, where bytes of earlier requests (programs of the same slot) may remain.
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
@@ -76,6 +78,8 @@ struct Head {
     stop: Option<String>,
     out: usize,
     err: usize,
+    /// The sandbox could not set the run up (the run never started).
+    error: Option<String>,
 }
 
 /// The command line that starts the server inside bubblewrap (after the mount arguments): PID 1 of the namespace.
@@ -84,7 +88,7 @@ pub(crate) fn command_tail(python: &std::path::Path, key: ServerKey) -> Vec<OsSt
     if !key.site_packages {
         a.push("-S".into());
     }
-    a.extend(["-c".into(), SOURCE.into()]);
+    a.extend(["-c".into(), SOURCE.into(), key.tmp_size.to_string().into()]);
     a
 }
 
@@ -111,8 +115,8 @@ impl Server {
             "timeout": policy.timeout.as_secs_f64(),
             "cpu": policy.cpu_seconds(),
             "memory": policy.memory,
-            // The server itself (same uid, same namespace) counts against the limit.
-            "nproc": policy.max_processes + 1,
+            // The server, the run's keeper and its init (same uid, same user namespace) count against the limit.
+            "nproc": policy.max_processes.saturating_add(3),
             "fsize": policy.max_file_size,
             "max_output": policy.max_output,
         });
@@ -131,6 +135,9 @@ impl Server {
             return Ok(backstop_result(policy, start));
         }
         let body: Vec<u8> = self.pending.drain(..total).skip(head_len + 1).collect();
+        if let Some(why) = head.error {
+            return Err(Failure::Died(format!("the fork server could not set the run up: {why}")));
+        }
         let (out, err) = body.split_at(head.out);
         let stop = match head.stop.as_deref() {
             None => None,

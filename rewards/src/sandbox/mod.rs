@@ -11,11 +11,13 @@
 //!   package `bubblewrap`), the tool Flatpak uses. On top of the rlimits it gives: fresh user, PID, network, IPC and
 //!   UTS namespaces (no network at all, only a private loopback; all processes die with the PID namespace, including
 //!   ones that left the process group); the host filesystem read-only, with `/root`, `/home` and `/run` replaced by
-//!   empty directories; a size-capped `tmpfs` as the only writable place (`/tmp`, also the working directory, plus
-//!   a small `/dev/shm`); a fresh `/dev` with only the basic device nodes (`null`, `zero`, `full`, `random`,
-//!   `urandom`, `tty`). By default each slot keeps one such sandbox alive with a fork server as its PID 1 and forks every
-//!   run from it, killing whatever the run left and emptying `/tmp` and `/dev/shm` before the next one (a fresh
-//!   sandbox and interpreter per run, `SandboxConfig::fork_server = false`, costs ~15 ms more per run).
+//!   empty read-only directories; a size-capped `tmpfs` as the only writable place (`/tmp`, also the working
+//!   directory, plus a small `/dev/shm`); a fresh read-only `/dev` with only the basic device nodes (`null`, `zero`,
+//!   `full`, `random`, `urandom`, `tty`). By default each slot keeps one such sandbox alive with a fork server as
+//!   its PID 1 and forks every run from it into mount, PID, network, IPC and UTS namespaces of its own, with fresh
+//!   `/tmp`, `/dev/shm` and `/proc` mounts, no capabilities and the kernel keyring calls refused (see
+//!   `forkserver.rs`); a fresh sandbox and interpreter per run (`SandboxConfig::fork_server = false`) costs
+//!   ~15–25 ms more per run.
 //! * [`Rlimits`] is the fallback when `bwrap` is missing or user namespaces are disabled. It is chosen only
 //!   explicitly (`SandboxChoice::Rlimits`) or by `SandboxChoice::Auto` with a logged warning, and every result
 //!   carries `isolation: "rlimits"`. **What does NOT hold then**: the program sees the whole host filesystem with the

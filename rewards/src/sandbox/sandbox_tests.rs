@@ -122,10 +122,15 @@ fn fork_server_runs_leave_nothing_for_the_next_run() -> anyhow::Result<()> {
     let dirty = "import ctypes, os, random, time\n\
                  open('/tmp/left', 'w').write('x')\nopen('/dev/shm/left', 'w').write('x')\nos.mkdir('/tmp/d')\n\
                  os.chmod('/tmp/d', 0)\nassert ctypes.CDLL(None).shmget(0, 4096, 0o1600) >= 0\n\
+                 import resource\nresource.prlimit(1, resource.RLIMIT_AS, (64 << 20, 64 << 20))\n\
+                 os.chmod('/dev/shm', 0)\nos.chmod('/tmp', 0o555)\n\
+                 for d in ('/home', '/root', '/run', '/dev'):\n    try:\n        open(d + '/left', 'w')\n        \
+                 print('wrote', d)\n    except OSError:\n        pass\n\
                  if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n    os._exit(0)\n\
                  print(random.random())\n";
-    let look = "import os, random\nprint(sorted(os.listdir('/tmp')), os.listdir('/dev/shm'), \
-                len(open('/proc/sysvipc/shm').readlines()))\n\
+    let look = "import os, random, resource\nopen('/tmp/mine', 'w').write('x')\n\
+                print(sorted(os.listdir('/tmp')), os.listdir('/dev/shm'), \
+                len(open('/proc/sysvipc/shm').readlines()), resource.getrlimit(resource.RLIMIT_AS)[0] >> 20)\n\
                 print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == sorted({1, os.getpid()}))\n\
                 print(random.random())\n";
     let a = sb.run(dirty, &policy())?;
@@ -134,7 +139,8 @@ fn fork_server_runs_leave_nothing_for_the_next_run() -> anyhow::Result<()> {
     assert_eq!(sb.forked_runs(), 4, "probe + 3 runs forked from the server");
     assert_eq!(a.status, Status::Ok, "{a:?}");
     let lines: Vec<&str> = b.stdout.lines().collect();
-    assert_eq!(lines[..2], ["['main.py'] [] 1", "True"], "{b:?}");
+    assert_eq!(lines[..2], ["['main.py', 'mine'] [] 1 512", "True"], "{b:?}");
+    assert!(!a.stdout.contains("wrote"), "home directories, /run and /dev are read-only: {a:?}");
     // `random` is seeded per run, not inherited from the server.
     assert!(a.stdout != c.stdout && lines[2] != a.stdout.trim(), "{a:?} {b:?} {c:?}");
     Ok(())
@@ -186,6 +192,10 @@ fn fork_server_and_one_shot_sandboxes_give_the_same_results() -> anyhow::Result<
         "from multiprocessing import Pool\nif __name__ == '__main__':\n    with Pool(2) as p:\n        \
          print(p.map(abs, [-1, -2]))\n",
         "raise KeyError('k')\n",
+        "import sys\nsys.exit(2 ** 100)\n",
+        "raise KeyboardInterrupt\n",
+        "import sys\nprint('x')\nsys.stdout.close()\n",
+        "import os\nprint(sorted(os.listdir('/tmp')), os.getpid(), os.getppid())\n",
     ];
     for p in programs {
         let a = forked.run(p, &policy())?;
