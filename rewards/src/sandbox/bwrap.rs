@@ -172,6 +172,11 @@ impl Bwrap {
         if self.server_failures.load(Ordering::Relaxed) >= MAX_SERVER_FAILURES {
             return None;
         }
+        // A program that would not fit the run's /tmp (where the server writes it) runs in a one-shot sandbox,
+        // which binds it in from the host.
+        if program.len() as u64 + (64 << 10) > policy.max_file_size {
+            return None;
+        }
         let key = ServerKey::of(policy);
         // A server found dead when the request is sent never started the run: one retry with a fresh one.
         for _ in 0..2 {
@@ -189,7 +194,9 @@ impl Bwrap {
                 Ok(result) => {
                     self.server_failures.store(0, Ordering::Relaxed);
                     self.forked.fetch_add(1, Ordering::Relaxed);
-                    self.servers.lock().unwrap_or_else(PoisonError::into_inner).push(server);
+                    if !server.exited() {
+                        self.servers.lock().unwrap_or_else(PoisonError::into_inner).push(server);
+                    }
                     return Some(result);
                 }
                 Err(Failure::NotStarted(why)) => tracing::debug!("fork server gone before the run ({why})"),
@@ -259,6 +266,9 @@ impl Bwrap {
             signal_in_exit_code: true,
         };
         let result = process::execute(&launch, policy, &|| {})?;
+        // Descriptors the run left in flight on a Unix socket outlive it until the kernel's Unix-socket garbage
+        // collector runs, which closing a Unix socket triggers.
+        drop(std::os::unix::net::UnixStream::pair());
         // bwrap's own failures (before the interpreter starts) are the sandbox's, not the program's.
         if result.exit_code == Some(1) && result.stdout.is_empty() && result.stderr.starts_with("bwrap: ") {
             return Err(Error::io("starting bubblewrap", std::io::Error::other(result.stderr.trim().to_string())));

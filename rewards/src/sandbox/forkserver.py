@@ -22,7 +22,7 @@
 # The server kills the run's init at the deadline, when output passes the cap or as soon as main has exited; the
 # run's mounts and namespaces go with it. The server, keeper and init are not dumpable: a run can neither ptrace
 # them nor open their /proc entries; the server's PID is not even visible to it. The server's freed memory is not
-# scrubbed: a run could find bytes of earlier requests in its forked copy of the heap. Imports are kept to what the
+# scrubbed: a run could find bytes of earlier requests and of earlier runs' output in its forked copy of the heap. Imports are kept to what the
 # protocol needs (no `random`, whose state would be shared by every forked run).
 import ctypes
 import json
@@ -51,7 +51,9 @@ MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40
 SHM_SIZE = 8 << 20
 MAIN = "/tmp/main.py"
 READ = 1 << 16
-STATUS = struct.Struct("<i")
+# Records on the status pipe: (b"P", init's pid) from the keeper, (b"S", main's wait status) from init; either may
+# arrive first.
+STATUS = struct.Struct("<ci")
 # Size of each run's /tmp (bytes), the server's one argument.
 TMP_SIZE = int(sys.argv[1])
 
@@ -129,6 +131,9 @@ def keyring_filter():
 
 
 KEYRING_FILTER = keyring_filter()
+if KEYRING_FILTER is None:
+    # Without the filter, runs of one server would share the kernel keyring: no fork server here.
+    sys.exit("orchard fork server: no seccomp filter for %s" % os.uname().machine)
 
 
 def drop_privileges():
@@ -171,6 +176,7 @@ def keeper(out_w, err_w, status_w, go_r):
         mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=%d,mode=1777" % TMP_SIZE)
         mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=%d,mode=1777" % SHM_SIZE)
         mount("mqueue", "/dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
         loopback_up()
     except BaseException as e:
         fail_setup(err_w, "setting up the run's namespaces", e)
@@ -192,7 +198,7 @@ def keeper(out_w, err_w, status_w, go_r):
         fail_setup(err_w, "starting the run", e)
     if init == 0:
         run_init(req, out_w, err_w, status_w)
-    os.write(status_w, STATUS.pack(init))
+    os.write(status_w, STATUS.pack(b"P", init))
     # Stay until init ends: init dies with its parent (PR_SET_PDEATHSIG).
     os.close(out_w)
     os.close(err_w)
@@ -228,7 +234,7 @@ def run_init(req, out_w, err_w, status_w):
             continue
         if pid == main:
             break
-    os.write(status_w, STATUS.pack(status))
+    os.write(status_w, STATUS.pack(b"S", status))
     os._exit(0)
 
 
@@ -314,6 +320,20 @@ def finish(status):
         status = exit_status(e.code)
     except BaseException as e:
         sys.excepthook(type(e), e, e.__traceback__)
+    # As interpreter teardown does: standard streams restored, __main__'s globals released (finalizers, __del__,
+    # generators' finally blocks, files left open are flushed), then the streams flushed.
+    try:
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        module = sys.modules.get("__main__")
+        if module is not None:
+            for name in list(module.__dict__):
+                if name != "__builtins__":
+                    module.__dict__[name] = None
+        import gc
+
+        gc.collect()
+    except BaseException:
+        pass
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None and not stream.closed:
@@ -377,6 +397,15 @@ def sweep():
         time.sleep(0.0005)
 
 
+def collect_inflight():
+    # Descriptors a run left "in flight" (sent over a Unix socket that is itself only in flight) outlive all its
+    # processes until the kernel's Unix-socket garbage collector runs, which closing a Unix socket triggers.
+    fds = (ctypes.c_int * 2)()
+    if LIBC.socketpair(1, 1, 0, fds) == 0:  # AF_UNIX, SOCK_STREAM
+        LIBC.close(fds[0])
+        LIBC.close(fds[1])
+
+
 def supervise(keeper_pid, out_r, err_r, status_r, req):
     deadline = time.monotonic() + req["timeout"]
     cap = req["max_output"]
@@ -397,9 +426,10 @@ def supervise(keeper_pid, out_r, err_r, status_r, req):
             status += data
             status_open = bool(data)
         stop = over_cap(streams, out_r, err_r, cap)
-    if len(status) >= STATUS.size:
+    records = dict(STATUS.unpack_from(status, i) for i in range(0, len(status) - STATUS.size + 1, STATUS.size))
+    if b"P" in records:
         try:
-            os.kill(STATUS.unpack_from(status)[0], signal.SIGKILL)
+            os.kill(records[b"P"], signal.SIGKILL)
         except OSError:
             pass
     try:
@@ -408,6 +438,7 @@ def supervise(keeper_pid, out_r, err_r, status_r, req):
         pass
     os.waitpid(keeper_pid, 0)
     sweep()
+    collect_inflight()
     # Everything is dead: what is left in the pipes is bounded and ends in EOF.
     while open_fds and stop is None:
         ready, _, _ = select.select(open_fds, [], [], 0.25)
@@ -419,11 +450,11 @@ def supervise(keeper_pid, out_r, err_r, status_r, req):
         os.close(fd)
     out, err = bytes(streams[out_r][: cap + 1]), bytes(streams[err_r][: cap + 1])
     head = {"exit_code": None, "signal": None, "stop": stop, "out": len(out), "err": len(err), "error": None}
-    if len(status) >= 2 * STATUS.size:
-        code = os.waitstatus_to_exitcode(STATUS.unpack_from(status, STATUS.size)[0])
+    if b"S" in records:
+        code = os.waitstatus_to_exitcode(records[b"S"])
         head["exit_code"] = code if code >= 0 else None
         head["signal"] = -code if code < 0 else None
-    elif stop is None and len(status) < STATUS.size:
+    elif stop is None and b"P" not in records:
         head["error"] = err.decode("utf-8", "replace").strip() or "the run's keeper died before starting it"
     elif stop is None:
         # The run's init died before its main process ended (the run made it fail): the run was killed.

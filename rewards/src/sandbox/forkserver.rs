@@ -59,6 +59,8 @@ pub(crate) struct Server {
     replies: ChildStdout,
     /// Bytes read past the end of the last reply.
     pending: Vec<u8>,
+    /// Killed by the backstop: never reused.
+    killed: bool,
     _lease: Option<UidLease>,
 }
 
@@ -104,7 +106,7 @@ impl Server {
             let _ = child.wait();
             return Err(io::Error::other("the fork server's pipes were not created"));
         };
-        Ok(Server { key, child, requests, replies, pending: Vec::new(), _lease: lease })
+        Ok(Server { key, child, requests, replies, pending: Vec::new(), killed: false, _lease: lease })
     }
 
     /// Run one program. `Err` means the server is unusable and must be dropped.
@@ -179,6 +181,7 @@ impl Server {
             if now >= deadline {
                 // The server hung: kill it now so that the run's processes die with it.
                 let _ = self.child.kill();
+                self.killed = true;
                 return Ok(None);
             }
             let mut fd = libc::pollfd { fd: self.replies.as_raw_fd(), events: libc::POLLIN, revents: 0 };
@@ -206,7 +209,7 @@ impl Server {
 
     /// Whether the server has exited (then it must not be reused).
     pub(crate) fn exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
+        self.killed || !matches!(self.child.try_wait(), Ok(None))
     }
 }
 

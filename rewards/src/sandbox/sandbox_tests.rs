@@ -123,12 +123,13 @@ fn fork_server_runs_leave_nothing_for_the_next_run() -> anyhow::Result<()> {
                  open('/tmp/left', 'w').write('x')\nopen('/dev/shm/left', 'w').write('x')\nos.mkdir('/tmp/d')\n\
                  os.chmod('/tmp/d', 0)\nassert ctypes.CDLL(None).shmget(0, 4096, 0o1600) >= 0\n\
                  import resource\nresource.prlimit(1, resource.RLIMIT_AS, (64 << 20, 64 << 20))\n\
-                 os.chmod('/dev/shm', 0)\nos.chmod('/tmp', 0o555)\n\
+                 os.chmod('/dev/shm', 0)\nos.chmod('/tmp', 0o555)\nmaster, _ = os.openpty()\n\
                  for d in ('/home', '/root', '/run', '/dev'):\n    try:\n        open(d + '/left', 'w')\n        \
                  print('wrote', d)\n    except OSError:\n        pass\n\
                  if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n    os._exit(0)\n\
                  print(random.random())\n";
-    let look = "import os, random, resource\nopen('/tmp/mine', 'w').write('x')\n\
+    let look =
+        "import os, random, resource\nopen('/tmp/mine', 'w').write('x')\nassert os.listdir('/dev/pts') == ['ptmx']\n\
                 print(sorted(os.listdir('/tmp')), os.listdir('/dev/shm'), \
                 len(open('/proc/sysvipc/shm').readlines()), resource.getrlimit(resource.RLIMIT_AS)[0] >> 20)\n\
                 print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == sorted({1, os.getpid()}))\n\
@@ -196,6 +197,12 @@ fn fork_server_and_one_shot_sandboxes_give_the_same_results() -> anyhow::Result<
         "raise KeyboardInterrupt\n",
         "import sys\nprint('x')\nsys.stdout.close()\n",
         "import os\nprint(sorted(os.listdir('/tmp')), os.getpid(), os.getppid())\n",
+        // Interpreter teardown: __del__, files left open, generators' finally blocks, replaced std streams.
+        "class A:\n    def __del__(self):\n        print('bye from __del__')\na = A()\n",
+        "out = open(1, 'w', closefd=False)\nout.write('answer 42\\n')\n",
+        "def g():\n    try:\n        yield 1\n    finally:\n        print('gen finally')\nx = g()\nnext(x)\n",
+        "import sys\nprint('hi')\nsys.stdout = None\n",
+        "import io, sys\nprint('real answer')\nsys.stdout = io.StringIO()\nprint('captured')\n",
     ];
     for p in programs {
         let a = forked.run(p, &policy())?;
