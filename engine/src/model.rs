@@ -255,6 +255,13 @@ impl Model {
     /// Runs the new tokens of every step through the model in one batched forward, appending them to the steps'
     /// caches, and returns the requested logits.
     pub fn forward(&self, steps: &mut [Step<'_>], precision: Precision) -> Result<Logits> {
+        // The forward runs on a thread of the compute pool: its ~10 parallel loops per layer then fork from inside
+        // the pool, instead of each being injected from outside and waking the workers (`rayon::scope` runs its
+        // closure inline when already on a pool thread).
+        rayon::scope(|_| self.forward_on_pool(steps, precision))
+    }
+
+    fn forward_on_pool(&self, steps: &mut [Step<'_>], precision: Precision) -> Result<Logits> {
         let cfg = &self.config;
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
         let (heads, kvh) = (cfg.num_heads, cfg.num_kv_heads);
