@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernels::ops::{exp, log_sum_exp, sum_exp};
+use crate::kernels::ops::{argmax, exp, log_sum_exp, max, sum_exp};
 use crate::model::TokenId;
 
 /// Default sampling temperature (unbiased samples of the model's distribution).
@@ -128,16 +128,11 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SeqRng) -> Draw
     let lse = log_sum_exp(logits);
     let logprob = |t: usize| (logits[t] as f64 - lse) as f32;
     if params.temperature == 0.0 {
-        let mut best = 0;
-        for (i, &v) in logits.iter().enumerate() {
-            if v > logits[best] {
-                best = i;
-            }
-        }
+        let best = argmax(logits);
         return Draw { token: best as TokenId, logprob: logprob(best) };
     }
     let inv_t = 1.0 / params.temperature as f64;
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let max = max(logits) as f64;
     let u: f64 = rng.0.random();
     let filtered = params.top_k > 0 || params.top_p < 1.0 || params.min_p > 0.0;
     if !filtered {

@@ -52,11 +52,18 @@ impl Linear {
     }
 
     /// The f32 form (dequantized once, on first call).
+    ///
+    /// Built outside the `OnceLock` rather than in `get_or_init`: building runs parallel loops, and a compute-pool
+    /// thread waiting in one of them may pick up another forward that needs this same weight — which would then
+    /// wait for an initialisation its own thread holds, forever. Threads that race here each build the same
+    /// values and the first one stored is kept.
     pub fn dense(&self) -> &PackedMatrix {
-        self.dense.get_or_init(|| {
-            let q = self.quant.as_ref().expect("a Linear without dense weights has quantized ones");
-            PackedMatrix::pack(&q.dequantize(), self.rows, self.cols)
-        })
+        if let Some(d) = self.dense.get() {
+            return d;
+        }
+        let q = self.quant.as_ref().expect("a Linear without dense weights has quantized ones");
+        let _ = self.dense.set(PackedMatrix::pack(&q.dequantize(), self.rows, self.cols));
+        self.dense.get().expect("set just above, by this thread or another")
     }
 
     /// Row-major f32 copy of the weight (for training and export).

@@ -84,7 +84,20 @@ struct RowArgs<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 unsafe fn row_avx512(a: &RowArgs<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
-    row(a, scores, out)
+    if a.shape.head_dim != x86::HD {
+        return row(a, scores, out);
+    }
+    let group = a.shape.heads / a.shape.kv_heads;
+    let stride = prepare(a, scores, out);
+    let mut h0 = 0;
+    while h0 < group {
+        h0 += match group - h0 {
+            1 => x86::heads::<1>(a, h0, scores, stride, out),
+            2 => x86::heads::<2>(a, h0, scores, stride, out),
+            3 => x86::heads::<3>(a, h0, scores, stride, out),
+            _ => x86::heads::<4>(a, h0, scores, stride, out),
+        };
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -104,11 +117,7 @@ fn row(a: &RowArgs<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     let AttnShape { heads, kv_heads, head_dim: hd } = a.shape;
     debug_assert!(a.g < kv_heads);
     let group = heads / kv_heads;
-    let n_keys = a.pos + 1;
-    let stride = n_keys.div_ceil(BLOCK_TOKENS) * BLOCK_TOKENS;
-    scores.clear();
-    scores.resize(group * stride, 0.0);
-    out.fill(0.0);
+    let stride = prepare(a, scores, out);
     let mut h0 = 0;
     while h0 < group {
         let left = group - h0;
@@ -118,6 +127,18 @@ fn row(a: &RowArgs<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
             _ => h0 += chunk_dyn(a, h0, scores, stride, out),
         }
     }
+}
+
+/// Sizes the score buffer of a task (one row of `stride` scores per head of the group) and clears its output;
+/// returns the stride (the number of keys rounded up to whole blocks).
+#[inline(always)]
+fn prepare(a: &RowArgs<'_>, scores: &mut Vec<f32>, out: &mut [f32]) -> usize {
+    let group = a.shape.heads / a.shape.kv_heads;
+    let stride = (a.pos + 1).div_ceil(BLOCK_TOKENS) * BLOCK_TOKENS;
+    scores.clear();
+    scores.resize(group * stride, 0.0);
+    out.fill(0.0);
+    stride
 }
 
 /// Heads `h0 ..` of the group (as many as fit the registers, at most `left`); returns how many were done.
@@ -203,6 +224,116 @@ fn heads<const HD: usize, const NH: usize>(
     NH
 }
 
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // index loops over const-generic register tiles
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{softmax, RowArgs, BLOCK_TOKENS};
+
+    /// The head width this kernel is written for (SmolLM2, Llama 3.2 1B).
+    pub const HD: usize = 64;
+    /// How many blocks ahead keys and values are requested.
+    const AHEAD: usize = 2;
+
+    #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    }
+
+    /// [`super::heads`] for 64-wide heads in AVX-512 registers, with the same multiply-adds in the same order, so
+    /// the same bits. Two differences, both about memory: each key row is loaded once for all `NH` heads (the
+    /// portable loop reloads it per head), and every block's keys and values are requested [`AHEAD`] blocks
+    /// before use, a cache line per row as the loops go. Decode attention at large batch streams each sequence's
+    /// whole cache once per layer, every block a separate 4 KiB run per head, which the hardware prefetcher does
+    /// not run ahead into: at B = 64 and 200 positions this took attention from ~52 to ~39 ms per step.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn heads<const NH: usize>(
+        a: &RowArgs<'_>,
+        h0: usize,
+        scores: &mut [f32],
+        stride: usize,
+        out: &mut [f32],
+    ) -> usize {
+        const L: usize = BLOCK_TOKENS;
+        let group = a.shape.heads / a.shape.kv_heads;
+        let scale = _mm512_set1_ps(1.0 / (HD as f32).sqrt());
+        let n_keys = a.pos + 1;
+        let blocks = &a.cache.blocks()[..n_keys.div_ceil(L)];
+        let (layer, g) = (a.layer, a.g);
+        assert!(a.q.len() >= (g * group + h0 + NH) * HD, "query row too short");
+        assert!(out.len() >= (h0 + NH) * HD, "output row too short");
+        assert!(scores.len() >= (h0 + NH - 1) * stride + blocks.len() * L, "score buffer too short");
+        let q = a.q.as_ptr().add((g * group + h0) * HD);
+        for block in blocks.iter().take(AHEAD) {
+            for r in 0..HD {
+                prefetch(block.keys_t(layer, g).as_ptr().add(r * L));
+            }
+        }
+        // 1. Scores: Σ_d q[d]·K[d][key] in four partial sums per head (d mod 4), as the portable kernel.
+        for (b, block) in blocks.iter().enumerate() {
+            let kt = block.keys_t(layer, g);
+            assert!(kt.len() >= HD * L, "key block too short");
+            let kt = kt.as_ptr();
+            let ahead = blocks.get(b + AHEAD).map(|n| n.keys_t(layer, g).as_ptr());
+            let mut acc = [[_mm512_setzero_ps(); 4]; NH];
+            for d in (0..HD).step_by(4) {
+                for j in 0..4 {
+                    if let Some(n) = ahead {
+                        prefetch(n.add((d + j) * L));
+                    }
+                    let k = _mm512_loadu_ps(kt.add((d + j) * L));
+                    for h in 0..NH {
+                        acc[h][j] = _mm512_fmadd_ps(_mm512_set1_ps(*q.add(h * HD + d + j)), k, acc[h][j]);
+                    }
+                }
+            }
+            for h in 0..NH {
+                let sum = _mm512_add_ps(_mm512_add_ps(acc[h][0], acc[h][1]), _mm512_add_ps(acc[h][2], acc[h][3]));
+                _mm512_storeu_ps(scores.as_mut_ptr().add((h0 + h) * stride + b * L), _mm512_mul_ps(sum, scale));
+            }
+        }
+        // 2. Softmax (the first value blocks are requested meanwhile).
+        for block in blocks.iter().take(AHEAD) {
+            for r in 0..L * HD / 16 {
+                prefetch(block.values(layer, g).as_ptr().add(r * 16));
+            }
+        }
+        for h in 0..NH {
+            softmax(&mut scores[(h0 + h) * stride..(h0 + h) * stride + n_keys]);
+        }
+        // 3. Values: each head's output stays in registers while the value rows stream by.
+        let mut o = [[_mm512_setzero_ps(); HD / 16]; NH];
+        for (b, block) in blocks.iter().enumerate() {
+            let values = block.values(layer, g);
+            assert!(values.len() >= L * HD, "value block too short");
+            let vp = values.as_ptr();
+            let ahead = blocks.get(b + AHEAD).map(|n| n.values(layer, g).as_ptr());
+            for t in 0..L.min(n_keys - b * L) {
+                let mut v = [_mm512_setzero_ps(); HD / 16];
+                for i in 0..HD / 16 {
+                    if let Some(n) = ahead {
+                        prefetch(n.add(t * HD + 16 * i));
+                    }
+                    v[i] = _mm512_loadu_ps(vp.add(t * HD + 16 * i));
+                }
+                for h in 0..NH {
+                    let w = _mm512_set1_ps(scores[(h0 + h) * stride + b * L + t]);
+                    for i in 0..HD / 16 {
+                        o[h][i] = _mm512_fmadd_ps(w, v[i], o[h][i]);
+                    }
+                }
+            }
+        }
+        for h in 0..NH {
+            for i in 0..HD / 16 {
+                _mm512_storeu_ps(out.as_mut_ptr().add((h0 + h) * HD + 16 * i), o[h][i]);
+            }
+        }
+        NH
+    }
+}
+
 /// Softmax in place, vectorisable with a fixed summation order.
 #[inline(always)]
 fn softmax(s: &mut [f32]) {
@@ -261,4 +392,69 @@ fn chunk_dyn(a: &RowArgs<'_>, h: usize, scores: &mut [f32], stride: usize, out: 
         }
     }
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::kv::{KvLayout, KvPool};
+
+    fn values(n: usize, seed: &mut u64) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The dispatched kernel (AVX-512 when the CPU has it) against the portable one, bit for bit: group sizes
+    /// that exercise every register tile and the chunking past four heads, and caches ending mid-block.
+    #[test]
+    fn every_isa_computes_the_portable_kernels_bits() {
+        let mut seed = 17;
+        for (group, len) in [(1, 1), (3, 37), (4, 16), (5, 50), (2, 64)] {
+            let (kv_heads, head_dim) = (2, 64);
+            let shape = AttnShape { heads: group * kv_heads, kv_heads, head_dim };
+            let layout = KvLayout { layers: 2, kv_heads, head_dim };
+            let mut cache = KvCache::new(layout, Arc::new(KvPool::default()));
+            cache.reserve(len);
+            for pos in 0..len {
+                for layer in 0..2 {
+                    let k = values(kv_heads * head_dim, &mut seed);
+                    let v = values(kv_heads * head_dim, &mut seed);
+                    cache.write(layer, pos, &k, &v);
+                }
+            }
+            cache.commit(len);
+            // The last three positions are the new rows.
+            let rows = 3.min(len);
+            let width = shape.heads * head_dim;
+            let q = values(rows * width, &mut seed);
+            let seqs = [AttnSeq { cache: &cache, first_row: 0, rows, start_pos: len - rows }];
+            let mut got = vec![0f32; rows * width];
+            attention(1, &q, width, &seqs, shape, &mut got);
+            let group_width = group * head_dim;
+            let mut scores = Vec::new();
+            for r in 0..rows {
+                for g in 0..kv_heads {
+                    let args = RowArgs {
+                        layer: 1,
+                        q: &q[r * width..(r + 1) * width],
+                        cache: &cache,
+                        pos: len - rows + r,
+                        g,
+                        shape,
+                    };
+                    let mut want = vec![0f32; group_width];
+                    row(&args, &mut scores, &mut want);
+                    let at = r * width + g * group_width;
+                    let same = want.iter().zip(&got[at..at + group_width]).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "group {group}, {len} keys, row {r}, KV head {g}");
+                }
+            }
+        }
+    }
 }

@@ -132,9 +132,35 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
     }
 }
 
+/// The largest value of `x`, NaNs ignored (−∞ when there is none): what `fold(−∞, f32::max)` computes, written as
+/// compares over independent lanes so that it vectorises (a 49152-wide logit row is scanned for every sampled
+/// token).
+pub fn max(x: &[f32]) -> f32 {
+    let larger = |v: f32, m: f32| if v > m { v } else { m };
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| larger(v, m));
+    for c in chunks {
+        for l in 0..16 {
+            lanes[l] = larger(c[l], lanes[l]);
+        }
+    }
+    lanes.iter().fold(rest, |m, &v| larger(v, m))
+}
+
+/// The index of the first largest value of `x` (0 when `x[0]` is NaN or nothing is larger than it), as a scan
+/// keeping the first strictly larger value finds it.
+pub fn argmax(x: &[f32]) -> usize {
+    if x.first().is_none_or(|v| v.is_nan()) {
+        return 0;
+    }
+    let m = max(x);
+    x.iter().position(|&v| v == m).unwrap_or(0)
+}
+
 /// `log Σ exp(x)`: f32 exponentials ([`exp`]) summed in f64.
 pub fn log_sum_exp(x: &[f32]) -> f64 {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let max = max(x);
     if !max.is_finite() {
         return max as f64;
     }
@@ -212,6 +238,33 @@ mod tests {
         rms_norm(&x, &[1.0, 2.0], 0.0, &mut out);
         let r = (12.5f32).sqrt();
         assert!((out[0] - 3.0 / r).abs() < 1e-6 && (out[1] - 8.0 / r).abs() < 1e-6);
+    }
+
+    #[test]
+    fn max_and_argmax_equal_their_scalar_definitions() {
+        let mut x: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1009) as f32 / 100.0 - 5.0).collect();
+        let scan = |x: &[f32]| {
+            let mut best = 0;
+            for (i, &v) in x.iter().enumerate() {
+                if v > x[best] {
+                    best = i;
+                }
+            }
+            best
+        };
+        for case in 0..4 {
+            match case {
+                1 => x[517] = f32::NAN,
+                2 => x[998] = 1e9, // a tie-free maximum in the remainder
+                3 => x[0] = f32::NAN,
+                _ => {}
+            }
+            let fold = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            assert_eq!(max(&x).to_bits(), fold.to_bits(), "case {case}");
+            assert_eq!(argmax(&x), scan(&x), "case {case}");
+        }
+        x.fill(f32::NEG_INFINITY);
+        assert_eq!((max(&x), argmax(&x)), (f32::NEG_INFINITY, 0));
     }
 
     #[test]
