@@ -43,8 +43,14 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     std::fs::write(path, text).map_err(|e| Error::io(path, e))
 }
 
-fn f32_view(data: &[u8], shape: Vec<usize>) -> Result<safetensors::tensor::TensorView<'_>> {
-    Ok(safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, data)?)
+/// Named f32 tensors (name, shape, little-endian bytes) as one safetensors file with PyTorch's `format` metadata.
+fn write_f32_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)]) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    Ok(safetensors::serialize_to_file(views, Some(meta), path)?)
 }
 
 fn le(v: &[f32]) -> Vec<u8> {
@@ -92,12 +98,7 @@ pub fn export_peft(model: &DiffModel, base_model: &str, dir: &Path) -> Result<()
         "revision": null,
     });
     write_dir_atomically(dir, |tmp| {
-        let views = tensors
-            .iter()
-            .map(|(n, s, b)| f32_view(b, s.clone()).map(|v| (n.clone(), v)))
-            .collect::<Result<Vec<_>>>()?;
-        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::serialize_to_file(views, Some(meta), &tmp.join(PEFT_WEIGHTS))?;
+        write_f32_safetensors(&tmp.join(PEFT_WEIGHTS), &tensors)?;
         write_json(&tmp.join(PEFT_CONFIG), &config)
     })
 }
@@ -193,12 +194,7 @@ pub fn export_hf(model: &Model, engine: &Engine, dir: &Path) -> Result<()> {
         tok_config["chat_template"] = serde_json::Value::String(t.clone());
     }
     write_dir_atomically(dir, |tmp| {
-        let views = tensors
-            .iter()
-            .map(|(n, s, b)| f32_view(b, s.clone()).map(|v| (n.clone(), v)))
-            .collect::<Result<Vec<_>>>()?;
-        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::serialize_to_file(views, Some(meta), &tmp.join("model.safetensors"))?;
+        write_f32_safetensors(&tmp.join("model.safetensors"), &tensors)?;
         write_json(&tmp.join("config.json"), &config)?;
         write_json(
             &tmp.join("generation_config.json"),
