@@ -321,7 +321,10 @@ fn read_rows(source: &TaskSource) -> Result<(String, Vec<RawRow>, String)> {
         (None, true) => {
             let (label, split, text) = builtin::open(source.task, source.split.as_deref())?;
             let rows = match source.task {
-                TaskKind::Svamp => read::json_array_rows(&text),
+                TaskKind::Svamp => read::json_array_rows(&text)
+                    .into_iter()
+                    .filter(|r| r.value.as_ref().map_or(true, |m| builtin::svamp_in_split(split, m)))
+                    .collect(),
                 _ => read::jsonl_rows(&text),
             };
             Ok((label, rows, format!("{}/{}", source.task, split)))

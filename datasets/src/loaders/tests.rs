@@ -24,6 +24,8 @@ fn builtin_datasets_load_every_row_with_stable_ids() -> TestResult {
         (TaskKind::Gsm8k, Some("train"), 7473, "gsm8k/train/0", "72"),
         (TaskKind::Gsm8k, Some("test"), 1319, "gsm8k/test/0", "18"),
         (TaskKind::Svamp, None, 1000, "svamp/test/chal-1", "51"),
+        (TaskKind::Svamp, Some("train"), 500, "svamp/train/chal-2", "1"),
+        (TaskKind::Svamp, Some("heldout"), 500, "svamp/heldout/chal-1", "51"),
         (TaskKind::HumanEval, None, 164, "humaneval/test/HumanEval/0", ""),
     ];
     for (kind, split, rows, first_id, first_ref) in cases {
@@ -48,10 +50,27 @@ fn builtin_datasets_load_every_row_with_stable_ids() -> TestResult {
     Ok(())
 }
 
+/// The fixed SVAMP split: train and heldout are disjoint and together are the whole file.
+#[test]
+fn svamp_train_and_heldout_partition_the_file() -> TestResult {
+    let native = |split| -> Result<Vec<String>> {
+        let loaded = TaskSource::builtin(TaskKind::Svamp, Some(split)).load()?;
+        Ok(loaded.tasks.into_iter().map(|t| t.id.rsplit('/').next().unwrap_or_default().to_string()).collect())
+    };
+    let (train, heldout, all) = (native("train")?, native("heldout")?, native("test")?);
+    assert!(train.iter().all(|id| !heldout.contains(id)));
+    let mut both = [train, heldout].concat();
+    both.sort();
+    let mut all = all;
+    all.sort();
+    assert_eq!(both, all);
+    Ok(())
+}
+
 #[test]
 fn unknown_split_or_missing_path_is_a_clear_error() {
-    let err = TaskSource::builtin(TaskKind::Svamp, Some("train")).load().unwrap_err().to_string();
-    assert!(err.contains("svamp has no split \"train\"; available: test"), "{err}");
+    let err = TaskSource::builtin(TaskKind::Svamp, Some("dev")).load().unwrap_err().to_string();
+    assert!(err.contains("svamp has no split \"dev\"; available: test, train, heldout"), "{err}");
     let err = TaskSource::builtin(TaskKind::Jsonl, None).load().unwrap_err().to_string();
     assert!(err.contains("needs a --path"), "{err}");
     assert!("gsm9k".parse::<TaskKind>().is_err());
