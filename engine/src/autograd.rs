@@ -312,6 +312,8 @@ impl DiffLayer {
 pub struct Packed {
     tokens: Vec<TokenId>,
     seqs: Arc<Vec<(usize, usize)>>,
+    /// Per sequence, `(prompt length, first branch length)` when it packs two branches of one prompt.
+    forks: Arc<Vec<Option<(usize, usize)>>>,
     positions: Vec<usize>,
 }
 
@@ -327,7 +329,29 @@ impl Packed {
             positions.extend(0..s.len());
             tokens.extend_from_slice(s);
         }
-        Packed { tokens, seqs: Arc::new(spans), positions }
+        let forks = Arc::new(vec![None; spans.len()]);
+        Packed { tokens, seqs: Arc::new(spans), forks, positions }
+    }
+
+    /// Packs two continuations of each prompt into one sequence `prompt ‖ a ‖ b`: the rows of `b` attend to the
+    /// prompt and to `b`'s own earlier rows but not to `a`, at the positions that follow the prompt. Every row
+    /// computes what it computes in `Packed::new(&[prompt ‖ a, prompt ‖ b])`, with the prompt run once — how a
+    /// preference pair's chosen and rejected completions share their prompt's forward and backward.
+    pub fn forked(items: &[(&[TokenId], &[TokenId], &[TokenId])]) -> Self {
+        let mut tokens = Vec::new();
+        let mut spans = Vec::with_capacity(items.len());
+        let mut forks = Vec::with_capacity(items.len());
+        let mut positions = Vec::new();
+        for &(p, a, b) in items {
+            spans.push((tokens.len(), p.len() + a.len() + b.len()));
+            forks.push(Some((p.len(), a.len())));
+            positions.extend(0..p.len() + a.len());
+            positions.extend(p.len()..p.len() + b.len());
+            tokens.extend_from_slice(p);
+            tokens.extend_from_slice(a);
+            tokens.extend_from_slice(b);
+        }
+        Packed { tokens, seqs: Arc::new(spans), forks: Arc::new(forks), positions }
     }
 
     /// Total rows.
@@ -488,9 +512,11 @@ impl DiffModel {
     pub fn hidden(&self, batch: &Packed, mode: Mode) -> Result<Tensor> {
         let cfg = &self.config;
         for &(start, len) in batch.seqs.iter() {
-            if len > cfg.max_position_embeddings {
+            // A forked sequence's branches each continue the prompt: its longest position is what must fit.
+            let span = batch.positions[start..start + len].iter().max().map_or(0, |&p| p + 1);
+            if span > cfg.max_position_embeddings {
                 return Err(Error::Request(format!(
-                    "sequence of {len} tokens is longer than the model's context ({} tokens)",
+                    "sequence of {span} tokens is longer than the model's context ({} tokens)",
                     cfg.max_position_embeddings
                 )));
             }
@@ -530,7 +556,7 @@ impl DiffModel {
             qkv = qkv.broadcast_add(&bias.get(mode))?;
         }
         let qkv = ops::rope(&qkv, rope, cfg.num_heads + cfg.num_kv_heads, fused)?;
-        let attn = ops::attention(&qkv, &b.seqs, shape, fused)?;
+        let attn = ops::attention(&qkv, (&b.seqs, &b.forks), shape, fused)?;
         let x = (x + self.project(li, layer, &attn, FusedWeight::O, mode)?)?;
         // 3. MLP block: norm, fused gate/up (+ adapters), SwiGLU, down (+ adapter).
         let h = ops::rms_norm(&x, &layer.post_attention_layernorm.get(mode), eps, fused)?;

@@ -1,7 +1,7 @@
 //! The engine: a model with its tokenizer and chat template, batched generation and scoring.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -37,16 +37,25 @@ pub enum Prompt {
 pub struct ModelInfo {
     /// A short name: the file stem or directory name.
     pub id: String,
-    /// The GGUF file or HF directory.
+    /// The GGUF file or HF directory (for weights handed over in memory: the file the lineage started from).
     pub path: PathBuf,
     hash: OnceLock<String>,
+    /// The weights came from memory, not from `path`: the identity is their digest.
+    in_memory: bool,
 }
 
 impl ModelInfo {
-    /// SHA-256 over the model's weight files (computed once, on first call).
+    /// SHA-256 over the model's weight files (computed once, on first call); for weights handed over in memory,
+    /// their digest once [`Engine::identity`] computed it.
     pub fn hash(&self) -> Result<String> {
         if let Some(h) = self.hash.get() {
             return Ok(h.clone());
+        }
+        if self.in_memory {
+            return Err(Error::Request(format!(
+                "{}: weights held in memory are identified by Engine::identity, not by a file",
+                self.id
+            )));
         }
         let h = hash_model_files(&self.path)?;
         Ok(self.hash.get_or_init(|| h).clone())
@@ -56,9 +65,6 @@ impl ModelInfo {
 fn hash_model_files(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
-    if path.file_name().and_then(|n| n.to_str()) == Some(hub::DEFAULT_MODEL_FILE) {
-        return Ok(hub::DEFAULT_MODEL_SHA256.to_string());
-    }
     let mut files = Vec::new();
     if path.is_dir() {
         for e in std::fs::read_dir(path).map_err(|e| Error::io(path, e))?.flatten() {
@@ -169,9 +175,20 @@ pub struct Scored {
 #[derive(Debug)]
 pub struct Engine {
     model: Model,
-    tokenizer: Tokenizer,
-    template: Option<ChatTemplate>,
+    tokenizer: Arc<Tokenizer>,
+    template: Option<Arc<ChatTemplate>>,
     info: ModelInfo,
+}
+
+/// How weights handed to [`Engine::with_weights`] are held for generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Handoff {
+    /// Re-quantized to Q8_0: the fast quantized path.
+    #[default]
+    Q8,
+    /// As given (f32): the trainer's exact numerics, slower decode.
+    F32,
 }
 
 impl Engine {
@@ -215,14 +232,34 @@ impl Engine {
         };
         let id =
             path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
-        let info = ModelInfo { id, path: path.to_path_buf(), hash: OnceLock::new() };
-        Ok(Engine { model, tokenizer, template, info })
+        let info = ModelInfo { id, path: path.to_path_buf(), hash: OnceLock::new(), in_memory: false };
+        Ok(Engine { model, tokenizer: Arc::new(tokenizer), template: template.map(Arc::new), info })
     }
 
-    /// Assembles an engine from parts (tests, in-process training).
+    /// Assembles an engine from parts (tests, in-process training). Its identity is the digest of `model`'s weights.
     pub fn from_parts(model: Model, tokenizer: Tokenizer, template: Option<ChatTemplate>, id: &str) -> Self {
-        let info = ModelInfo { id: id.to_string(), path: PathBuf::from(id), hash: OnceLock::new() };
-        Engine { model, tokenizer, template, info }
+        let info = ModelInfo { id: id.to_string(), path: PathBuf::from(id), hash: OnceLock::new(), in_memory: true };
+        Engine { model, tokenizer: Arc::new(tokenizer), template: template.map(Arc::new), info }
+    }
+
+    /// An engine over new weights — a trained model handed back in memory, no file written or read — sharing this
+    /// engine's tokenizer and chat template. `handoff` says how the weights are held for generation; the new
+    /// engine's identity ([`Engine::identity`]) is the digest of the weights it holds, computed when first asked.
+    pub fn with_weights(&self, model: Model, handoff: Handoff, id: &str) -> Result<Self> {
+        if model.config().vocab_size != self.model.config().vocab_size {
+            return Err(Error::Request(format!(
+                "new weights have a vocabulary of {}, the engine's tokenizer {}",
+                model.config().vocab_size,
+                self.model.config().vocab_size
+            )));
+        }
+        let model = match handoff {
+            Handoff::Q8 => model.to_q8(),
+            Handoff::F32 => model,
+        };
+        let info =
+            ModelInfo { id: id.to_string(), path: self.info.path.clone(), hash: OnceLock::new(), in_memory: true };
+        Ok(Engine { model, tokenizer: self.tokenizer.clone(), template: self.template.clone(), info })
     }
 
     /// The model.
@@ -235,11 +272,20 @@ impl Engine {
     }
     /// The chat template, if the model has one.
     pub fn template(&self) -> Option<&ChatTemplate> {
-        self.template.as_ref()
+        self.template.as_deref()
     }
     /// Where the model came from.
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// The model's identity for caches, checkpoints and resume: the SHA-256 of the file(s) it was loaded from, or,
+    /// for weights handed over in memory, of the weights held ([`Model::weights_digest`]). Computed once.
+    pub fn identity(&self) -> Result<String> {
+        if self.info.in_memory {
+            return Ok(self.info.hash.get_or_init(|| self.model.weights_digest()).clone());
+        }
+        self.info.hash()
     }
 
     /// Renders a prompt to text: templated (`system` prepended when given) unless `raw`.

@@ -43,7 +43,9 @@ pub mod weights;
 
 pub use chat::{ChatTemplate, Message};
 pub use config::{Arch, ModelConfig};
-pub use engine::{Engine, FinishReason, GenerateOptions, GenerateRequest, ModelInfo, Progress, Prompt, Sample, Scored};
+pub use engine::{
+    Engine, FinishReason, GenerateOptions, GenerateRequest, Handoff, ModelInfo, Progress, Prompt, Sample, Scored,
+};
 pub use error::{Error, Result};
 pub use kv::KvCache;
 pub use model::{LogitRows, Logits, Model, Step, TokenId};

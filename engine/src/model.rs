@@ -234,6 +234,65 @@ impl Model {
         layers + self.embed_tokens.bytes() + self.lm_head.as_ref().map_or(0, Linear::bytes)
     }
 
+    /// SHA-256 over the configuration and every weight as held (quantized blocks, or f32 values): the model's
+    /// identity for caches, checkpoints and resume, whatever file — or training round — it came from.
+    pub fn weights_digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut sink = |b: &[u8]| h.update(b);
+        let floats = |v: &[f32], sink: &mut dyn FnMut(&[u8])| {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
+            sink(&(v.len() as u64).to_le_bytes());
+            sink(&bytes);
+        };
+        sink(format!("{:?}", self.config).as_bytes());
+        self.embed_tokens.digest_into(&mut sink);
+        sink(&[u8::from(self.lm_head.is_some())]);
+        if let Some(l) = &self.lm_head {
+            l.digest_into(&mut sink);
+        }
+        for l in &self.layers {
+            floats(&l.input_layernorm, &mut sink);
+            l.qkv_proj.digest_into(&mut sink);
+            floats(l.qkv_bias.as_deref().unwrap_or(&[]), &mut sink);
+            l.o_proj.digest_into(&mut sink);
+            floats(&l.post_attention_layernorm, &mut sink);
+            l.gate_up_proj.digest_into(&mut sink);
+            l.down_proj.digest_into(&mut sink);
+        }
+        floats(&self.norm, &mut sink);
+        floats(&self.inv_freq, &mut sink);
+        hex::encode(h.finalize())
+    }
+
+    /// This model with every projection, the embedding and the LM head re-quantized to Q8_0 from their f32
+    /// values (norms stay f32): the fast quantized path for weights handed back from training.
+    pub fn to_q8(&self) -> Model {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| Layer {
+                input_layernorm: l.input_layernorm.clone(),
+                qkv_proj: l.qkv_proj.to_q8(),
+                qkv_bias: l.qkv_bias.clone(),
+                o_proj: l.o_proj.to_q8(),
+                post_attention_layernorm: l.post_attention_layernorm.clone(),
+                gate_up_proj: l.gate_up_proj.to_q8(),
+                down_proj: l.down_proj.to_q8(),
+            })
+            .collect();
+        Model {
+            config: self.config.clone(),
+            embed_tokens: self.embed_tokens.to_q8(),
+            lm_head: self.lm_head.as_ref().map(Linear::to_q8),
+            layers,
+            norm: self.norm.clone(),
+            inv_freq: self.inv_freq.clone(),
+            pool: Arc::new(KvPool::default()),
+            version: NEXT_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
     /// Shape of this model's KV cache.
     pub fn kv_layout(&self) -> KvLayout {
         KvLayout { layers: self.config.num_layers, kv_heads: self.config.num_kv_heads, head_dim: self.config.head_dim }

@@ -84,6 +84,32 @@ impl Linear {
         }
     }
 
+    /// The same weight re-quantized to Q8_0 from its f32 values (rows in parallel); the quantized fast path of
+    /// a model handed back from training.
+    pub fn to_q8(&self) -> Self {
+        use rayon::prelude::*;
+        let data = self.to_f32();
+        let cols = self.cols;
+        // Quantize in row bands on the pool, then stack: the same bits as one serial `quantize_q8`.
+        let band = 256usize;
+        let parts: Vec<crate::kernels::quant::QRows> = data
+            .par_chunks(band * cols)
+            .map(|c| crate::kernels::quant::QRows::quantize_q8(c, c.len() / cols, cols))
+            .collect();
+        let refs: Vec<&crate::kernels::quant::QRows> = parts.iter().collect();
+        let q = crate::kernels::quant::QRows::vstack(&refs).expect("bands of one matrix share its width");
+        Linear::from_quant(q.pack())
+    }
+
+    /// Feeds the representation the forward uses (quantized blocks, else the f32 values) to `sink`.
+    pub fn digest_into(&self, sink: &mut dyn FnMut(&[u8])) {
+        match (&self.quant, self.dense.get()) {
+            (Some(q), _) => q.digest_into(sink),
+            (None, Some(d)) => d.digest_into(sink),
+            (None, None) => unreachable!("a Linear always holds one representation"),
+        }
+    }
+
     /// Bytes held now.
     pub fn bytes(&self) -> usize {
         self.quant.as_ref().map_or(0, QMatrix::bytes) + self.dense.get().map_or(0, PackedMatrix::bytes)

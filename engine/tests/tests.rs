@@ -2,6 +2,7 @@
 //! against HF transformers reference values (`tests/reference/`).
 
 mod equivalence;
+mod handoff;
 mod loading;
 mod reference;
 mod scheduler;

@@ -663,12 +663,34 @@ impl AttnShape {
 /// (GQA). The backward recomputes the probabilities instead of keeping `heads · L²` floats per layer alive.
 struct AttentionOp {
     seqs: Arc<Vec<(usize, usize)>>,
+    /// Per sequence, `(prompt, first branch)` lengths of a forked sequence: rows after both skip the first branch.
+    forks: Arc<Vec<Option<(usize, usize)>>>,
     shape: AttnShape,
+}
+
+/// Softmax of `row` with the columns in `skip` left out (set to zero).
+fn softmax_skipping(row: &mut [f32], skip: std::ops::Range<usize>) {
+    if skip.is_empty() {
+        return softmax_in_place(row);
+    }
+    let (head, rest) = row.split_at_mut(skip.start);
+    let (hole, tail) = rest.split_at_mut(skip.len());
+    let max = head.iter().chain(tail.iter()).fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in head.iter_mut().chain(tail.iter_mut()) {
+        *v = fast_exp(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    head.iter_mut().chain(tail.iter_mut()).for_each(|v| *v *= inv);
+    hole.fill(0.0);
 }
 
 impl AttentionOp {
     /// Causal softmax probabilities `P` (`len × len`, zero above the diagonal) of query head `h` of one sequence.
-    fn probs(&self, qkv: &[f32], (start, len): (usize, usize), h: usize, p: &mut [f32]) {
+    fn probs(&self, qkv: &[f32], q: usize, h: usize, p: &mut [f32]) {
+        let (start, len) = self.seqs[q];
+        let fork = self.forks.get(q).copied().flatten();
         let s = self.shape;
         let (w, hd) = (s.qkv_width(), s.head_dim);
         let j = h / (s.heads / s.kv_heads);
@@ -682,7 +704,10 @@ impl AttentionOp {
         };
         for (r, row) in p.chunks_mut(len).enumerate() {
             let (live, masked) = row.split_at_mut(r + 1);
-            softmax_in_place(live);
+            match fork {
+                Some((pl, a)) if r >= pl + a => softmax_skipping(live, pl..pl + a),
+                _ => softmax_in_place(live),
+            }
             masked.fill(0.0);
         }
     }
@@ -697,7 +722,7 @@ impl AttentionOp {
             let (start, len) = self.seqs[q];
             let j = h / (s.heads / s.kv_heads);
             let mut p = vec![0f32; len * len];
-            self.probs(qkv, (start, len), h, &mut p);
+            self.probs(qkv, q, h, &mut p);
             // SAFETY: task (q, h) alone writes rows of sequence q, columns of head h.
             unsafe {
                 Gemm::new(len, hd, len).run(
@@ -725,7 +750,7 @@ impl AttentionOp {
             let (start, len) = self.seqs[q];
             let (mut p, mut dp) = (vec![0f32; len * len], vec![0f32; len * len]);
             for h in j * group..(j + 1) * group {
-                self.probs(qkv, (start, len), h, &mut p);
+                self.probs(qkv, q, h, &mut p);
                 let d_o = Mat::rows(dout[start * ow + h * hd..].as_ptr(), ow);
                 let acc = Gemm { accumulate: true, ..Gemm::new(len, hd, len) };
                 // SAFETY: see the task comment; all operands lie inside their buffers.
@@ -740,7 +765,7 @@ impl AttentionOp {
                         Mat::transposed(qkv[start * w + s.v_col(j)..].as_ptr(), w),
                     );
                 }
-                // dS = P ⊙ (dP − rowsum(P ⊙ dP)), zero above the diagonal.
+                // dS = P ⊙ (dP − rowsum(P ⊙ dP)), zero above the diagonal (and wherever a fork masks: P is zero there).
                 for (r, (pr, dr)) in p.chunks(len).zip(dp.chunks_mut(len)).enumerate() {
                     let dot: f32 = pr[..=r].iter().zip(&dr[..=r]).map(|(a, b)| a * b).sum();
                     for c in 0..=r {
@@ -844,16 +869,20 @@ impl CustomOp1 for AttentionOp {
 /// `q ‖ k ‖ v` rows; returns `T × heads·head_dim`.
 pub(crate) fn attention(
     qkv: &Tensor,
-    seqs: &Arc<Vec<(usize, usize)>>,
+    (seqs, forks): (&Arc<Vec<(usize, usize)>>, &Arc<Vec<Option<(usize, usize)>>>),
     shape: AttnShape,
     fused: bool,
 ) -> CResult<Tensor> {
     if fused {
-        return qkv.contiguous()?.apply_op1(AttentionOp { seqs: seqs.clone(), shape });
+        return qkv.contiguous()?.apply_op1(AttentionOp { seqs: seqs.clone(), forks: forks.clone(), shape });
     }
     let (hd, group) = (shape.head_dim, shape.heads / shape.kv_heads);
     let mut outs = Vec::with_capacity(seqs.len());
-    for &(start, len) in seqs.iter() {
+    for (q, &(start, len)) in seqs.iter().enumerate() {
+        let fork = forks.get(q).copied().flatten();
+        let visible = move |r: usize, c: usize| {
+            c <= r && !matches!(fork, Some((pl, a)) if r >= pl + a && (pl..pl + a).contains(&c))
+        };
         let rows = qkv.narrow(0, start, len)?;
         // (L, H, hd) -> (KVH, G·L, hd): the query heads sharing a KV head become rows of one product.
         let q = rows.narrow(1, 0, shape.heads * hd)?.reshape((len, shape.kv_heads, group, hd))?;
@@ -864,7 +893,7 @@ pub(crate) fn attention(
         let v = v.transpose(0, 1)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
         let mask: Vec<f32> = (0..group * len)
-            .flat_map(|r| (0..len).map(move |c| if c <= r % len { 0.0 } else { f32::NEG_INFINITY }))
+            .flat_map(|r| (0..len).map(move |c| if visible(r % len, c) { 0.0 } else { f32::NEG_INFINITY }))
             .collect();
         let mask = Tensor::from_vec(mask, (group * len, len), qkv.device())?;
         let probs = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;

@@ -22,6 +22,16 @@ pub struct PackedMatrix {
 }
 
 impl PackedMatrix {
+    /// Feeds the shape and every packed value to `sink` (for a digest of the weights held).
+    pub fn digest_into(&self, sink: &mut dyn FnMut(&[u8])) {
+        sink(&(self.rows as u64).to_le_bytes());
+        sink(&(self.cols as u64).to_le_bytes());
+        for chunk in self.panels.chunks(1 << 16) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
+            sink(&bytes);
+        }
+    }
+
     /// Packs a row-major `rows × cols` matrix.
     pub fn pack(data: &[f32], rows: usize, cols: usize) -> Self {
         assert_eq!(data.len(), rows * cols, "pack: data size");

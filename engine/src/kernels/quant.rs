@@ -279,6 +279,19 @@ impl QMatrix {
         self.codes.len() + 2 * (self.d.len() + self.m.len())
     }
 
+    /// Feeds every byte that defines the matrix (format, shape, codes, scales, minimums) to `sink`, for a digest of
+    /// the weights actually held.
+    pub fn digest_into(&self, sink: &mut dyn FnMut(&[u8])) {
+        sink(&[self.format as u8]);
+        sink(&(self.rows as u64).to_le_bytes());
+        sink(&(self.cols as u64).to_le_bytes());
+        sink(&self.codes);
+        for v in [&self.d, &self.m] {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
+            sink(&bytes);
+        }
+    }
+
     fn code(&self, r: usize, k: usize) -> u8 {
         let (p, f, b) = (r / PANEL, r % PANEL, k / BLOCK);
         let base = (p * self.blocks + b) * self.format.block_bytes();
