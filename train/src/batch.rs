@@ -89,6 +89,37 @@ pub fn completion_logps(model: &DiffModel, seqs: &[(&[TokenId], &[TokenId])], mo
     Ok(seg.matmul(&lp.unsqueeze(1)?)?.squeeze(1)?)
 }
 
+/// Log-prob sums of both completions of each pair, `(2B,)`: the `B` chosen first, then the `B` rejected — as
+/// [`completion_logps`] of `[(p, chosen)…, (p, rejected)…]` computes them, but with each pair packed as one forked
+/// sequence `prompt ‖ chosen ‖ rejected` ([`Packed::forked`]) so that the prompt's forward and backward run once.
+pub fn pair_logps(model: &DiffModel, pairs: &[(&[TokenId], &[TokenId], &[TokenId])], mode: Mode) -> Result<Tensor> {
+    let batch = Packed::forked(pairs);
+    let b = pairs.len();
+    let (mut rows, mut targets, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+    for (s, (&(start, _), (p, c, r))) in batch.seqs().iter().zip(pairs).enumerate() {
+        for (j, &t) in c.iter().enumerate() {
+            // Row start + |p| − 1 + j predicts chosen token j.
+            rows.push(start + p.len() - 1 + j);
+            targets.push(t);
+            owner.push(s);
+        }
+        for (j, &t) in r.iter().enumerate() {
+            // Rejected token 0 is predicted by the prompt's last row; token j > 0 by the rejected branch's row j − 1.
+            rows.push(if j == 0 { start + p.len() - 1 } else { start + p.len() + c.len() + j - 1 });
+            targets.push(t);
+            owner.push(b + s);
+        }
+    }
+    let lp = model.token_logprobs(&batch, &rows, &targets, mode)?;
+    let n = rows.len();
+    let mut seg = vec![0f32; 2 * b * n];
+    for (k, &s) in owner.iter().enumerate() {
+        seg[s * n + k] = 1.0;
+    }
+    let seg = Tensor::from_vec(seg, (2 * b, n), model.device())?;
+    Ok(seg.matmul(&lp.unsqueeze(1)?)?.squeeze(1)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,6 +101,201 @@ pub struct TrajectoryExample {
     pub origin: String,
 }
 
+/// One tokenized SFT example: the loss is on `completion` only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SftExample {
+    /// Prompt tokens (templated, with the generation prompt).
+    pub prompt: Vec<TokenId>,
+    /// Completion tokens (the stop token included when the completion ended).
+    pub completion: Vec<TokenId>,
+    /// Weight of the example's tokens in the loss (1 unless a weight column says otherwise).
+    pub weight: f64,
+    /// Where it came from: `file:row` or a task id.
+    pub origin: String,
+}
+
+/// How trajectories become SFT examples (rejection-sampling fine-tuning).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SftFilter {
+    /// Keep trajectories whose reward is at least this (the run's correctness threshold, 1.0 by default).
+    pub min_reward: f64,
+    /// Keep one copy of identical (prompt, completion) token sequences.
+    pub dedup: bool,
+    /// Use this float column as each example's weight.
+    pub weight_column: Option<String>,
+}
+
+impl Default for SftFilter {
+    fn default() -> Self {
+        SftFilter { min_reward: 1.0, dedup: true, weight_column: None }
+    }
+}
+
+/// What [`read_sft_trajectories`] left out, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SftCounts {
+    /// Trajectories kept.
+    pub kept: usize,
+    /// Below `min_reward`.
+    pub below_threshold: usize,
+    /// Identical to one kept earlier.
+    pub duplicates: usize,
+    /// Unscored or too long.
+    pub skipped: usize,
+}
+
+/// The correct trajectories at `path` as SFT examples (RFT): reward ≥ `filter.min_reward`, deduplicated.
+pub fn read_sft_trajectories(
+    path: &Path,
+    filter: &SftFilter,
+    limits: Limits,
+    engine: &Engine,
+) -> Result<(Vec<SftExample>, SftCounts)> {
+    let loaded = read_trajectories(path, limits, engine)?;
+    let weights = match &filter.weight_column {
+        Some(col) => Some(read_float_column(&loaded.files, col)?),
+        None => None,
+    };
+    let mut counts = SftCounts { skipped: loaded.skipped, ..SftCounts::default() };
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for e in loaded.examples {
+        if e.reward < filter.min_reward {
+            counts.below_threshold += 1;
+            continue;
+        }
+        if filter.dedup && !seen.insert((e.prompt.clone(), e.completion.clone())) {
+            counts.duplicates += 1;
+            continue;
+        }
+        let weight = match &weights {
+            Some(w) => *w.get(&e.origin).ok_or_else(|| Error::schema(path, format!("{}: no weight", e.origin)))?,
+            None => 1.0,
+        };
+        out.push(SftExample { prompt: e.prompt, completion: e.completion, weight, origin: e.origin });
+    }
+    counts.kept = out.len();
+    if out.is_empty() {
+        return Err(Error::schema(
+            path,
+            format!(
+                "no trajectory reaches reward {} ({} below it, {} unscored or too long): nothing to fine-tune on",
+                filter.min_reward, counts.below_threshold, counts.skipped
+            ),
+        ));
+    }
+    Ok((out, counts))
+}
+
+/// `origin → value` of a float column over `files` (origins as [`read_trajectories`] names rows).
+fn read_float_column(files: &[PathBuf], name: &str) -> Result<std::collections::HashMap<String, f64>> {
+    let mut out = std::collections::HashMap::new();
+    for file in files {
+        let (schema, batches) = read_batches(file)?;
+        require(file, &schema, name, "the weight column")?;
+        let mut row0 = 0;
+        for batch in &batches {
+            let c = Columns { file, batch, row0 };
+            for i in 0..batch.num_rows() {
+                let v = c.float(i, name)?.ok_or_else(|| c.bad(i, format!("{name} is null")))?;
+                if !v.is_finite() || v < 0.0 {
+                    return Err(c.bad(i, format!("{name} = {v}: a weight must be finite and not negative")));
+                }
+                out.insert(format!("{}:row {}", file.display(), row0 + i + 1), v);
+            }
+            row0 += batch.num_rows();
+        }
+    }
+    Ok(out)
+}
+
+/// One SFT example from a prompt (rendered with the chat template) and a finished completion text (the model's
+/// EOS appended, as the sampler ends a completion); `None` when it is longer than `limits` and `skip_long` is set.
+pub fn sft_example(
+    engine: &Engine,
+    prompt: &Prompt,
+    completion: &str,
+    origin: String,
+    limits: Limits,
+) -> Result<Option<SftExample>> {
+    let prompt = engine.prompt_tokens(prompt, None, false)?;
+    let mut ids = engine.tokenizer().encode(completion, false)?;
+    if let Some(e) = engine.tokenizer().eos().first().copied() {
+        ids.push(e);
+    }
+    if prompt.len() + ids.len() > limits.max_length {
+        if limits.skip_long {
+            return Ok(None);
+        }
+        return Err(Error::Config(format!(
+            "{origin}: prompt + completion is {} tokens, longer than the limit of {}",
+            prompt.len() + ids.len(),
+            limits.max_length
+        )));
+    }
+    Ok(Some(SftExample { prompt, completion: ids, weight: 1.0, origin }))
+}
+
+/// SFT examples from a JSON-lines file: each line `{"prompt": "…" | [messages], "completion": "…"}` or
+/// `{"messages": [… , {"role": "assistant", "content": "…"}]}` (the last assistant turn is the completion).
+pub fn read_sft_jsonl(path: &Path, limits: Limits, engine: &Engine) -> Result<Loaded<SftExample>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut examples = Vec::new();
+    let mut skipped = 0;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| Error::BadRow { path: path.to_path_buf(), row: i + 1, reason };
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let messages = |v: &serde_json::Value| -> Result<Vec<Message>> {
+            serde_json::from_value(v.clone()).map_err(|e| bad(format!("messages: {e}")))
+        };
+        let (prompt, completion) = match (v.get("prompt"), v.get("completion"), v.get("messages")) {
+            (Some(p), Some(c), _) => {
+                let c = c.as_str().ok_or_else(|| bad("completion must be a string".into()))?.to_string();
+                let p = match p {
+                    serde_json::Value::String(s) => Prompt::Text(s.clone()),
+                    other => Prompt::Messages(messages(other)?),
+                };
+                (p, c)
+            }
+            (None, None, Some(m)) => {
+                let mut m = messages(m)?;
+                let last = m.pop().filter(|x| x.role == "assistant");
+                let last = last.ok_or_else(|| bad("messages must end with an assistant turn".into()))?;
+                (Prompt::Messages(m), last.content)
+            }
+            _ => return Err(bad("expected `prompt` and `completion`, or `messages`".into())),
+        };
+        if completion.is_empty() {
+            return Err(bad("empty completion".into()));
+        }
+        let origin = format!("{}:line {}", path.display(), i + 1);
+        match sft_example(engine, &prompt, &completion, origin, limits).map_err(|e| bad(e.to_string()))? {
+            Some(e) => examples.push(e),
+            None => skipped += 1,
+        }
+    }
+    if examples.is_empty() {
+        return Err(Error::schema(path, "no examples to fine-tune on"));
+    }
+    Ok(Loaded { examples, files: vec![path.to_path_buf()], skipped })
+}
+
+/// SHA-256 over the tokenized SFT examples and their weights.
+pub fn hash_sft(examples: &[SftExample]) -> String {
+    let mut h = Sha256::new();
+    for e in examples {
+        for ids in [&e.prompt, &e.completion] {
+            h.update((ids.len() as u64).to_le_bytes());
+            ids.iter().for_each(|t| h.update(t.to_le_bytes()));
+        }
+        h.update(e.weight.to_le_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
 /// Examples and what was left out.
 #[derive(Debug, Clone)]
 pub struct Loaded<T> {

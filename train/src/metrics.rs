@@ -33,6 +33,29 @@ pub struct StepMetrics {
     /// TOPR metrics.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub topr: Option<ToprMetrics>,
+    /// SFT metrics.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub sft: Option<SftMetrics>,
+}
+
+/// Sums and means over the step's SFT examples.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SftMetrics {
+    /// Masked Thought's ratio at this step (0 when off).
+    #[serde(rename = "sft/mask_ratio")]
+    pub mask_ratio: f64,
+    /// Completion tokens replaced by the mask token in the input.
+    #[serde(rename = "sft/masked_tokens")]
+    pub masked_tokens: usize,
+    /// Completion tokens trained on (TRL's `num_tokens` counts prompt tokens too; this does not).
+    #[serde(rename = "sft/completion_tokens")]
+    pub completion_tokens: usize,
+    /// Summed completion log-prob (internal; the mean is `nll_per_token`).
+    #[serde(skip)]
+    pub logps: f64,
+    /// Mean negative log-likelihood per completion token (unweighted).
+    #[serde(rename = "sft/nll")]
+    pub nll_per_token: f64,
 }
 
 /// Means over the step's pairs.

@@ -6,18 +6,19 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use orchard_engine::autograd::{DiffModel, Mode, Tuning};
+use orchard_engine::autograd::{DiffModel, Mode, Packed, Tuning};
 use orchard_engine::{Engine, TokenId};
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{completion_logps, epoch_order, micro_batches, MemoryModel};
+use crate::batch::{completion_logps, epoch_order, micro_batches, pair_logps, MemoryModel};
 use crate::checkpoint::{self, Checkpoint, TrainState};
-use crate::data::{PairExample, TrajectoryExample};
+use crate::data::{PairExample, SftExample, TrajectoryExample};
 use crate::error::{Error, Result};
 use crate::loss::{DpoLoss, PolicyLogps, StepTotals};
-use crate::metrics::{PreferenceMetrics, StepMetrics, ToprMetrics};
+use crate::metrics::{PreferenceMetrics, SftMetrics, StepMetrics, ToprMetrics};
 use crate::optim::{AdamConfig, AdamW, Schedule, ScheduleKind};
 use crate::reference::{self, ReferenceSource, References};
+use crate::sft::{sft_loss, Sft};
 use crate::topr::{topr_loss, Topr, TrajectoryLogps};
 
 /// Default pairs (or trajectories) per optimizer step.
@@ -42,6 +43,8 @@ pub enum Objective {
     },
     /// TOPR on scored trajectories.
     Topr(Topr),
+    /// Supervised fine-tuning (NLL of completion tokens) on prompt/completion examples.
+    Sft(Sft),
 }
 
 /// Optimizer settings.
@@ -124,6 +127,7 @@ impl TrainConfig {
         match &self.objective {
             Objective::Preference { loss, .. } => loss.validate()?,
             Objective::Topr(t) => t.validate()?,
+            Objective::Sft(s) => s.validate()?,
         }
         if self.batch.batch_size == 0 || self.epochs == 0 {
             return Err(Error::Config("batch size and epochs must be at least 1".into()));
@@ -145,6 +149,8 @@ pub enum TrainData {
     Pairs(Vec<PairExample>),
     /// Scored trajectories.
     Trajectories(Vec<TrajectoryExample>),
+    /// Supervised examples.
+    Sft(Vec<SftExample>),
 }
 
 impl TrainData {
@@ -152,6 +158,7 @@ impl TrainData {
         match self {
             TrainData::Pairs(p) => p.len(),
             TrainData::Trajectories(t) => t.len(),
+            TrainData::Sft(e) => e.len(),
         }
     }
 
@@ -159,6 +166,7 @@ impl TrainData {
         match self {
             TrainData::Pairs(p) => crate::data::hash_pairs(p),
             TrainData::Trajectories(t) => crate::data::hash_trajectories(t),
+            TrainData::Sft(e) => crate::data::hash_sft(e),
         }
     }
 
@@ -167,9 +175,10 @@ impl TrainData {
         match self {
             TrainData::Pairs(p) => {
                 let e = &p[i];
-                (2 * e.prompt.len() + e.chosen.len() + e.rejected.len(), e.chosen.len() + e.rejected.len())
+                (e.prompt.len() + e.chosen.len() + e.rejected.len(), e.chosen.len() + e.rejected.len())
             }
             TrainData::Trajectories(t) => (t[i].prompt.len() + t[i].completion.len(), t[i].completion.len()),
+            TrainData::Sft(e) => (e[i].prompt.len() + e[i].completion.len(), e[i].completion.len()),
         }
     }
 }
@@ -202,10 +211,16 @@ impl<'e> Trainer<'e> {
     ) -> Result<Self> {
         cfg.validate()?;
         match (&cfg.objective, &data) {
-            (Objective::Preference { .. }, TrainData::Pairs(_)) | (Objective::Topr(_), TrainData::Trajectories(_)) => {}
-            _ => return Err(Error::Config("preference losses train on pairs, TOPR on trajectories".into())),
+            (Objective::Preference { .. }, TrainData::Pairs(_))
+            | (Objective::Topr(_), TrainData::Trajectories(_))
+            | (Objective::Sft(_), TrainData::Sft(_)) => {}
+            _ => {
+                return Err(Error::Config(
+                    "preference losses train on pairs, TOPR on trajectories, SFT on prompt/completion examples".into(),
+                ))
+            }
         }
-        let model_hash = engine.info().hash()?;
+        let model_hash = engine.identity()?;
         let data_hash = data.hash();
         let model = DiffModel::new(engine.model(), &cfg.tuning, &Device::Cpu, cfg.seed)?;
         let mem = MemoryModel::for_config(model.config());
@@ -367,6 +382,10 @@ impl<'e> Trainer<'e> {
                 (Objective::Topr(cfg), TrainData::Trajectories(t)) => {
                     self.topr_micro_batch(cfg, t, mb, idx.len(), mode, &mut acc)?
                 }
+                (Objective::Sft(cfg), TrainData::Sft(e)) => {
+                    let step_tokens = idx.iter().map(|&i| e[i].completion.len()).sum();
+                    self.sft_micro_batch(cfg, e, (mb, m), step_tokens, mode, &mut acc)?
+                }
                 _ => return Err(Error::Config("objective and data do not match".into())),
             };
             acc.loss += loss.to_scalar::<f64>()?;
@@ -400,10 +419,10 @@ impl<'e> Trainer<'e> {
         acc: &mut StepAccumulator,
     ) -> Result<Tensor> {
         let b = mb.len();
-        let mut seqs: Vec<(&[TokenId], &[TokenId])> =
-            mb.iter().map(|&i| (&pairs[i].prompt[..], &pairs[i].chosen[..])).collect();
-        seqs.extend(mb.iter().map(|&i| (&pairs[i].prompt[..], &pairs[i].rejected[..])));
-        let logps = completion_logps(&self.model, &seqs, mode)?;
+        // Chosen and rejected continue the same prompt: one forked sequence per pair runs the prompt once.
+        let seqs: Vec<(&[TokenId], &[TokenId], &[TokenId])> =
+            mb.iter().map(|&i| (&pairs[i].prompt[..], &pairs[i].chosen[..], &pairs[i].rejected[..])).collect();
+        let logps = pair_logps(&self.model, &seqs, mode)?;
         let count = |f: fn(&PairExample) -> usize| -> Result<Tensor> {
             let v: Vec<f32> = mb.iter().map(|&i| f(&pairs[i]) as f32).collect();
             Ok(Tensor::from_vec(v, b, self.model.device())?)
@@ -469,6 +488,64 @@ impl<'e> Trainer<'e> {
         Ok(terms.loss)
     }
 
+    /// One micro-batch of SFT examples: completion-token log-probs (inputs masked by Masked Thought when set,
+    /// targets always the original tokens) → the step's per-token mean NLL share.
+    fn sft_micro_batch(
+        &self,
+        cfg: &Sft,
+        e: &[SftExample],
+        (mb, m): (&[usize], usize),
+        step_tokens: usize,
+        mode: Mode,
+        acc: &mut StepAccumulator,
+    ) -> Result<Tensor> {
+        let ratio = cfg.masked_thought.map_or(0.0, |mt| mt.ratio_at(self.state.step, self.state.total_steps));
+        let (mut inputs, mut rows, mut targets, mut weights) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut masked = 0usize;
+        for (k, &i) in mb.iter().enumerate() {
+            let x = &e[i];
+            let completion = match cfg.masked_thought {
+                Some(mt) if ratio > 0.0 => {
+                    // The mask of (seed, step, micro-batch, example): resumes retrace it exactly.
+                    let seed = self.cfg.seed
+                        ^ ((self.state.step as u64) << 32 | (m as u64) << 16 | k as u64)
+                            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    mt.mask(&x.completion, ratio, seed)
+                }
+                _ => x.completion.clone(),
+            };
+            masked += completion.iter().zip(&x.completion).filter(|(a, b)| a != b).count();
+            inputs.push([&x.prompt[..], &completion[..]].concat());
+            for (j, &t) in x.completion.iter().enumerate() {
+                targets.push(t);
+                weights.push(x.weight as f32);
+                rows.push(j + x.prompt.len() - 1);
+            }
+        }
+        let batch = Packed::new(&inputs);
+        // Offsets of each sequence in the packed batch.
+        let mut r = 0;
+        for (s, &i) in mb.iter().enumerate() {
+            let start = batch.seqs()[s].0;
+            for row in rows.iter_mut().skip(r).take(e[i].completion.len()) {
+                *row += start;
+            }
+            r += e[i].completion.len();
+        }
+        let lp = self.model.token_logprobs(&batch, &rows, &targets, mode)?;
+        let n = weights.len();
+        let w = Tensor::from_vec(weights, n, self.model.device())?;
+        let loss = sft_loss(&lp, &w, step_tokens)?;
+        let lps: Vec<f32> = lp.to_vec1()?;
+        let s = acc.sft.get_or_insert_with(SftMetrics::default);
+        s.mask_ratio = ratio;
+        s.masked_tokens += masked;
+        s.completion_tokens += n;
+        s.logps += lps.iter().map(|&v| f64::from(v)).sum::<f64>();
+        acc.items += mb.len();
+        Ok(loss)
+    }
+
     /// Writes a checkpoint of the current state into `out`.
     pub fn save_checkpoint(&self, out: &Path) -> Result<PathBuf> {
         checkpoint::save(out, &self.state, &self.model, &self.opt, self.cfg.keep_checkpoints)
@@ -498,6 +575,7 @@ struct StepAccumulator {
     tokens: usize,
     preference: Option<PreferenceMetrics>,
     topr: Option<ToprMetrics>,
+    sft: Option<SftMetrics>,
 }
 
 impl StepAccumulator {
@@ -520,7 +598,12 @@ impl StepAccumulator {
             t.logps /= n;
             t
         });
+        let sft = self.sft.map(|mut s| {
+            s.nll_per_token = -s.logps / s.completion_tokens.max(1) as f64;
+            s
+        });
         StepMetrics {
+            sft,
             step: state.step,
             epoch: state.step as f64 / steps_per_epoch.max(1) as f64,
             loss: self.loss,

@@ -219,3 +219,163 @@ fn topr_steps_raise_the_likelihood_of_positive_trajectories() -> TestResult {
     assert!(last.loss < first.loss, "loss {} -> {} ({a:?} -> {b:?})", first.loss, last.loss);
     Ok(())
 }
+
+fn sft_examples(n: usize) -> Vec<SftExample> {
+    let ids = |k: usize, len: usize, mul: usize| -> Vec<TokenId> {
+        (0..len).map(|i| ((i * mul + k * 13 + 3) % 280) as TokenId + 3).collect()
+    };
+    (0..n)
+        .map(|k| SftExample {
+            prompt: ids(k, 3 + k % 4, 7),
+            completion: ids(k, 2 + k % 5, 11),
+            weight: 1.0,
+            origin: format!("test:{k}"),
+        })
+        .collect()
+}
+
+fn sft_config(batch_size: usize, micro: Option<usize>, sft: Sft) -> TrainConfig {
+    TrainConfig {
+        objective: Objective::Sft(sft),
+        tuning: Tuning::Full,
+        optim: OptimConfig { lr: 1e-3, ..OptimConfig::default() },
+        batch: BatchConfig { batch_size, micro_batch_size: micro, memory_gb: 1.0 },
+        epochs: 1,
+        max_steps: None,
+        seed: 3,
+        checkpoint_every: 0,
+        keep_checkpoints: 1,
+    }
+}
+
+/// The first SFT step's loss is the per-token mean NLL of the step's completion tokens under the starting model,
+/// as the engine's own teacher-forced scoring (checked against HF transformers in tests/reference) computes it.
+#[test]
+fn sft_loss_is_the_mean_completion_nll_the_engine_scores() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let engine = tiny_engine(dir.path(), Arch::Llama, 9)?;
+    let data = sft_examples(6);
+    let mut trainer = Trainer::new(
+        &engine,
+        TrainData::Sft(data.clone()),
+        sft_config(6, Some(2), Sft::default()),
+        dir.path(),
+        &mut |_, _, _| {},
+    )?;
+    let m = trainer.step()?;
+    let order = epoch_order(6, 3, 0);
+    let pairs: Vec<(Vec<TokenId>, Vec<TokenId>)> =
+        order.iter().map(|&i| (data[i].prompt.clone(), data[i].completion.clone())).collect();
+    let scored = engine.score(&pairs)?;
+    let tokens: usize = scored.iter().map(|s| s.n_tokens).sum();
+    let nll = -scored.iter().map(|s| s.logprob_sum).sum::<f64>() / tokens as f64;
+    assert!((m.loss - nll).abs() < 1e-5, "trainer {} vs scored {nll}", m.loss);
+    assert_eq!(m.sft.as_ref().map(|s| s.completion_tokens), Some(tokens));
+    Ok(())
+}
+
+/// Gradient accumulation: the SFT step as micro-batches of 1 equals one micro-batch of 4 (per-token mean over the
+/// step, not over each micro-batch).
+#[test]
+fn sft_accumulation_4x1_equals_1x4() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let engine = tiny_engine(dir.path(), Arch::Llama, 4)?;
+    let run = |micro| -> Result<(f64, Vec<f32>)> {
+        let mut t = Trainer::new(
+            &engine,
+            TrainData::Sft(sft_examples(4)),
+            sft_config(4, Some(micro), Sft::default()),
+            dir.path(),
+            &mut |_, _, _| {},
+        )?;
+        let m = t.step()?;
+        let w = t.model().merged_model(dir.path())?.layers()[0].o_proj.to_f32();
+        Ok((m.loss, w))
+    };
+    let (l1, w1) = run(1)?;
+    let (l4, w4) = run(4)?;
+    assert!((l1 - l4).abs() < 1e-6, "{l1} vs {l4}");
+    let diff = w1.iter().zip(&w4).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-5, "weights differ by {diff}");
+    Ok(())
+}
+
+/// Masked Thought at ratio 1 from the first step: every completion input token is the mask token, the targets are
+/// not — so the loss differs from plain SFT, and the metrics count every completion token as masked.
+#[test]
+fn masked_thought_masks_completion_inputs_not_targets() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let engine = tiny_engine(dir.path(), Arch::Llama, 2)?;
+    let mt = crate::sft::MaskedThought { max_ratio: 1.0, ramp: 0.0, mask_token: 1 };
+    let data = sft_examples(4);
+    let mut plain = Trainer::new(
+        &engine,
+        TrainData::Sft(data.clone()),
+        sft_config(4, None, Sft::default()),
+        dir.path(),
+        &mut |_, _, _| {},
+    )?;
+    let mut masked = Trainer::new(
+        &engine,
+        TrainData::Sft(data.clone()),
+        sft_config(4, None, Sft { masked_thought: Some(mt) }),
+        dir.path(),
+        &mut |_, _, _| {},
+    )?;
+    let (a, b) = (plain.step()?, masked.step()?);
+    let s = b.sft.as_ref().ok_or("sft metrics")?;
+    let tokens: usize = data.iter().map(|e| e.completion.len()).sum();
+    // Only completion tokens that are not already the mask token count as masked; the prompt is never touched.
+    let maskable: usize = data.iter().flat_map(|e| &e.completion).filter(|&&t| t != 1).count();
+    assert_eq!((s.masked_tokens, s.completion_tokens, s.mask_ratio), (maskable, tokens, 1.0));
+    assert!((a.loss - b.loss).abs() > 1e-4, "masking the inputs changed nothing: {} {}", a.loss, b.loss);
+    Ok(())
+}
+
+/// A pair packed as one forked sequence (prompt once) gives the log-probs and the gradients of chosen and
+/// rejected packed separately (prompt twice), on full fine-tuning and LoRA.
+#[test]
+fn forked_pairs_equal_separate_sequences_in_values_and_gradients() -> TestResult {
+    use crate::batch::{completion_logps, pair_logps};
+    let dir = tempfile::tempdir()?;
+    let engine = tiny_engine(dir.path(), Arch::Qwen2, 12)?;
+    let data = pairs(5);
+    for tuning in [
+        Tuning::Full,
+        Tuning::Lora(LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: orchard_engine::autograd::Target::ALL.to_vec(),
+        }),
+    ] {
+        let model = DiffModel::new(engine.model(), &tuning, &Device::Cpu, 1)?;
+        let forked: Vec<(&[TokenId], &[TokenId], &[TokenId])> =
+            data.iter().map(|e| (&e.prompt[..], &e.chosen[..], &e.rejected[..])).collect();
+        let mut separate: Vec<(&[TokenId], &[TokenId])> = data.iter().map(|e| (&e.prompt[..], &e.chosen[..])).collect();
+        separate.extend(data.iter().map(|e| (&e.prompt[..], &e.rejected[..])));
+        let mode = Mode::Train { dropout_seed: 3 };
+        let a = pair_logps(&model, &forked, mode)?;
+        let b = completion_logps(&model, &separate, mode)?;
+        let (va, vb): (Vec<f32>, Vec<f32>) = (a.to_vec1()?, b.to_vec1()?);
+        assert_eq!(va.len(), 10);
+        for (x, y) in va.iter().zip(&vb) {
+            assert!((x - y).abs() < 1e-4, "{va:?} vs {vb:?}");
+        }
+        // A loss weighting each completion differently: every parameter's gradient agrees.
+        let w = Tensor::from_vec((0..10).map(|i| 0.3 + i as f32 * 0.17).collect::<Vec<f32>>(), 10, &Device::Cpu)?;
+        let (ga, gb) = ((a * &w)?.sum_all()?.backward()?, (b * &w)?.sum_all()?.backward()?);
+        let mut checked = 0;
+        for (name, var) in model.named_parameters() {
+            let (Some(x), Some(y)) = (ga.get(var.as_tensor()), gb.get(var.as_tensor())) else { continue };
+            let (x, y): (Vec<f32>, Vec<f32>) = (x.flatten_all()?.to_vec1()?, y.flatten_all()?.to_vec1()?);
+            assert_eq!(x.len(), y.len(), "{name}");
+            let scale = max_abs(&y).max(1e-3);
+            let diff = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+            assert!(diff <= 1e-3 * scale, "{name}: gradients differ by {diff} (scale {scale})");
+            checked += 1;
+        }
+        assert!(checked > 0, "no gradient compared");
+    }
+    Ok(())
+}
