@@ -6,11 +6,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use orchard_datasets::cli::SourceArgs;
 use orchard_datasets::loaders::Loaded;
-use orchard_datasets::record::{PairFormat, SamplingRecord};
+use orchard_datasets::record::PairFormat;
 use orchard_datasets::run::timing;
 use orchard_datasets::{ModelRecord, RunDir, RunSpec, Shard, Task, TaskSource, WriterOptions};
-use orchard_engine::{Engine, Message, Prompt, SamplingParams};
-use orchard_rewards::{score_caught, Outcome, Reward, RewardSpec};
+use orchard_engine::{Engine, SamplingParams};
+use orchard_rewards::{Reward, RewardSpec};
 use serde::de::DeserializeOwned;
 
 use crate::cmd::common::{ModelArgs, PrecisionArg};
@@ -146,33 +146,13 @@ impl JobReward {
     pub fn reward(&self) -> &dyn Reward {
         self.reward.as_ref()
     }
-
-    /// Scores one completion; a panicking reward becomes an outcome with an error, never a crash.
-    pub fn score(&self, task: &orchard_rewards::Task, completion: &str) -> Outcome {
-        score_caught(self.reward.as_ref(), task, completion)
-    }
 }
 
-/// What the rewards crate needs of a dataset task.
-pub fn reward_task(task: &Task) -> orchard_rewards::Task {
-    let mut t = orchard_rewards::Task::new(task.prompt.clone());
-    if let Some(r) = &task.reference {
-        t = t.with_answer(r.clone());
-    }
-    if let Some(tests) = &task.tests {
-        t = t.with_tests(tests.clone(), task.entry_point.clone());
-    }
-    t
-}
-
-/// The chat prompt of a task, in the engine's message type.
-pub fn task_prompt(task: &Task, system: Option<&str>) -> Prompt {
-    Prompt::Messages(task.chat(system).into_iter().map(|m| Message::new(&m.role, m.content)).collect())
-}
+pub use orchard_jobs::task::{reward_task, task_prompt};
 
 /// The model as recorded in outputs (id and weights hash).
 pub fn model_record(engine: &Engine) -> anyhow::Result<ModelRecord> {
-    Ok(ModelRecord { id: engine.info().id.clone(), hash: format!("sha256:{}", engine.info().hash()?) })
+    Ok(ModelRecord { id: engine.info().id.clone(), hash: format!("sha256:{}", engine.identity()?) })
 }
 
 /// Sampling knobs on the command line; each has a TOML key in the job file's `[sampling]` table.
@@ -273,15 +253,4 @@ pub fn open_run(place: RunPlace<'_>, loaded: Loaded) -> anyhow::Result<(RunDir, 
         eprintln!("orchard: resuming {}: {resumed} {} already done, {} to go", out.display(), place.unit, todo.len());
     }
     Ok((run, todo))
-}
-
-/// The sampling settings as recorded with each trajectory.
-pub fn sampling_record(p: &SamplingParams, max_new_tokens: usize) -> SamplingRecord {
-    SamplingRecord {
-        temperature: p.temperature,
-        top_p: p.top_p,
-        top_k: p.top_k as u32,
-        min_p: p.min_p,
-        max_new_tokens: max_new_tokens as u32,
-    }
 }

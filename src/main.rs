@@ -53,6 +53,8 @@ enum Command {
     Eval(Box<cmd::eval::Args>),
     /// Write a model as an f32 HF directory (the base for PEFT adapters and other trainers).
     Convert(cmd::convert::Args),
+    /// Make a model better: rounds of generate → train → hand weights back in memory → held-out eval.
+    Loop(Box<cmd::rounds::Args>),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::run(*args),
         Command::Eval(args) => cmd::eval::run(*args),
         Command::Convert(args) => cmd::convert::run(args),
+        Command::Loop(args) => cmd::rounds::run(*args),
     };
     match result {
         Ok(code) => code,

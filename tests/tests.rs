@@ -3,6 +3,7 @@
 mod export;
 mod generate;
 mod merge;
+mod rounds;
 mod runs;
 mod sample;
 mod search;

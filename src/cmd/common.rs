@@ -141,3 +141,54 @@ pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     bar.set_style(style);
     bar
 }
+
+/// Progress bars for the library's jobs: one bar per phase, with elapsed time and ETA, an optional prefix (the
+/// loop's round), and log lines printed above the bars.
+#[derive(Default)]
+pub struct Bars {
+    bar: Option<indicatif::ProgressBar>,
+    /// Shown before each phase's name (`round 2/3`).
+    pub prefix: String,
+}
+
+impl orchard_jobs::Progress for Bars {
+    fn start(&mut self, what: &str, total: usize) {
+        self.finish();
+        let label = if self.prefix.is_empty() { what.to_string() } else { format!("{} {what}", self.prefix) };
+        let bar = if total == 0 {
+            let s = indicatif::ProgressBar::new_spinner();
+            s.set_message(label);
+            s.enable_steady_tick(Duration::from_millis(200));
+            s
+        } else {
+            progress_bar(total as u64, &label)
+        };
+        self.bar = Some(bar);
+    }
+    fn advance(&mut self, n: usize, message: &str) {
+        if let Some(b) = &self.bar {
+            b.inc(n as u64);
+            if !message.is_empty() {
+                b.set_message(message.to_string());
+            }
+        }
+    }
+    fn position(&mut self, what: &str, done: usize, total: usize) {
+        if let Some(b) = &self.bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+            b.set_message(what.to_string());
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+    fn log(&mut self, line: &str) {
+        match &self.bar {
+            Some(b) => b.println(format!("orchard: {line}")),
+            None => eprintln!("orchard: {line}"),
+        }
+    }
+}

@@ -1,27 +1,15 @@
 //! `orchard sample`: best-of-N sampling to scored trajectories and preference pairs (the ReFT/RFT baseline).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Context;
 use orchard_datasets::cli::PairArgs;
-use orchard_datasets::record::{PairFormat, RewardRecord, SamplingRecord};
 use orchard_datasets::run::timing;
-use orchard_datasets::{
-    select_pairs, task_seed, ModelRecord, PairPolicy, Shard, Task, TaskOutput, TaskSource, Trajectory,
-};
-use orchard_engine::{GenerateOptions, GenerateRequest, Sample, SamplingParams};
-use orchard_rewards::Outcome;
-use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use orchard_engine::GenerateOptions;
+use orchard_jobs::sample::sample;
+pub use orchard_jobs::sample::{SampleJob, DEFAULT_N};
 
-use crate::job::{
-    model_record, open_run, reward_task, sampling_record, task_prompt, JobArgs, JobKeys, RunPlace, SamplingArgs,
-};
-
-/// Default samples per prompt.
-pub const DEFAULT_N: usize = 8;
+use crate::job::{model_record, open_run, JobArgs, JobKeys, RunPlace, SamplingArgs};
 
 /// Sample N completions per task with the engine, score them with a verifiable reward, and write trajectories
 /// and preference pairs (Parquet, TRL's DPO columns) plus manifest.json to --out.
@@ -56,36 +44,6 @@ pub struct Args {
     pub group: Option<usize>,
 }
 
-/// The job file, and the job's identity once flags are applied.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SampleJob {
-    /// Model spec.
-    pub model: Option<String>,
-    /// Where tasks come from.
-    pub source: TaskSource,
-    /// Samples per task.
-    pub n: Option<usize>,
-    /// Reward name.
-    pub reward: Option<String>,
-    /// Reward TOML file.
-    pub reward_config: Option<PathBuf>,
-    /// System message.
-    pub system: Option<String>,
-    /// Sampling parameters.
-    pub sampling: SamplingParams,
-    /// Pair selection.
-    pub pairs: PairPolicy,
-    /// TRL layout of pairs.
-    pub pair_format: PairFormat,
-    /// Seed.
-    pub seed: u64,
-    /// Shard (not part of the identity).
-    pub shard: Option<Shard>,
-    /// Output directory (not part of the identity).
-    pub out: Option<PathBuf>,
-}
-
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut file: SampleJob = args.job.read_file()?;
@@ -107,7 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let reward = args.job.reward(&file.reward, &file.reward_config)?;
     let identity =
         SampleJob { n: Some(n), sampling: sampling.clone(), pairs, pair_format, shard: None, out: None, ..file };
-    let (source, seed, system) = (identity.source.clone(), identity.seed, identity.system.clone());
+    let source = identity.source.clone();
 
     // 2. Tasks, model, run directory.
     let loaded = source.load()?;
@@ -126,68 +84,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         load_s,
     };
     let (mut run, todo) = open_run(place, loaded)?;
-    let run_id = run.run_id().to_string();
 
     // 3. Sample, score, pair — a group of tasks per engine call.
     let gen_opts = GenerateOptions { precision: args.job.precision.resolve(), ..GenerateOptions::default() };
     let group = args.group.unwrap_or_else(|| (gen_opts.max_batch / n).max(1));
-    let record = sampling_record(&sampling, sampling.max_new_tokens);
-    let bar = super::common::progress_bar(todo.len() as u64, "prompts");
-    let mut generated = 0usize;
-    let mut engine_s = 0f64;
-    for tasks in todo.chunks(group) {
-        let t0 = Instant::now();
-        let mut prompts = Vec::with_capacity(tasks.len());
-        let mut requests = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            let prompt = task_prompt(task, system.as_deref());
-            let text = engine.render_prompt(&prompt, None, false).with_context(|| format!("task {}", task.id))?;
-            let ids = engine.tokenizer().encode(&text, false)?;
-            requests.push(GenerateRequest {
-                prompt: ids,
-                n,
-                params: sampling.clone(),
-                seed: task_seed(seed, &task.id),
-            });
-            prompts.push(text);
-        }
-        let samples = engine.generate(&requests, &gen_opts, &mut |_| {})?;
-        let dt = t0.elapsed().as_secs_f64();
-        engine_s += dt;
-        run.add_timing(timing::ENGINE, dt);
-
-        let t1 = Instant::now();
-        let outcomes: Vec<Vec<_>> = tasks
-            .par_iter()
-            .zip(&samples)
-            .map(|(task, ss)| {
-                let rt = reward_task(task);
-                ss.iter().map(|s| reward.score(&rt, &s.text)).collect()
-            })
-            .collect();
-        run.add_timing(timing::REWARD, t1.elapsed().as_secs_f64());
-
-        let t2 = Instant::now();
-        let ctx = Recorded { run_id: &run_id, system: system.as_deref(), sampling: record, model: &model };
-        for ((task, ss), (os, prompt)) in tasks.iter().zip(&samples).zip(outcomes.iter().zip(&prompts)) {
-            generated += ss.iter().map(|s| s.token_ids.len()).sum::<usize>();
-            let trajectories: Vec<Trajectory> =
-                ss.iter().zip(os).enumerate().map(|(k, (s, o))| ctx.trajectory(task, prompt, k, s, o)).collect();
-            let pairs = select_pairs(&trajectories, &pairs);
-            run.push(TaskOutput { task_id: task.id.clone(), trajectories, pairs, nodes: vec![] })?;
-        }
-        run.add_timing(timing::SELECT, t2.elapsed().as_secs_f64());
-        let c = run.counts();
-        bar.inc(tasks.len() as u64);
-        bar.set_message(format!(
-            "{:.1} tok/s, {} correct / {} samples, {} pairs",
-            generated as f64 / engine_s.max(1e-9),
-            c.correct,
-            c.trajectories,
-            c.pairs
-        ));
-    }
-    bar.finish_and_clear();
+    let mut bars = super::common::Bars::default();
+    let rep = sample(&engine, &identity, &mut run, &todo, reward.reward(), (&gen_opts, group), &mut bars)?;
+    let (generated, engine_s) = (rep.generated_tokens, rep.engine_s);
     let manifest = run.finish()?;
     let c = &manifest.counts;
     let wall = manifest.timings.get(timing::WALL).copied().unwrap_or_default();
@@ -204,46 +107,4 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         out.display()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// What every trajectory of the run records besides its own sample and score.
-struct Recorded<'a> {
-    run_id: &'a str,
-    system: Option<&'a str>,
-    sampling: SamplingRecord,
-    model: &'a ModelRecord,
-}
-
-impl Recorded<'_> {
-    fn trajectory(&self, task: &Task, prompt: &str, k: usize, s: &Sample, o: &Outcome) -> Trajectory {
-        Trajectory {
-            id: Trajectory::make_id(&task.id, k as u32),
-            run_id: self.run_id.to_string(),
-            task_id: task.id.clone(),
-            sample_index: k as u32,
-            prompt: prompt.to_string(),
-            prompt_messages: task.chat(self.system),
-            completion: s.text.clone(),
-            token_ids: s.token_ids.clone(),
-            token_logprobs: s.token_logprobs.clone(),
-            finish_reason: finish_name(s.finish_reason).to_string(),
-            reward: RewardRecord {
-                score: o.score,
-                components: o.components.clone(),
-                extracted: o.extracted.clone(),
-                failure: o.failure.clone(),
-                error: o.error.clone(),
-            },
-            sampling: self.sampling,
-            seed: s.seed,
-            model: self.model.clone(),
-        }
-    }
-}
-
-fn finish_name(r: orchard_engine::FinishReason) -> &'static str {
-    match r {
-        orchard_engine::FinishReason::Stop => "stop",
-        orchard_engine::FinishReason::Length => "length",
-    }
 }

@@ -6,30 +6,23 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use orchard_engine::autograd::{LoraConfig, Target, Tuning, DEFAULT_LORA_DROPOUT};
+use orchard_engine::autograd::{Tuning, DEFAULT_LORA_DROPOUT};
 use orchard_engine::Engine;
+use orchard_jobs::train::{self, LossKind, TrainSpec};
 use orchard_train::checkpoint;
-use orchard_train::data::{self, Limits, PairColumns};
-use orchard_train::loss::{DpoLoss, DEFAULT_BETA, DEFAULT_LABEL_SMOOTHING, DEFAULT_RPO_ALPHA, DEFAULT_SIMPO_GAMMA};
-use orchard_train::metrics::{self, MetricsLog, StepMetrics};
-use orchard_train::optim::{AdamConfig, ScheduleKind, DEFAULT_WEIGHT_DECAY};
+use orchard_train::data::{self, Limits, PairColumns, SftFilter};
+use orchard_train::loss::{DEFAULT_BETA, DEFAULT_LABEL_SMOOTHING, DEFAULT_RPO_ALPHA, DEFAULT_SIMPO_GAMMA};
+use orchard_train::optim::{ScheduleKind, DEFAULT_WEIGHT_DECAY};
 use orchard_train::reference::ReferenceSource;
-use orchard_train::topr::{Bounds, RatioMode, Topr};
 use orchard_train::trainer::{DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_MAX_GRAD_NORM, DEFAULT_MEMORY_GB};
-use orchard_train::{export, BatchConfig, Objective, OptimConfig, TrainConfig, TrainData, Trainer};
+use orchard_train::{export, Objective, TrainConfig, TrainData, Trainer};
 
 use super::common::ModelArgs;
 
-/// Metrics log inside --out.
-pub const METRICS_FILE: &str = "metrics.jsonl";
-/// Plot of the metrics inside --out.
-pub const PLOT_FILE: &str = "metrics.svg";
 /// Merged model (HF directory) inside --out.
 pub const MERGED_DIR: &str = "merged";
 /// PEFT adapter inside --out (LoRA runs).
 pub const ADAPTER_DIR: &str = "adapter";
-/// Cached reference log-probs inside --out.
-pub const CACHE_DIR: &str = "cache";
 
 /// Which loss to train with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,6 +45,8 @@ pub enum LossArg {
     Orpo,
     /// TOPR on trajectories.
     Topr,
+    /// Supervised fine-tuning (NLL of completion tokens): --gold, --sft-data, or a run's correct --trajectories.
+    Sft,
 }
 
 /// Train a model on preference pairs (DPO family) or scored trajectories (TOPR).
@@ -70,11 +65,35 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Preference pairs: a Parquet file, a directory of them, or an `orchard sample` run directory.
-    #[arg(long, value_name = "PATH", conflicts_with = "trajectories", required_unless_present = "trajectories")]
+    #[arg(long, value_name = "PATH", conflicts_with = "trajectories", required_unless_present_any = ["trajectories", "gold", "sft_data"])]
     pub pairs: Option<PathBuf>,
     /// Scored trajectories (for --loss topr): a Parquet file, a directory, or a run directory.
     #[arg(long, value_name = "PATH")]
     pub trajectories: Option<PathBuf>,
+    /// SFT on a built-in dataset's gold solutions, `TASK:SPLIT` (gsm8k:train, svamp:train): ReFT's warm-up.
+    #[arg(long, value_name = "TASK:SPLIT", conflicts_with_all = ["pairs", "trajectories", "sft_data"])]
+    pub gold: Option<String>,
+    /// --gold: only the first N tasks.
+    #[arg(long, value_name = "N")]
+    pub gold_limit: Option<usize>,
+    /// SFT on a JSON-lines file of `{"prompt", "completion"}` or `{"messages"}` rows.
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["pairs", "trajectories"])]
+    pub sft_data: Option<PathBuf>,
+    /// SFT on --trajectories: keep those with at least this reward (rejection sampling).
+    #[arg(long, default_value_t = 1.0)]
+    pub min_reward: f64,
+    /// SFT on --trajectories: keep identical completions of a prompt as many times as they were sampled.
+    #[arg(long)]
+    pub no_dedup: bool,
+    /// SFT on --trajectories: a float column with each example's loss weight.
+    #[arg(long, value_name = "COLUMN")]
+    pub weight_column: Option<String>,
+    /// SFT: Masked Thought's largest share of completion tokens masked in the input (0: off; paper: 0.4).
+    #[arg(long, default_value_t = 0.0)]
+    pub mask_ratio: f64,
+    /// SFT: share of the steps over which the mask ratio ramps up from 0.
+    #[arg(long, default_value_t = orchard_train::sft::DEFAULT_MASK_RAMP)]
+    pub mask_ramp: f64,
     /// The loss.
     #[arg(long, value_enum, default_value_t = LossArg::Dpo)]
     pub loss: LossArg,
@@ -207,95 +226,83 @@ pub enum ScheduleArg {
 }
 
 impl Args {
-    fn objective(&self) -> anyhow::Result<Objective> {
-        let beta = self.beta;
-        let eps = self.label_smoothing;
-        let loss = match self.loss {
-            LossArg::Topr => {
-                let b: Vec<f64> = self
-                    .topr_bounds
-                    .split(',')
-                    .map(|s| s.trim().parse::<f64>())
-                    .collect::<Result<_, _>>()
-                    .with_context(|| format!("--topr-bounds `{}`: expected four numbers", self.topr_bounds))?;
-                let [pos_low, pos_high, neg_low, neg_high] = b[..] else {
-                    anyhow::bail!("--topr-bounds `{}`: expected four numbers a+,b+,a-,b-", self.topr_bounds);
-                };
-                return Ok(Objective::Topr(Topr {
-                    bounds: Bounds { pos_low, pos_high, neg_low, neg_high },
-                    ratio: match self.topr_ratio {
-                        RatioArg::Sequence => RatioMode::Sequence,
-                        RatioArg::LengthNormalised => RatioMode::LengthNormalised,
-                    },
-                    baseline: self.baseline,
-                    length_normalise: !self.no_length_normalise,
-                }));
-            }
-            LossArg::Dpo => DpoLoss::Sigmoid { beta },
-            LossArg::Cdpo => DpoLoss::Cdpo { beta, label_smoothing: eps },
-            LossArg::Robust => DpoLoss::Robust { beta, label_smoothing: eps },
-            LossArg::Ipo => DpoLoss::Ipo { beta },
-            LossArg::Hinge => DpoLoss::Hinge { beta },
-            LossArg::Rpo => DpoLoss::Rpo { beta, alpha: self.rpo_alpha },
-            LossArg::Simpo => DpoLoss::Simpo { beta, gamma: self.simpo_gamma },
-            LossArg::Orpo => DpoLoss::Orpo { beta },
+    /// The flags as the trainer's spec (the one mapping from settings to a [`TrainConfig`], shared with the loop).
+    fn spec(&self) -> anyhow::Result<TrainSpec> {
+        let b: Vec<f64> = self
+            .topr_bounds
+            .split(',')
+            .map(|s| s.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("--topr-bounds `{}`: expected four numbers", self.topr_bounds))?;
+        let [a, bp, c, d] = b[..] else {
+            anyhow::bail!("--topr-bounds `{}`: expected four numbers a+,b+,a-,b-", self.topr_bounds);
         };
-        let reference = match self.reference {
-            ReferenceArg::Model => ReferenceSource::Model,
-            ReferenceArg::Behaviour => ReferenceSource::Behaviour,
-        };
-        Ok(Objective::Preference { loss, reference })
-    }
-
-    fn tuning(&self) -> anyhow::Result<Tuning> {
-        let Some(rank) = self.lora_rank else { return Ok(Tuning::Full) };
-        let targets = self.lora_targets.iter().map(|t| t.parse::<Target>()).collect::<Result<Vec<_>, _>>()?;
-        Ok(Tuning::Lora(LoraConfig {
-            rank,
-            alpha: self.lora_alpha.unwrap_or(2.0 * rank as f32),
-            dropout: self.lora_dropout,
-            targets,
-        }))
-    }
-
-    fn config(&self) -> anyhow::Result<TrainConfig> {
-        Ok(TrainConfig {
-            objective: self.objective()?,
-            tuning: self.tuning()?,
-            optim: OptimConfig {
-                lr: self.lr,
-                schedule: match self.schedule {
-                    ScheduleArg::Constant => ScheduleKind::Constant,
-                    ScheduleArg::Cosine => ScheduleKind::Cosine,
-                    ScheduleArg::Linear => ScheduleKind::Linear,
-                },
-                warmup_steps: self.warmup_steps,
-                max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
-                adam: AdamConfig { weight_decay: self.weight_decay, ..AdamConfig::default() },
+        Ok(TrainSpec {
+            loss: self.loss.kind(),
+            beta: self.beta,
+            label_smoothing: self.label_smoothing,
+            rpo_alpha: self.rpo_alpha,
+            simpo_gamma: self.simpo_gamma,
+            reference: match self.reference {
+                ReferenceArg::Model => ReferenceSource::Model,
+                ReferenceArg::Behaviour => ReferenceSource::Behaviour,
             },
-            batch: BatchConfig {
-                batch_size: self.batch_size,
-                micro_batch_size: self.micro_batch_size,
-                memory_gb: self.memory_gb,
-            },
+            topr_bounds: [a, bp, c, d],
+            topr_length_normalised_ratio: self.topr_ratio == RatioArg::LengthNormalised,
+            baseline: self.baseline,
+            length_normalise: !self.no_length_normalise,
+            lora_rank: self.lora_rank,
+            lora_alpha: self.lora_alpha,
+            lora_dropout: self.lora_dropout,
+            lora_targets: self.lora_targets.clone(),
+            lr: self.lr,
             epochs: self.epochs,
+            batch_size: self.batch_size,
+            micro_batch_size: self.micro_batch_size,
+            memory_gb: self.memory_gb,
             max_steps: self.max_steps,
+            warmup_steps: self.warmup_steps,
+            schedule: match self.schedule {
+                ScheduleArg::Constant => ScheduleKind::Constant,
+                ScheduleArg::Cosine => ScheduleKind::Cosine,
+                ScheduleArg::Linear => ScheduleKind::Linear,
+            },
+            max_grad_norm: self.max_grad_norm,
+            weight_decay: self.weight_decay,
             seed: self.seed,
+            max_length: self.max_length,
+            skip_long: self.skip_long,
             checkpoint_every: self.checkpoint_every,
             keep_checkpoints: self.keep_checkpoints,
+            mask_ratio: self.mask_ratio,
+            mask_ramp: self.mask_ramp,
+            min_reward: self.min_reward,
+            dedup: !self.no_dedup,
         })
     }
 }
 
+impl LossArg {
+    fn kind(self) -> LossKind {
+        match self {
+            LossArg::Dpo => LossKind::Dpo,
+            LossArg::Cdpo => LossKind::Cdpo,
+            LossArg::Robust => LossKind::Robust,
+            LossArg::Ipo => LossKind::Ipo,
+            LossArg::Hinge => LossKind::Hinge,
+            LossArg::Rpo => LossKind::Rpo,
+            LossArg::Simpo => LossKind::Simpo,
+            LossArg::Orpo => LossKind::Orpo,
+            LossArg::Topr => LossKind::Topr,
+            LossArg::Sft => LossKind::Sft,
+        }
+    }
+}
+
 /// Reads the training data named by the flags (errors name file, column and row).
-fn read_data(args: &Args, engine: &Engine, cfg: &TrainConfig) -> anyhow::Result<TrainData> {
-    let context = engine.model().config().max_position_embeddings;
-    let max_length = args.max_length.unwrap_or(context);
-    anyhow::ensure!(
-        max_length <= context,
-        "--max-length {max_length} is longer than the model's context ({context} tokens)"
-    );
-    let limits = Limits { max_length, skip_long: args.skip_long };
+fn read_data(args: &Args, spec: &TrainSpec, engine: &Engine, cfg: &TrainConfig) -> anyhow::Result<TrainData> {
+    let limits = spec.limits(engine)?;
+    let max_length = limits.max_length;
     match (&cfg.objective, &args.pairs, &args.trajectories) {
         (Objective::Preference { reference, .. }, Some(path), None) => {
             let columns = PairColumns {
@@ -315,6 +322,32 @@ fn read_data(args: &Args, engine: &Engine, cfg: &TrainConfig) -> anyhow::Result<
             }
             Ok(TrainData::Trajectories(loaded.examples))
         }
+        (Objective::Sft(_), None, Some(path)) => {
+            let filter = SftFilter {
+                min_reward: args.min_reward,
+                dedup: !args.no_dedup,
+                weight_column: args.weight_column.clone(),
+            };
+            let (examples, c) = data::read_sft_trajectories(path, &filter, limits, engine)?;
+            eprintln!(
+                "orchard: SFT on {} trajectories with reward ≥ {} ({} below, {} duplicates, {} unscored or too long)",
+                c.kept, args.min_reward, c.below_threshold, c.duplicates, c.skipped
+            );
+            Ok(TrainData::Sft(examples))
+        }
+        (Objective::Sft(_), None, None) => {
+            if let Some(path) = &args.sft_data {
+                let loaded = data::read_sft_jsonl(path, limits, engine)?;
+                if loaded.skipped > 0 {
+                    eprintln!("orchard: skipped {} examples longer than {max_length} tokens", loaded.skipped);
+                }
+                return Ok(TrainData::Sft(loaded.examples));
+            }
+            let Some(gold) = &args.gold else {
+                anyhow::bail!("--loss sft trains on --gold TASK:SPLIT, --sft-data FILE.jsonl or --trajectories RUN")
+            };
+            Ok(TrainData::Sft(gold_examples(gold, args.gold_limit, limits, engine)?))
+        }
         (Objective::Topr(_), _, _) => anyhow::bail!("--loss topr trains on --trajectories"),
         _ => anyhow::bail!("--loss {:?} trains on --pairs", args.loss),
     }
@@ -322,73 +355,27 @@ fn read_data(args: &Args, engine: &Engine, cfg: &TrainConfig) -> anyhow::Result<
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // 1. Settings, model, data: every input is checked before anything is written to --out.
-    let cfg = args.config()?;
+    let spec = args.spec()?;
     let engine = args.model.load()?;
-    let data = read_data(&args, &engine, &cfg)?;
+    let cfg = spec.config(&engine)?;
+    let data = read_data(&args, &spec, &engine, &cfg)?;
     let out = &args.out;
-    let existing = checkpoint::latest(out)?;
-    if let Some(dir) = &existing {
-        let ckpt = checkpoint::load(dir)?;
-        let hash = engine.info().hash()?;
-        anyhow::ensure!(
-            ckpt.state.model_hash == hash,
-            "checkpoint {}: it was trained from another model (hash {}…), not {} (hash {}…); nothing was changed \
-             in {}",
-            dir.display(),
-            &ckpt.state.model_hash[..ckpt.state.model_hash.len().min(16)],
-            engine.info().path.display(),
-            &hash[..hash.len().min(16)],
-            out.display()
-        );
-    }
 
-    // 2. The trainer (reference log-probs computed once and cached), resumed from --out's newest checkpoint.
-    let bar = super::common::progress_bar(0, "reference");
-    let mut trainer = Trainer::new(&engine, data, cfg, &out.join(CACHE_DIR), &mut |what, done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        bar.set_message(what.to_string());
-    })?;
-    bar.finish_and_clear();
-    if let Some(dir) = &existing {
-        trainer.resume(checkpoint::load(dir)?).with_context(|| format!("nothing was changed in {}", out.display()))?;
-        eprintln!("orchard: resuming {} at step {}/{}", dir.display(), trainer.step_index(), trainer.total_steps());
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let mut log = MetricsLog::open(&out.join(METRICS_FILE), trainer.step_index())?;
-
-    // 3. Steps: forward, loss, backward, update; metrics after each, checkpoints as asked.
-    let bar = super::common::progress_bar(trainer.total_steps() as u64, "steps");
-    bar.set_position(trainer.step_index() as u64);
-    let mut taken = 0usize;
-    let mut last: Option<StepMetrics> = None;
-    while !trainer.finished() {
-        if args.stop_after.is_some_and(|n| taken >= n) {
-            break;
-        }
-        let m = trainer.step()?;
-        log.push(&m)?;
-        bar.set_position(m.step as u64);
-        bar.set_message(progress_message(&m));
-        taken += 1;
-        if trainer.checkpoint_due() {
-            trainer.save_checkpoint(out)?;
-        }
-        last = Some(m);
-    }
-    bar.finish_and_clear();
-    let ckpt = trainer.save_checkpoint(out)?;
-    let rows = metrics::read(&out.join(METRICS_FILE))?;
-    metrics::plot(&rows, &out.join(PLOT_FILE))?;
+    // 2. The trainer (reference log-probs computed once and cached), resumed from --out's newest checkpoint;
+    // 3. steps, metrics, checkpoints.
+    let mut bars = super::common::Bars::default();
+    let mut trainer = train::open_trainer(&engine, data, cfg, out, &mut bars)?;
+    let report = train::run_training(&mut trainer, out, args.stop_after, &mut bars)?;
 
     // 4. Exports, once the run is complete.
     if trainer.finished() && !args.no_export {
         export_model(&trainer, &engine, out)?;
     }
-    let summary = match &last {
-        Some(m) => format!("last step {}: {}", m.step, progress_message(m)),
+    let summary = match &report.last {
+        Some(m) => format!("last step {}: {}", m.step, train::step_message(m)),
         None => "no steps taken".into(),
     };
+    let ckpt = checkpoint::latest(out)?.unwrap_or_default();
     eprintln!(
         "orchard: {} of {} steps; {summary}; checkpoint {}",
         trainer.step_index(),
@@ -398,14 +385,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The progress bar's message: loss, reward accuracy (or TOPR's mean weight) and throughput.
-fn progress_message(m: &StepMetrics) -> String {
-    let extra = match (&m.preference, &m.topr) {
-        (Some(p), _) => format!("acc {:.2} margin {:.3}", p.accuracy, p.margins),
-        (None, Some(t)) => format!("reward {:.2} w {:.3}", t.reward, t.weight),
-        _ => String::new(),
-    };
-    format!("loss {:.4} {extra} {:.0} tok/s", m.loss, m.tokens_per_s)
+/// SFT examples from a built-in dataset's gold solutions (`gsm8k:train`), prompted as `orchard sample` and
+/// `orchard eval` prompt them (the question as one user turn, no system message).
+pub fn gold_examples(
+    spec: &str,
+    limit: Option<usize>,
+    limits: Limits,
+    engine: &Engine,
+) -> anyhow::Result<Vec<orchard_train::data::SftExample>> {
+    let (task, split) = spec.split_once(':').unwrap_or((spec, "train"));
+    let kind: orchard_datasets::TaskKind = task.parse().map_err(|e| anyhow::anyhow!("--gold {spec}: {e}"))?;
+    let mut source = orchard_datasets::TaskSource::builtin(kind, Some(split));
+    source.limit = limit;
+    let loaded = source.load()?;
+    let mut out = Vec::with_capacity(loaded.tasks.len());
+    for task in &loaded.tasks {
+        let gold =
+            task.gold_solution().with_context(|| format!("--gold {spec}: task {} has no gold solution", task.id))?;
+        let prompt = crate::job::task_prompt(task, None);
+        if let Some(e) = data::sft_example(engine, &prompt, &gold, task.id.clone(), limits)? {
+            out.push(e);
+        }
+    }
+    anyhow::ensure!(!out.is_empty(), "--gold {spec}: no tasks");
+    Ok(out)
 }
 
 /// Writes merged/ (the trained model as an HF directory) and, for LoRA, adapter/ (PEFT).

@@ -1,0 +1,754 @@
+//! The closed loop (`orchard loop`): rounds of *generate with the current policy → train from it → hand the
+//! trained weights back to the engine in memory → evaluate on a held-out split* — ReFT's warm-up then
+//! reinforcement, RFT/STaR's sample-filter-finetune, Agent Q's and iTool's search-then-DPO iterations.
+//!
+//! Layout of `OUT` (each piece an existing format):
+//! ```text
+//! OUT/loop.toml            the configuration (a rerun with other settings is refused; `rounds` may grow)
+//! OUT/loop.json            every round's report so far (accuracy with 95% intervals, counts, seconds per phase)
+//! OUT/loop.jsonl           the same, one line per finished round
+//! OUT/loop.svg             accuracy per round with intervals; training loss across rounds
+//! OUT/round-0/eval/        the starting model's evaluation (eval.json)
+//! OUT/round-R/data/        an `orchard sample` run directory of the round's generations (none for a warm-up)
+//! OUT/round-R/train/       an `orchard train` directory (checkpoints, metrics.jsonl, metrics.svg)
+//! OUT/round-R/eval/        eval.json of the round's trained policy
+//! OUT/final/               the last policy as an HF directory (`orchard eval --model OUT/final`)
+//! ```
+//! A `kill -9` anywhere resumes where it stopped: generations from the run journal, training from its newest
+//! checkpoint, finished rounds from their checkpoints (the policy of round R is rebuilt by applying rounds 1..R's
+//! final checkpoints in turn, which gives the same weights bit for bit). A finished loop rerun does nothing.
+//!
+//! The policy is held as f32 weights (the trainer's master copy) and, for generation, as a Q8_0 re-quantization
+//! of them (`handoff = "q8"`, the default) or the f32 weights themselves (`"f32"`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use orchard_datasets::record::PairFormat;
+use orchard_datasets::{PairPolicy, RunDir, RunSpec, Task, TaskKind, TaskSource, WriterOptions};
+use orchard_engine::autograd::DiffModel;
+use orchard_engine::{Engine, GenerateOptions, Handoff, SamplingParams};
+use orchard_rewards::Reward;
+use orchard_train::data::{self, SftExample, SftFilter};
+use orchard_train::{checkpoint, TrainData};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::eval::{evaluate, Accuracy, EvalConfig, EvalReport};
+use crate::sample::{sample, SampleJob};
+use crate::task::task_prompt;
+use crate::train::{open_trainer, run_training, LossKind, TrainReport, TrainSpec};
+use crate::Progress;
+
+/// The configuration copy inside `OUT`.
+pub const CONFIG_FILE: &str = "loop.toml";
+/// Every round's report.
+pub const REPORT_FILE: &str = "loop.json";
+/// One line per finished round.
+pub const ROUNDS_FILE: &str = "loop.jsonl";
+/// The plot.
+pub const PLOT_FILE: &str = "loop.svg";
+/// A round's evaluation inside `round-R/eval/`.
+pub const EVAL_FILE: &str = "eval.json";
+/// The final policy as an HF directory.
+pub const FINAL_DIR: &str = "final";
+/// Default rounds.
+pub const DEFAULT_ROUNDS: usize = 2;
+
+/// What each round generates with the current policy (best-of-N sampling on the train questions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenerateSpec {
+    /// Samples per question. Default 4.
+    pub n: usize,
+    /// Sampling parameters. Default temperature 0.8, 256 new tokens.
+    pub sampling: SamplingParams,
+    /// How pairs are selected from each question's samples (DPO-family rounds).
+    pub pairs: PairPolicy,
+    /// STaR rationalisation: questions with no correct sample are sampled again with the gold answer given as a
+    /// hint; samples that reach it are kept as SFT examples *without* the hint. Default false.
+    pub star_hints: bool,
+}
+
+impl Default for GenerateSpec {
+    fn default() -> Self {
+        GenerateSpec {
+            n: 4,
+            sampling: SamplingParams { temperature: 0.8, max_new_tokens: 256, ..SamplingParams::default() },
+            pairs: PairPolicy::default(),
+            star_hints: false,
+        }
+    }
+}
+
+/// A loop: every key has a default; unknown keys are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoopConfig {
+    /// The starting model. Default `default`.
+    pub model: String,
+    /// Rounds after round 0 (the starting model's evaluation). Default [`DEFAULT_ROUNDS`].
+    pub rounds: usize,
+    /// Base seed (round R samples with seed + R). Default 0.
+    pub seed: u64,
+    /// How trained weights are held for generation. Default `q8`.
+    pub handoff: Handoff,
+    /// Reward that scores generations and evaluations. Default `gsm8k`.
+    pub reward: String,
+    /// System message before each prompt (the same for generation, training and evaluation). Default none.
+    pub system: Option<String>,
+    /// The questions the policy trains on. Default GSM8K train.
+    pub train_tasks: TaskSource,
+    /// The held-out evaluation set (must not share a question with `train_tasks`). Default GSM8K test.
+    pub eval_tasks: TaskSource,
+    /// Evaluation settings. Default greedy, 512 new tokens.
+    pub eval: EvalConfig,
+    /// Round 1 only: SFT on the gold solutions of `train_tasks` (ReFT's warm-up). Default none.
+    pub warmup: Option<TrainSpec>,
+    /// What rounds generate.
+    pub generate: GenerateSpec,
+    /// How rounds train on their generations. Default SFT on the correct ones (rejection-sampling fine-tuning).
+    pub train: TrainSpec,
+    /// Most sequences the engine decodes together. Default 64.
+    pub max_batch: usize,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        LoopConfig {
+            model: "default".into(),
+            rounds: DEFAULT_ROUNDS,
+            seed: 0,
+            handoff: Handoff::Q8,
+            reward: "gsm8k".into(),
+            system: None,
+            train_tasks: TaskSource::builtin(TaskKind::Gsm8k, Some("train")),
+            eval_tasks: TaskSource::builtin(TaskKind::Gsm8k, Some("test")),
+            eval: EvalConfig::default(),
+            warmup: None,
+            generate: GenerateSpec::default(),
+            train: TrainSpec { loss: LossKind::Sft, lr: 1e-5, ..TrainSpec::default() },
+            max_batch: orchard_engine::engine::DEFAULT_MAX_BATCH,
+        }
+    }
+}
+
+impl LoopConfig {
+    /// Reads a loop configuration from TOML (unknown keys are refused, naming the file).
+    pub fn from_toml(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// What a rerun must share (everything except `rounds`, which may grow, and `max_batch`).
+    fn identity(&self) -> Result<serde_json::Value> {
+        let mut v = serde_json::to_value(self)?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("rounds");
+            o.remove("max_batch");
+        }
+        Ok(v)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.rounds == 0 {
+            return Err(Error::Config("rounds must be at least 1".into()));
+        }
+        if self.generate.n == 0 {
+            return Err(Error::Config("generate.n must be at least 1".into()));
+        }
+        if self.warmup.as_ref().is_some_and(|w| w.loss != LossKind::Sft) {
+            return Err(Error::Config("warmup trains on gold solutions: its loss must be `sft`".into()));
+        }
+        self.generate.sampling.validate()?;
+        Ok(())
+    }
+}
+
+/// Seconds spent in each phase of a round.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSeconds {
+    /// Generating with the policy (and scoring).
+    pub generate: f64,
+    /// Training (reference log-probs included).
+    pub train: f64,
+    /// Handing the trained weights back to the engine (merge, re-quantize, digest).
+    pub handoff: f64,
+    /// Evaluating.
+    pub eval: f64,
+}
+
+/// What one round did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundReport {
+    /// Round number (0: the starting model).
+    pub round: usize,
+    /// `eval` (round 0), `warmup` (SFT on gold solutions) or the round's loss (`sft`, `dpo`, `topr`, …).
+    pub kind: String,
+    /// Questions generated for.
+    pub tasks: usize,
+    /// Generated samples, and how many were correct.
+    pub samples: usize,
+    /// Correct samples.
+    pub correct: usize,
+    /// Examples trained on (SFT examples, pairs or trajectories).
+    pub examples: usize,
+    /// Training: steps and the last step's loss (none when nothing could be trained on).
+    pub train: Option<TrainSummary>,
+    /// Held-out evaluation after the round.
+    pub eval: EvalSummary,
+    /// Identity of the policy evaluated (weights digest).
+    pub model_hash: String,
+    /// Seconds per phase (of the process that ran the phase; resumed phases count what was run this time).
+    pub seconds: PhaseSeconds,
+}
+
+/// Training in a round report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Loss of the last step.
+    pub last_loss: Option<f64>,
+    /// Tokens per second of the last step.
+    pub tokens_per_s: Option<f64>,
+}
+
+/// Evaluation in a round report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalSummary {
+    /// Greedy accuracy.
+    pub greedy: Accuracy,
+    /// maj@K when asked for.
+    pub majority: Option<Accuracy>,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+}
+
+/// The loop's report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoopReport {
+    /// Round 0 (the starting model) and every finished round.
+    pub rounds: Vec<RoundReport>,
+}
+
+impl LoopReport {
+    /// Whether the last round's greedy interval lies wholly above round 0's.
+    pub fn gain_is_significant(&self) -> bool {
+        match (self.rounds.first(), self.rounds.last()) {
+            (Some(a), Some(b)) if b.round > 0 => b.eval.greedy.above(&a.eval.greedy),
+            _ => false,
+        }
+    }
+}
+
+/// The policy: f32 master weights (what training starts from) and the engine that generates with them.
+struct Policy<'a> {
+    base: &'a Engine,
+    master: Option<Engine>,
+    sampler: Option<Engine>,
+}
+
+impl Policy<'_> {
+    fn master(&self) -> &Engine {
+        self.master.as_ref().unwrap_or(self.base)
+    }
+    fn sampler(&self) -> &Engine {
+        self.sampler.as_ref().or(self.master.as_ref()).unwrap_or(self.base)
+    }
+
+    /// Takes the trained weights in memory: the f32 master and, for `q8`, its re-quantization for generation.
+    fn hand_off(&mut self, merged: orchard_engine::Model, handoff: Handoff, round: usize) -> Result<()> {
+        let id = format!("{}+round-{round}", self.base.info().id);
+        let master = self.base.with_weights(merged, Handoff::F32, &id)?;
+        self.sampler = match handoff {
+            Handoff::Q8 => Some(master.with_weights(master.model().to_q8(), Handoff::F32, &id)?),
+            Handoff::F32 => None,
+        };
+        self.master = Some(master);
+        Ok(())
+    }
+}
+
+/// Runs (or resumes) the loop `cfg` from `base` into `out`, scoring with `reward`.
+pub fn run_loop(
+    cfg: &LoopConfig,
+    base: &Engine,
+    reward: &dyn Reward,
+    out: &Path,
+    progress: &mut dyn Progress,
+) -> Result<LoopReport> {
+    cfg.validate()?;
+    let train_tasks = load_tasks(&cfg.train_tasks, "train_tasks")?;
+    let eval_tasks = load_tasks(&cfg.eval_tasks, "eval_tasks")?;
+    check_overlap(&train_tasks, &eval_tasks)?;
+    claim_dir(cfg, base, out)?;
+    let opts = GenerateOptions { max_batch: cfg.max_batch, ..GenerateOptions::default() };
+    let mut report = LoopReport::default();
+    let mut policy = Policy { base, master: None, sampler: None };
+
+    // Round 0: the starting model.
+    let r0 = eval_round(cfg, &policy, 0, "eval", &eval_tasks, reward, &opts, out, progress)?;
+    record_round(out, &mut report, r0)?;
+
+    for round in 1..=cfg.rounds {
+        let dir = round_dir(out, round);
+        let warm = round == 1 && cfg.warmup.is_some();
+        let spec = if warm { cfg.warmup.clone().unwrap_or_default() } else { cfg.train.clone() };
+        let kind = if warm { "warmup".to_string() } else { loss_name(spec.loss) };
+        if dir.join("eval").join(EVAL_FILE).is_file() {
+            // A finished round: rebuild its policy from its final checkpoint.
+            let t0 = Instant::now();
+            replay(&mut policy, &spec, &dir.join("train"), cfg.handoff, round)?;
+            let mut r = read_round(&dir)?;
+            r.seconds = PhaseSeconds { handoff: t0.elapsed().as_secs_f64(), ..PhaseSeconds::default() };
+            progress.log(&format!("round {round}: done before (greedy {:.3})", r.eval.greedy.accuracy));
+            record_round(out, &mut report, r)?;
+            continue;
+        }
+        let mut seconds = PhaseSeconds::default();
+        // 1. Data: gold solutions (warm-up) or the current policy's generations.
+        let t0 = Instant::now();
+        progress.log(&format!("round {round}/{}: {kind}", cfg.rounds));
+        let (data, counts) = if warm {
+            let examples = gold_examples(policy.master(), &train_tasks, cfg.system.as_deref(), &spec)?;
+            let n = examples.len();
+            (Some(TrainData::Sft(examples)), RoundCounts { tasks: n, examples: n, ..RoundCounts::default() })
+        } else {
+            generate_round(cfg, &policy, round, &train_tasks, reward, &spec, (&opts, out), progress)?
+        };
+        seconds.generate = t0.elapsed().as_secs_f64();
+
+        // 2. Train from the master weights; 3. hand the result back to the engine in memory.
+        let mut train_summary = None;
+        if let Some(data) = data {
+            let t1 = Instant::now();
+            let master = policy.master();
+            let tcfg = spec.config(master)?;
+            let train_dir = dir.join("train");
+            let mut trainer = open_trainer(master, data, tcfg, &train_dir, progress)?;
+            let tr: TrainReport = run_training(&mut trainer, &train_dir, None, progress)?;
+            let merged = trainer.model().merged_model(&train_dir)?;
+            drop(trainer);
+            seconds.train = t1.elapsed().as_secs_f64();
+            let t2 = Instant::now();
+            policy.hand_off(merged, cfg.handoff, round)?;
+            seconds.handoff = t2.elapsed().as_secs_f64();
+            progress.log(&format!("round {round}: weights handed to the engine in {:.3} s", seconds.handoff));
+            train_summary = Some(TrainSummary {
+                steps: tr.steps,
+                last_loss: tr.last.as_ref().map(|m| m.loss),
+                tokens_per_s: tr.last.as_ref().map(|m| m.tokens_per_s),
+            });
+        } else {
+            progress.log(&format!("round {round}: nothing to train on; the policy is unchanged"));
+            mark_untrained(&dir)?;
+        }
+
+        // 4. Evaluate the new policy.
+        let mut r = eval_round(cfg, &policy, round, &kind, &eval_tasks, reward, &opts, out, progress)?;
+        r.tasks = counts.tasks;
+        r.samples = counts.samples;
+        r.correct = counts.correct;
+        r.examples = counts.examples;
+        r.train = train_summary;
+        r.seconds = PhaseSeconds { eval: r.seconds.eval, ..seconds };
+        write_json(&dir.join("eval").join(EVAL_FILE), &r)?;
+        record_round(out, &mut report, r)?;
+    }
+    export_final(&policy, out)?;
+    plot(&report, out)?;
+    Ok(report)
+}
+
+/// Counts of a round's data phase.
+#[derive(Debug, Clone, Copy, Default)]
+struct RoundCounts {
+    tasks: usize,
+    samples: usize,
+    correct: usize,
+    examples: usize,
+}
+
+fn round_dir(out: &Path, round: usize) -> PathBuf {
+    out.join(format!("round-{round}"))
+}
+
+fn loss_name(loss: LossKind) -> String {
+    serde_json::to_value(loss).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+fn load_tasks(source: &TaskSource, key: &str) -> Result<Vec<Task>> {
+    let loaded = source.load()?;
+    if loaded.tasks.is_empty() {
+        return Err(Error::Config(format!("{key}: no tasks")));
+    }
+    Ok(loaded.tasks)
+}
+
+/// A question's text as compared for overlap: lower case, whitespace collapsed.
+fn normalised(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
+/// Refuses a train set that shares a question with the evaluation set, naming the ids.
+pub fn check_overlap(train: &[Task], eval: &[Task]) -> Result<()> {
+    let eval_by_text: HashMap<String, &str> = eval.iter().map(|t| (normalised(&t.prompt), t.id.as_str())).collect();
+    let shared: Vec<String> = train
+        .iter()
+        .filter_map(|t| eval_by_text.get(&normalised(&t.prompt)).map(|e| format!("{} = {e}", t.id)))
+        .collect();
+    if shared.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = shared.iter().take(10).map(String::as_str).collect();
+    Err(Error::Overlap(format!(
+        "the train tasks share {} question(s) with the evaluation set (train id = eval id): {}{}; evaluate on \
+         problems never trained on (e.g. svamp train vs heldout, gsm8k train vs test)",
+        shared.len(),
+        shown.join(", "),
+        if shared.len() > shown.len() { ", …" } else { "" }
+    )))
+}
+
+/// Writes `OUT/loop.toml` on a new loop; refuses an `OUT` whose loop has other settings or another base model.
+fn claim_dir(cfg: &LoopConfig, base: &Engine, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let path = out.join(CONFIG_FILE);
+    let stamp = serde_json::json!({ "config": cfg.identity()?, "model_hash": base.identity()? });
+    let stamp_path = out.join(".loop-identity.json");
+    if stamp_path.is_file() {
+        let text = std::fs::read_to_string(&stamp_path).map_err(|e| Error::io(&stamp_path, e))?;
+        let old: serde_json::Value = serde_json::from_str(&text)?;
+        if old != stamp {
+            let keys: Vec<String> = match (old["config"].as_object(), stamp["config"].as_object()) {
+                (Some(a), Some(b)) => a.keys().filter(|k| a.get(*k) != b.get(*k)).cloned().collect(),
+                _ => vec![],
+            };
+            let what = if old["model_hash"] != stamp["model_hash"] {
+                "another starting model".to_string()
+            } else {
+                format!("other settings ({})", keys.join(", "))
+            };
+            return Err(Error::Config(format!(
+                "{} holds a loop with {what}; use another --out or the same configuration",
+                out.display()
+            )));
+        }
+    } else {
+        write_json(&stamp_path, &stamp)?;
+    }
+    let toml = toml::to_string(cfg).map_err(|e| Error::Config(format!("loop config: {e}")))?;
+    write_atomic(&path, toml.as_bytes())
+}
+
+/// Evaluates the sampler and writes `round-R/eval/eval.json` (round 0's; later rounds are rewritten with their
+/// counts by the caller).
+#[allow(clippy::too_many_arguments)]
+fn eval_round(
+    cfg: &LoopConfig,
+    policy: &Policy<'_>,
+    round: usize,
+    kind: &str,
+    tasks: &[Task],
+    reward: &dyn Reward,
+    opts: &GenerateOptions,
+    out: &Path,
+    progress: &mut dyn Progress,
+) -> Result<RoundReport> {
+    let path = round_dir(out, round).join("eval").join(EVAL_FILE);
+    if round == 0 && path.is_file() {
+        return read_round(&round_dir(out, 0));
+    }
+    let engine = policy.sampler();
+    let eval = EvalConfig { system: cfg.system.clone(), ..cfg.eval.clone() };
+    let t0 = Instant::now();
+    let rep: EvalReport = evaluate(engine, tasks, reward, &eval, opts, progress)?;
+    let dir = path.parent().expect("eval.json has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let per_task: Vec<serde_json::Value> =
+        rep.per_task.iter().map(|(id, ok)| serde_json::json!({"id": id, "correct": ok})).collect();
+    write_json(&dir.join("per_task.json"), &per_task)?;
+    let r = RoundReport {
+        round,
+        kind: kind.to_string(),
+        tasks: 0,
+        samples: 0,
+        correct: 0,
+        examples: 0,
+        train: None,
+        eval: EvalSummary { greedy: rep.greedy, majority: rep.majority, generated_tokens: rep.generated_tokens },
+        model_hash: engine.identity()?,
+        seconds: PhaseSeconds { eval: t0.elapsed().as_secs_f64(), ..PhaseSeconds::default() },
+    };
+    progress.log(&format!(
+        "round {round}: greedy {}/{} = {:.3} [{:.3}, {:.3}]",
+        r.eval.greedy.correct,
+        r.eval.greedy.total,
+        r.eval.greedy.accuracy,
+        r.eval.greedy.ci95[0],
+        r.eval.greedy.ci95[1]
+    ));
+    if round == 0 {
+        write_json(&path, &r)?;
+    }
+    Ok(r)
+}
+
+fn read_round(dir: &Path) -> Result<RoundReport> {
+    let path = dir.join("eval").join(EVAL_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+/// Appends a finished round to the report, `loop.jsonl` and `loop.json`, and redraws the plot.
+fn record_round(out: &Path, report: &mut LoopReport, r: RoundReport) -> Result<()> {
+    let lines_path = out.join(ROUNDS_FILE);
+    let mut lines: Vec<RoundReport> = report.rounds.clone();
+    lines.push(r.clone());
+    let text: String =
+        lines.iter().map(|x| serde_json::to_string(x).map(|s| s + "\n")).collect::<std::result::Result<_, _>>()?;
+    write_atomic(&lines_path, text.as_bytes())?;
+    report.rounds.push(r);
+    write_json(&out.join(REPORT_FILE), report)?;
+    plot(report, out)
+}
+
+/// A finished round that had nothing to train on keeps the previous policy; this marker says so on resume.
+fn mark_untrained(dir: &Path) -> Result<()> {
+    let t = dir.join("train");
+    std::fs::create_dir_all(&t).map_err(|e| Error::io(&t, e))?;
+    write_atomic(&t.join("UNTRAINED"), b"no correct samples or pairs: the policy was not changed in this round\n")
+}
+
+/// Rebuilds a finished round's policy: its final checkpoint applied to the current master weights.
+fn replay(policy: &mut Policy<'_>, spec: &TrainSpec, train_dir: &Path, handoff: Handoff, round: usize) -> Result<()> {
+    if train_dir.join("UNTRAINED").is_file() {
+        return Ok(());
+    }
+    let latest = checkpoint::latest(train_dir)?.ok_or_else(|| {
+        Error::Config(format!("{}: round {round} is evaluated but has no checkpoint", train_dir.display()))
+    })?;
+    let ckpt = checkpoint::load(&latest)?;
+    let master = policy.master();
+    let hash = master.identity()?;
+    if ckpt.state.model_hash != hash || ckpt.state.step < ckpt.state.total_steps {
+        return Err(Error::Config(format!(
+            "{}: round {round}'s checkpoint does not continue the policy of round {} (or is unfinished); remove \
+             rounds from {round} on to redo them",
+            latest.display(),
+            round - 1
+        )));
+    }
+    let tuning = spec.tuning()?;
+    let model = DiffModel::new(master.model(), &tuning, &Device::Cpu, spec.seed)?;
+    model.set_parameters(&ckpt.params)?;
+    let merged = model.merged_model(train_dir)?;
+    policy.hand_off(merged, handoff, round)
+}
+
+/// SFT examples from the gold solutions of `tasks`, prompted exactly as generation and evaluation prompt them.
+pub fn gold_examples(
+    engine: &Engine,
+    tasks: &[Task],
+    system: Option<&str>,
+    spec: &TrainSpec,
+) -> Result<Vec<SftExample>> {
+    let limits = spec.limits(engine)?;
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let gold = task
+            .gold_solution()
+            .ok_or_else(|| Error::Config(format!("warmup: task {} has no gold solution to fine-tune on", task.id)))?;
+        if let Some(e) = data::sft_example(engine, &task_prompt(task, system), &gold, task.id.clone(), limits)? {
+            out.push(e);
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Config("warmup: no gold solutions fit max_length".into()));
+    }
+    Ok(out)
+}
+
+/// Samples the train questions with the policy into `round-R/data` (resumable) and reads back what the round's
+/// loss trains on; `None` when there is nothing (no correct sample, no pair).
+#[allow(clippy::too_many_arguments)]
+fn generate_round(
+    cfg: &LoopConfig,
+    policy: &Policy<'_>,
+    round: usize,
+    tasks: &[Task],
+    reward: &dyn Reward,
+    spec: &TrainSpec,
+    (opts, out): (&GenerateOptions, &Path),
+    progress: &mut dyn Progress,
+) -> Result<(Option<TrainData>, RoundCounts)> {
+    let engine = policy.sampler();
+    let out = round_dir(out, round).join("data");
+    let job = SampleJob {
+        model: Some(format!("{}+round-{}", policy.base.info().id, round - 1)),
+        source: cfg.train_tasks.clone(),
+        n: Some(cfg.generate.n),
+        reward: Some(cfg.reward.clone()),
+        system: cfg.system.clone(),
+        sampling: cfg.generate.sampling.clone(),
+        pairs: cfg.generate.pairs.clone(),
+        seed: cfg.seed.wrapping_add(round as u64),
+        ..SampleJob::default()
+    };
+    let model =
+        orchard_datasets::ModelRecord { id: engine.info().id.clone(), hash: format!("sha256:{}", engine.identity()?) };
+    let spec_run = RunSpec {
+        model: Some(model),
+        pair_format: PairFormat::default(),
+        ..RunSpec::new("sample", serde_json::to_value(&job)?)
+    };
+    let wopts = WriterOptions { correct_threshold: cfg.generate.pairs.correct_threshold, ..WriterOptions::default() };
+    let mut run = RunDir::open(&out, &spec_run, wopts)?;
+    let todo = run.plan(tasks.to_vec());
+    if run.done_count() > 0 {
+        progress.log(&format!(
+            "round {round}: resuming generation, {} tasks done, {} to go",
+            run.done_count(),
+            todo.len()
+        ));
+    }
+    let group = (opts.max_batch / cfg.generate.n).max(1);
+    sample(engine, &job, &mut run, &todo, reward, (opts, group), progress)?;
+    let manifest = run.finish()?;
+    let c = manifest.counts;
+    let mut counts = RoundCounts {
+        tasks: c.tasks as usize,
+        samples: c.trajectories as usize,
+        correct: c.correct as usize,
+        examples: 0,
+    };
+    let master = policy.master();
+    let limits = spec.limits(master)?;
+    let data = match spec.loss {
+        LossKind::Sft => {
+            let filter = SftFilter { min_reward: spec.min_reward, dedup: spec.dedup, weight_column: None };
+            match data::read_sft_trajectories(&out, &filter, limits, master) {
+                Ok((examples, _)) => Some(TrainData::Sft(examples)),
+                Err(orchard_train::Error::Schema { .. }) if c.correct == 0 => None,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        LossKind::Topr => Some(TrainData::Trajectories(data::read_trajectories(&out, limits, master)?.examples)),
+        _ if c.pairs == 0 => None,
+        _ => {
+            let columns = data::PairColumns {
+                behaviour: spec.reference == orchard_train::reference::ReferenceSource::Behaviour,
+                label_smoothing: None,
+            };
+            Some(TrainData::Pairs(data::read_pairs(&out, &columns, limits, master)?.examples))
+        }
+    };
+    counts.examples = match &data {
+        Some(TrainData::Sft(e)) => e.len(),
+        Some(TrainData::Pairs(p)) => p.len(),
+        Some(TrainData::Trajectories(t)) => t.len(),
+        None => 0,
+    };
+    Ok((data, counts))
+}
+
+/// Writes the final policy as an HF directory (once).
+fn export_final(policy: &Policy<'_>, out: &Path) -> Result<()> {
+    let Some(master) = &policy.master else { return Ok(()) };
+    let dir = out.join(FINAL_DIR);
+    if dir.join("config.json").is_file() {
+        return Ok(());
+    }
+    orchard_train::export::export_hf(master.model(), master, &dir)?;
+    Ok(())
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut text = serde_json::to_vec_pretty(value)?;
+    text.push(b'\n');
+    write_atomic(path, &text)
+}
+
+/// Writes under a temporary name and renames, so a kill never leaves half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// `loop.svg`: greedy accuracy per round with its 95% interval (left), every round's training loss over the
+/// loop's cumulative optimizer steps (right).
+fn plot(report: &LoopReport, out: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let path = out.join(PLOT_FILE);
+    let err = |e: String| Error::io(&path, std::io::Error::other(e));
+    let root = SVGBackend::new(&path, (1100, 450)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let (left, right) = root.split_horizontally(500);
+    let rounds = report.rounds.len().max(1);
+    let hi = report.rounds.iter().map(|r| r.eval.greedy.ci95[1]).fold(0.05f64, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&left)
+        .caption("held-out greedy accuracy (95% CI)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(32)
+        .y_label_area_size(50)
+        .build_cartesian_2d(-0.5f64..(rounds as f64 - 0.5), 0f64..hi)
+        .map_err(|e| err(e.to_string()))?;
+    chart.configure_mesh().x_desc("round").y_desc("accuracy").draw().map_err(|e| err(e.to_string()))?;
+    for r in &report.rounds {
+        let x = r.round as f64;
+        let [lo, up] = r.eval.greedy.ci95;
+        chart
+            .draw_series(std::iter::once(PathElement::new(vec![(x, lo), (x, up)], BLUE.stroke_width(2))))
+            .map_err(|e| err(e.to_string()))?;
+        chart
+            .draw_series(std::iter::once(Circle::new((x, r.eval.greedy.accuracy), 5, BLUE.filled())))
+            .map_err(|e| err(e.to_string()))?;
+    }
+    // Training loss across rounds.
+    let mut pts: Vec<(f64, f64, usize)> = Vec::new();
+    let mut offset = 0usize;
+    for r in report.rounds.iter().filter(|r| r.round > 0) {
+        let metrics = round_dir(out, r.round).join("train").join(crate::train::METRICS_FILE);
+        if let Ok(rows) = orchard_train::metrics::read(&metrics) {
+            for m in &rows {
+                pts.push(((offset + m.step) as f64, m.loss, r.round));
+            }
+            offset += rows.last().map_or(0, |m| m.step);
+        }
+    }
+    let (lo, up) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (lo, up) = if lo.is_finite() { (lo, if up > lo { up } else { lo + 1.0 }) } else { (0.0, 1.0) };
+    let mut chart = ChartBuilder::on(&right)
+        .caption("training loss (all rounds, by step)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(32)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..(offset.max(1) as f64), (lo - 0.05 * (up - lo))..(up + 0.05 * (up - lo)))
+        .map_err(|e| err(e.to_string()))?;
+    chart.configure_mesh().x_desc("optimizer step").y_desc("loss").draw().map_err(|e| err(e.to_string()))?;
+    let colours = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    for round in 1..rounds {
+        let series: Vec<(f64, f64)> = pts.iter().filter(|p| p.2 == round).map(|p| (p.0, p.1)).collect();
+        if series.is_empty() {
+            continue;
+        }
+        let c = colours[(round - 1) % colours.len()];
+        chart
+            .draw_series(LineSeries::new(series, c.stroke_width(2)))
+            .map_err(|e| err(e.to_string()))?
+            .label(format!("round {round}"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}

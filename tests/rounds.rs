@@ -1,0 +1,200 @@
+//! `orchard loop`: rounds on a tiny random model — a killed loop resumes to the same result as an uninterrupted
+//! one, a finished loop rerun does nothing, and bad configurations are refused with clear errors.
+
+use std::path::{Path, PathBuf};
+
+use crate::util::{orchard, tiny_hf};
+
+/// `n` arithmetic tasks as JSONL, GSM8K-shaped (`answer` ends in `#### N`) so the warm-up has gold solutions.
+fn tasks(dir: &Path, name: &str, n: usize, offset: usize) -> PathBuf {
+    let body: String = (0..n)
+        .map(|i| {
+            let k = i + offset;
+            let row = serde_json::json!({
+                "id": format!("q{k}"),
+                "prompt": format!("What is {k} plus 1?"),
+                "reference": (k + 1).to_string(),
+                "answer": format!("{k} + 1 = {}\n#### {}", k + 1, k + 1),
+            });
+            format!("{row}\n")
+        })
+        .collect();
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write tasks");
+    p
+}
+
+fn config(dir: &Path, model: &Path, train: &Path, eval: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"
+model = "{model}"
+rounds = 2
+reward = "math"
+max_batch = 8
+
+[train_tasks]
+task = "jsonl"
+path = "{train}"
+fields = {{ reference = "reference" }}
+
+[eval_tasks]
+task = "jsonl"
+path = "{eval}"
+fields = {{ reference = "reference" }}
+
+[eval]
+max_new_tokens = 6
+
+[warmup]
+loss = "sft"
+lr = 1e-3
+epochs = 2
+batch_size = 2
+checkpoint_every = 1
+keep_checkpoints = 2
+
+[generate]
+n = 2
+
+[generate.sampling]
+temperature = 1.0
+max_new_tokens = 6
+
+[train]
+loss = "topr"
+lr = 1e-3
+batch_size = 2
+checkpoint_every = 1
+{extra}
+"#,
+        model = model.display(),
+        train = train.display(),
+        eval = eval.display()
+    );
+    let p = dir.join("loop.toml");
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+/// The parts of loop.json that must not depend on interruptions: per round its kind, counts, accuracy and the
+/// identity of the evaluated weights.
+fn outcome(out: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(out.join("loop.json")).expect("loop.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["rounds"]
+        .as_array()
+        .expect("rounds")
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "round": r["round"], "kind": r["kind"], "samples": r["samples"], "correct": r["correct"],
+                "examples": r["examples"], "steps": r["train"]["steps"], "greedy": r["eval"]["greedy"],
+                "model_hash": r["model_hash"],
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn loop_killed_anywhere_resumes_to_the_uninterrupted_result() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_hf(dir.path());
+    let train = tasks(dir.path(), "train.jsonl", 6, 0);
+    let eval = tasks(dir.path(), "eval.jsonl", 4, 100);
+    let cfg = config(dir.path(), &model, &train, &eval, "");
+    let args = |out: &Path| -> Vec<String> {
+        ["loop", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--threads", "1"]
+            .map(String::from)
+            .to_vec()
+    };
+
+    let whole = dir.path().join("whole");
+    let o = orchard().args(args(&whole)).output().expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let expected = outcome(&whole);
+    assert_eq!(expected.len(), 3, "round 0 + warm-up + one generation round");
+    assert_eq!(expected[1]["kind"], "warmup");
+    assert_eq!(expected[2]["kind"], "topr");
+    assert_eq!(expected[1]["examples"], 6);
+    assert_eq!(expected[2]["samples"], 12);
+    // Each round changed the weights.
+    assert_ne!(expected[0]["model_hash"], expected[1]["model_hash"]);
+    assert_ne!(expected[1]["model_hash"], expected[2]["model_hash"]);
+    assert!(whole.join("loop.svg").is_file() && whole.join("final/config.json").is_file());
+
+    // SIGKILL at increasing delays, then let it finish.
+    let killed = dir.path().join("killed");
+    let mut kills = 0;
+    for delay in [100u64, 180, 260, 340, 420, 500, 600, 700, 800, 950, 1100] {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("orchard"))
+            .args(args(&killed))
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        kills += usize::from(child.try_wait().expect("wait").is_none());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let o = orchard().args(args(&killed)).output().expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(kills > 0, "no kill landed while the loop ran");
+    assert_eq!(outcome(&killed), expected, "{kills} kills");
+
+    // A finished loop rerun changes nothing.
+    let before = std::fs::read(killed.join("loop.json")).expect("loop.json");
+    let o = orchard().args(args(&killed)).output().expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(outcome(&killed), expected);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&before).ok().map(|v| v["rounds"].as_array().map(Vec::len)),
+        Some(Some(3))
+    );
+}
+
+#[test]
+fn loop_refuses_overlapping_splits_and_unknown_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_hf(dir.path());
+    let train = tasks(dir.path(), "train.jsonl", 6, 0);
+    // Two of the evaluation questions are train questions.
+    let eval = tasks(dir.path(), "eval.jsonl", 4, 4);
+    let cfg = config(dir.path(), &model, &train, &eval, "");
+    let out = dir.path().join("out");
+    let o = orchard().args(["loop", "--config"]).arg(&cfg).arg("--out").arg(&out).output().expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("share 2 question(s)") && err.contains("train/4 = eval/0"), "{err}");
+
+    let eval = tasks(dir.path(), "eval.jsonl", 4, 100);
+    let cfg = config(dir.path(), &model, &train, &eval, "epochz = 3");
+    let o = orchard().args(["loop", "--config"]).arg(&cfg).arg("--out").arg(&out).output().expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("loop.toml") && err.contains("unknown field `epochz`"), "{err}");
+}
+
+/// A loop directory belongs to one configuration: a rerun with other settings is refused, naming them.
+#[test]
+fn loop_refuses_a_directory_of_another_configuration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_hf(dir.path());
+    let train = tasks(dir.path(), "train.jsonl", 4, 0);
+    let eval = tasks(dir.path(), "eval.jsonl", 2, 100);
+    let out = dir.path().join("out");
+    let cfg = config(dir.path(), &model, &train, &eval, "");
+    let o =
+        orchard().args(["loop", "--rounds", "1", "--config"]).arg(&cfg).arg("--out").arg(&out).output().expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = config(dir.path(), &model, &train, &eval, "").to_path_buf();
+    let text = std::fs::read_to_string(&cfg)
+        .expect("read")
+        .replace("seed", "seed")
+        .replace("reward = \"math\"", "reward = \"math\"\nseed = 5");
+    std::fs::write(&cfg, text).expect("write");
+    let o = orchard().args(["loop", "--config"]).arg(&cfg).arg("--out").arg(&out).output().expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("other settings (seed)"), "{err}");
+}
