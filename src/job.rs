@@ -148,7 +148,7 @@ impl JobReward {
     }
 }
 
-pub use orchard_jobs::task::{reward_task, task_prompt};
+pub use orchard_jobs::task::task_prompt;
 
 /// The model as recorded in outputs (id and weights hash).
 pub fn model_record(engine: &Engine) -> anyhow::Result<ModelRecord> {

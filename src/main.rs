@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod job;
-mod policy;
 
 /// Orchard: grow search trees over LLM generations and harvest them as training data.
 #[derive(Debug, Parser)]

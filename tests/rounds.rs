@@ -198,3 +198,52 @@ fn loop_refuses_a_directory_of_another_configuration() {
     assert!(!o.status.success());
     assert!(err.contains("other settings (seed)"), "{err}");
 }
+
+/// Search rounds (MCTS over the scheduler) train on the trees' pairs; the radix prefix cache on or off changes
+/// nothing in what the loop produces, only how much prefill is recomputed.
+#[test]
+fn search_rounds_give_the_same_loop_with_prefix_sharing_on_and_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_hf(dir.path());
+    let train = tasks(dir.path(), "train.jsonl", 3, 0);
+    let eval = tasks(dir.path(), "eval.jsonl", 2, 100);
+    let run = |sharing: bool| -> (Vec<serde_json::Value>, serde_json::Value) {
+        let extra = format!(
+            r#"
+[generate.search]
+algo = "mcts"
+mcts = {{ k = 2, iterations = 3, max_depth = 2, step_tokens = 4, rollout_tokens = 6, max_tokens = 200 }}
+"#
+        );
+        let cfg = config(dir.path(), &model, &train, &eval, "");
+        let text = std::fs::read_to_string(&cfg)
+            .expect("read")
+            .replace(
+                "[generate]\nn = 2",
+                &format!("[generate]\nn = 2\nkind = \"search\"\nworkers = 2\nprefix_cache = {sharing}"),
+            )
+            .replace("loss = \"topr\"", "loss = \"dpo\"\nbeta = 0.1")
+            + &extra;
+        let cfg = dir.path().join(format!("search-{sharing}.toml"));
+        std::fs::write(&cfg, text).expect("write");
+        let out = dir.path().join(format!("search-{sharing}"));
+        let o = orchard()
+            .args(["loop", "--threads", "1", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .expect("run");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let metrics: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("round-2/data/search_metrics.json")).expect("metrics"))
+                .expect("json");
+        (outcome(&out), metrics)
+    };
+    let (on, m_on) = run(true);
+    let (off, m_off) = run(false);
+    assert_eq!(on[2]["kind"], "dpo");
+    assert_eq!(on, off);
+    let hits = |m: &serde_json::Value| m["engine"]["prefix_tokens_hit"].as_u64().unwrap_or(0);
+    assert!(hits(&m_on) > 0 && hits(&m_off) == 0, "{m_on} / {m_off}");
+}

@@ -6,6 +6,8 @@
 //! | module | job |
 //! |---|---|
 //! | [`sample`] | best-of-N sampling into a run directory (trajectories, pairs) |
+//! | [`search`] | MCTS / Tree-of-Code / best-of-N trees over the engine's scheduler into a run directory |
+//! | [`policy`] | the engine as the search crate's `Policy` (step cutting, retries, critic parsing) |
 //! | [`eval`] | greedy and maj@K accuracy with 95% Wilson intervals |
 //! | [`train`] | every trainer setting as one spec; open (with resume) and run a training |
 //! | [`rounds`] | the closed loop: generate with the current policy → train → hand the weights back in memory → eval |
@@ -14,9 +16,9 @@
 //! use orchard_jobs::{rounds::{run_loop, LoopConfig}, NoProgress};
 //! # fn main() -> orchard_jobs::Result<()> {
 //! let cfg: LoopConfig = toml::from_str(&std::fs::read_to_string("examples/loop.toml").unwrap()).unwrap();
-//! let engine = orchard_engine::Engine::load(&cfg.model)?;
+//! let engine = std::sync::Arc::new(orchard_engine::Engine::load(&cfg.model)?);
 //! let reward = orchard_rewards::RewardSpec::from_name(&cfg.reward)?.build(None)?;
-//! let report = run_loop(&cfg, &engine, reward.as_ref(), "runs/loop".as_ref(), &mut NoProgress)?;
+//! let report = run_loop(&cfg, engine, reward.as_ref(), "runs/loop".as_ref(), &mut NoProgress)?;
 //! println!("{:?}", report.rounds.last().map(|r| r.eval.greedy));
 //! # Ok(()) }
 //! ```
@@ -24,8 +26,10 @@
 
 pub mod error;
 pub mod eval;
+pub mod policy;
 pub mod rounds;
 pub mod sample;
+pub mod search;
 pub mod task;
 pub mod train;
 

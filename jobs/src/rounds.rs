@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
@@ -38,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, Accuracy, EvalConfig, EvalReport};
 use crate::sample::{sample, SampleJob};
+use crate::search::{search, AlgoName, SearchJob, DEFAULT_WORKERS};
 use crate::task::task_prompt;
 use crate::train::{open_trainer, run_training, LossKind, TrainReport, TrainSpec};
 use crate::Progress;
@@ -57,31 +59,81 @@ pub const FINAL_DIR: &str = "final";
 /// Default rounds.
 pub const DEFAULT_ROUNDS: usize = 2;
 
-/// What each round generates with the current policy (best-of-N sampling on the train questions).
+/// How a round generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GenerateKind {
+    /// Best-of-N sampling (`orchard sample`).
+    #[default]
+    Sample,
+    /// Tree search (`orchard search`: MCTS, Tree-of-Code, best-of-N over the scheduler).
+    Search,
+}
+
+/// Search settings of a search round (the `[mcts]`, `[toc]`, `[bon]`, `[pairs]` tables of `orchard search`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchSettings {
+    /// Algorithm. Default mcts.
+    pub algo: AlgoName,
+    /// MCTS knobs.
+    pub mcts: orchard_search::mcts::MctsConfig,
+    /// Tree-of-Code knobs.
+    pub toc: orchard_search::toc::TocConfig,
+    /// Best-of-N knobs.
+    pub bon: orchard_search::bon::BonConfig,
+    /// Pair policy (default: agentq for MCTS, outcome otherwise).
+    pub pairs: Option<orchard_search::pairs::PairConfig>,
+}
+
+impl PartialEq for SearchSettings {
+    fn eq(&self, other: &Self) -> bool {
+        serde_json::to_value(self).ok() == serde_json::to_value(other).ok()
+    }
+}
+
+/// What each round generates with the current policy on the train questions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GenerateSpec {
-    /// Samples per question. Default 4.
+    /// `sample` (best-of-N) or `search` (trees). Default sample.
+    pub kind: GenerateKind,
+    /// Samples per question (sample rounds). Default 4.
     pub n: usize,
-    /// Sampling parameters. Default temperature 0.8, 256 new tokens.
+    /// Sampling parameters (sample rounds). Default temperature 0.8, 256 new tokens.
     pub sampling: SamplingParams,
-    /// How pairs are selected from each question's samples (DPO-family rounds).
+    /// How pairs are selected from each question's samples (sample rounds).
     pub pairs: PairPolicy,
-    /// STaR rationalisation: questions with no correct sample are sampled again with the gold answer given as a
-    /// hint; samples that reach it are kept as SFT examples *without* the hint. Default false.
+    /// Search settings (search rounds).
+    pub search: SearchSettings,
+    /// Trees grown at once (search rounds). Default [`DEFAULT_WORKERS`].
+    pub workers: usize,
+    /// Share computed prefixes between a tree's branches and across trees (search rounds). Default true.
+    pub prefix_cache: bool,
+    /// STaR rationalisation (sample rounds, SFT): questions with no correct sample are sampled again with the gold
+    /// answer as a hint; completions that reach it are kept as SFT examples *without* the hint. Default false.
     pub star_hints: bool,
 }
 
 impl Default for GenerateSpec {
     fn default() -> Self {
         GenerateSpec {
+            kind: GenerateKind::Sample,
             n: 4,
             sampling: SamplingParams { temperature: 0.8, max_new_tokens: 256, ..SamplingParams::default() },
             pairs: PairPolicy::default(),
+            search: SearchSettings::default(),
+            workers: DEFAULT_WORKERS,
+            prefix_cache: true,
             star_hints: false,
         }
     }
 }
+
+/// The hint STaR appends to a question it rationalises (the completion is stored without it).
+pub const STAR_HINT: &str = "(Hint: the answer is {answer}.)";
+/// Where a round keeps its STaR rationalisations (prompt/completion JSONL, `orchard train --sft-data` reads it).
+pub const STAR_FILE: &str = "star.jsonl";
 
 /// A loop: every key has a default; unknown keys are refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,10 +211,20 @@ impl LoopConfig {
         if self.generate.n == 0 {
             return Err(Error::Config("generate.n must be at least 1".into()));
         }
+        if self.generate.star_hints && (self.generate.kind != GenerateKind::Sample || self.train.loss != LossKind::Sft)
+        {
+            return Err(Error::Config("generate.star_hints needs kind = \"sample\" and train.loss = \"sft\"".into()));
+        }
         if self.warmup.as_ref().is_some_and(|w| w.loss != LossKind::Sft) {
             return Err(Error::Config("warmup trains on gold solutions: its loss must be `sft`".into()));
         }
         self.generate.sampling.validate()?;
+        if self.generate.kind == GenerateKind::Search {
+            let mut job = SearchJob { algo: self.generate.search.algo, ..SearchJob::default() };
+            job.mcts = self.generate.search.mcts.clone();
+            job.toc = self.generate.search.toc.clone();
+            job.algo()?;
+        }
         Ok(())
     }
 }
@@ -245,18 +307,18 @@ impl LoopReport {
 }
 
 /// The policy: f32 master weights (what training starts from) and the engine that generates with them.
-struct Policy<'a> {
-    base: &'a Engine,
-    master: Option<Engine>,
-    sampler: Option<Engine>,
+struct Policy {
+    base: Arc<Engine>,
+    master: Option<Arc<Engine>>,
+    sampler: Option<Arc<Engine>>,
 }
 
-impl Policy<'_> {
-    fn master(&self) -> &Engine {
-        self.master.as_ref().unwrap_or(self.base)
+impl Policy {
+    fn master(&self) -> &Arc<Engine> {
+        self.master.as_ref().unwrap_or(&self.base)
     }
-    fn sampler(&self) -> &Engine {
-        self.sampler.as_ref().or(self.master.as_ref()).unwrap_or(self.base)
+    fn sampler(&self) -> &Arc<Engine> {
+        self.sampler.as_ref().or(self.master.as_ref()).unwrap_or(&self.base)
     }
 
     /// Takes the trained weights in memory: the f32 master and, for `q8`, its re-quantization for generation.
@@ -264,10 +326,10 @@ impl Policy<'_> {
         let id = format!("{}+round-{round}", self.base.info().id);
         let master = self.base.with_weights(merged, Handoff::F32, &id)?;
         self.sampler = match handoff {
-            Handoff::Q8 => Some(master.with_weights(master.model().to_q8(), Handoff::F32, &id)?),
+            Handoff::Q8 => Some(Arc::new(master.with_weights(master.model().to_q8(), Handoff::F32, &id)?)),
             Handoff::F32 => None,
         };
-        self.master = Some(master);
+        self.master = Some(Arc::new(master));
         Ok(())
     }
 }
@@ -275,7 +337,7 @@ impl Policy<'_> {
 /// Runs (or resumes) the loop `cfg` from `base` into `out`, scoring with `reward`.
 pub fn run_loop(
     cfg: &LoopConfig,
-    base: &Engine,
+    base: Arc<Engine>,
     reward: &dyn Reward,
     out: &Path,
     progress: &mut dyn Progress,
@@ -284,7 +346,7 @@ pub fn run_loop(
     let train_tasks = load_tasks(&cfg.train_tasks, "train_tasks")?;
     let eval_tasks = load_tasks(&cfg.eval_tasks, "eval_tasks")?;
     check_overlap(&train_tasks, &eval_tasks)?;
-    claim_dir(cfg, base, out)?;
+    claim_dir(cfg, &base, out)?;
     let opts = GenerateOptions { max_batch: cfg.max_batch, ..GenerateOptions::default() };
     let mut report = LoopReport::default();
     let mut policy = Policy { base, master: None, sampler: None };
@@ -313,7 +375,7 @@ pub fn run_loop(
         let t0 = Instant::now();
         progress.log(&format!("round {round}/{}: {kind}", cfg.rounds));
         let (data, counts) = if warm {
-            let examples = gold_examples(policy.master(), &train_tasks, cfg.system.as_deref(), &spec)?;
+            let examples = gold_examples(policy.master().as_ref(), &train_tasks, cfg.system.as_deref(), &spec)?;
             let n = examples.len();
             (Some(TrainData::Sft(examples)), RoundCounts { tasks: n, examples: n, ..RoundCounts::default() })
         } else {
@@ -328,7 +390,7 @@ pub fn run_loop(
             let master = policy.master();
             let tcfg = spec.config(master)?;
             let train_dir = dir.join("train");
-            let mut trainer = open_trainer(master, data, tcfg, &train_dir, progress)?;
+            let mut trainer = open_trainer(master.as_ref(), data, tcfg, &train_dir, progress)?;
             let tr: TrainReport = run_training(&mut trainer, &train_dir, None, progress)?;
             let merged = trainer.model().merged_model(&train_dir)?;
             drop(trainer);
@@ -449,7 +511,7 @@ fn claim_dir(cfg: &LoopConfig, base: &Engine, out: &Path) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn eval_round(
     cfg: &LoopConfig,
-    policy: &Policy<'_>,
+    policy: &Policy,
     round: usize,
     kind: &str,
     tasks: &[Task],
@@ -465,7 +527,7 @@ fn eval_round(
     let engine = policy.sampler();
     let eval = EvalConfig { system: cfg.system.clone(), ..cfg.eval.clone() };
     let t0 = Instant::now();
-    let rep: EvalReport = evaluate(engine, tasks, reward, &eval, opts, progress)?;
+    let rep: EvalReport = evaluate(engine.as_ref(), tasks, reward, &eval, opts, progress)?;
     let dir = path.parent().expect("eval.json has a parent");
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let per_task: Vec<serde_json::Value> =
@@ -524,7 +586,7 @@ fn mark_untrained(dir: &Path) -> Result<()> {
 }
 
 /// Rebuilds a finished round's policy: its final checkpoint applied to the current master weights.
-fn replay(policy: &mut Policy<'_>, spec: &TrainSpec, train_dir: &Path, handoff: Handoff, round: usize) -> Result<()> {
+fn replay(policy: &mut Policy, spec: &TrainSpec, train_dir: &Path, handoff: Handoff, round: usize) -> Result<()> {
     if train_dir.join("UNTRAINED").is_file() {
         return Ok(());
     }
@@ -577,7 +639,7 @@ pub fn gold_examples(
 #[allow(clippy::too_many_arguments)]
 fn generate_round(
     cfg: &LoopConfig,
-    policy: &Policy<'_>,
+    policy: &Policy,
     round: usize,
     tasks: &[Task],
     reward: &dyn Reward,
@@ -587,36 +649,81 @@ fn generate_round(
 ) -> Result<(Option<TrainData>, RoundCounts)> {
     let engine = policy.sampler();
     let out = round_dir(out, round).join("data");
-    let job = SampleJob {
-        model: Some(format!("{}+round-{}", policy.base.info().id, round - 1)),
-        source: cfg.train_tasks.clone(),
-        n: Some(cfg.generate.n),
-        reward: Some(cfg.reward.clone()),
-        system: cfg.system.clone(),
-        sampling: cfg.generate.sampling.clone(),
-        pairs: cfg.generate.pairs.clone(),
-        seed: cfg.seed.wrapping_add(round as u64),
-        ..SampleJob::default()
-    };
+    let seed = cfg.seed.wrapping_add(round as u64);
     let model =
         orchard_datasets::ModelRecord { id: engine.info().id.clone(), hash: format!("sha256:{}", engine.identity()?) };
-    let spec_run = RunSpec {
-        model: Some(model),
-        pair_format: PairFormat::default(),
-        ..RunSpec::new("sample", serde_json::to_value(&job)?)
-    };
     let wopts = WriterOptions { correct_threshold: cfg.generate.pairs.correct_threshold, ..WriterOptions::default() };
-    let mut run = RunDir::open(&out, &spec_run, wopts)?;
-    let todo = run.plan(tasks.to_vec());
-    if run.done_count() > 0 {
-        progress.log(&format!(
-            "round {round}: resuming generation, {} tasks done, {} to go",
-            run.done_count(),
-            todo.len()
-        ));
-    }
-    let group = (opts.max_batch / cfg.generate.n).max(1);
-    sample(engine, &job, &mut run, &todo, reward, (opts, group), progress)?;
+    let mut star = Vec::new();
+    let mut run = match cfg.generate.kind {
+        GenerateKind::Sample => {
+            let job = SampleJob {
+                model: Some(engine.info().id.clone()),
+                source: cfg.train_tasks.clone(),
+                n: Some(cfg.generate.n),
+                reward: Some(cfg.reward.clone()),
+                system: cfg.system.clone(),
+                sampling: cfg.generate.sampling.clone(),
+                pairs: cfg.generate.pairs.clone(),
+                seed,
+                ..SampleJob::default()
+            };
+            let spec_run = RunSpec {
+                model: Some(model),
+                pair_format: PairFormat::default(),
+                ..RunSpec::new("sample", serde_json::to_value(&job)?)
+            };
+            let mut run = RunDir::open(&out, &spec_run, wopts)?;
+            let todo = run.plan(tasks.to_vec());
+            if run.done_count() > 0 {
+                progress.log(&format!(
+                    "round {round}: resuming generation, {} tasks done, {} to go",
+                    run.done_count(),
+                    todo.len()
+                ));
+            }
+            let group = (opts.max_batch / cfg.generate.n).max(1);
+            sample(engine, &job, &mut run, &todo, reward, (opts, group), progress)?;
+            if cfg.generate.star_hints {
+                star = star_rationales(engine, &job, &out, tasks, reward, opts, progress)?;
+            }
+            run
+        }
+        GenerateKind::Search => {
+            let s = &cfg.generate.search;
+            let mut job = SearchJob {
+                model: Some(engine.info().id.clone()),
+                algo: s.algo,
+                source: cfg.train_tasks.clone(),
+                reward: Some(cfg.reward.clone()),
+                system: cfg.system.clone(),
+                seed,
+                mcts: s.mcts.clone(),
+                toc: s.toc.clone(),
+                bon: s.bon.clone(),
+                pairs: s.pairs.clone(),
+                ..SearchJob::default()
+            };
+            job.resolve_defaults();
+            let spec_run = RunSpec {
+                model: Some(model),
+                pair_format: PairFormat::default(),
+                ..RunSpec::new("search", serde_json::to_value(&job)?)
+            };
+            let wopts =
+                WriterOptions { correct_threshold: job.pair_config().correct_threshold, ..WriterOptions::default() };
+            let mut run = RunDir::open(&out, &spec_run, wopts)?;
+            let todo = run.plan(tasks.to_vec());
+            let sched = orchard_engine::SchedulerConfig {
+                max_batch: cfg.max_batch,
+                prefix_cache: cfg.generate.prefix_cache,
+                ..orchard_engine::SchedulerConfig::default()
+            };
+            let rep = search(engine.clone(), &job, (&mut run, &todo), reward, (sched, cfg.generate.workers), progress)?;
+            write_json(&out.join("search_metrics.json"), &rep)?;
+            run
+        }
+    };
+    let _ = &mut run;
     let manifest = run.finish()?;
     let c = manifest.counts;
     let mut counts = RoundCounts {
@@ -625,16 +732,19 @@ fn generate_round(
         correct: c.correct as usize,
         examples: 0,
     };
-    let master = policy.master();
+    let master = policy.master().as_ref();
     let limits = spec.limits(master)?;
     let data = match spec.loss {
         LossKind::Sft => {
             let filter = SftFilter { min_reward: spec.min_reward, dedup: spec.dedup, weight_column: None };
-            match data::read_sft_trajectories(&out, &filter, limits, master) {
-                Ok((examples, _)) => Some(TrainData::Sft(examples)),
-                Err(orchard_train::Error::Schema { .. }) if c.correct == 0 => None,
+            let mut examples = match data::read_sft_trajectories(&out, &filter, limits, master) {
+                Ok((examples, _)) => examples,
+                Err(orchard_train::Error::Schema { .. }) if c.correct == 0 => Vec::new(),
                 Err(e) => return Err(e.into()),
-            }
+            };
+            counts.correct += star.len();
+            examples.extend(star);
+            (!examples.is_empty()).then_some(TrainData::Sft(examples))
         }
         LossKind::Topr => Some(TrainData::Trajectories(data::read_trajectories(&out, limits, master)?.examples)),
         _ if c.pairs == 0 => None,
@@ -655,14 +765,110 @@ fn generate_round(
     Ok((data, counts))
 }
 
+/// STaR's rationalisation: each train question none of whose samples in `out` is correct is sampled again with its
+/// gold answer as a hint; completions that reach the answer become SFT examples of the *unhinted* prompt. Kept in
+/// `out/star.jsonl` (read back on resume instead of sampling again).
+fn star_rationales(
+    engine: &Engine,
+    job: &SampleJob,
+    out: &Path,
+    tasks: &[Task],
+    reward: &dyn Reward,
+    opts: &GenerateOptions,
+    progress: &mut dyn Progress,
+) -> Result<Vec<SftExample>> {
+    let path = out.join(STAR_FILE);
+    let limits =
+        orchard_train::data::Limits { max_length: engine.model().config().max_position_embeddings, skip_long: true };
+    if path.is_file() {
+        return read_star(&path, engine, limits);
+    }
+    let reader = orchard_datasets::RunReader::open(out)?;
+    let mut solved = std::collections::HashSet::new();
+    for t in reader.trajectories()? {
+        if t.reward.usable_score().is_some_and(crate::is_correct) {
+            solved.insert(t.task_id);
+        }
+    }
+    let hinted: Vec<Task> = tasks
+        .iter()
+        .filter(|t| !solved.contains(&t.id) && t.reference.is_some())
+        .map(|t| {
+            let hint = STAR_HINT.replace("{answer}", t.reference.as_deref().unwrap_or_default());
+            Task { prompt: format!("{}\n{hint}", t.prompt), ..t.clone() }
+        })
+        .collect();
+    progress.log(&format!("STaR: {} unsolved questions sampled again with the answer as a hint", hinted.len()));
+    let mut lines = String::new();
+    let mut kept = 0usize;
+    let n = job.n.unwrap_or(1);
+    progress.start("star", hinted.len());
+    for chunk in hinted.chunks((opts.max_batch / n).max(1)) {
+        let mut requests = Vec::with_capacity(chunk.len());
+        for t in chunk {
+            let ids = engine.prompt_tokens(&task_prompt(t, job.system.as_deref()), None, false)?;
+            requests.push(orchard_engine::GenerateRequest {
+                prompt: ids,
+                n,
+                params: job.sampling.clone(),
+                seed: orchard_datasets::task_seed(job.seed ^ 0x57A2, &t.id),
+            });
+        }
+        let samples = engine.generate(&requests, opts, &mut |_| {})?;
+        for (t, ss) in chunk.iter().zip(&samples) {
+            let original = tasks.iter().find(|o| o.id == t.id).unwrap_or(t);
+            let rt = crate::task::reward_task(original);
+            // One rationale per question: the first that reaches the answer (and does not just quote the hint).
+            let good = ss.iter().find(|s| {
+                crate::is_correct(orchard_rewards::score_caught(reward, &rt, &s.text).score)
+                    && !s.text.to_lowercase().contains("hint")
+            });
+            if let Some(s) = good {
+                let prompt = task_prompt(original, job.system.as_deref());
+                let row = serde_json::json!({
+                    "prompt": prompt, "completion": s.text, "completion_ids": s.token_ids, "task_id": original.id,
+                });
+                lines.push_str(&format!("{row}\n"));
+                kept += 1;
+            }
+        }
+        progress.advance(chunk.len(), &format!("{kept} rationales"));
+    }
+    progress.finish();
+    write_atomic(&path, lines.as_bytes())?;
+    read_star(&path, engine, limits)
+}
+
+/// The SFT examples of a round's `star.jsonl`: the unhinted prompt, tokenized as generation does, and the sampled
+/// completion's exact token ids (so a resumed round trains on the same tokens).
+fn read_star(path: &Path, engine: &Engine, limits: orchard_train::data::Limits) -> Result<Vec<SftExample>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let bad = |what: String| Error::Config(format!("{}:{}: {what}", path.display(), i + 1));
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let prompt: orchard_engine::Prompt =
+            serde_json::from_value(v["prompt"].clone()).map_err(|e| bad(format!("prompt: {e}")))?;
+        let completion: Vec<u32> =
+            serde_json::from_value(v["completion_ids"].clone()).map_err(|e| bad(format!("completion_ids: {e}")))?;
+        let prompt = engine.prompt_tokens(&prompt, None, false)?;
+        if completion.is_empty() || prompt.len() + completion.len() > limits.max_length {
+            continue;
+        }
+        let origin = format!("star:{}", v["task_id"].as_str().unwrap_or_default());
+        out.push(SftExample { prompt, completion, weight: 1.0, origin });
+    }
+    Ok(out)
+}
+
 /// Writes the final policy as an HF directory (once).
-fn export_final(policy: &Policy<'_>, out: &Path) -> Result<()> {
+fn export_final(policy: &Policy, out: &Path) -> Result<()> {
     let Some(master) = &policy.master else { return Ok(()) };
     let dir = out.join(FINAL_DIR);
     if dir.join("config.json").is_file() {
         return Ok(());
     }
-    orchard_train::export::export_hf(master.model(), master, &dir)?;
+    orchard_train::export::export_hf(master.model(), master.as_ref(), &dir)?;
     Ok(())
 }
 

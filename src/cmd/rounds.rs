@@ -56,7 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let reward = JobReward::build(Some(&cfg.reward), None, &args.sandbox)?;
     let engine = ModelArgs { model: cfg.model.clone(), threads: args.threads }.load()?;
     let mut bars = Bars::default();
-    let report = run_loop(&cfg, &engine, reward.reward(), &args.out, &mut bars)?;
+    let report = run_loop(&cfg, std::sync::Arc::new(engine), reward.reward(), &args.out, &mut bars)?;
     for r in &report.rounds {
         let g = &r.eval.greedy;
         eprintln!(

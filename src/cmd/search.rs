@@ -1,38 +1,30 @@
 //! `orchard search`: grow search trees (MCTS, Tree-of-Code, best-of-N) over the engine and harvest trees,
 //! trajectories and preference pairs into a run directory.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use orchard_datasets::record::{PairFormat, SamplingRecord};
+use orchard_datasets::record::PairFormat;
 use orchard_datasets::run::timing;
-use orchard_datasets::{RunReader, Shard, TaskOutput, TaskSource};
-use orchard_engine::scheduler::{Scheduler, SchedulerConfig};
-use orchard_search::bon::BonConfig;
-use orchard_search::grow::{grow_all, Algo, SearchTask};
-use orchard_search::mcts::{Backup, Mcts, MctsConfig, Selection};
-use orchard_search::pairs::{self, PairConfig, PolicyName, TrajectoryMeta};
-use orchard_search::toc::{TocConfig, CODE_PROMPTS};
+use orchard_datasets::RunReader;
+use orchard_engine::scheduler::SchedulerConfig;
+use orchard_jobs::search::search;
+pub use orchard_jobs::search::{AlgoName, SearchJob, DEFAULT_WORKERS};
+use orchard_search::mcts::{Backup, Selection};
+use orchard_search::pairs::PolicyName;
 use orchard_search::StepRule;
-use serde::{Deserialize, Serialize};
 
-use crate::job::{model_record, open_run, reward_task, JobArgs, JobKeys, RunPlace};
-use crate::policy::EnginePolicy;
+use crate::job::{model_record, open_run, JobArgs, JobKeys, RunPlace};
 
-/// Default worker threads growing trees at once.
-pub const DEFAULT_WORKERS: usize = 16;
 /// File in the run directory holding the engine's scheduler counters of the last session.
 pub const METRICS_FILE: &str = "search_metrics.json";
 
-/// The search algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum AlgoName {
+/// The search algorithm on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AlgoArg {
     /// Monte-Carlo tree search over steps (Agent Q / MCTS-DPO).
-    #[default]
     Mcts,
     /// Tree-of-Code over whole programs.
     Toc,
@@ -65,7 +57,7 @@ pub struct Args {
     pub job: JobArgs,
     /// Search algorithm. TOML: `algo`.
     #[arg(long, value_enum)]
-    pub algo: Option<AlgoName>,
+    pub algo: Option<AlgoArg>,
     #[command(flatten)]
     pub knobs: KnobArgs,
     /// Pair policy: outcome, agentq, mcts-dpo, itool, step-dpo (default: agentq for mcts, outcome otherwise).
@@ -137,40 +129,6 @@ pub struct KnobArgs {
     pub temperature: Option<f32>,
 }
 
-/// The job file, and the job's identity once flags are applied.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SearchJob {
-    /// Model spec.
-    pub model: Option<String>,
-    /// Algorithm.
-    pub algo: AlgoName,
-    /// Where tasks come from.
-    pub source: TaskSource,
-    /// Reward name.
-    pub reward: Option<String>,
-    /// Reward TOML file.
-    pub reward_config: Option<PathBuf>,
-    /// System message.
-    pub system: Option<String>,
-    /// Seed.
-    pub seed: u64,
-    /// MCTS knobs.
-    pub mcts: MctsConfig,
-    /// Tree-of-Code knobs.
-    pub toc: TocConfig,
-    /// Best-of-N knobs.
-    pub bon: BonConfig,
-    /// Pair policy (`policy` unset in the file: agentq for mcts, outcome otherwise).
-    pub pairs: Option<PairConfig>,
-    /// TRL layout of pairs.
-    pub pair_format: PairFormat,
-    /// Shard (not part of the identity).
-    pub shard: Option<Shard>,
-    /// Output directory (not part of the identity).
-    pub out: Option<PathBuf>,
-}
-
 impl KnobArgs {
     fn apply(&self, job: &mut SearchJob) {
         let (m, t, b) = (&mut job.mcts, &mut job.toc, &mut job.bon);
@@ -216,16 +174,18 @@ fn resolve(args: &Args) -> anyhow::Result<SearchJob> {
         seed: &mut job.seed,
     });
     if let Some(a) = args.algo {
-        job.algo = a;
+        job.algo = match a {
+            AlgoArg::Mcts => AlgoName::Mcts,
+            AlgoArg::Toc => AlgoName::Toc,
+            AlgoArg::Bon => AlgoName::Bon,
+        };
     }
     if let Some(f) = args.pair_format {
         job.pair_format = f;
     }
     args.knobs.apply(&mut job);
-    let mut pairs = job.pairs.unwrap_or(PairConfig {
-        policy: if job.algo == AlgoName::Mcts { PolicyName::Agentq } else { PolicyName::Outcome },
-        ..PairConfig::default()
-    });
+    job.resolve_defaults();
+    let mut pairs = job.pair_config();
     if let Some(p) = args.policy {
         pairs.policy = p;
     }
@@ -236,110 +196,42 @@ fn resolve(args: &Args) -> anyhow::Result<SearchJob> {
         pairs.alpha = a;
     }
     job.pairs = Some(pairs);
-    if job.algo == AlgoName::Toc
-        && job.reward.as_deref() == Some("humaneval")
-        && job.toc.prompts == TocConfig::default().prompts
-    {
-        job.toc.prompts = CODE_PROMPTS.iter().map(|s| s.to_string()).collect();
-    }
     Ok(job)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let job = resolve(&args)?;
-    let algo = match job.algo {
-        AlgoName::Mcts => Algo::Mcts(Mcts::new(job.mcts.clone())?),
-        AlgoName::Toc => {
-            job.toc.validate()?;
-            Algo::Toc(job.toc.clone())
-        }
-        AlgoName::Bon => Algo::Bon(job.bon.clone()),
-    };
-    let pair_cfg = job.pairs.expect("resolved");
-    let rule = pair_cfg.rule();
+    job.algo()?;
+    let pair_cfg = job.pair_config();
     let (shard, out) = args.job.placement(job.shard, &job.out)?;
     let reward = args.job.reward(&job.reward, &job.reward_config)?;
     let identity = SearchJob { shard: None, out: None, ..job.clone() };
 
-    // 1. Tasks, model, scheduler, run directory.
+    // 1. Tasks, model, run directory.
     let loaded = job.source.load()?;
     let engine = Arc::new(args.job.model_args(&job.model).load()?);
     let model = model_record(&engine)?;
-    let sched_cfg = SchedulerConfig { precision: args.job.precision.resolve(), ..SchedulerConfig::default() };
-    let policy = EnginePolicy::new(engine.clone(), Scheduler::start(engine, sched_cfg));
     let place = RunPlace {
         kind: "search",
         unit: "trees",
         identity: serde_json::to_value(&identity)?,
         shard,
         pair_format: job.pair_format,
-        model: model.clone(),
+        model,
         correct_threshold: pair_cfg.correct_threshold,
         out: &out,
         load_s: started.elapsed().as_secs_f64(),
     };
     let (mut run, todo) = open_run(place, loaded)?;
-    let run_id = run.run_id().to_string();
-    let tasks: Vec<SearchTask> = todo
-        .iter()
-        .map(|t| SearchTask {
-            id: t.id.clone(),
-            messages: t.chat(job.system.as_deref()),
-            question: t.prompt.clone(),
-            reward_task: reward_task(t),
-        })
-        .collect();
-    let sampling = match &algo {
-        Algo::Mcts(m) => (m.config().sampling, m.config().rollout_tokens),
-        Algo::Toc(t) => (t.sampling, t.program_tokens),
-        Algo::Bon(b) => (b.sampling, b.solution_tokens),
-    };
-    let meta = TrajectoryMeta {
-        run_id: run_id.clone(),
-        model,
-        sampling: SamplingRecord {
-            temperature: sampling.0.temperature,
-            top_p: sampling.0.top_p,
-            top_k: sampling.0.top_k as u32,
-            min_p: sampling.0.min_p,
-            max_new_tokens: sampling.1 as u32,
-        },
-    };
 
-    // 2. Grow; commit each tree with its trajectories and pairs as it finishes.
-    let bar = super::common::progress_bar(tasks.len() as u64, "trees");
-    let t0 = Instant::now();
-    let (mut nodes, mut generated) = (0usize, 0usize);
+    // 2. Grow; each tree is committed with its trajectories and pairs as it finishes.
+    let sched = SchedulerConfig { precision: args.job.precision.resolve(), ..SchedulerConfig::default() };
     let workers = args.workers.unwrap_or(DEFAULT_WORKERS);
-    grow_all(&algo, &policy, reward.reward(), &tasks, job.seed, workers, |_, grown| {
-        let grown = grown?;
-        let tree = &grown.tree;
-        nodes += tree.nodes.len();
-        generated += grown.generated;
-        let output = TaskOutput {
-            task_id: tree.task_id.clone(),
-            trajectories: pairs::trajectories(tree, &meta),
-            pairs: pairs::extract(tree, &rule, &run_id),
-            nodes: tree.to_rows(&run_id),
-        };
-        run.push(output)?;
-        let (c, m, dt) = (run.counts(), policy.scheduler().metrics(), t0.elapsed().as_secs_f64().max(1e-9));
-        bar.inc(1);
-        bar.set_message(format!(
-            "{:.1} nodes/s, {:.1} tok/s, {} pairs, KV hit {:.0}%, {:.1} rows/forward",
-            nodes as f64 / dt,
-            generated as f64 / dt,
-            c.pairs,
-            100.0 * m.prefix_hit_rate(),
-            m.rows_per_forward()
-        ));
-        Ok(())
-    })?;
-    bar.finish_and_clear();
-    let search_s = t0.elapsed().as_secs_f64();
+    let mut bars = super::common::Bars::default();
+    let rep = search(engine, &job, (&mut run, &todo), reward.reward(), (sched, workers), &mut bars)?;
+    let (nodes, generated, search_s, metrics) = (rep.nodes, rep.generated_tokens, rep.seconds, rep.engine);
     run.add_timing(timing::ENGINE, search_s);
-    let metrics = policy.scheduler().metrics();
     let manifest = run.finish()?;
     std::fs::write(
         out.join(METRICS_FILE),
