@@ -105,3 +105,39 @@ fn exec_explicit_rlimits_fallback_says_so_in_the_result() -> anyhow::Result<()> 
     assert_eq!(j["status"], "ok");
     Ok(())
 }
+
+/// Fail closed: without bubblewrap the default sandbox refuses to run model-written code (which would otherwise
+/// write to the host's /tmp), says how to install it, and runs it under rlimits only when asked by name.
+#[test]
+fn without_bubblewrap_code_is_refused_unless_rlimits_is_named() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let marker = std::env::temp_dir().join(format!("orchard-fail-closed-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let prog = dir.path().join("p.py");
+    std::fs::write(&prog, format!("open({:?}, 'w').write('x')\n", marker.display().to_string()))?;
+    // A PATH with no bwrap on it (the interpreter is named explicitly).
+    let empty = dir.path().join("bin");
+    std::fs::create_dir(&empty)?;
+    let o = crate::util::orchard()
+        .env("PATH", &empty)
+        .args(["exec", "--python", "/usr/bin/python3"])
+        .arg(&prog)
+        .output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "ran without a sandbox: {err}");
+    assert!(err.contains("apt-get install bubblewrap") && err.contains("--sandbox rlimits"), "{err}");
+    assert!(!marker.exists(), "the program ran and wrote {}", marker.display());
+    // Named explicitly, the rlimits sandbox runs it (and says so).
+    let o = crate::util::orchard()
+        .env("PATH", &empty)
+        .args(["exec", "--sandbox", "rlimits", "--python", "/usr/bin/python3"])
+        .arg(&prog)
+        .output()?;
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("\"isolation\":\"rlimits\""),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let _ = std::fs::remove_file(&marker);
+    Ok(())
+}

@@ -247,3 +247,23 @@ mcts = {{ k = 2, iterations = 3, max_depth = 2, step_tokens = 4, rollout_tokens 
     let hits = |m: &serde_json::Value| m["engine"]["prefix_tokens_hit"].as_u64().unwrap_or(0);
     assert!(hits(&m_on) > 0 && hits(&m_off) == 0, "{m_on} / {m_off}");
 }
+
+/// Every example loop in `examples/` is a valid configuration whose splits do not overlap.
+#[test]
+fn example_loops_check() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let o = orchard()
+                .args(["loop", "--check", "--out", "/nonexistent", "--config"])
+                .arg(&path)
+                .output()
+                .expect("run");
+            assert!(o.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&o.stderr));
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "{n} example loops");
+}

@@ -334,6 +334,15 @@ impl Policy {
     }
 }
 
+/// Checks a configuration without running it: settings, both task sets, their overlap. Returns the task counts.
+pub fn check(cfg: &LoopConfig) -> Result<(usize, usize)> {
+    cfg.validate()?;
+    let train = load_tasks(&cfg.train_tasks, "train_tasks")?;
+    let eval = load_tasks(&cfg.eval_tasks, "eval_tasks")?;
+    check_overlap(&train, &eval)?;
+    Ok((train.len(), eval.len()))
+}
+
 /// Runs (or resumes) the loop `cfg` from `base` into `out`, scoring with `reward`.
 pub fn run_loop(
     cfg: &LoopConfig,

@@ -442,10 +442,16 @@ impl Mcts {
     }
 
     /// The proposal a simulation starts from: the critic's first, else the highest prior, else the first.
-    fn first_to_simulate(&self, tree: &Tree, kids: &[NodeId]) -> NodeId {
+    /// Among fresh children, the one simulated first: the critic's pick, else the highest length-penalised prior
+    /// (with PUCT's configured length penalty; UCB1 has none of its own and uses [`DEFAULT_LENGTH_PENALTY`]).
+    pub(crate) fn first_to_simulate(&self, tree: &Tree, kids: &[NodeId]) -> NodeId {
+        let penalty = match self.cfg.selection {
+            Selection::Puct { length_penalty, .. } => length_penalty,
+            Selection::Ucb1 { .. } => DEFAULT_LENGTH_PENALTY,
+        };
         let key = |&c: &NodeId| {
             let n = &tree.nodes[c];
-            n.critic.unwrap_or_else(|| length_penalised_prior(n.logprob_sum(), n.tokens.len(), DEFAULT_LENGTH_PENALTY))
+            n.critic.unwrap_or_else(|| length_penalised_prior(n.logprob_sum(), n.tokens.len(), penalty))
         };
         let mut best = kids[0];
         for &c in &kids[1..] {

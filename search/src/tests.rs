@@ -476,3 +476,18 @@ fn best_of_n_is_a_one_level_tree_sharing_the_pair_policies() -> R {
     assert!(pairs.len() <= correct * wrong);
     Ok(())
 }
+
+/// The first child simulated uses PUCT's configured length penalty, not the default: a short, less likely step
+/// wins without a penalty (length_penalty 0), a long, more likely-per-token one with the default 1.25.
+#[test]
+fn first_to_simulate_uses_the_configured_length_penalty() {
+    let mut t = Tree::new("t/1", vec![Message::user("q")], "Q\n", b"Q\n".iter().map(|&b| u32::from(b)).collect(), 1);
+    let short = t.add_child(0, NodeKind::Step, ext("a\n", false, -0.5), 1);
+    let long = t.add_child(0, NodeKind::Step, ext("bbbbbbbbb\n", false, -0.12), 2);
+    let pick = |length_penalty: f64| {
+        let cfg = MctsConfig { selection: Selection::Puct { c_puct: 1.0, length_penalty }, ..MctsConfig::default() };
+        Mcts::new(cfg).expect("valid").first_to_simulate(&t, &[short, long])
+    };
+    assert_eq!(pick(0.0), short);
+    assert_eq!(pick(crate::mcts::DEFAULT_LENGTH_PENALTY), long);
+}

@@ -29,7 +29,7 @@ pub struct SandboxArgs {
     #[arg(long)]
     pub no_site_packages: bool,
     /// Which sandbox: `bwrap` (bubblewrap namespaces + rlimits), `rlimits` (fallback: no filesystem or network
-    /// isolation, see the docs), or `auto` (bwrap if it works here, else rlimits with a warning).
+    /// isolation, see the docs; only when named), or `auto` (bwrap, else an error saying how to install it).
     #[arg(long, default_value = "auto")]
     pub sandbox: SandboxChoice,
     /// Python interpreter (default: $ORCHARD_PYTHON, else /usr/bin/python3, else python3 on PATH).

@@ -44,6 +44,9 @@ pub struct Args {
     /// Compute threads (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Check the configuration (keys, splits, overlap) and print it with every default filled in; run nothing.
+    #[arg(long)]
+    pub check: bool,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
@@ -52,6 +55,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut cfg = LoopConfig::from_toml(&args.config)?;
     if let Some(r) = args.rounds {
         cfg.rounds = r;
+    }
+    if args.check {
+        let (train, eval) = orchard_jobs::rounds::check(&cfg)?;
+        println!("{}", toml::to_string(&cfg)?);
+        eprintln!(
+            "orchard: {} ok: {train} train tasks, {eval} held-out tasks, no shared question",
+            args.config.display()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     let reward = JobReward::build(Some(&cfg.reward), None, &args.sandbox)?;
     let engine = ModelArgs { model: cfg.model.clone(), threads: args.threads }.load()?;

@@ -19,7 +19,8 @@
 //!   `forkserver.rs`); a fresh sandbox and interpreter per run (`SandboxConfig::fork_server = false`) costs
 //!   ~15–25 ms more per run.
 //! * [`Rlimits`] is the fallback when `bwrap` is missing or user namespaces are disabled. It is chosen only
-//!   explicitly (`SandboxChoice::Rlimits`) or by `SandboxChoice::Auto` with a logged warning, and every result
+//!   explicitly (`SandboxChoice::Rlimits`, `--sandbox rlimits`); `SandboxChoice::Auto` without a working bwrap is
+//!   an error that says how to install it (fail closed), and every result
 //!   carries `isolation: "rlimits"`. **What does NOT hold then**: the program sees the whole host filesystem with the
 //!   permissions of the user it runs as, and can write wherever that user can (only files are size-capped, not the
 //!   disk); there is no network isolation unless Orchard runs as root (then a fresh network namespace is made); a
@@ -258,8 +259,8 @@ impl Sandbox for NullSandbox {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxChoice {
-    /// bubblewrap if it works here, else the rlimits fallback with a warning logged (and `isolation: "rlimits"`
-    /// in every result).
+    /// bubblewrap if it works here, else an error saying how to install it (fail closed: the rlimits fallback
+    /// runs only when asked for by name).
     #[default]
     Auto,
     /// bubblewrap or an error.
@@ -315,19 +316,19 @@ pub fn open(choice: SandboxChoice, config: SandboxConfig) -> Result<Arc<dyn Sand
     match choice {
         SandboxChoice::Bwrap => Ok(Arc::new(Bwrap::new(config)?)),
         SandboxChoice::Rlimits => Ok(Arc::new(Rlimits::new(config)?)),
-        SandboxChoice::Auto => match Bwrap::new(config.clone()) {
-            Ok(b) => Ok(Arc::new(b)),
-            Err(err) => {
-                let fallback = Rlimits::new(config)?;
-                tracing::warn!(
-                    "bubblewrap sandbox unavailable ({err}); FALLING BACK to the rlimits-only sandbox, which does \
-                     not enforce: {}. Install bubblewrap (apt-get install bubblewrap) or pass --sandbox rlimits to \
-                     accept this explicitly.",
-                    fallback.info().not_enforced.join("; ")
-                );
-                Ok(Arc::new(fallback))
-            }
-        },
+        // Fail closed: model-written code never runs with write access to the host unless the user names the
+        // rlimits-only sandbox.
+        SandboxChoice::Auto => {
+            Bwrap::new(config).map(|b| Arc::new(b) as Arc<dyn Sandbox>).map_err(|err| Error::SandboxUnavailable {
+                kind: "bwrap".into(),
+                why: format!(
+                    "{err}. Code rewards run model-written programs, and without bubblewrap they would run with \
+                     write access to this machine: install it (`apt-get install bubblewrap`), or pass \
+                     `--sandbox rlimits` (TOML: `sandbox = \"rlimits\"`) to accept the rlimits-only sandbox, which \
+                     does not isolate the filesystem or the network"
+                ),
+            })
+        }
     }
 }
 
