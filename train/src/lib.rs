@@ -10,7 +10,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`data`] | pairs and trajectories from Parquet, tokenized, with file/column/row errors |
-//! | [`loss`], [`topr`], [`sft`] | one pure function per loss, in f64 |
+//! | [`loss`], [`topr`], [`sft`], [`rl`] | one pure function per loss, in f64 (RL: GRPO family, RLOO, REINFORCE++) |
 //! | [`reference`] | behaviour or model reference log-probs, cached by model and data hash |
 //! | [`batch`] | data order, memory-sized micro-batches, per-sequence log-probs |
 //! | [`optim`] | fused AdamW, clipping, schedules |
@@ -55,6 +55,7 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod reference;
+pub mod rl;
 pub mod sft;
 pub mod topr;
 pub mod trainer;
