@@ -106,7 +106,32 @@ fn default_model(c: &mut Criterion) {
     g.finish();
 }
 
+/// The loop's weight hand-off on the default model: trained f32 weights (a full-fine-tuning `DiffModel`) merged
+/// into an engine model and re-quantized to Q8_0 for generation, all in memory — what `orchard loop` does between
+/// training and the next round (TRL needs 0.15–0.6 s per sync at 0.5B on a GPU; the target here is ≤ 0.5 s).
+fn handoff(c: &mut Criterion) {
+    use orchard_engine::autograd::{DiffModel, Tuning};
+    use orchard_engine::Handoff;
+    orchard_engine::init_threads(None);
+    let engine = Engine::load("default").expect("the default model (run `orchard fetch-model`)");
+    let diff = DiffModel::new(engine.model(), &Tuning::Full, &candle_core::Device::Cpu, 0).expect("diff model");
+    let mut g = c.benchmark_group("engine/handoff");
+    g.sample_size(10);
+    g.bench_function("merge_f32", |b| {
+        b.iter(|| black_box(diff.merged_model(std::path::Path::new("memory")).expect("merge")))
+    });
+    g.bench_function("merge_and_q8", |b| {
+        b.iter(|| {
+            let merged = diff.merged_model(std::path::Path::new("memory")).expect("merge");
+            let master = engine.with_weights(merged, Handoff::F32, "master").expect("f32");
+            black_box(master.with_weights(master.model().to_q8(), Handoff::F32, "q8").expect("q8"));
+        })
+    });
+    g.finish();
+}
+
 pub fn bench(c: &mut Criterion) {
     kernels(c);
     default_model(c);
+    handoff(c);
 }

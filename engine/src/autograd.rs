@@ -312,8 +312,8 @@ impl DiffLayer {
 pub struct Packed {
     tokens: Vec<TokenId>,
     seqs: Arc<Vec<(usize, usize)>>,
-    /// Per sequence, `(prompt length, first branch length)` when it packs two branches of one prompt.
-    forks: Arc<Vec<Option<(usize, usize)>>>,
+    /// Per sequence, its branches when it packs several continuations of one prompt.
+    forks: Arc<Vec<Option<ops::Fork>>>,
     positions: Vec<usize>,
 }
 
@@ -338,18 +338,30 @@ impl Packed {
     /// computes what it computes in `Packed::new(&[prompt ‖ a, prompt ‖ b])`, with the prompt run once — how a
     /// preference pair's chosen and rejected completions share their prompt's forward and backward.
     pub fn forked(items: &[(&[TokenId], &[TokenId], &[TokenId])]) -> Self {
+        let groups: Vec<(&[TokenId], Vec<&[TokenId]>)> = items.iter().map(|&(p, a, b)| (p, vec![a, b])).collect();
+        Self::groups(&groups)
+    }
+
+    /// Packs each prompt with all its continuations as one sequence `prompt ‖ c_0 ‖ c_1 ‖ …`, every branch seeing
+    /// the prompt and itself only, at positions following the prompt: a group of G sampled completions (GRPO)
+    /// runs its prompt once instead of G times.
+    pub fn groups(items: &[(&[TokenId], Vec<&[TokenId]>)]) -> Self {
         let mut tokens = Vec::new();
         let mut spans = Vec::with_capacity(items.len());
         let mut forks = Vec::with_capacity(items.len());
         let mut positions = Vec::new();
-        for &(p, a, b) in items {
-            spans.push((tokens.len(), p.len() + a.len() + b.len()));
-            forks.push(Some((p.len(), a.len())));
-            positions.extend(0..p.len() + a.len());
-            positions.extend(p.len()..p.len() + b.len());
+        for (p, branches) in items {
+            let start = tokens.len();
             tokens.extend_from_slice(p);
-            tokens.extend_from_slice(a);
-            tokens.extend_from_slice(b);
+            positions.extend(0..p.len());
+            let mut starts = Vec::with_capacity(branches.len());
+            for b in branches {
+                starts.push(tokens.len() - start);
+                tokens.extend_from_slice(b);
+                positions.extend(p.len()..p.len() + b.len());
+            }
+            spans.push((start, tokens.len() - start));
+            forks.push(Some(ops::Fork { prompt: p.len(), starts }));
         }
         Packed { tokens, seqs: Arc::new(spans), forks: Arc::new(forks), positions }
     }

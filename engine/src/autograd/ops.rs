@@ -663,9 +663,29 @@ impl AttnShape {
 /// (GQA). The backward recomputes the probabilities instead of keeping `heads · L²` floats per layer alive.
 struct AttentionOp {
     seqs: Arc<Vec<(usize, usize)>>,
-    /// Per sequence, `(prompt, first branch)` lengths of a forked sequence: rows after both skip the first branch.
-    forks: Arc<Vec<Option<(usize, usize)>>>,
+    /// Per sequence, its branches when it packs several continuations of one prompt.
+    forks: Arc<Vec<Option<Fork>>>,
     shape: AttnShape,
+}
+
+/// A sequence `prompt ‖ branch 0 ‖ branch 1 ‖ …`: each branch's rows see the prompt and their own branch only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fork {
+    /// Prompt rows.
+    pub prompt: usize,
+    /// First row of each branch (the first is `prompt`), increasing.
+    pub starts: Vec<usize>,
+}
+
+impl Fork {
+    /// The columns row `r` must not see: the earlier branches (between the prompt and its own branch).
+    fn skip(&self, r: usize) -> std::ops::Range<usize> {
+        if r < self.prompt {
+            return 0..0;
+        }
+        let k = self.starts.partition_point(|&s| s <= r);
+        self.prompt..self.starts[k.max(1) - 1]
+    }
 }
 
 /// Softmax of `row` with the columns in `skip` left out (set to zero).
@@ -690,7 +710,7 @@ impl AttentionOp {
     /// Causal softmax probabilities `P` (`len × len`, zero above the diagonal) of query head `h` of one sequence.
     fn probs(&self, qkv: &[f32], q: usize, h: usize, p: &mut [f32]) {
         let (start, len) = self.seqs[q];
-        let fork = self.forks.get(q).copied().flatten();
+        let fork = self.forks.get(q).and_then(Option::as_ref);
         let s = self.shape;
         let (w, hd) = (s.qkv_width(), s.head_dim);
         let j = h / (s.heads / s.kv_heads);
@@ -705,8 +725,8 @@ impl AttentionOp {
         for (r, row) in p.chunks_mut(len).enumerate() {
             let (live, masked) = row.split_at_mut(r + 1);
             match fork {
-                Some((pl, a)) if r >= pl + a => softmax_skipping(live, pl..pl + a),
-                _ => softmax_in_place(live),
+                Some(f) => softmax_skipping(live, f.skip(r)),
+                None => softmax_in_place(live),
             }
             masked.fill(0.0);
         }
@@ -869,7 +889,7 @@ impl CustomOp1 for AttentionOp {
 /// `q ‖ k ‖ v` rows; returns `T × heads·head_dim`.
 pub(crate) fn attention(
     qkv: &Tensor,
-    (seqs, forks): (&Arc<Vec<(usize, usize)>>, &Arc<Vec<Option<(usize, usize)>>>),
+    (seqs, forks): (&Arc<Vec<(usize, usize)>>, &Arc<Vec<Option<Fork>>>),
     shape: AttnShape,
     fused: bool,
 ) -> CResult<Tensor> {
@@ -879,10 +899,8 @@ pub(crate) fn attention(
     let (hd, group) = (shape.head_dim, shape.heads / shape.kv_heads);
     let mut outs = Vec::with_capacity(seqs.len());
     for (q, &(start, len)) in seqs.iter().enumerate() {
-        let fork = forks.get(q).copied().flatten();
-        let visible = move |r: usize, c: usize| {
-            c <= r && !matches!(fork, Some((pl, a)) if r >= pl + a && (pl..pl + a).contains(&c))
-        };
+        let fork = forks.get(q).and_then(Option::as_ref);
+        let visible = |r: usize, c: usize| c <= r && !fork.is_some_and(|f| f.skip(r).contains(&c));
         let rows = qkv.narrow(0, start, len)?;
         // (L, H, hd) -> (KVH, G·L, hd): the query heads sharing a KV head become rows of one product.
         let q = rows.narrow(1, 0, shape.heads * hd)?.reshape((len, shape.kv_heads, group, hd))?;
@@ -893,7 +911,8 @@ pub(crate) fn attention(
         let v = v.transpose(0, 1)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
         let mask: Vec<f32> = (0..group * len)
-            .flat_map(|r| (0..len).map(move |c| if visible(r % len, c) { 0.0 } else { f32::NEG_INFINITY }))
+            .flat_map(|r| (0..len).map(move |c| (r, c)))
+            .map(|(r, c)| if visible(r % len, c) { 0.0 } else { f32::NEG_INFINITY })
             .collect();
         let mask = Tensor::from_vec(mask, (group * len, len), qkv.device())?;
         let probs = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;
