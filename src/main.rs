@@ -54,6 +54,8 @@ enum Command {
     Convert(cmd::convert::Args),
     /// Make a model better: rounds of generate → train → hand weights back in memory → held-out eval.
     Loop(Box<cmd::rounds::Args>),
+    /// Online RL in one process: sample groups with the current weights, GRPO-family step, repeat.
+    Rl(Box<cmd::rl::Args>),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => cmd::eval::run(*args),
         Command::Convert(args) => cmd::convert::run(args),
         Command::Loop(args) => cmd::rounds::run(*args),
+        Command::Rl(args) => cmd::rl::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -13,3 +13,4 @@ mod util;
 mod exec;
 mod hostile;
 mod reward;
+mod rl;

@@ -32,6 +32,9 @@ pub enum Error {
     /// A reward could not be built.
     #[error(transparent)]
     Rewards(#[from] orchard_rewards::Error),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
     /// JSON (de)serialisation failed.
     #[error(transparent)]
     Json(#[from] serde_json::Error),

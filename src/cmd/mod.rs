@@ -11,6 +11,7 @@ pub mod generate;
 pub mod merge;
 pub mod pairs;
 pub mod reward;
+pub mod rl;
 pub mod rounds;
 pub mod sample;
 pub mod score;

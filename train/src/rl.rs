@@ -156,6 +156,39 @@ pub struct TokenBatch<'a> {
     pub advantages: &'a [f64],
     /// Per completion: whether it counts (false: overlong-masked or unscored).
     pub keep: &'a [bool],
+    /// Totals of the whole optimizer step when this batch is one micro-batch of it (`None`: the batch is the step).
+    pub step: Option<StepCounts>,
+}
+
+/// What the reductions divide by, over a whole optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StepCounts {
+    /// Tokens of kept completions.
+    pub kept_tokens: usize,
+    /// Kept completions.
+    pub kept: usize,
+    /// All completions.
+    pub completions: usize,
+}
+
+impl StepCounts {
+    /// The counts of completions with these lengths and keep flags.
+    pub fn of(lengths: &[usize], keep: &[bool]) -> Self {
+        StepCounts {
+            kept_tokens: lengths.iter().zip(keep).filter(|(_, k)| **k).map(|(l, _)| l).sum(),
+            kept: keep.iter().filter(|k| **k).count(),
+            completions: lengths.len(),
+        }
+    }
+
+    /// Field-wise sum.
+    pub fn add(self, o: StepCounts) -> Self {
+        StepCounts {
+            kept_tokens: self.kept_tokens + o.kept_tokens,
+            kept: self.kept + o.kept,
+            completions: self.completions + o.completions,
+        }
+    }
 }
 
 /// What a surrogate loss computed.
@@ -191,16 +224,17 @@ pub fn surrogate_loss(s: &Surrogate, b: &TokenBatch<'_>) -> Result<SurrogateTerm
         return Err(Error::Config("β > 0 needs reference log-probs".into()));
     }
     let dev = Device::Cpu;
-    let kept_tokens: usize = b.lengths.iter().zip(b.keep).filter(|(_, k)| **k).map(|(l, _)| l).sum();
-    let kept = b.keep.iter().filter(|k| **k).count();
+    let own = StepCounts::of(b.lengths, b.keep);
+    let step = b.step.unwrap_or(own);
+    let (kept_tokens, kept) = (own.kept_tokens, own.kept);
     // Per-token weight of the reduction (0 for dropped completions) and advantage.
     let (mut weight, mut adv) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for ((&len, &a), &k) in b.lengths.iter().zip(b.advantages).zip(b.keep) {
         let w = match (k, s.aggregation) {
             (false, _) => 0.0,
-            (true, Aggregation::Token) => 1.0 / kept_tokens.max(1) as f64,
-            (true, Aggregation::Sequence) => 1.0 / (len.max(1) as f64 * kept.max(1) as f64),
-            (true, Aggregation::Constant { length }) => 1.0 / (length.max(1) * seqs.max(1)) as f64,
+            (true, Aggregation::Token) => 1.0 / step.kept_tokens.max(1) as f64,
+            (true, Aggregation::Sequence) => 1.0 / (len.max(1) as f64 * step.kept.max(1) as f64),
+            (true, Aggregation::Constant { length }) => 1.0 / (length.max(1) * step.completions.max(1)) as f64,
         };
         weight.extend(std::iter::repeat_n(w, len));
         adv.extend(std::iter::repeat_n(a, len));
@@ -365,6 +399,7 @@ mod tests {
                 lengths: &lengths,
                 advantages: &adv,
                 keep: &[true, true, true],
+                step: None,
             };
             let t = surrogate_loss(&s, &b)?;
             let v = t.loss.to_scalar::<f64>()?;
@@ -394,6 +429,7 @@ mod tests {
                     lengths: &lengths,
                     advantages: &adv,
                     keep,
+                    step: None,
                 },
             )
         };
@@ -409,6 +445,7 @@ mod tests {
                 lengths: &[3, 2],
                 advantages: &[1.0, 0.25],
                 keep: &[true, true],
+                step: None,
             },
         )?;
         assert!((without.loss.to_scalar::<f64>()? - only.loss.to_scalar::<f64>()?).abs() < 1e-9);
@@ -423,11 +460,41 @@ mod tests {
                     reference: None,
                     lengths: &lengths,
                     advantages: &adv,
-                    keep: &[true; 3]
+                    keep: &[true; 3],
+                    step: None,
                 }
             }
         )
         .is_err());
+        Ok(())
+    }
+
+    /// A step split into micro-batches (completion 0 | completions 1, 2), each reduced with the step's counts, sums
+    /// to the whole step's loss, for every reduction.
+    #[test]
+    fn micro_batches_with_step_counts_add_up_to_the_step() -> Result<()> {
+        let (logps, old, reference, lengths, adv) = batch_values();
+        for aggregation in [Aggregation::Token, Aggregation::Sequence, Aggregation::Constant { length: 4 }] {
+            let s = Surrogate { aggregation, beta: 0.04, ..Surrogate::default() };
+            let lp = Tensor::new(logps.as_slice(), &Device::Cpu)?;
+            let keep = [true; 3];
+            let part = |r: std::ops::Range<usize>, c: std::ops::Range<usize>, step| -> Result<f64> {
+                let b = TokenBatch {
+                    logps: &lp.narrow(0, r.start, r.len())?,
+                    old: &old[r.clone()],
+                    reference: Some(&reference[r]),
+                    lengths: &lengths[c.clone()],
+                    advantages: &adv[c.clone()],
+                    keep: &keep[c],
+                    step,
+                };
+                Ok(surrogate_loss(&s, &b)?.loss.to_scalar::<f64>()?)
+            };
+            let counts = StepCounts::of(&lengths, &keep);
+            let whole = part(0..7, 0..3, None)?;
+            let sum = part(0..3, 0..1, Some(counts))? + part(3..7, 1..3, Some(counts))?;
+            assert!((sum - whole).abs() < 1e-12, "{aggregation:?}: {sum} vs {whole}");
+        }
         Ok(())
     }
 }

@@ -1,0 +1,565 @@
+//! Online reinforced fine-tuning in one process (`orchard rl`): each step samples `group_size` completions for
+//! each of `prompts_per_step` train prompts with the *current* weights (handed to the engine in memory), scores
+//! them, computes group advantages, and takes an optimizer step on the clipped surrogate ([`orchard_train::rl`]) —
+//! GRPO, Dr. GRPO, DAPO (clip-higher, dynamic sampling, overlong masking), RLOO, REINFORCE++-baseline. A group's
+//! completions share their prompt's forward and backward ([`Packed::groups`]).
+//!
+//! `OUT` holds `metrics.jsonl` (one line per step, TRL's metric names), checkpoints (exact resume: weights,
+//! optimizer moments, the prompt cursor), `eval.jsonl` (held-out accuracy every `eval_every` steps) and `final/`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use orchard_datasets::{task_seed, Task, TaskSource};
+use orchard_engine::autograd::{DiffModel, Mode, Packed, Tuning};
+use orchard_engine::{Engine, FinishReason, GenerateOptions, GenerateRequest, Handoff, SamplingParams, TokenId};
+use orchard_rewards::{score_caught, Reward};
+use orchard_train::checkpoint::{self, TrainState};
+use orchard_train::optim::{AdamConfig, AdamW, Schedule, ScheduleKind};
+use orchard_train::rl::{
+    advantages, informative_groups, surrogate_loss, AdvantageKind, Aggregation, StepCounts, Surrogate, TokenBatch,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::eval::{evaluate, Accuracy, EvalConfig};
+use crate::task::{reward_task, task_prompt};
+use crate::Progress;
+
+/// Step metrics inside `OUT`.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// Held-out evaluations inside `OUT`.
+pub const EVAL_FILE: &str = "eval.jsonl";
+
+/// An online RL run: every key has a default; unknown keys are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RlConfig {
+    /// Starting model. Default `default`.
+    pub model: String,
+    /// Seed of prompt order, sampling and LoRA init. Default 0.
+    pub seed: u64,
+    /// Reward. Default `gsm8k`.
+    pub reward: String,
+    /// System message. Default none.
+    pub system: Option<String>,
+    /// Train prompts. Default GSM8K train.
+    pub prompts: TaskSource,
+    /// Held-out evaluation set. Default none.
+    pub eval_tasks: Option<TaskSource>,
+    /// Evaluate every N steps (and at the end); 0: only at the end. Default 0.
+    pub eval_every: usize,
+    /// Evaluation settings.
+    pub eval: EvalConfig,
+    /// Optimizer steps. Default 20.
+    pub steps: usize,
+    /// Prompts per step P. Default 8.
+    pub prompts_per_step: usize,
+    /// Completions per prompt G. Default 8.
+    pub group_size: usize,
+    /// Sampling (temperature 1, 128 new tokens by default).
+    pub sampling: SamplingParams,
+    /// Advantage estimator. Default grpo.
+    pub advantage: AdvantageKind,
+    /// Reduction of the per-token losses. Default sequence (GRPO).
+    pub aggregation: Aggregation,
+    /// Lower clip ε. Default 0.2.
+    pub epsilon_low: f64,
+    /// Upper clip ε (DAPO: 0.28). Default 0.2.
+    pub epsilon_high: f64,
+    /// KL coefficient β against the starting model (k3 estimator). Default 0.
+    pub beta: f64,
+    /// Optimizer passes over each batch (μ); > 1 uses the importance ratio against the sampling-time policy.
+    pub num_iterations: usize,
+    /// DAPO's dynamic sampling: drop groups whose rewards are all equal and sample more prompts to refill.
+    pub dynamic_sampling: bool,
+    /// Most extra sampling rounds a step makes to refill. Default 3.
+    pub max_refills: usize,
+    /// DAPO's overlong masking: completions cut at `max_new_tokens` get no loss.
+    pub overlong_mask: bool,
+    /// How the engine holds the weights it samples with. Default q8.
+    pub handoff: Handoff,
+    /// LoRA rank; none = full fine-tuning.
+    pub lora_rank: Option<usize>,
+    /// LoRA α (default 2 × rank).
+    pub lora_alpha: Option<f32>,
+    /// Learning rate. Default 1e-6 (TRL's GRPO default).
+    pub lr: f64,
+    /// Gradient clip. Default 1.0.
+    pub max_grad_norm: f64,
+    /// AdamW weight decay. Default 0.
+    pub weight_decay: f64,
+    /// Checkpoint every N steps (0: only at the end). Default 5.
+    pub checkpoint_every: usize,
+}
+
+impl Default for RlConfig {
+    fn default() -> Self {
+        RlConfig {
+            model: "default".into(),
+            seed: 0,
+            reward: "gsm8k".into(),
+            system: None,
+            prompts: TaskSource::builtin(orchard_datasets::TaskKind::Gsm8k, Some("train")),
+            eval_tasks: None,
+            eval_every: 0,
+            eval: EvalConfig { max_new_tokens: 256, ..EvalConfig::default() },
+            steps: 20,
+            prompts_per_step: 8,
+            group_size: 8,
+            sampling: SamplingParams { temperature: 1.0, max_new_tokens: 128, ..SamplingParams::default() },
+            advantage: AdvantageKind::Grpo,
+            aggregation: Aggregation::Sequence,
+            epsilon_low: 0.2,
+            epsilon_high: 0.2,
+            beta: 0.0,
+            num_iterations: 1,
+            dynamic_sampling: false,
+            max_refills: 3,
+            overlong_mask: false,
+            handoff: Handoff::Q8,
+            lora_rank: None,
+            lora_alpha: None,
+            lr: 1e-6,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            checkpoint_every: 5,
+        }
+    }
+}
+
+impl RlConfig {
+    /// Reads a configuration from TOML (unknown keys refused, naming the file).
+    pub fn from_toml(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.group_size < 2 {
+            return Err(Error::Config(format!(
+                "group_size = {}: {:?} advantages are relative to the group, which needs at least 2 completions per \
+                 prompt",
+                self.group_size, self.advantage
+            )));
+        }
+        if self.prompts_per_step == 0 || self.steps == 0 || self.num_iterations == 0 {
+            return Err(Error::Config("steps, prompts_per_step and num_iterations must be at least 1".into()));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::Config(format!("lr must be positive, got {}", self.lr)));
+        }
+        self.sampling.validate()?;
+        Ok(())
+    }
+
+    fn tuning(&self) -> Tuning {
+        match self.lora_rank {
+            None => Tuning::Full,
+            Some(rank) => Tuning::Lora(orchard_engine::autograd::LoraConfig {
+                rank,
+                alpha: self.lora_alpha.unwrap_or(2.0 * rank as f32),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// One step's metrics (TRL's names where they exist).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RlStep {
+    /// Optimizer step, 1-based.
+    pub step: usize,
+    /// The loss of the last pass.
+    pub loss: f64,
+    /// Mean reward of the step's completions.
+    pub reward: f64,
+    /// Mean of the per-group reward std.
+    pub reward_std: f64,
+    /// Share of sampled groups whose rewards were all equal.
+    pub frac_reward_zero_std: f64,
+    /// Share of kept tokens whose ratio was clipped.
+    #[serde(rename = "clip_ratio/region_mean")]
+    pub clip_ratio: f64,
+    /// Mean k3 KL to the starting model (β > 0).
+    pub kl: f64,
+    /// Mean completion length (tokens).
+    #[serde(rename = "completions/mean_length")]
+    pub completion_length: f64,
+    /// Share of completions cut at `max_new_tokens`.
+    #[serde(rename = "completions/clipped_ratio")]
+    pub clipped_ratio: f64,
+    /// Completions left out of the loss (reward error or timeout, overlong mask, dropped groups).
+    pub excluded: usize,
+    /// Completions whose reward failed (error or timeout): marked, excluded, counted.
+    pub reward_errors: usize,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate.
+    pub learning_rate: f64,
+    /// Generated tokens per second of sampling.
+    pub sampling_tokens_per_s: f64,
+    /// Tokens per second of the training forward/backward.
+    pub training_tokens_per_s: f64,
+    /// Seconds sampling (and scoring).
+    pub seconds_sampling: f64,
+    /// Seconds training.
+    pub seconds_training: f64,
+    /// Seconds handing the weights to the engine.
+    pub seconds_handoff: f64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RlReport {
+    /// Steps done in all.
+    pub steps: usize,
+    /// Steps taken by this call.
+    pub taken: usize,
+    /// Held-out evaluations (step, greedy accuracy).
+    pub evals: Vec<(usize, Accuracy)>,
+    /// Prompts excluded up front (longer than the context with `max_new_tokens`).
+    pub excluded_prompts: usize,
+}
+
+/// A sampled group.
+struct Group {
+    prompt: Vec<TokenId>,
+    completions: Vec<Vec<TokenId>>,
+    rewards: Vec<f64>,
+    keep: Vec<bool>,
+    errors: usize,
+    clipped: usize,
+}
+
+/// Runs (or resumes from `out`'s newest checkpoint) the online RL job `cfg` from `base`.
+pub fn run_rl(
+    cfg: &RlConfig,
+    base: &Engine,
+    reward: &dyn Reward,
+    out: &Path,
+    stop_after: Option<usize>,
+    progress: &mut dyn Progress,
+) -> Result<RlReport> {
+    cfg.validate()?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut report = RlReport::default();
+    // 1. Prompts: those that fit the context with room for a completion; the rest are named and left out.
+    let loaded = cfg.prompts.load()?;
+    if loaded.tasks.is_empty() {
+        return Err(Error::Config(format!(
+            "no train prompts in {} ({} bad rows skipped)",
+            loaded.report.file, loaded.report.bad_rows_skipped
+        )));
+    }
+    let context = base.model().config().max_position_embeddings;
+    let mut tasks = Vec::new();
+    for t in loaded.tasks {
+        let ids = base.prompt_tokens(&task_prompt(&t, cfg.system.as_deref()), None, false)?;
+        if ids.len() + cfg.sampling.max_new_tokens > context {
+            report.excluded_prompts += 1;
+            progress.log(&format!("prompt {} ({} tokens) leaves no room for a completion: excluded", t.id, ids.len()));
+        } else {
+            tasks.push((t, ids));
+        }
+    }
+    if tasks.is_empty() {
+        return Err(Error::Config("no train prompt fits the model's context".into()));
+    }
+    let eval_tasks: Option<Vec<Task>> = cfg.eval_tasks.as_ref().map(|s| s.load().map(|l| l.tasks)).transpose()?;
+    if let Some(e) = &eval_tasks {
+        let train: Vec<Task> = tasks.iter().map(|(t, _)| t.clone()).collect();
+        crate::rounds::check_overlap(&train, e)?;
+    }
+
+    // 2. The trainable model, its optimizer, and the run's state (resumed exactly when a checkpoint exists).
+    let tuning = cfg.tuning();
+    let model = DiffModel::new(base.model(), &tuning, &Device::Cpu, cfg.seed)?;
+    let mut opt =
+        AdamW::new(model.named_parameters(), AdamConfig { weight_decay: cfg.weight_decay, ..AdamConfig::default() });
+    let schedule = Schedule { peak: cfg.lr, warmup: 0, total: cfg.steps, kind: ScheduleKind::Constant };
+    let identity = serde_json::json!({ "rl": cfg, "tasks": tasks.len() });
+    let mut state = TrainState {
+        format: checkpoint::FORMAT,
+        orchard_version: env!("CARGO_PKG_VERSION").into(),
+        step: 0,
+        total_steps: cfg.steps,
+        epoch: 0,
+        order: orchard_train::batch::epoch_order(tasks.len(), cfg.seed, 0),
+        seed: cfg.seed,
+        model_hash: base.identity()?,
+        data_hash: String::new(),
+        config: serde_json::json!({ "identity": identity, "cursor": 0 }),
+    };
+    if let Some(dir) = checkpoint::latest(out)? {
+        let ckpt = checkpoint::load(&dir)?;
+        if ckpt.state.model_hash != state.model_hash || ckpt.state.config["identity"] != identity {
+            return Err(Error::Config(format!(
+                "{}: this checkpoint belongs to another model or configuration; nothing was changed in {}",
+                dir.display(),
+                out.display()
+            )));
+        }
+        model.set_parameters(&ckpt.params)?;
+        let (steps, mut moments) = ckpt.moments;
+        opt.load_state(steps, |n| moments.remove(n))?;
+        state = ckpt.state;
+        progress.log(&format!("resuming {} at step {}/{}", dir.display(), state.step, cfg.steps));
+    }
+    let mut log = StepLog::open(&out.join(METRICS_FILE), state.step)?;
+    let opts = GenerateOptions::default();
+    let surrogate = Surrogate {
+        epsilon_low: cfg.epsilon_low,
+        epsilon_high: cfg.epsilon_high,
+        beta: cfg.beta,
+        aggregation: cfg.aggregation,
+    };
+
+    // 3. Steps.
+    progress.start("rl steps", cfg.steps);
+    progress.advance(state.step, "");
+    while state.step < cfg.steps && stop_after.is_none_or(|n| report.taken < n) {
+        let mut m = RlStep { step: state.step + 1, learning_rate: schedule.lr(state.step), ..RlStep::default() };
+        // 3a. Hand the current weights to the engine (in memory).
+        let t0 = Instant::now();
+        let merged = model.merged_model(out)?;
+        let sampler = base.with_weights(merged, cfg.handoff, "rl-policy")?;
+        m.seconds_handoff = t0.elapsed().as_secs_f64();
+
+        // 3b. Sample groups (refilling dropped ones under dynamic sampling), score, compute advantages.
+        let t1 = Instant::now();
+        let mut cursor = state.config["cursor"].as_u64().unwrap_or(0) as usize;
+        let (mut groups, mut sampled_groups, mut zero_std, mut generated) = (Vec::new(), 0usize, 0usize, 0usize);
+        for refill in 0..=cfg.max_refills {
+            let want = cfg.prompts_per_step - groups.len();
+            if want == 0 || (refill > 0 && !cfg.dynamic_sampling) {
+                break;
+            }
+            let picked: Vec<usize> = (0..want).map(|k| state.order[(cursor + k) % tasks.len()]).collect();
+            cursor += want;
+            let requests: Vec<GenerateRequest> = picked
+                .iter()
+                .map(|&i| GenerateRequest {
+                    prompt: tasks[i].1.clone(),
+                    n: cfg.group_size,
+                    params: cfg.sampling.clone(),
+                    seed: task_seed(cfg.seed ^ (m.step as u64).wrapping_mul(0x9E37_79B9), &tasks[i].0.id),
+                })
+                .collect();
+            let samples = sampler.generate(&requests, &opts, &mut |_| {})?;
+            for (&i, ss) in picked.iter().zip(&samples) {
+                let rt = reward_task(&tasks[i].0);
+                let outcomes: Vec<_> = ss.iter().map(|s| score_caught(reward, &rt, &s.text)).collect();
+                let errors: Vec<bool> = outcomes.iter().map(|o| o.error.is_some()).collect();
+                let rewards: Vec<f64> =
+                    outcomes.iter().map(|o| if o.error.is_some() { 0.0 } else { o.score }).collect();
+                let clipped: Vec<bool> = ss.iter().map(|s| s.finish_reason == FinishReason::Length).collect();
+                generated += ss.iter().map(|s| s.token_ids.len()).sum::<usize>();
+                sampled_groups += 1;
+                let informative = !informative_groups(&rewards, cfg.group_size).is_empty();
+                zero_std += usize::from(!informative);
+                if cfg.dynamic_sampling && !informative {
+                    continue;
+                }
+                let keep = errors
+                    .iter()
+                    .zip(&clipped)
+                    .zip(ss)
+                    .map(|((e, c), s)| !e && !(cfg.overlong_mask && *c) && !s.token_ids.is_empty())
+                    .collect();
+                groups.push(Group {
+                    prompt: tasks[i].1.clone(),
+                    completions: ss.iter().map(|s| s.token_ids.clone()).collect(),
+                    rewards,
+                    keep,
+                    errors: errors.iter().filter(|e| **e).count(),
+                    clipped: clipped.iter().filter(|c| **c).count(),
+                });
+            }
+        }
+        state.config["cursor"] = serde_json::json!(cursor);
+        m.seconds_sampling = t1.elapsed().as_secs_f64();
+        m.sampling_tokens_per_s = generated as f64 / m.seconds_sampling.max(1e-9);
+        m.frac_reward_zero_std = zero_std as f64 / sampled_groups.max(1) as f64;
+        let all_rewards: Vec<f64> = groups.iter().flat_map(|g| g.rewards.clone()).collect();
+        let n_completions = all_rewards.len();
+        m.reward = all_rewards.iter().sum::<f64>() / n_completions.max(1) as f64;
+        m.reward_std = groups.iter().map(|g| std(&g.rewards)).sum::<f64>() / groups.len().max(1) as f64;
+        m.reward_errors = groups.iter().map(|g| g.errors).sum();
+        let lengths: Vec<usize> = groups.iter().flat_map(|g| g.completions.iter().map(Vec::len)).collect();
+        m.completion_length = lengths.iter().sum::<usize>() as f64 / n_completions.max(1) as f64;
+        m.clipped_ratio = groups.iter().map(|g| g.clipped).sum::<usize>() as f64 / n_completions.max(1) as f64;
+
+        // 3c. Train: advantages, the sampling-time log-probs, μ passes of micro-batches (one group each).
+        let t2 = Instant::now();
+        if groups.is_empty() {
+            progress.log(&format!("step {}: every group had equal rewards; no update", m.step));
+        } else {
+            let adv = advantages(&all_rewards, cfg.group_size, cfg.advantage)?;
+            let keep: Vec<bool> = groups.iter().flat_map(|g| g.keep.clone()).collect();
+            m.excluded = keep.iter().filter(|k| !**k).count() + (sampled_groups - groups.len()) * cfg.group_size;
+            let counts = StepCounts::of(&lengths, &keep);
+            let reference: Option<Vec<Vec<f32>>> =
+                (cfg.beta > 0.0).then(|| reference_logps(base, &groups)).transpose()?;
+            let old: Option<Vec<Vec<f32>>> = (cfg.num_iterations > 1)
+                .then(|| {
+                    groups
+                        .iter()
+                        .map(|g| group_logps(&model, g, Mode::Eval)?.to_vec1::<f32>().map_err(Error::from))
+                        .collect::<Result<_>>()
+                })
+                .transpose()?;
+            let mut tokens_run = 0usize;
+            for pass in 0..cfg.num_iterations {
+                let (mut loss, mut clip, mut kl, mut at) = (0.0, 0.0, 0.0, 0usize);
+                for (gi, g) in groups.iter().enumerate() {
+                    let mode = Mode::Train {
+                        dropout_seed: cfg.seed ^ ((m.step as u64) << 24 | (pass as u64) << 16 | gi as u64),
+                    };
+                    let lp = group_logps(&model, g, mode)?;
+                    let detached: Vec<f32> = lp.to_vec1()?;
+                    let old_g = old.as_ref().map_or(&detached, |o| &o[gi]);
+                    let n = g.completions.len();
+                    let b = TokenBatch {
+                        logps: &lp,
+                        old: old_g,
+                        reference: reference.as_ref().map(|r| r[gi].as_slice()),
+                        lengths: &lengths[at..at + n],
+                        advantages: &adv[at..at + n],
+                        keep: &keep[at..at + n],
+                        step: Some(counts),
+                    };
+                    let terms = surrogate_loss(&surrogate, &b)?;
+                    loss += terms.loss.to_scalar::<f64>()?;
+                    let kept_tokens: usize = b.lengths.iter().zip(b.keep).filter(|(_, k)| **k).map(|(l, _)| l).sum();
+                    clip += terms.clip_fraction * kept_tokens as f64;
+                    kl += terms.kl * kept_tokens as f64;
+                    opt.accumulate(&terms.loss.backward()?)?;
+                    tokens_run += g.prompt.len() + g.completions.iter().map(Vec::len).sum::<usize>();
+                    at += n;
+                }
+                let stats = opt.step(m.learning_rate, (cfg.max_grad_norm > 0.0).then_some(cfg.max_grad_norm))?;
+                m.loss = loss;
+                m.grad_norm = stats.grad_norm;
+                m.clip_ratio = clip / counts.kept_tokens.max(1) as f64;
+                m.kl = kl / counts.kept_tokens.max(1) as f64;
+            }
+            m.training_tokens_per_s = tokens_run as f64 / t2.elapsed().as_secs_f64().max(1e-9);
+        }
+        m.seconds_training = t2.elapsed().as_secs_f64();
+        state.step += 1;
+        report.taken += 1;
+        log.push(&m)?;
+        progress.advance(
+            1,
+            &format!(
+                "reward {:.3} loss {:.4} clip {:.3} {:.0}+{:.0}s",
+                m.reward, m.loss, m.clip_ratio, m.seconds_sampling, m.seconds_training
+            ),
+        );
+        if cfg.checkpoint_every > 0 && state.step.is_multiple_of(cfg.checkpoint_every) {
+            checkpoint::save(out, &state, &model, &opt, 1)?;
+        }
+        if let (Some(e), true) = (&eval_tasks, cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) {
+            report.evals.push((state.step, run_eval(cfg, base, &model, e, reward, out, state.step, progress)?));
+        }
+    }
+    progress.finish();
+    checkpoint::save(out, &state, &model, &opt, 1)?;
+    if let Some(e) = &eval_tasks {
+        if state.step >= cfg.steps && report.evals.last().is_none_or(|(s, _)| *s != state.step) {
+            report.evals.push((state.step, run_eval(cfg, base, &model, e, reward, out, state.step, progress)?));
+        }
+    }
+    report.steps = state.step;
+    Ok(report)
+}
+
+/// `metrics.jsonl`, cut back on resume to the steps the checkpoint holds (so a resumed run's log equals an
+/// uninterrupted one's).
+struct StepLog {
+    path: std::path::PathBuf,
+}
+
+impl StepLog {
+    fn open(path: &Path, keep_through: usize) -> Result<Self> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let kept: String = text
+            .lines()
+            .filter(|l| serde_json::from_str::<RlStep>(l).is_ok_and(|m| m.step <= keep_through))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(path, kept).map_err(|e| Error::io(path, e))?;
+        Ok(StepLog { path: path.to_path_buf() })
+    }
+
+    fn push(&mut self, m: &RlStep) -> Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        writeln!(f, "{}", serde_json::to_string(m)?).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+fn std(v: &[f64]) -> f64 {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n.max(1.0);
+    (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt()
+}
+
+/// Per-token log-probs of a group's completions `(N,)`, completion after completion, with the prompt run once.
+fn group_logps(model: &DiffModel, g: &Group, mode: Mode) -> Result<Tensor> {
+    let branches: Vec<&[TokenId]> = g.completions.iter().map(Vec::as_slice).collect();
+    let batch = Packed::groups(&[(&g.prompt[..], branches)]);
+    let (mut rows, mut targets) = (Vec::new(), Vec::new());
+    let p = g.prompt.len();
+    let mut start = p;
+    for c in &g.completions {
+        for (j, &t) in c.iter().enumerate() {
+            // Token 0 of every branch is predicted by the prompt's last row; token j > 0 by its branch's row j − 1.
+            rows.push(if j == 0 { p - 1 } else { start + j - 1 });
+            targets.push(t);
+        }
+        start += c.len();
+    }
+    Ok(model.token_logprobs(&batch, &rows, &targets, mode)?)
+}
+
+/// The starting model's per-token log-probs of each group's completions (f32 teacher forcing).
+fn reference_logps(base: &Engine, groups: &[Group]) -> Result<Vec<Vec<f32>>> {
+    groups
+        .iter()
+        .map(|g| {
+            let pairs: Vec<(Vec<TokenId>, Vec<TokenId>)> =
+                g.completions.iter().map(|c| (g.prompt.clone(), c.clone())).collect();
+            Ok(base.score(&pairs)?.into_iter().flat_map(|s| s.token_logprobs).collect())
+        })
+        .collect()
+}
+
+/// Greedy accuracy of the current weights on the held-out set, appended to `eval.jsonl`.
+#[allow(clippy::too_many_arguments)]
+fn run_eval(
+    cfg: &RlConfig,
+    base: &Engine,
+    model: &DiffModel,
+    tasks: &[Task],
+    reward: &dyn Reward,
+    out: &Path,
+    step: usize,
+    progress: &mut dyn Progress,
+) -> Result<Accuracy> {
+    let engine = base.with_weights(model.merged_model(out)?, cfg.handoff, "rl-policy")?;
+    let eval = EvalConfig { system: cfg.system.clone(), ..cfg.eval.clone() };
+    let rep = evaluate(&engine, tasks, reward, &eval, &GenerateOptions::default(), progress)?;
+    let line = serde_json::json!({ "step": step, "greedy": rep.greedy, "seconds": rep.seconds });
+    use std::io::Write;
+    let path = out.join(EVAL_FILE);
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+    writeln!(f, "{line}").map_err(|e| Error::io(&path, e))?;
+    progress.log(&format!(
+        "step {step}: held-out greedy {:.3} [{:.3}, {:.3}]",
+        rep.greedy.accuracy, rep.greedy.ci95[0], rep.greedy.ci95[1]
+    ));
+    Ok(rep.greedy)
+}
