@@ -271,3 +271,46 @@ fn convert_writes_an_hf_directory_the_engine_loads() {
     let (a, b) = (score(&model), score(&out));
     assert!((a - b).abs() < 1e-3, "{a} vs {b}");
 }
+
+/// `orchard train --loss sft` on JSONL prompt/completion rows and on a TOML settings file (a flag with a
+/// non-default value overrides the file's key); the per-token NLL falls.
+#[test]
+fn sft_trains_from_jsonl_and_a_settings_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_hf(dir.path());
+    let rows: String = (0..8)
+        .map(|i| format!("{}\n", serde_json::json!({"prompt": format!("What is {i} plus 1?"), "completion": format!("{} The answer is {}.", i, i + 1)})))
+        .collect();
+    let data = dir.path().join("sft.jsonl");
+    std::fs::write(&data, rows).expect("write");
+    let cfg = dir.path().join("train.toml");
+    std::fs::write(&cfg, "loss = \"sft\"\nlr = 1e-2\nepochs = 3\nbatch_size = 4\nmask_ratio = 0.2\n").expect("write");
+    let out = dir.path().join("out");
+    orchard()
+        .args(["train", "--model", model.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
+        .args([
+            "--sft-data",
+            data.to_str().unwrap(),
+            "--batch-size",
+            "2",
+            "--no-export",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    let steps = json_lines(&std::fs::read(out.join("metrics.jsonl")).expect("metrics"));
+    // 8 rows, batch 2 (the flag) × 3 epochs (the file) = 12 steps; Masked Thought on (the file).
+    assert_eq!(steps.len(), 12);
+    assert!(steps.iter().any(|s| s["sft/masked_tokens"].as_u64().unwrap_or(0) > 0));
+    let nll = |s: &serde_json::Value| s["sft/nll"].as_f64().expect("nll");
+    assert!(nll(&steps[11]) < nll(&steps[0]), "{} → {}", nll(&steps[0]), nll(&steps[11]));
+    // A bad row is named with its line.
+    std::fs::write(&data, "{\"prompt\": \"q\"}\n").expect("write");
+    orchard()
+        .args(["train", "--model", model.to_str().unwrap(), "--loss", "sft", "--sft-data", data.to_str().unwrap()])
+        .args(["--out", dir.path().join("bad").to_str().unwrap()])
+        .assert()
+        .failure()
+        .stderr(contains("sft.jsonl: row 1").and(contains("prompt` and `completion")));
+}

@@ -64,6 +64,10 @@ pub enum LossArg {
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// TOML file of training settings (every key of `orchard loop`'s `[train]` table: loss, beta, lr, epochs,
+    /// batch_size, lora_rank, mask_ratio, …); a flag given with a non-default value overrides its key.
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
     /// Preference pairs: a Parquet file, a directory of them, or an `orchard sample` run directory.
     #[arg(long, value_name = "PATH", conflicts_with = "trajectories", required_unless_present_any = ["trajectories", "gold", "sft_data"])]
     pub pairs: Option<PathBuf>,
@@ -226,6 +230,24 @@ pub enum ScheduleArg {
 }
 
 impl Args {
+    /// The settings: the --config file's, with every flag whose value differs from its default applied on top.
+    fn settings(&self) -> anyhow::Result<TrainSpec> {
+        let flags = self.spec()?;
+        let Some(path) = &self.config else { return Ok(flags) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let file: TrainSpec = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let (mut merged, given, default) =
+            (serde_json::to_value(&file)?, serde_json::to_value(&flags)?, serde_json::to_value(TrainSpec::default())?);
+        if let (Some(m), Some(g), Some(d)) = (merged.as_object_mut(), given.as_object(), default.as_object()) {
+            for (k, v) in g {
+                if d.get(k) != Some(v) {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        Ok(serde_json::from_value(merged)?)
+    }
+
     /// The flags as the trainer's spec (the one mapping from settings to a [`TrainConfig`], shared with the loop).
     fn spec(&self) -> anyhow::Result<TrainSpec> {
         let b: Vec<f64> = self
@@ -323,15 +345,12 @@ fn read_data(args: &Args, spec: &TrainSpec, engine: &Engine, cfg: &TrainConfig) 
             Ok(TrainData::Trajectories(loaded.examples))
         }
         (Objective::Sft(_), None, Some(path)) => {
-            let filter = SftFilter {
-                min_reward: args.min_reward,
-                dedup: !args.no_dedup,
-                weight_column: args.weight_column.clone(),
-            };
+            let filter =
+                SftFilter { min_reward: spec.min_reward, dedup: spec.dedup, weight_column: args.weight_column.clone() };
             let (examples, c) = data::read_sft_trajectories(path, &filter, limits, engine)?;
             eprintln!(
                 "orchard: SFT on {} trajectories with reward ≥ {} ({} below, {} duplicates, {} unscored or too long)",
-                c.kept, args.min_reward, c.below_threshold, c.duplicates, c.skipped
+                c.kept, spec.min_reward, c.below_threshold, c.duplicates, c.skipped
             );
             Ok(TrainData::Sft(examples))
         }
@@ -355,7 +374,7 @@ fn read_data(args: &Args, spec: &TrainSpec, engine: &Engine, cfg: &TrainConfig) 
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // 1. Settings, model, data: every input is checked before anything is written to --out.
-    let spec = args.spec()?;
+    let spec = args.settings()?;
     let engine = args.model.load()?;
     let cfg = spec.config(&engine)?;
     let data = read_data(&args, &spec, &engine, &cfg)?;
