@@ -120,6 +120,12 @@ fn handoff(c: &mut Criterion) {
     g.bench_function("merge_f32", |b| {
         b.iter(|| black_box(diff.merged_model(std::path::Path::new("memory")).expect("merge")))
     });
+    g.bench_function("merge_q8_direct", |b| {
+        b.iter(|| {
+            let q8 = diff.merged_q8_model(std::path::Path::new("memory")).expect("merge");
+            black_box(engine.with_weights(q8, Handoff::F32, "q8").expect("q8"));
+        })
+    });
     g.bench_function("merge_and_q8", |b| {
         b.iter(|| {
             let merged = diff.merged_model(std::path::Path::new("memory")).expect("merge");

@@ -693,19 +693,41 @@ impl DiffModel {
     /// An engine [`Model`] with the current weights (adapters merged): the trained model, ready to generate and
     /// score. `source` names it in error messages.
     pub fn merged_model(&self, source: &Path) -> Result<Model> {
+        self.merged_as(source, |v, rows, cols| Linear::from_f32(v, rows, cols))
+    }
+
+    /// [`DiffModel::merged_model`] with every projection, the embedding and the LM head quantized to Q8_0 straight
+    /// from the trained values (no f32 engine copy in between): the fast path of the loop's weight hand-off. The
+    /// same weights as `merged_model(..).to_q8()`, bit for bit.
+    pub fn merged_q8_model(&self, source: &Path) -> Result<Model> {
+        self.merged_as(source, Linear::q8_from_f32)
+    }
+
+    fn merged_as(&self, source: &Path, linear: impl Fn(&[f32], usize, usize) -> Linear) -> Result<Model> {
         let cfg = &self.config;
         let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
         let nq = cfg.num_heads * cfg.head_dim;
+        // Full fine-tuning reads the trained values in place; LoRA adds each adapter's delta to a copy.
+        let project = |l: &DiffLayer, w: &Weight, which: FusedWeight, rows: usize, cols: usize| -> Result<Linear> {
+            if matches!(self.tuning, Tuning::Lora(_)) {
+                return Ok(linear(&self.merged(l, w, which)?, rows, cols));
+            }
+            let t = match w {
+                Weight::Trainable(v) => v.as_tensor(),
+                Weight::Frozen(t) => t,
+            };
+            Ok(ops::with_values(t, "merge", |v| Ok(linear(v, rows, cols)))?)
+        };
         let mut layers = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
             layers.push(Layer {
                 input_layernorm: l.input_layernorm.to_vec()?,
-                qkv_proj: Linear::from_f32(&self.merged(l, &l.qkv_proj, FusedWeight::Qkv)?, cfg.qkv_width(), d),
+                qkv_proj: project(l, &l.qkv_proj, FusedWeight::Qkv, cfg.qkv_width(), d)?,
                 qkv_bias: l.qkv_bias.as_ref().map(Weight::to_vec).transpose()?,
-                o_proj: Linear::from_f32(&self.merged(l, &l.o_proj, FusedWeight::O)?, d, nq),
+                o_proj: project(l, &l.o_proj, FusedWeight::O, d, nq)?,
                 post_attention_layernorm: l.post_attention_layernorm.to_vec()?,
-                gate_up_proj: Linear::from_f32(&self.merged(l, &l.gate_up_proj, FusedWeight::GateUp)?, 2 * f, d),
-                down_proj: Linear::from_f32(&self.merged(l, &l.down_proj, FusedWeight::Down)?, d, f),
+                gate_up_proj: project(l, &l.gate_up_proj, FusedWeight::GateUp, 2 * f, d)?,
+                down_proj: project(l, &l.down_proj, FusedWeight::Down, d, f)?,
             });
         }
         // The engine recomputes inverse frequencies from the config; carry any per-frequency factors over.
@@ -713,12 +735,8 @@ impl DiffModel {
         let factors = (base != self.inv_freq).then(|| base.iter().zip(&self.inv_freq).map(|(b, i)| b / i).collect());
         let parts = ModelParts {
             config: cfg.clone(),
-            embed_tokens: Linear::from_f32(&self.embed_tokens.to_vec()?, cfg.vocab_size, d),
-            lm_head: self
-                .lm_head
-                .as_ref()
-                .map(|h| h.to_vec().map(|v| Linear::from_f32(&v, cfg.vocab_size, d)))
-                .transpose()?,
+            embed_tokens: linear(&self.embed_tokens.to_vec()?, cfg.vocab_size, d),
+            lm_head: self.lm_head.as_ref().map(|h| h.to_vec().map(|v| linear(&v, cfg.vocab_size, d))).transpose()?,
             layers,
             norm: self.norm.to_vec()?,
             rope_freq_factors: factors,

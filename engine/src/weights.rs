@@ -84,20 +84,23 @@ impl Linear {
         }
     }
 
-    /// The same weight re-quantized to Q8_0 from its f32 values (rows in parallel); the quantized fast path of
-    /// a model handed back from training.
+    /// The same weight re-quantized to Q8_0 from its f32 values: the quantized fast path of a model handed back
+    /// from training.
     pub fn to_q8(&self) -> Self {
+        Self::q8_from_f32(&self.to_f32(), self.rows, self.cols)
+    }
+
+    /// A Q8_0 weight from row-major f32 values, quantized in row bands on the compute pool and stacked: the same
+    /// bits as one serial `QRows::quantize_q8`.
+    pub fn q8_from_f32(data: &[f32], rows: usize, cols: usize) -> Self {
+        use crate::kernels::quant::QRows;
         use rayon::prelude::*;
-        let data = self.to_f32();
-        let cols = self.cols;
-        // Quantize in row bands on the pool, then stack: the same bits as one serial `quantize_q8`.
+        debug_assert_eq!(data.len(), rows * cols);
         let band = 256usize;
-        let parts: Vec<crate::kernels::quant::QRows> = data
-            .par_chunks(band * cols)
-            .map(|c| crate::kernels::quant::QRows::quantize_q8(c, c.len() / cols, cols))
-            .collect();
-        let refs: Vec<&crate::kernels::quant::QRows> = parts.iter().collect();
-        let q = crate::kernels::quant::QRows::vstack(&refs).expect("bands of one matrix share its width");
+        let parts: Vec<QRows> =
+            data.par_chunks(band * cols).map(|c| QRows::quantize_q8(c, c.len() / cols, cols)).collect();
+        let refs: Vec<&QRows> = parts.iter().collect();
+        let q = QRows::vstack(&refs).expect("bands of one matrix share its width");
         Linear::from_quant(q.pack())
     }
 

@@ -67,3 +67,19 @@ fn default_model_q8_handoff_is_close_to_f32() {
     let (a, b) = (greedy(&f32m, text, 8), greedy(&q8, text, 8));
     assert_eq!(a[..4], b[..4], "f32 {a:?} vs q8 {b:?}");
 }
+
+/// Quantizing straight from the trained values gives the weights that merging to f32 and re-quantizing gives.
+#[test]
+fn direct_q8_merge_equals_merge_then_requantize() {
+    let t = tiny(Arch::Llama, Format::Hf, 6);
+    let m = orchard_engine::autograd::DiffModel::new(
+        t.engine.model(),
+        &orchard_engine::autograd::Tuning::Full,
+        &candle_core::Device::Cpu,
+        0,
+    )
+    .expect("diff model");
+    let direct = m.merged_q8_model(std::path::Path::new("memory")).expect("q8");
+    let twice = m.merged_model(std::path::Path::new("memory")).expect("f32").to_q8();
+    assert_eq!(direct.weights_digest(), twice.weights_digest());
+}

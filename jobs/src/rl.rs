@@ -323,8 +323,11 @@ pub fn run_rl(
         let mut m = RlStep { step: state.step + 1, learning_rate: schedule.lr(state.step), ..RlStep::default() };
         // 3a. Hand the current weights to the engine (in memory).
         let t0 = Instant::now();
-        let merged = model.merged_model(out)?;
-        let sampler = base.with_weights(merged, cfg.handoff, "rl-policy")?;
+        let merged = match cfg.handoff {
+            Handoff::Q8 => model.merged_q8_model(out)?,
+            Handoff::F32 => model.merged_model(out)?,
+        };
+        let sampler = base.with_weights(merged, Handoff::F32, "rl-policy")?;
         m.seconds_handoff = t0.elapsed().as_secs_f64();
 
         // 3b. Sample groups (refilling dropped ones under dynamic sampling), score, compute advantages.
@@ -549,7 +552,11 @@ fn run_eval(
     step: usize,
     progress: &mut dyn Progress,
 ) -> Result<Accuracy> {
-    let engine = base.with_weights(model.merged_model(out)?, cfg.handoff, "rl-policy")?;
+    let merged = match cfg.handoff {
+        Handoff::Q8 => model.merged_q8_model(out)?,
+        Handoff::F32 => model.merged_model(out)?,
+    };
+    let engine = base.with_weights(merged, Handoff::F32, "rl-policy")?;
     let eval = EvalConfig { system: cfg.system.clone(), ..cfg.eval.clone() };
     let rep = evaluate(&engine, tasks, reward, &eval, &GenerateOptions::default(), progress)?;
     let line = serde_json::json!({ "step": step, "greedy": rep.greedy, "seconds": rep.seconds });

@@ -236,7 +236,8 @@ pub struct PhaseSeconds {
     pub generate: f64,
     /// Training (reference log-probs included).
     pub train: f64,
-    /// Handing the trained weights back to the engine (merge, re-quantize, digest).
+    /// Handing the trained weights back to the engine: until it can generate with them (merge and Q8_0
+    /// re-quantization, or the f32 merge). The f32 master copy the next round trains from counts as training.
     pub handoff: f64,
     /// Evaluating.
     pub eval: f64,
@@ -321,16 +322,22 @@ impl Policy {
         self.sampler.as_ref().or(self.master.as_ref()).unwrap_or(&self.base)
     }
 
-    /// Takes the trained weights in memory: the f32 master and, for `q8`, its re-quantization for generation.
-    fn hand_off(&mut self, merged: orchard_engine::Model, handoff: Handoff, round: usize) -> Result<()> {
+    /// Takes the trained weights in memory: the sampler first (what the next generation needs: Q8_0 quantized
+    /// straight from the trained values, or the f32 weights), then the f32 master the next round trains from.
+    /// Returns the seconds until the sampler was ready (the weight sync) and the total.
+    fn hand_off(&mut self, trained: &DiffModel, handoff: Handoff, round: usize, dir: &Path) -> Result<(f64, f64)> {
+        let t0 = Instant::now();
         let id = format!("{}+round-{round}", self.base.info().id);
-        let master = self.base.with_weights(merged, Handoff::F32, &id)?;
-        self.sampler = match handoff {
-            Handoff::Q8 => Some(Arc::new(master.with_weights(master.model().to_q8(), Handoff::F32, &id)?)),
+        let sampler = match handoff {
+            Handoff::Q8 => Some(Arc::new(self.base.with_weights(trained.merged_q8_model(dir)?, Handoff::F32, &id)?)),
             Handoff::F32 => None,
         };
-        self.master = Some(Arc::new(master));
-        Ok(())
+        let ready = t0.elapsed().as_secs_f64();
+        let master = Arc::new(self.base.with_weights(trained.merged_model(dir)?, Handoff::F32, &id)?);
+        let total = t0.elapsed().as_secs_f64();
+        self.sampler = sampler;
+        self.master = Some(master);
+        Ok((if handoff == Handoff::F32 { total } else { ready }, total))
     }
 }
 
@@ -396,17 +403,17 @@ pub fn run_loop(
         let mut train_summary = None;
         if let Some(data) = data {
             let t1 = Instant::now();
-            let master = policy.master();
-            let tcfg = spec.config(master)?;
+            let master = policy.master().clone();
+            let tcfg = spec.config(&master)?;
             let train_dir = dir.join("train");
             let mut trainer = open_trainer(master.as_ref(), data, tcfg, &train_dir, progress)?;
             let tr: TrainReport = run_training(&mut trainer, &train_dir, None, progress)?;
-            let merged = trainer.model().merged_model(&train_dir)?;
-            drop(trainer);
             seconds.train = t1.elapsed().as_secs_f64();
-            let t2 = Instant::now();
-            policy.hand_off(merged, cfg.handoff, round)?;
-            seconds.handoff = t2.elapsed().as_secs_f64();
+            let (sync, total) = policy.hand_off(trainer.model(), cfg.handoff, round, &train_dir)?;
+            drop(trainer);
+            seconds.handoff = sync;
+            // The f32 master copy the next round trains from is training's business, not the sync's.
+            seconds.train += total - sync;
             progress.log(&format!("round {round}: weights handed to the engine in {:.3} s", seconds.handoff));
             train_summary = Some(TrainSummary {
                 steps: tr.steps,
@@ -616,8 +623,7 @@ fn replay(policy: &mut Policy, spec: &TrainSpec, train_dir: &Path, handoff: Hand
     let tuning = spec.tuning()?;
     let model = DiffModel::new(master.model(), &tuning, &Device::Cpu, spec.seed)?;
     model.set_parameters(&ckpt.params)?;
-    let merged = model.merged_model(train_dir)?;
-    policy.hand_off(merged, handoff, round)
+    policy.hand_off(&model, handoff, round, train_dir).map(|_| ())
 }
 
 /// SFT examples from the gold solutions of `tasks`, prompted exactly as generation and evaluation prompt them.

@@ -31,7 +31,7 @@ fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> CResult<&'a 
 }
 
 /// Runs `f` on the contiguous f32 values of a CPU tensor.
-fn with_values<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> CResult<R>) -> CResult<R> {
+pub(crate) fn with_values<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> CResult<R>) -> CResult<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {

@@ -222,22 +222,36 @@ impl QRows {
         let mut codes = vec![0u8; panels * nb * bb];
         let mut d = vec![f16::ZERO; panels * nb * PANEL];
         let mut m = vec![f16::ZERO; panels * nb * PANEL];
-        for r in 0..self.rows {
-            let (p, f) = (r / PANEL, r % PANEL);
-            for b in 0..nb {
-                let base = (p * nb + b) * bb;
-                let src = &self.codes[(r * nb + b) * BLOCK..(r * nb + b + 1) * BLOCK];
-                for (k, &c) in src.iter().enumerate() {
-                    let (quad, t) = (k / 4, k % 4);
-                    match self.format {
-                        QFormat::Q4 => codes[base + (quad / 2) * 64 + f * 4 + t] |= c << (4 * (quad % 2)),
-                        QFormat::Q8 => codes[base + quad * 64 + f * 4 + t] = c,
+        // Panel by panel on the pool: panel p alone writes its codes and scales.
+        codes
+            .par_chunks_mut(nb * bb)
+            .zip(d.par_chunks_mut(nb * PANEL))
+            .zip(m.par_chunks_mut(nb * PANEL))
+            .enumerate()
+            .for_each(|(p, ((cp, dp), mp))| {
+                for f in 0..PANEL.min(self.rows - p * PANEL) {
+                    let r = p * PANEL + f;
+                    for b in 0..nb {
+                        let base = b * bb;
+                        let src = &self.codes[(r * nb + b) * BLOCK..(r * nb + b + 1) * BLOCK];
+                        match self.format {
+                            QFormat::Q4 => {
+                                for (k, &c) in src.iter().enumerate() {
+                                    let (quad, t) = (k / 4, k % 4);
+                                    cp[base + (quad / 2) * 64 + f * 4 + t] |= c << (4 * (quad % 2));
+                                }
+                            }
+                            QFormat::Q8 => {
+                                for (quad, four) in src.chunks_exact(4).enumerate() {
+                                    cp[base + quad * 64 + f * 4..][..4].copy_from_slice(four);
+                                }
+                            }
+                        }
+                        dp[b * PANEL + f] = self.d[r * nb + b];
+                        mp[b * PANEL + f] = self.m[r * nb + b];
                     }
                 }
-                d[(p * nb + b) * PANEL + f] = self.d[r * nb + b];
-                m[(p * nb + b) * PANEL + f] = self.m[r * nb + b];
-            }
-        }
+            });
         QMatrix { format: self.format, rows: self.rows, cols: self.cols, blocks: nb, codes, d, m }
     }
 }
