@@ -3,7 +3,8 @@
 Both sides train the default model (SmolLM2-135M-Instruct, dequantized to f32 by `orchard convert`: the same
 weights) with GRPO on the same 8 GSM8K train prompts per step (chat-templated the same way), G = 8 completions per
 prompt, at most 128 new tokens at temperature 1, the same reward (1 when the completion's final number — after
-`####`, else after "the answer is", else the last number — equals the reference, else 0), lr 1e-6 (LoRA 1e-5),
+`####`, else after "the answer is", else the last number — equals the reference, 0.1 when a number was found but is
+wrong (ReFT's partial credit, as Orchard's `gsm8k` reward), else 0), lr 1e-6 (LoRA 1e-5),
 AdamW, clip ε 0.2, the "grpo" loss, one optimizer step per batch (μ = 1), in the modes asked for: LoRA r=16
 alpha=32 on all seven linear layers, or full fine-tuning, each with β = 0 and/or β = 0.04 (KL to the start).
 
@@ -49,7 +50,10 @@ def reward_fn(completions, answer, **kw):
         text = c if isinstance(c, str) else c[-1]["content"]
         got = final_number(text)
         try:
-            out.append(1.0 if got is not None and abs(float(got) - float(a)) <= 1e-2 else 0.0)
+            if got is None:
+                out.append(0.0)
+            else:
+                out.append(1.0 if abs(float(got) - float(a)) <= 1e-2 else 0.1)
         except ValueError:
             out.append(0.0)
     return out
