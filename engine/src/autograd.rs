@@ -693,7 +693,7 @@ impl DiffModel {
     /// An engine [`Model`] with the current weights (adapters merged): the trained model, ready to generate and
     /// score. `source` names it in error messages.
     pub fn merged_model(&self, source: &Path) -> Result<Model> {
-        self.merged_as(source, |v, rows, cols| Linear::from_f32(v, rows, cols))
+        self.merged_as(source, Linear::from_f32)
     }
 
     /// [`DiffModel::merged_model`] with every projection, the embedding and the LM head quantized to Q8_0 straight

@@ -369,7 +369,7 @@ pub fn run_rl(
                     .iter()
                     .zip(&clipped)
                     .zip(ss)
-                    .map(|((e, c), s)| !e && !(cfg.overlong_mask && *c) && !s.token_ids.is_empty())
+                    .map(|((e, c), s)| !(*e || s.token_ids.is_empty() || (cfg.overlong_mask && *c)))
                     .collect();
                 groups.push(Group {
                     prompt: tasks[i].1.clone(),

@@ -678,7 +678,7 @@ fn generate_round(
                 reward: Some(cfg.reward.clone()),
                 system: cfg.system.clone(),
                 sampling: cfg.generate.sampling.clone(),
-                pairs: cfg.generate.pairs.clone(),
+                pairs: cfg.generate.pairs,
                 seed,
                 ..SampleJob::default()
             };
@@ -715,7 +715,7 @@ fn generate_round(
                 mcts: s.mcts.clone(),
                 toc: s.toc.clone(),
                 bon: s.bon.clone(),
-                pairs: s.pairs.clone(),
+                pairs: s.pairs,
                 ..SearchJob::default()
             };
             job.resolve_defaults();

@@ -105,7 +105,7 @@ impl SearchJob {
 
     /// The resolved pair policy.
     pub fn pair_config(&self) -> PairConfig {
-        self.pairs.clone().unwrap_or_default()
+        self.pairs.unwrap_or_default()
     }
 }
 

@@ -182,7 +182,7 @@ impl StepCounts {
     }
 
     /// Field-wise sum.
-    pub fn add(self, o: StepCounts) -> Self {
+    pub fn plus(self, o: StepCounts) -> Self {
         StepCounts {
             kept_tokens: self.kept_tokens + o.kept_tokens,
             kept: self.kept + o.kept,
@@ -344,7 +344,10 @@ mod tests {
         Ok(())
     }
 
-    fn batch_values() -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<usize>, Vec<f64>) {
+    /// (log-probs, old log-probs, reference log-probs, lengths, advantages) of a hand-built batch.
+    type Values = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<usize>, Vec<f64>);
+
+    fn batch_values() -> Values {
         let logps = vec![-1.0f32, -0.5, -2.0, -0.3, -1.2, -0.8, -0.1];
         let old = vec![-1.1f32, -0.2, -2.5, -0.3, -0.9, -0.8, -0.6];
         let reference = vec![-1.0f32, -0.6, -1.8, -0.4, -1.0, -0.9, -0.2];

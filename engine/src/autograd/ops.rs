@@ -668,6 +668,11 @@ struct AttentionOp {
     shape: AttnShape,
 }
 
+/// `(first row, length)` of each packed sequence.
+pub(crate) type Spans = Arc<Vec<(usize, usize)>>;
+/// Each packed sequence's branches, if it has any.
+pub(crate) type Forks = Arc<Vec<Option<Fork>>>;
+
 /// A sequence `prompt ‖ branch 0 ‖ branch 1 ‖ …`: each branch's rows see the prompt and their own branch only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Fork {
@@ -889,7 +894,7 @@ impl CustomOp1 for AttentionOp {
 /// `q ‖ k ‖ v` rows; returns `T × heads·head_dim`.
 pub(crate) fn attention(
     qkv: &Tensor,
-    (seqs, forks): (&Arc<Vec<(usize, usize)>>, &Arc<Vec<Option<Fork>>>),
+    (seqs, forks): (&Spans, &Forks),
     shape: AttnShape,
     fused: bool,
 ) -> CResult<Tensor> {

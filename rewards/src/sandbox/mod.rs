@@ -320,7 +320,7 @@ pub fn open(choice: SandboxChoice, config: SandboxConfig) -> Result<Arc<dyn Sand
         // rlimits-only sandbox.
         SandboxChoice::Auto => {
             Bwrap::new(config).map(|b| Arc::new(b) as Arc<dyn Sandbox>).map_err(|err| Error::SandboxUnavailable {
-                kind: "bwrap".into(),
+                kind: "bwrap",
                 why: format!(
                     "{err}. Code rewards run model-written programs, and without bubblewrap they would run with \
                      write access to this machine: install it (`apt-get install bubblewrap`), or pass \
