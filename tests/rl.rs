@@ -117,3 +117,17 @@ fn rl_refuses_groups_of_one_and_excludes_failed_rewards() {
     assert_eq!(first["excluded"], 6);
     assert!(first["loss"].as_f64().is_some_and(f64::is_finite), "{first}");
 }
+
+/// The example RL configurations parse (every key known) and name prompt sets that load.
+#[test]
+fn example_rl_configs_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rl");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/rl") {
+        let path = entry.expect("entry").path();
+        let cfg = orchard_jobs::rl::RlConfig::from_toml(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(cfg.prompts.load().is_ok_and(|l| !l.tasks.is_empty()), "{}", path.display());
+        n += 1;
+    }
+    assert!(n >= 1);
+}

@@ -26,8 +26,8 @@ use crate::job::JobReward;
 /// checkpoints (rerun to resume exactly), eval.jsonl (held-out greedy accuracy with 95% intervals).
 ///
 /// Examples:
-///   orchard rl --config examples/grpo.toml --out runs/grpo
-///   orchard rl --config examples/grpo.toml --out runs/grpo --stop-after 5
+///   orchard rl --config examples/rl/grpo.toml --out runs/grpo
+///   orchard rl --config examples/rl/grpo.toml --out runs/grpo --stop-after 5
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
