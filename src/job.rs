@@ -9,7 +9,7 @@ use orchard_datasets::loaders::Loaded;
 use orchard_datasets::record::PairFormat;
 use orchard_datasets::run::timing;
 use orchard_datasets::{ModelRecord, RunDir, RunSpec, Shard, Task, TaskSource, WriterOptions};
-use orchard_engine::{Engine, SamplingParams};
+use orchard_engine::SamplingParams;
 use orchard_rewards::{Reward, RewardSpec};
 use serde::de::DeserializeOwned;
 
@@ -148,12 +148,7 @@ impl JobReward {
     }
 }
 
-pub use orchard_jobs::task::task_prompt;
-
-/// The model as recorded in outputs (id and weights hash).
-pub fn model_record(engine: &Engine) -> anyhow::Result<ModelRecord> {
-    Ok(ModelRecord { id: engine.info().id.clone(), hash: format!("sha256:{}", engine.identity()?) })
-}
+pub use orchard_jobs::task::model_record;
 
 /// Sampling knobs on the command line; each has a TOML key in the job file's `[sampling]` table.
 #[derive(Debug, Clone, Default, clap::Args)]

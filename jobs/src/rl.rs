@@ -323,11 +323,7 @@ pub fn run_rl(
         let mut m = RlStep { step: state.step + 1, learning_rate: schedule.lr(state.step), ..RlStep::default() };
         // 3a. Hand the current weights to the engine (in memory).
         let t0 = Instant::now();
-        let merged = match cfg.handoff {
-            Handoff::Q8 => model.merged_q8_model(out)?,
-            Handoff::F32 => model.merged_model(out)?,
-        };
-        let sampler = base.with_weights(merged, Handoff::F32, "rl-policy")?;
+        let sampler = policy_engine(base, &model, cfg.handoff, out)?;
         m.seconds_handoff = t0.elapsed().as_secs_f64();
 
         // 3b. Sample groups (refilling dropped ones under dynamic sampling), score, compute advantages.
@@ -504,6 +500,15 @@ impl StepLog {
     }
 }
 
+/// The current weights as an engine (in memory): Q8_0 straight from the trained values, or f32.
+fn policy_engine(base: &Engine, model: &DiffModel, handoff: Handoff, out: &Path) -> Result<Engine> {
+    let merged = match handoff {
+        Handoff::Q8 => model.merged_q8_model(out)?,
+        Handoff::F32 => model.merged_model(out)?,
+    };
+    Ok(base.with_weights(merged, Handoff::F32, "rl-policy")?)
+}
+
 fn std(v: &[f64]) -> f64 {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n.max(1.0);
@@ -552,11 +557,7 @@ fn run_eval(
     step: usize,
     progress: &mut dyn Progress,
 ) -> Result<Accuracy> {
-    let merged = match cfg.handoff {
-        Handoff::Q8 => model.merged_q8_model(out)?,
-        Handoff::F32 => model.merged_model(out)?,
-    };
-    let engine = base.with_weights(merged, Handoff::F32, "rl-policy")?;
+    let engine = policy_engine(base, model, cfg.handoff, out)?;
     let eval = EvalConfig { system: cfg.system.clone(), ..cfg.eval.clone() };
     let rep = evaluate(&engine, tasks, reward, &eval, &GenerateOptions::default(), progress)?;
     let line = serde_json::json!({ "step": step, "greedy": rep.greedy, "seconds": rep.seconds });

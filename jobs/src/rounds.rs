@@ -391,7 +391,8 @@ pub fn run_loop(
         let t0 = Instant::now();
         progress.log(&format!("round {round}/{}: {kind}", cfg.rounds));
         let (data, counts) = if warm {
-            let examples = gold_examples(policy.master().as_ref(), &train_tasks, cfg.system.as_deref(), &spec)?;
+            let master = policy.master().as_ref();
+            let examples = gold_examples(master, &train_tasks, cfg.system.as_deref(), spec.limits(master)?, "warmup")?;
             let n = examples.len();
             (Some(TrainData::Sft(examples)), RoundCounts { tasks: n, examples: n, ..RoundCounts::default() })
         } else {
@@ -626,25 +627,30 @@ fn replay(policy: &mut Policy, spec: &TrainSpec, train_dir: &Path, handoff: Hand
     policy.hand_off(&model, handoff, round, train_dir).map(|_| ())
 }
 
-/// SFT examples from the gold solutions of `tasks`, prompted exactly as generation and evaluation prompt them.
+/// SFT examples from the gold solutions of `tasks`, prompted exactly as generation and evaluation prompt them
+/// (`orchard train --gold` and the loop's warm-up). Errors start with `label` (`--gold svamp:train`, `warmup`).
 pub fn gold_examples(
     engine: &Engine,
     tasks: &[Task],
     system: Option<&str>,
-    spec: &TrainSpec,
+    limits: orchard_train::data::Limits,
+    label: &str,
 ) -> Result<Vec<SftExample>> {
-    let limits = spec.limits(engine)?;
     let mut out = Vec::with_capacity(tasks.len());
     for task in tasks {
         let gold = task
             .gold_solution()
-            .ok_or_else(|| Error::Config(format!("warmup: task {} has no gold solution to fine-tune on", task.id)))?;
+            .ok_or_else(|| Error::Config(format!("{label}: task {} has no gold solution to fine-tune on", task.id)))?;
         if let Some(e) = data::sft_example(engine, &task_prompt(task, system), &gold, task.id.clone(), limits)? {
             out.push(e);
         }
     }
     if out.is_empty() {
-        return Err(Error::Config("warmup: no gold solutions fit max_length".into()));
+        return Err(Error::Config(format!(
+            "{label}: no gold solution to fine-tune on ({} tasks, none within max_length {})",
+            tasks.len(),
+            limits.max_length
+        )));
     }
     Ok(out)
 }
@@ -665,11 +671,10 @@ fn generate_round(
     let engine = policy.sampler();
     let out = round_dir(out, round).join("data");
     let seed = cfg.seed.wrapping_add(round as u64);
-    let model =
-        orchard_datasets::ModelRecord { id: engine.info().id.clone(), hash: format!("sha256:{}", engine.identity()?) };
+    let model = crate::task::model_record(engine)?;
     let wopts = WriterOptions { correct_threshold: cfg.generate.pairs.correct_threshold, ..WriterOptions::default() };
     let mut star = Vec::new();
-    let mut run = match cfg.generate.kind {
+    let run = match cfg.generate.kind {
         GenerateKind::Sample => {
             let job = SampleJob {
                 model: Some(engine.info().id.clone()),
@@ -738,7 +743,6 @@ fn generate_round(
             run
         }
     };
-    let _ = &mut run;
     let manifest = run.finish()?;
     let c = manifest.counts;
     let mut counts = RoundCounts {

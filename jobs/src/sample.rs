@@ -74,7 +74,7 @@ pub fn sample(
     progress: &mut dyn Progress,
 ) -> Result<SampleReport> {
     let n = job.n.unwrap_or(DEFAULT_N);
-    let model = ModelRecord { id: engine.info().id.clone(), hash: format!("sha256:{}", engine.identity()?) };
+    let model = crate::task::model_record(engine)?;
     let run_id = run.run_id().to_string();
     let record = sampling_record(&job.sampling, job.sampling.max_new_tokens);
     let mut report = SampleReport::default();

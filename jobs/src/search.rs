@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use orchard_datasets::record::{PairFormat, SamplingRecord};
-use orchard_datasets::{ModelRecord, RunDir, Shard, Task, TaskOutput, TaskSource};
+use orchard_datasets::{RunDir, Shard, Task, TaskOutput, TaskSource};
 use orchard_engine::scheduler::{Metrics, Scheduler, SchedulerConfig};
 use orchard_engine::Engine;
 use orchard_rewards::Reward;
@@ -137,7 +137,7 @@ pub fn search(
 ) -> Result<SearchReport> {
     let algo = job.algo()?;
     let rule = job.pair_config().rule();
-    let model = ModelRecord { id: engine.info().id.clone(), hash: format!("sha256:{}", engine.identity()?) };
+    let model = crate::task::model_record(&engine)?;
     let policy = EnginePolicy::new(engine.clone(), Scheduler::start(engine, sched));
     let run_id = run.run_id().to_string();
     let tasks: Vec<SearchTask> = todo

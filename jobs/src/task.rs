@@ -15,6 +15,11 @@ pub fn reward_task(task: &Task) -> orchard_rewards::Task {
     t
 }
 
+/// The model as recorded in run outputs: its id and the SHA-256 of the weights it holds.
+pub fn model_record(engine: &orchard_engine::Engine) -> orchard_engine::Result<orchard_datasets::ModelRecord> {
+    Ok(orchard_datasets::ModelRecord { id: engine.info().id.clone(), hash: format!("sha256:{}", engine.identity()?) })
+}
+
 /// The chat prompt of a task, in the engine's message type.
 pub fn task_prompt(task: &Task, system: Option<&str>) -> Prompt {
     Prompt::Messages(task.chat(system).into_iter().map(|m| Message::new(&m.role, m.content)).collect())

@@ -406,7 +406,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// SFT examples from a built-in dataset's gold solutions (`gsm8k:train`), prompted as `orchard sample` and
 /// `orchard eval` prompt them (the question as one user turn, no system message).
-pub fn gold_examples(
+fn gold_examples(
     spec: &str,
     limit: Option<usize>,
     limits: Limits,
@@ -417,17 +417,7 @@ pub fn gold_examples(
     let mut source = orchard_datasets::TaskSource::builtin(kind, Some(split));
     source.limit = limit;
     let loaded = source.load()?;
-    let mut out = Vec::with_capacity(loaded.tasks.len());
-    for task in &loaded.tasks {
-        let gold =
-            task.gold_solution().with_context(|| format!("--gold {spec}: task {} has no gold solution", task.id))?;
-        let prompt = crate::job::task_prompt(task, None);
-        if let Some(e) = data::sft_example(engine, &prompt, &gold, task.id.clone(), limits)? {
-            out.push(e);
-        }
-    }
-    anyhow::ensure!(!out.is_empty(), "--gold {spec}: no tasks");
-    Ok(out)
+    Ok(orchard_jobs::rounds::gold_examples(engine, &loaded.tasks, None, limits, &format!("--gold {spec}"))?)
 }
 
 /// Writes merged/ (the trained model as an HF directory) and, for LoRA, adapter/ (PEFT).

@@ -44,13 +44,6 @@ pub enum AdvantageKind {
     ReinforcePp,
 }
 
-impl AdvantageKind {
-    /// Whether a group of one completion leaves it without a baseline (every group-relative kind).
-    pub fn needs_groups(self) -> bool {
-        true
-    }
-}
-
 /// How per-token losses are reduced.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
