@@ -53,7 +53,59 @@ pub struct JobArgs {
     #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
     pub precision: PrecisionArg,
     #[command(flatten)]
+    pub sandbox: RewardArgs,
+}
+
+/// Flags of the rewards a job builds: the sandbox of code rewards (and of Python rewards), the judge's model.
+#[derive(Debug, clap::Args)]
+pub struct RewardArgs {
+    #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// Run Python reward functions (`--reward python:FILE:FUNCTION`) without a sandbox, with your environment and
+    /// permissions (default: in bubblewrap, the host read-only; `--sandbox rlimits` gives them rlimits only).
+    /// TOML: `sandbox = "none"` in the reward's table.
+    #[arg(long)]
+    pub no_reward_sandbox: bool,
+    /// Model of a judge reward whose TOML names none (`default`, a .gguf or an HF directory; default: the job's
+    /// model).
+    #[arg(long, value_name = "MODEL")]
+    pub judge_model: Option<String>,
+}
+
+impl RewardArgs {
+    /// Apply the flags to a Python reward's settings.
+    fn apply_python(&self, c: &mut orchard_rewards::pyfunc::PythonConfig) {
+        use orchard_rewards::pyfunc::PySandbox;
+        if c.python.is_none() {
+            c.python.clone_from(&self.sandbox.python);
+        }
+        if self.sandbox.sandbox == orchard_rewards::sandbox::SandboxChoice::Rlimits && c.sandbox == PySandbox::Bwrap {
+            c.sandbox = PySandbox::Rlimits;
+        }
+        if self.no_reward_sandbox {
+            c.sandbox = PySandbox::None;
+        }
+    }
+
+    /// Loads judge models by spec (`default`, a path), each once per process.
+    fn judge_loader(&self, job_model: Option<&str>) -> Box<orchard_rewards::judge::JudgeLoader> {
+        let fallback = self.judge_model.clone().or(job_model.map(str::to_string)).unwrap_or_else(|| "default".into());
+        let loaded: std::sync::Mutex<std::collections::HashMap<String, Arc<orchard_jobs::judge::EngineJudge>>> =
+            Default::default();
+        Box::new(move |cfg: &orchard_rewards::judge::JudgeConfig| {
+            let spec = cfg.model.clone().unwrap_or_else(|| fallback.clone());
+            let mut map = loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(j) = map.get(&spec) {
+                return Ok(Arc::clone(j) as Arc<dyn orchard_rewards::judge::JudgeModel>);
+            }
+            let engine = orchard_engine::Engine::load(&spec).map_err(|e| {
+                orchard_rewards::Error::InvalidConfig(format!("judge model `{spec}` does not load: {e}"))
+            })?;
+            let judge = Arc::new(orchard_jobs::judge::EngineJudge::new(Arc::new(engine)));
+            map.insert(spec, Arc::clone(&judge));
+            Ok(judge as Arc<dyn orchard_rewards::judge::JudgeModel>)
+        })
+    }
 }
 
 /// The keys of a job file that [`JobArgs`] override, borrowed from the file's own struct.
@@ -99,9 +151,15 @@ impl JobArgs {
         ModelArgs { model: model.clone().unwrap_or_else(|| "default".into()), threads: self.threads }
     }
 
-    /// The job's reward, built from the resolved `reward` / `reward_config` keys with the sandbox flags.
-    pub fn reward(&self, reward: &Option<String>, reward_config: &Option<PathBuf>) -> anyhow::Result<JobReward> {
-        JobReward::build(reward.as_deref(), reward_config.as_deref(), &self.sandbox)
+    /// The job's reward, built from the resolved `reward` / `reward_config` keys with the sandbox flags (a judge
+    /// defaults to the job's `model`).
+    pub fn reward(
+        &self,
+        reward: &Option<String>,
+        reward_config: &Option<PathBuf>,
+        model: &Option<String>,
+    ) -> anyhow::Result<JobReward> {
+        JobReward::build(reward.as_deref(), reward_config.as_deref(), &self.sandbox, model.as_deref())
     }
 }
 
@@ -119,13 +177,31 @@ pub fn read_job_file<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyh
 /// A reward built from a name (`gsm8k`, `humaneval`…) or a TOML description, with its sandbox when it runs code.
 pub struct JobReward {
     reward: Box<dyn Reward>,
+    spec: RewardSpec,
+    loader: Box<orchard_rewards::judge::JudgeLoader>,
     /// Kept alive for the reward's lifetime.
     _sandbox: Option<Arc<dyn orchard_rewards::sandbox::Sandbox>>,
 }
 
 impl JobReward {
-    /// Builds the reward named `kind`, or described by the TOML file `config`.
-    pub fn build(kind: Option<&str>, config: Option<&Path>, sandbox: &SandboxArgs) -> anyhow::Result<Self> {
+    /// Builds the reward named `kind`, or described by the TOML file `config`; a judge without a model of its own
+    /// uses `--judge-model`, else `job_model`.
+    pub fn build(
+        kind: Option<&str>,
+        config: Option<&Path>,
+        args: &RewardArgs,
+        job_model: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let spec = Self::spec(kind, config, args)?;
+        let sb = if spec.needs_sandbox() { Some(args.sandbox.open()?) } else { None };
+        let loader = args.judge_loader(job_model);
+        let res = orchard_rewards::Resources { sandbox: sb.as_ref(), judge: Some(loader.as_ref()) };
+        let reward = spec.build_with(&res)?;
+        Ok(JobReward { reward, spec, _sandbox: sb, loader })
+    }
+
+    /// The reward's description, with the flags applied.
+    pub fn spec(kind: Option<&str>, config: Option<&Path>, args: &RewardArgs) -> anyhow::Result<RewardSpec> {
         let mut spec = match (kind, config) {
             (_, Some(path)) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
@@ -135,11 +211,22 @@ impl JobReward {
             (None, None) => anyhow::bail!("no reward: give --reward NAME or --reward-config FILE.toml"),
         };
         for policy in spec.policies_mut() {
-            sandbox.apply(policy);
+            args.sandbox.apply(policy);
         }
-        let sb = if spec.needs_sandbox() { Some(sandbox.open()?) } else { None };
-        let reward = spec.build(sb.as_ref())?;
-        Ok(JobReward { reward, _sandbox: sb })
+        for python in spec.python_mut() {
+            args.apply_python(python);
+        }
+        Ok(spec)
+    }
+
+    /// Score one row with the reward and each of its terms (`orchard reward --explain`).
+    pub fn explain(
+        &self,
+        task: &orchard_rewards::Task,
+        completion: &str,
+    ) -> anyhow::Result<orchard_rewards::Explanation> {
+        let res = orchard_rewards::Resources { sandbox: self._sandbox.as_ref(), judge: Some(self.loader.as_ref()) };
+        Ok(self.spec.explain(&res, task, completion)?)
     }
 
     /// The reward itself (searches score through [`orchard_rewards::score_caught`]).

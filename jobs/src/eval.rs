@@ -6,12 +6,11 @@ use std::time::Instant;
 
 use orchard_datasets::{task_seed, Task};
 use orchard_engine::{Engine, GenerateOptions, GenerateRequest, SamplingParams};
-use orchard_rewards::{score_caught, Outcome, Reward};
-use rayon::prelude::*;
+use orchard_rewards::{Outcome, Reward};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::task::{reward_task, task_prompt};
+use crate::task::{reward_task, score_groups, task_prompt};
 use crate::Progress;
 
 /// Default most new tokens per answer.
@@ -157,14 +156,12 @@ pub fn evaluate(
         }
         let samples = engine.generate(&requests, opts, &mut |_| {})?;
         generated += samples.iter().flatten().map(|s| s.token_ids.len()).sum::<usize>();
-        let scored: Vec<Vec<Outcome>> = samples
-            .par_iter()
+        let groups: Vec<_> = samples
+            .iter()
             .enumerate()
-            .map(|(i, ss)| {
-                let rt = reward_task(&chunk[i % chunk.len()]);
-                ss.iter().map(|s| score_caught(reward, &rt, &s.text)).collect()
-            })
+            .map(|(i, ss)| (reward_task(&chunk[i % chunk.len()]), ss.iter().map(|s| s.text.as_str()).collect()))
             .collect();
+        let scored: Vec<Vec<Outcome>> = score_groups(reward, &groups);
         for (task, o) in chunk.iter().zip(&scored[..chunk.len()]) {
             let ok = o.first().is_some_and(|o| crate::is_correct(o.score));
             greedy_ok += usize::from(ok);

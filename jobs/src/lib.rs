@@ -9,6 +9,7 @@
 //! | [`search`] | MCTS / Tree-of-Code / best-of-N trees over the engine's scheduler into a run directory |
 //! | [`policy`] | the engine as the search crate's `Policy` (step cutting, retries, critic parsing) |
 //! | [`eval`] | greedy and maj@K accuracy with 95% Wilson intervals |
+//! | [`judge`] | the engine as the judge reward's model |
 //! | [`train`] | every trainer setting as one spec; open (with resume) and run a training |
 //! | [`rl`] | online RL: sample groups with the current weights, GRPO-family step, in one process |
 //! | [`rounds`] | the closed loop: generate with the current policy → train → hand the weights back in memory → eval |
@@ -27,6 +28,7 @@
 
 pub mod error;
 pub mod eval;
+pub mod judge;
 pub mod policy;
 pub mod rl;
 pub mod rounds;

@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor};
 use orchard_datasets::{task_seed, Task, TaskSource};
 use orchard_engine::autograd::{DiffModel, Mode, Packed, Tuning};
 use orchard_engine::{Engine, FinishReason, GenerateOptions, GenerateRequest, Handoff, SamplingParams, TokenId};
-use orchard_rewards::{score_caught, Reward};
+use orchard_rewards::Reward;
 use orchard_train::checkpoint::{self, TrainState};
 use orchard_train::optim::{AdamConfig, AdamW, Schedule, ScheduleKind};
 use orchard_train::rl::{
@@ -347,9 +347,13 @@ pub fn run_rl(
                 })
                 .collect();
             let samples = sampler.generate(&requests, &opts, &mut |_| {})?;
-            for (&i, ss) in picked.iter().zip(&samples) {
-                let rt = reward_task(&tasks[i].0);
-                let outcomes: Vec<_> = ss.iter().map(|s| score_caught(reward, &rt, &s.text)).collect();
+            let to_score: Vec<_> = picked
+                .iter()
+                .zip(&samples)
+                .map(|(&i, ss)| (reward_task(&tasks[i].0), ss.iter().map(|s| s.text.as_str()).collect()))
+                .collect();
+            let scored = crate::task::score_groups(reward, &to_score);
+            for ((&i, ss), outcomes) in picked.iter().zip(&samples).zip(scored) {
                 let errors: Vec<bool> = outcomes.iter().map(|o| o.error.is_some()).collect();
                 let rewards: Vec<f64> =
                     outcomes.iter().map(|o| if o.error.is_some() { 0.0 } else { o.score }).collect();

@@ -11,12 +11,11 @@ use orchard_datasets::{
     select_pairs, task_seed, ModelRecord, PairPolicy, RunDir, Shard, Task, TaskOutput, TaskSource, Trajectory,
 };
 use orchard_engine::{Engine, GenerateOptions, GenerateRequest, Sample, SamplingParams};
-use orchard_rewards::{score_caught, Outcome, Reward};
-use rayon::prelude::*;
+use orchard_rewards::{Outcome, Reward};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::task::{reward_task, task_prompt};
+use crate::task::{reward_task, score_groups, task_prompt};
 use crate::Progress;
 
 /// Default samples per prompt.
@@ -101,14 +100,12 @@ pub fn sample(
         run.add_timing(timing::ENGINE, dt);
 
         let t1 = Instant::now();
-        let outcomes: Vec<Vec<_>> = tasks
-            .par_iter()
+        let groups: Vec<_> = tasks
+            .iter()
             .zip(&samples)
-            .map(|(task, ss)| {
-                let rt = reward_task(task);
-                ss.iter().map(|s| score_caught(reward, &rt, &s.text)).collect()
-            })
+            .map(|(task, ss)| (reward_task(task), ss.iter().map(|s| s.text.as_str()).collect()))
             .collect();
+        let outcomes: Vec<Vec<Outcome>> = score_groups(reward, &groups);
         run.add_timing(timing::REWARD, t1.elapsed().as_secs_f64());
 
         let t2 = Instant::now();

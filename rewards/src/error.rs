@@ -43,6 +43,15 @@ pub enum Error {
         /// Why it cannot run.
         why: String,
     },
+    /// A Python reward that cannot work: the file is missing, does not import, lacks the function, or no worker
+    /// starts.
+    #[error("python reward {}: {why}", file.display())]
+    PythonReward {
+        /// The reward file.
+        file: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// The interpreter the sandbox was configured with does not run.
     #[error("python interpreter `{path}` does not run: {why}")]
     Interpreter {

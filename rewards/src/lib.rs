@@ -17,6 +17,8 @@
 //! | `toolrl` | [`toolrl::ToolRlReward`]: format {0,1} + correctness [−3, 3] | ToolRL §8.1 |
 //! | `tool-star` | [`tool_star::ToolStarReward`]: −1 / 0 / F1 / F1 + 0.1 | Tool-Star §8.4 |
 //! | `format` | [`format::FormatReward`]: regex full match or tag count | Visual-RFT, Think2SQL |
+//! | `judge` (TOML) | [`judge::JudgeReward`]: a model asked a templated question, score from choice log-probs or a regex | Agent Q (self-critique) |
+//! | `python` (`--reward python:FILE:FUNCTION`) | [`pyfunc::PythonReward`]: the user's function with TRL's `reward_funcs` or verl's `compute_score` signature, in sandboxed worker processes | TRL, verl |
 //!
 //! Composites ([`composite::Weighted`], [`composite::Gate`]) combine them; [`RewardSpec`] builds any of these from
 //! a name or from TOML.
@@ -48,8 +50,10 @@ pub mod composite;
 pub mod error;
 pub mod format;
 pub mod iou;
+pub mod judge;
 pub mod math;
 pub mod outcome;
+pub mod pyfunc;
 mod registry;
 pub mod sandbox;
 pub mod sql;
@@ -58,7 +62,7 @@ pub mod tool_star;
 pub mod toolrl;
 pub mod units;
 
-pub use registry::{RewardSpec, TermSpec, KNOWN_REWARDS};
+pub use registry::{catalog, CatalogEntry, Explanation, Resources, RewardSpec, TermSpec, KNOWN_REWARDS};
 
 pub use error::{Error, Result};
 pub use outcome::Outcome;
@@ -74,17 +78,33 @@ pub use task::Task;
 pub trait Reward: Send + Sync {
     /// Score `completion` against `task`.
     fn score(&self, task: &Task, completion: &str) -> Outcome;
+
+    /// Score many (task, completion) rows, one outcome per row in order. Provided: calls [`score`](Self::score)
+    /// per row on rayon's pool (sandboxed rewards run their programs side by side); rewards with a per-call cost
+    /// (Python workers, a judge model) override it to batch.
+    fn score_batch(&self, items: &[(&Task, &str)]) -> Vec<Outcome> {
+        use rayon::prelude::*;
+        items.par_iter().map(|(t, c)| self.score(t, c)).collect()
+    }
 }
 
 impl<R: Reward + ?Sized> Reward for Box<R> {
     fn score(&self, task: &Task, completion: &str) -> Outcome {
         (**self).score(task, completion)
     }
+
+    fn score_batch(&self, items: &[(&Task, &str)]) -> Vec<Outcome> {
+        (**self).score_batch(items)
+    }
 }
 
 impl<R: Reward + ?Sized> Reward for std::sync::Arc<R> {
     fn score(&self, task: &Task, completion: &str) -> Outcome {
         (**self).score(task, completion)
+    }
+
+    fn score_batch(&self, items: &[(&Task, &str)]) -> Vec<Outcome> {
+        (**self).score_batch(items)
     }
 }
 
@@ -93,15 +113,31 @@ impl<R: Reward + ?Sized> Reward for std::sync::Arc<R> {
 pub fn score_caught(reward: &dyn Reward, task: &Task, completion: &str) -> Outcome {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reward.score(task, completion))) {
         Ok(outcome) => outcome,
+        Err(payload) => Outcome::task_error(format!("reward panicked: {}", panic_message(&*payload))),
+    }
+}
+
+/// [`Reward::score_batch`] with the panic guard of [`score_caught`]: a panic marks every row of the batch, and a
+/// reward that returns the wrong number of outcomes is caught here too (each row then gets an error).
+pub fn score_batch_caught(reward: &dyn Reward, items: &[(&Task, &str)]) -> Vec<Outcome> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reward.score_batch(items))) {
+        Ok(outcomes) if outcomes.len() == items.len() => outcomes,
+        Ok(outcomes) => {
+            let why = format!("reward returned {} outcomes for {} rows", outcomes.len(), items.len());
+            vec![Outcome::task_error(why); items.len()]
+        }
         Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".to_string());
-            Outcome::task_error(format!("reward panicked: {msg}"))
+            vec![Outcome::task_error(format!("reward panicked: {}", panic_message(&*payload))); items.len()]
         }
     }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string())
 }
 
 #[cfg(test)]

@@ -14,6 +14,9 @@ pub mod component {
     pub const FORMAT: &str = "format";
 }
 
+/// The start of the `error` of an outcome the reward does not apply to.
+pub const NOT_APPLICABLE: &str = "not applicable";
+
 /// The result of scoring one completion against one task.
 ///
 /// Serialised as one JSON object (`orchard reward` prints it per row, the datasets crate stores `score` and
@@ -48,6 +51,17 @@ impl Outcome {
     /// A task that cannot be scored: score 0 and `error` set.
     pub fn task_error(why: impl Into<String>) -> Self {
         Outcome { error: Some(why.into()), ..Default::default() }
+    }
+
+    /// A row the reward does not apply to (a Python reward returned `None`): not scored, like a task error, but a
+    /// weighted composite skips the term instead of failing the row (TRL's `nansum`).
+    pub fn not_applicable(why: impl std::fmt::Display) -> Self {
+        Outcome::task_error(format!("{NOT_APPLICABLE}: {why}"))
+    }
+
+    /// Whether this is a [`not_applicable`](Self::not_applicable) outcome.
+    pub fn is_not_applicable(&self) -> bool {
+        self.error.as_deref().is_some_and(|e| e.starts_with(NOT_APPLICABLE))
     }
 
     /// Add a named component.

@@ -9,7 +9,9 @@ use crate::composite::{Gate, Term, Weighted};
 use crate::error::{Error, Result};
 use crate::format::{FormatConfig, FormatReward};
 use crate::iou::{IouConfig, IouReward};
+use crate::judge::{JudgeConfig, JudgeLoader, JudgeReward};
 use crate::math::{MathConfig, MathReward, MultipleChoiceReward};
+use crate::pyfunc::{PythonConfig, PythonReward};
 use crate::sandbox::{Executor, Sandbox, SandboxPolicy};
 use crate::sql::{SqlConfig, SqlReward};
 use crate::tool_star::{ToolStarConfig, ToolStarReward};
@@ -83,6 +85,11 @@ pub enum RewardSpec {
     ToolStar(ToolStarConfig),
     /// Format regex / tag count.
     Format(FormatConfig),
+    /// A judge model asked a templated question (TOML only).
+    Judge(JudgeConfig),
+    /// A user's Python function (TRL `reward_funcs` or verl `compute_score` signature); `--reward
+    /// python:FILE:FUNCTION`.
+    Python(PythonConfig),
     /// Weighted sum of terms.
     Weighted {
         /// The terms.
@@ -128,6 +135,9 @@ impl RewardSpec {
     /// The default spec for a name (`gsm8k`, `svamp`, `math`, `mathqa`, `pot`, `humaneval`, `unit-tests`, `sql`,
     /// `iou`, `toolrl`, `tool-star`, `format`).
     pub fn from_name(name: &str) -> Result<Self> {
+        if name.starts_with("python:") {
+            return Ok(RewardSpec::Python(PythonConfig::from_spec(name)?));
+        }
         Ok(match name {
             "gsm8k" => RewardSpec::Gsm8k(MathConfig::default()),
             "svamp" => RewardSpec::Svamp(MathConfig::default()),
@@ -143,7 +153,10 @@ impl RewardSpec {
             _ => {
                 return Err(Error::UnknownReward {
                     name: name.to_string(),
-                    known: format!("{}; composites `weighted` and `gate` come from TOML", KNOWN_REWARDS.join(", ")),
+                    known: format!(
+                        "{}, python:FILE:FUNCTION; composites `weighted` and `gate` come from TOML",
+                        KNOWN_REWARDS.join(", ")
+                    ),
                 })
             }
         })
@@ -168,6 +181,8 @@ impl RewardSpec {
             RewardSpec::Toolrl => "toolrl",
             RewardSpec::ToolStar(_) => "tool-star",
             RewardSpec::Format(_) => "format",
+            RewardSpec::Python(_) => "python",
+            RewardSpec::Judge(_) => "judge",
             RewardSpec::Weighted { .. } => "weighted",
             RewardSpec::Gate { .. } => "gate",
         }
@@ -197,6 +212,30 @@ impl RewardSpec {
         }
     }
 
+    /// The settings of the Python rewards inside, in order (for `--python` / `--sandbox` overrides).
+    pub fn python_mut(&mut self) -> Vec<&mut PythonConfig> {
+        match self {
+            RewardSpec::Python(c) => vec![c],
+            RewardSpec::Weighted { terms } => terms.iter_mut().flat_map(|t| t.reward.python_mut()).collect(),
+            RewardSpec::Gate { gate, then, .. } => {
+                let mut v = gate.python_mut();
+                v.extend(then.python_mut());
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether building this reward needs a judge model (a [`Resources::judge`] loader).
+    pub fn needs_judge(&self) -> bool {
+        match self {
+            RewardSpec::Judge(_) => true,
+            RewardSpec::Weighted { terms } => terms.iter().any(|t| t.reward.needs_judge()),
+            RewardSpec::Gate { gate, then, .. } => gate.needs_judge() || then.needs_judge(),
+            _ => false,
+        }
+    }
+
     /// Build a reward that needs no sandbox; a sandboxed one is an error.
     pub fn build_pure(&self) -> Result<Box<dyn Reward>> {
         self.build(None)
@@ -205,6 +244,12 @@ impl RewardSpec {
     /// Build the reward. `sandbox` is required when [`needs_sandbox`](Self::needs_sandbox); each sandboxed reward
     /// gets its own [`Executor`] (cache) with its policy.
     pub fn build(&self, sandbox: Option<&Arc<dyn Sandbox>>) -> Result<Box<dyn Reward>> {
+        self.build_with(&Resources { sandbox, judge: None })
+    }
+
+    /// Build the reward with what it may need: a sandbox for code rewards, a model loader for judges.
+    pub fn build_with(&self, res: &Resources<'_>) -> Result<Box<dyn Reward>> {
+        let sandbox = res.sandbox;
         let executor = |policy: &SandboxPolicy| -> Result<Arc<Executor>> {
             let sb = sandbox.ok_or_else(|| {
                 Error::InvalidConfig(format!("reward `{}` executes code and needs a sandbox", self.kind()))
@@ -230,6 +275,13 @@ impl RewardSpec {
             RewardSpec::Toolrl => Box::new(ToolRlReward),
             RewardSpec::ToolStar(c) => Box::new(ToolStarReward::new(c.clone())),
             RewardSpec::Format(c) => Box::new(FormatReward::new(c)?),
+            RewardSpec::Python(c) => Box::new(PythonReward::new(c.clone())?),
+            RewardSpec::Judge(c) => {
+                let load = res.judge.ok_or_else(|| {
+                    Error::InvalidConfig("reward `judge` needs a model: this command has none to give it".into())
+                })?;
+                Box::new(JudgeReward::new(c.clone(), load(c)?)?)
+            }
             RewardSpec::Weighted { terms } => {
                 if terms.is_empty() {
                     return Err(Error::InvalidConfig("a weighted reward needs at least one term".into()));
@@ -241,15 +293,135 @@ impl RewardSpec {
                             return Err(Error::InvalidConfig(format!("weight {} is not finite", t.weight)));
                         }
                         let name = t.name.clone().unwrap_or_else(|| t.reward.kind().to_string());
-                        Ok(Term { name, weight: t.weight, reward: t.reward.build(sandbox)? })
+                        Ok(Term { name, weight: t.weight, reward: t.reward.build_with(res)? })
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Box::new(Weighted::new(built))
             }
             RewardSpec::Gate { gate, threshold, otherwise, then } => {
-                Box::new(Gate::new(gate.build(sandbox)?, *threshold, *otherwise, then.build(sandbox)?))
+                Box::new(Gate::new(gate.build_with(res)?, *threshold, *otherwise, then.build_with(res)?))
             }
         })
+    }
+}
+
+/// One reward's score on one row, with the scores of its terms (composites), for `orchard reward --explain`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Explanation {
+    /// The term's name (its kind, unless the composite names it; `gate`/`then` for a gate's parts).
+    pub name: String,
+    /// The reward kind.
+    pub kind: &'static str,
+    /// The term's weight in a weighted composite.
+    pub weight: Option<f64>,
+    /// What this reward gave the row.
+    pub outcome: crate::Outcome,
+    /// The parts of a composite, each explained the same way.
+    pub parts: Vec<Explanation>,
+}
+
+impl RewardSpec {
+    /// Score one row with this reward and, for composites, with each of its terms separately (each built anew).
+    pub fn explain(&self, res: &Resources<'_>, task: &crate::Task, completion: &str) -> Result<Explanation> {
+        let outcome = crate::score_caught(self.build_with(res)?.as_ref(), task, completion);
+        let named = |spec: &RewardSpec, name: String, weight: Option<f64>| -> Result<Explanation> {
+            Ok(Explanation { name, weight, ..spec.explain(res, task, completion)? })
+        };
+        let parts = match self {
+            RewardSpec::Weighted { terms } => terms
+                .iter()
+                .map(|t| named(&t.reward, t.name.clone().unwrap_or_else(|| t.reward.kind().into()), Some(t.weight)))
+                .collect::<Result<Vec<_>>>()?,
+            RewardSpec::Gate { gate, then, .. } => {
+                vec![named(gate, "gate".into(), None)?, named(then, "then".into(), None)?]
+            }
+            _ => Vec::new(),
+        };
+        Ok(Explanation { name: self.kind().into(), kind: self.kind(), weight: None, outcome, parts })
+    }
+}
+
+/// One entry of `orchard reward --list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatalogEntry {
+    /// The name (`--reward`, TOML `kind`).
+    pub name: &'static str,
+    /// What it scores.
+    pub summary: &'static str,
+    /// The row fields it reads.
+    pub reads: &'static str,
+    /// Its settings with their defaults, as TOML.
+    pub defaults: String,
+}
+
+/// Every reward with its settings and defaults.
+pub fn catalog() -> Vec<CatalogEntry> {
+    const ABOUT: [(&str, &str, &str); 12] = [
+        ("gsm8k", "numeric final answer (`####`, \"the answer is\", \\boxed{}, last number); 0.1 partial credit when an answer is extractable but wrong (ReFT)", "answer"),
+        ("svamp", "as gsm8k", "answer"),
+        ("math", "numeric or normalised-text final answer", "answer"),
+        ("mathqa", "multiple-choice letter", "answer, choices"),
+        ("pot", "program of thought: runs `solution()` in the sandbox and grades its return value", "answer"),
+        ("humaneval", "unit tests: completion + tests + `check(entry_point)` in the sandbox", "prompt, tests, entry_point"),
+        ("unit-tests", "the same reward as humaneval", "prompt, tests, entry_point"),
+        ("sql", "Think2SQL execution accuracy, cell precision/recall, tuple cardinality on SQLite", "sql, db"),
+        ("iou", "Visual-RFT box IoU + confidence + format", "boxes"),
+        ("toolrl", "ToolRL tool-call format {0,1} + correctness [-3, 3]", "answer"),
+        ("tool-star", "Tool-Star hierarchical: -1 bad format, 0 wrong, F1, F1 + 0.1 with tool use", "answer"),
+        ("format", "regex full match or tag count", "-"),
+    ];
+    let toml_of = |spec: &RewardSpec| toml::to_string(spec).unwrap_or_else(|e| format!("# cannot show: {e}"));
+    let mut out: Vec<CatalogEntry> = ABOUT
+        .iter()
+        .map(|&(name, summary, reads)| CatalogEntry {
+            name,
+            summary,
+            reads,
+            defaults: RewardSpec::from_name(name).map(|s| toml_of(&s)).unwrap_or_default(),
+        })
+        .collect();
+    out.push(CatalogEntry {
+        name: "python",
+        summary: "your Python function with TRL's reward_funcs(prompts, completions, **columns) or verl's \
+                  compute_score(data_source, solution_str, ground_truth, extra_info) signature, in sandboxed \
+                  worker processes; `--reward python:FILE:FUNCTION`",
+        reads: "prompt, every task field and column",
+        defaults: toml_of(&RewardSpec::Python(PythonConfig::new("rewards.py", "my_reward"))),
+    });
+    out.push(CatalogEntry {
+        name: "judge",
+        summary: "a model asked a templated question about the completion; score from the choices' log-probs or a \
+                  number in its reply (Agent Q self-critique); the job's model unless `model` / --judge-model",
+        reads: "whatever the template names (prompt, completion, answer, columns)",
+        defaults: toml_of(&RewardSpec::Judge(JudgeConfig::default())),
+    });
+    out.push(CatalogEntry {
+        name: "weighted",
+        summary: "sum of weighted terms; components prefixed by the term name",
+        reads: "what its terms read",
+        defaults: "kind = \"weighted\"\n[[terms]]\nweight = 0.85\nreward = { kind = \"sql\" }\n[[terms]]\nweight = 0.15\nreward = { kind = \"format\" }\n".into(),
+    });
+    out.push(CatalogEntry {
+        name: "gate",
+        summary: "score `otherwise` unless the gate reaches `threshold`, else the `then` reward",
+        reads: "what its parts read",
+        defaults: "kind = \"gate\"\nthreshold = 1.0\notherwise = -1.0\ngate = { kind = \"format\", tags = [\"answer\"] }\nthen = { kind = \"gsm8k\" }\n".into(),
+    });
+    out
+}
+
+/// What building a reward may need besides its spec.
+#[derive(Default, Clone, Copy)]
+pub struct Resources<'a> {
+    /// The sandbox for code rewards.
+    pub sandbox: Option<&'a Arc<dyn Sandbox>>,
+    /// Loads the model of a judge reward.
+    pub judge: Option<&'a JudgeLoader>,
+}
+
+impl std::fmt::Debug for Resources<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resources").field("sandbox", &self.sandbox).field("judge", &self.judge.is_some()).finish()
     }
 }
 
@@ -280,6 +452,10 @@ mod tests {
             }
         }
         assert!(matches!(RewardSpec::from_name("nope"), Err(Error::UnknownReward { .. })));
+        let spec = RewardSpec::from_name("python:dir/my rewards.py:len_reward")?;
+        let RewardSpec::Python(c) = &spec else { anyhow::bail!("not python: {spec:?}") };
+        assert_eq!((c.file.to_str(), c.function.as_str()), (Some("dir/my rewards.py"), "len_reward"));
+        assert!(RewardSpec::from_name("python:rewards.py").is_err(), "the function must be named");
         Ok(())
     }
 
@@ -319,6 +495,42 @@ mod tests {
         assert_eq!(policies.len(), 1);
         assert_eq!(policies[0].timeout, std::time::Duration::from_secs(2));
         assert!(RewardSpec::from_toml("kind = \"gsm8k\"\ntolerances = 1").is_err(), "unknown fields are rejected");
+        Ok(())
+    }
+
+    #[test]
+    fn the_catalog_lists_every_reward_with_defaults_that_parse_back() -> anyhow::Result<()> {
+        let entries = catalog();
+        for name in KNOWN_REWARDS.iter().chain(&["python", "judge", "weighted", "gate"]) {
+            let e = entries.iter().find(|e| e.name == *name).ok_or_else(|| anyhow::anyhow!("{name} not listed"))?;
+            let spec =
+                RewardSpec::from_toml(&e.defaults).map_err(|err| anyhow::anyhow!("{name}: {err}\n{}", e.defaults))?;
+            assert_eq!(spec.kind(), if *name == "unit-tests" { "humaneval" } else { *name });
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn explain_scores_each_term() -> anyhow::Result<()> {
+        let spec = RewardSpec::from_toml(
+            r#"
+            kind = "weighted"
+            [[terms]]
+            weight = 0.85
+            reward = { kind = "gsm8k" }
+            [[terms]]
+            name = "fmt"
+            weight = 0.15
+            reward = { kind = "format", pattern = '<answer>.*</answer>' }
+            "#,
+        )?;
+        let e = spec.explain(&Resources::default(), &Task::default().with_answer("10"), "The answer is 10.")?;
+        assert!((e.outcome.score - 0.85).abs() < 1e-12);
+        assert_eq!(e.parts.len(), 2);
+        assert_eq!((e.parts[0].name.as_str(), e.parts[0].weight, e.parts[0].outcome.score), ("gsm8k", Some(0.85), 1.0));
+        assert_eq!(e.parts[0].outcome.extracted.as_deref(), Some("10"));
+        assert_eq!((e.parts[1].name.as_str(), e.parts[1].outcome.score), ("fmt", 0.0));
+        assert!(e.parts[1].outcome.failure.is_some(), "the format term says why it failed");
         Ok(())
     }
 }

@@ -39,6 +39,10 @@ pub struct Task {
     /// Ground-truth boxes `[x1, y1, x2, y2]` (Visual-RFT detection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boxes: Option<Vec<[f64; 4]>>,
+    /// Every other column of the source row (passed to Python rewards as keyword columns, as TRL passes dataset
+    /// columns to its reward functions).
+    #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Task {
@@ -76,6 +80,12 @@ impl Task {
     pub fn with_sql(mut self, sql: impl Into<String>, db: impl Into<PathBuf>) -> Self {
         self.sql = Some(sql.into());
         self.db = Some(db.into());
+        self
+    }
+
+    /// Add an extra column (see [`Task::extra`]).
+    pub fn with_column(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
+        self.extra.insert(name.into(), value);
         self
     }
 
@@ -180,6 +190,10 @@ mod tests {
         assert_eq!(t.answer.len(), 2);
         let t: Task = serde_json::from_str(r#"{"answer": null, "unknown_field": 1}"#)?;
         assert!(t.answer.is_empty());
+        assert_eq!(t.extra.get("unknown_field"), Some(&serde_json::json!(1)));
+        let t: Task = serde_json::from_str(r#"{"question": "q", "test": "assert 1", "level": "easy"}"#)?;
+        assert_eq!((t.prompt.as_str(), t.tests.as_deref()), ("q", Some("assert 1")));
+        assert_eq!(t.extra.keys().collect::<Vec<_>>(), ["level"], "aliases are fields, not extra columns");
         Ok(())
     }
 

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use orchard_rewards::{score_caught, Outcome, Reward, RewardSpec, Task};
+use orchard_rewards::{score_batch_caught, Outcome, Task};
 use rayon::prelude::*;
 
-use super::exec::SandboxArgs;
+use crate::job::{JobReward, RewardArgs};
 
 /// Rows scored in parallel per chunk; output stays in input order.
 const CHUNK_ROWS: usize = 512;
@@ -18,61 +18,85 @@ const CHUNK_ROWS: usize = 512;
 ///
 /// A row holds `completion` plus the task fields the reward needs: `answer` (math, ToolRL, Tool-Star), `choices`
 /// (mathqa), `prompt`/`question`, `tests`/`test` and `entry_point` (humaneval), `sql` and `db` (sql; relative paths
-/// are resolved against the input file's directory), `boxes` (iou). A row that cannot be read (malformed JSON,
-/// non-UTF-8, missing or mistyped field) or scored (missing database ...) gets `score: null` and an `error` naming
-/// file, line and field; the other rows are still scored. Exit code 0 when every row was scored, 1 otherwise.
+/// are resolved against the input file's directory), `boxes` (iou); any other field is a column a Python reward
+/// receives by name. A row that cannot be read (malformed JSON, non-UTF-8, missing or mistyped field) or scored
+/// (missing database, a Python reward that raised ...) gets `score: null` and an `error` naming file, line and field;
+/// the other rows are still scored. Exit code 0 when every row was scored, 1 otherwise.
+///
+/// Examples:
+///   orchard reward --list
+///   orchard reward --kind gsm8k --input rows.jsonl
+///   orchard reward --kind python:my_rewards.py:format_reward --input rows.jsonl
+///   orchard reward --config think2sql.toml --input rows.jsonl --explain 3
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Reward name: gsm8k, svamp, math, mathqa, pot, humaneval, unit-tests, sql, iou, toolrl, tool-star, format.
-    #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+    /// Reward name: gsm8k, svamp, math, mathqa, pot, humaneval, unit-tests, sql, iou, toolrl, tool-star, format, or
+    /// python:FILE:FUNCTION (a TRL- or verl-style function; see --list).
+    #[arg(long, required_unless_present_any = ["config", "list"], conflicts_with = "config")]
     pub kind: Option<String>,
-    /// TOML reward description instead of --kind (composites: `kind = "weighted"` / `"gate"`).
+    /// TOML reward description instead of --kind (composites `weighted` / `gate`, `python`, `judge`).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Input JSONL (`-` for stdin).
+    #[arg(long, required_unless_present = "list")]
+    pub input: Option<PathBuf>,
+    /// Print every reward with what it scores, the fields it reads and its settings with their defaults (TOML).
     #[arg(long)]
-    pub input: PathBuf,
+    pub list: bool,
+    /// Explain one row (its 0-based `row` number): each component's and each term's score and why (extracted
+    /// answer, failed test, parse error), as text (or JSON with --json).
+    #[arg(long, value_name = "ROW")]
+    pub explain: Option<usize>,
+    /// With --explain or --list: print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
-    pub sandbox: SandboxArgs,
+    pub sandbox: RewardArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut spec = match (&args.kind, &args.config) {
-        (Some(kind), _) => RewardSpec::from_name(kind)?,
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            RewardSpec::from_toml(&text).with_context(|| format!("in {}", path.display()))?
-        }
-        (None, None) => anyhow::bail!("give --kind or --config"),
-    };
-    for policy in spec.policies_mut() {
-        args.sandbox.apply(policy);
+    if args.list {
+        return list(args.json);
     }
-    let sandbox = if spec.needs_sandbox() { Some(args.sandbox.open()?) } else { None };
-    let reward = spec.build(sandbox.as_ref())?;
-    let bytes = super::exec::read_input(&args.input)?;
-    let base = args.input.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let input = args.input.clone().context("give --input FILE.jsonl")?;
+    let reward = JobReward::build(args.kind.as_deref(), args.config.as_deref(), &args.sandbox, None)?;
+    let bytes = super::exec::read_input(&input)?;
+    let base = input.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let lines: Vec<(usize, &[u8])> = bytes
         .split(|b| *b == b'\n')
         .enumerate()
         .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
         .map(|(k, l)| (k + 1, l))
         .collect();
+    if let Some(row) = args.explain {
+        let (line, text) =
+            *lines.get(row).with_context(|| format!("{}: no row {row} (it has {})", input.display(), lines.len()))?;
+        let (task, completion) =
+            parse_row(text, base).map_err(|e| anyhow::anyhow!("{}:{line}: {e}", input.display()))?;
+        let e = reward.explain(&task, &completion)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&e)?);
+        } else {
+            print!("{}:{line} (row {row})\n{}", input.display(), explain_text(&e, 0));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut out = std::io::stdout().lock();
     let (mut scored, mut errors, mut sum) = (0usize, 0usize, 0.0);
     for (chunk_index, chunk) in lines.chunks(CHUNK_ROWS).enumerate() {
-        let rows: Vec<serde_json::Value> = chunk
+        let parsed: Vec<Result<(Task, String), String>> = chunk
             .par_iter()
-            .enumerate()
-            .map(|(k, (line, text))| {
-                let row = chunk_index * CHUNK_ROWS + k;
-                let outcome = parse_row(text, base)
-                    .map(|(task, completion)| score_caught(reward.as_ref() as &dyn Reward, &task, &completion))
-                    .map_err(|e| format!("{}:{line}: {e}", args.input.display()));
-                row_json(row, *line, outcome)
-            })
+            .map(|(line, text)| parse_row(text, base).map_err(|e| format!("{}:{line}: {e}", input.display())))
             .collect();
-        for r in rows {
+        let items: Vec<(&Task, &str)> =
+            parsed.iter().filter_map(|p| p.as_ref().ok()).map(|(t, c)| (t, c.as_str())).collect();
+        let mut outcomes = score_batch_caught(reward.reward(), &items).into_iter();
+        for (k, ((line, _), p)) in chunk.iter().zip(&parsed).enumerate() {
+            let outcome = match p {
+                Ok(_) => Ok(outcomes.next().unwrap_or_default()),
+                Err(e) => Err(e.clone()),
+            };
+            let r = row_json(chunk_index * CHUNK_ROWS + k, *line, outcome);
             if r["score"].is_null() {
                 errors += 1;
             } else {
@@ -84,8 +108,62 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     let mean = if scored > 0 { sum / scored as f64 } else { 0.0 };
-    eprintln!("{}: {scored} rows scored (mean score {mean:.4}), {errors} rows with errors", args.input.display());
+    eprintln!("{}: {scored} rows scored (mean score {mean:.4}), {errors} rows with errors", input.display());
     Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `--list`: every reward, what it scores, what it reads, its defaults.
+fn list(json: bool) -> anyhow::Result<ExitCode> {
+    let entries = orchard_rewards::catalog();
+    let mut out = std::io::stdout().lock();
+    if json {
+        for e in &entries {
+            writeln!(out, "{}", serde_json::to_string(e)?)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for e in &entries {
+        writeln!(
+            out,
+            "{}\n  {}\n  reads: {}\n  defaults (TOML):",
+            e.name,
+            e.summary.split_whitespace().collect::<Vec<_>>().join(" "),
+            e.reads
+        )?;
+        for l in e.defaults.lines() {
+            writeln!(out, "    {l}")?;
+        }
+        writeln!(out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One explanation as indented text: the score, then what was extracted, why it lost points, its components and
+/// its terms.
+fn explain_text(e: &orchard_rewards::Explanation, depth: usize) -> String {
+    let pad = "  ".repeat(depth);
+    let o = &e.outcome;
+    let weight = e.weight.map(|w| format!(" × {w}")).unwrap_or_default();
+    let score = if o.error.is_some() { "not scored".to_string() } else { format!("score {}", o.score) };
+    let mut t = format!("{pad}{} ({}){weight}: {score}\n", e.name, e.kind);
+    if let Some(x) = &o.extracted {
+        t += &format!("{pad}  extracted: {x:?}\n");
+    }
+    if let Some(f) = &o.failure {
+        t += &format!("{pad}  why not full marks: {f}\n");
+    }
+    if let Some(err) = &o.error {
+        t += &format!("{pad}  error: {}\n", err.replace('\n', &format!("\n{pad}    ")));
+    }
+    if e.parts.is_empty() {
+        for (k, v) in &o.components {
+            t += &format!("{pad}  {k} = {v}\n");
+        }
+    }
+    for p in &e.parts {
+        t += &explain_text(p, depth + 1);
+    }
+    t
 }
 
 fn row_json(row: usize, line: usize, outcome: Result<Outcome, String>) -> serde_json::Value {
@@ -124,6 +202,7 @@ fn parse_row(text: &[u8], base: &Path) -> Result<(Task, String), String> {
             None => e.to_string(),
         }
     })?;
+    task.extra.remove("completion");
     if let Some(db) = task.db.as_mut().filter(|d| d.is_relative()) {
         *db = base.join(&*db);
     }

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use orchard_jobs::rl::{run_rl, RlConfig};
 
 use super::common::{Bars, ModelArgs};
-use super::exec::SandboxArgs;
 use crate::job::JobReward;
 
 /// Online RL: every step samples G completions for each of P train prompts with the current weights (handed to
@@ -44,12 +43,12 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     #[command(flatten)]
-    pub sandbox: SandboxArgs,
+    pub sandbox: crate::job::RewardArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = RlConfig::from_toml(&args.config)?;
-    let reward = JobReward::build(Some(&cfg.reward), None, &args.sandbox)?;
+    let reward = JobReward::build(Some(&cfg.reward), None, &args.sandbox, Some(&cfg.model))?;
     let engine = ModelArgs { model: cfg.model.clone(), threads: args.threads }.load()?;
     let mut bars = Bars::default();
     let report = run_rl(&cfg, &engine, reward.reward(), &args.out, args.stop_after, &mut bars)?;

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use orchard_jobs::rounds::{run_loop, LoopConfig};
 
 use super::common::{Bars, ModelArgs};
-use super::exec::SandboxArgs;
 use crate::job::JobReward;
 
 /// Make a model better: R rounds of *generate with the current policy on the train questions → train from it →
@@ -48,7 +47,7 @@ pub struct Args {
     #[arg(long)]
     pub check: bool,
     #[command(flatten)]
-    pub sandbox: SandboxArgs,
+    pub sandbox: crate::job::RewardArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -65,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let reward = JobReward::build(Some(&cfg.reward), None, &args.sandbox)?;
+    let reward = JobReward::build(Some(&cfg.reward), None, &args.sandbox, Some(&cfg.model))?;
     let engine = ModelArgs { model: cfg.model.clone(), threads: args.threads }.load()?;
     let mut bars = Bars::default();
     let report = run_loop(&cfg, std::sync::Arc::new(engine), reward.reward(), &args.out, &mut bars)?;

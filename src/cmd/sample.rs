@@ -62,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let n = args.n.or(file.n).unwrap_or(DEFAULT_N);
     anyhow::ensure!(n >= 1, "--n must be at least 1");
     let (shard, out) = args.job.placement(file.shard, &file.out)?;
-    let reward = args.job.reward(&file.reward, &file.reward_config)?;
+    let reward = args.job.reward(&file.reward, &file.reward_config, &file.model)?;
     let identity =
         SampleJob { n: Some(n), sampling: sampling.clone(), pairs, pair_format, shard: None, out: None, ..file };
     let source = identity.source.clone();

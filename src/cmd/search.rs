@@ -205,7 +205,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     job.algo()?;
     let pair_cfg = job.pair_config();
     let (shard, out) = args.job.placement(job.shard, &job.out)?;
-    let reward = args.job.reward(&job.reward, &job.reward_config)?;
+    let reward = args.job.reward(&job.reward, &job.reward_config, &job.model)?;
     let identity = SearchJob { shard: None, out: None, ..job.clone() };
 
     // 1. Tasks, model, run directory.

@@ -47,14 +47,7 @@ impl Bwrap {
     /// Find `bwrap`, check that it can create namespaces here and that the interpreter runs inside (one probe run).
     pub fn new(config: SandboxConfig) -> Result<Self> {
         let unavailable = |why: String| Error::SandboxUnavailable { kind: "bwrap", why };
-        let bwrap = which(&config.bwrap.to_string_lossy())
-            .filter(|p| p.is_file())
-            .ok_or_else(|| unavailable(format!("`{}` not found on PATH", config.bwrap.display())))?;
-        let help = Command::new(&bwrap)
-            .arg("--help")
-            .output()
-            .map_err(|e| unavailable(format!("cannot run {}: {e}", bwrap.display())))?;
-        let tmpfs_size = String::from_utf8_lossy(&help.stdout).contains("--size");
+        let (bwrap, tmpfs_size) = find_bwrap(&config.bwrap)?;
         let python = std::fs::canonicalize(which(&config.python.to_string_lossy()).unwrap_or(config.python.clone()))
             .map_err(|e| Error::Interpreter { path: config.python.clone(), why: e.to_string() })?;
         let reexpose = python_prefix_under_hidden(&python).into_iter().collect();
@@ -86,45 +79,14 @@ impl Bwrap {
         self.forked.load(Ordering::Relaxed)
     }
 
-    /// Namespaces and mounts shared by one-shot sandboxes and fork servers: the host read-only, home directories
-    /// and `/run` empty and read-only, a fresh `/dev` (tmpfs with the basic nodes: null, zero, full, random,
-    /// urandom, tty; the host's, seen through the `/` bind, is mounted nodev inside a user namespace, so not even
-    /// /dev/null would open), a `/proc` of the sandbox's PID namespace.
     fn base_args(&self) -> Vec<OsString> {
-        let mut a: Vec<OsString> = Vec::with_capacity(64);
-        push(&mut a, &["--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]);
-        push(&mut a, &["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--ro-bind", "/", "/"]);
-        let hidden: Vec<&str> =
-            HIDDEN_DIRS.into_iter().filter(|h| Path::new(h).is_dir() && !Path::new(h).is_symlink()).collect();
-        for dir in &hidden {
-            push(&mut a, &["--tmpfs", dir]);
-        }
-        for keep in &self.reexpose {
-            a.extend(["--ro-bind".into(), keep.clone().into_os_string(), keep.clone().into_os_string()]);
-        }
-        for dir in &hidden {
-            push(&mut a, &["--remount-ro", dir]);
-        }
-        push(&mut a, &["--dev", "/dev", "--dir", "/dev/shm", "--proc", "/proc"]);
-        a
+        base_args(&self.reexpose)
     }
 
     /// A one-shot sandbox's mounts: a size-capped private `/tmp` (the working directory) and `/dev/shm`, its own
     /// mqueue; `/dev` read-only.
     fn mount_args(&self, tmp_size: u64) -> Vec<OsString> {
-        let mut a = self.base_args();
-        let shm = SHM_SIZE.to_string();
-        let tmp = tmp_size.to_string();
-        push(&mut a, &["--mqueue", "/dev/mqueue"]);
-        if self.tmpfs_size {
-            push(&mut a, &["--size", &shm]);
-        }
-        push(&mut a, &["--tmpfs", "/dev/shm", "--remount-ro", "/dev"]);
-        if self.tmpfs_size {
-            push(&mut a, &["--size", &tmp]);
-        }
-        push(&mut a, &["--tmpfs", "/tmp", "--chdir", "/tmp"]);
-        a
+        mount_args(&self.reexpose, self.tmpfs_size, tmp_size)
     }
 
     /// A fork server's mounts: nothing writable; each run mounts its own `/tmp`, `/dev/shm`, mqueue and `/proc`
@@ -281,10 +243,71 @@ fn push(args: &mut Vec<OsString>, items: &[&str]) {
     args.extend(items.iter().map(OsString::from));
 }
 
+/// Namespaces and mounts shared by one-shot sandboxes, fork servers and Python reward workers: the host read-only,
+/// home directories and `/run` empty and read-only (but for `reexpose`, bound back read-only), a fresh `/dev`
+/// (tmpfs with the basic nodes: null, zero, full, random, urandom, tty; the host's, seen through the `/` bind, is
+/// mounted nodev inside a user namespace, so not even /dev/null would open), a `/proc` of the sandbox's PID
+/// namespace.
+pub(crate) fn base_args(reexpose: &[PathBuf]) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::with_capacity(64);
+    push(&mut a, &["--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]);
+    push(&mut a, &["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--ro-bind", "/", "/"]);
+    let hidden: Vec<&str> =
+        HIDDEN_DIRS.into_iter().filter(|h| Path::new(h).is_dir() && !Path::new(h).is_symlink()).collect();
+    for dir in &hidden {
+        push(&mut a, &["--tmpfs", dir]);
+    }
+    for keep in reexpose {
+        a.extend(["--ro-bind".into(), keep.clone().into_os_string(), keep.clone().into_os_string()]);
+    }
+    for dir in &hidden {
+        push(&mut a, &["--remount-ro", dir]);
+    }
+    push(&mut a, &["--dev", "/dev", "--dir", "/dev/shm", "--proc", "/proc"]);
+    a
+}
+
+/// [`base_args`] plus a size-capped private `/tmp` (the working directory, the only writable place) and
+/// `/dev/shm`, its own mqueue; `/dev` read-only. `tmpfs_size`: whether this bwrap knows `--size` (≥ 0.7).
+pub(crate) fn mount_args(reexpose: &[PathBuf], tmpfs_size: bool, tmp_size: u64) -> Vec<OsString> {
+    let mut a = base_args(reexpose);
+    let shm = SHM_SIZE.to_string();
+    let tmp = tmp_size.to_string();
+    push(&mut a, &["--mqueue", "/dev/mqueue"]);
+    if tmpfs_size {
+        push(&mut a, &["--size", &shm]);
+    }
+    push(&mut a, &["--tmpfs", "/dev/shm", "--remount-ro", "/dev"]);
+    if tmpfs_size {
+        push(&mut a, &["--size", &tmp]);
+    }
+    push(&mut a, &["--tmpfs", "/tmp", "--chdir", "/tmp"]);
+    a
+}
+
+/// The `bwrap` binary on `PATH` and whether it knows `--size`; an error names what is missing.
+pub(crate) fn find_bwrap(name: &Path) -> Result<(PathBuf, bool)> {
+    let unavailable = |why: String| Error::SandboxUnavailable { kind: "bwrap", why };
+    let bwrap = which(&name.to_string_lossy())
+        .filter(|p| p.is_file())
+        .ok_or_else(|| unavailable(format!("`{}` not found on PATH", name.display())))?;
+    let help = Command::new(&bwrap)
+        .arg("--help")
+        .output()
+        .map_err(|e| unavailable(format!("cannot run {}: {e}", bwrap.display())))?;
+    let tmpfs_size = String::from_utf8_lossy(&help.stdout).contains("--size");
+    Ok((bwrap, tmpfs_size))
+}
+
+/// Whether `path` lies under a directory the sandbox hides (and so must be bound back to be seen).
+pub(crate) fn is_hidden(path: &Path) -> bool {
+    HIDDEN_DIRS.iter().any(|h| path.starts_with(h))
+}
+
 /// If the interpreter lives under a hidden directory (a pyenv under `/root`), the installation prefix to bind back
 /// read-only: the parent of its `bin/`.
 fn python_prefix_under_hidden(python: &Path) -> Option<PathBuf> {
-    let hidden = HIDDEN_DIRS.iter().any(|h| python.starts_with(h));
+    let hidden = is_hidden(python);
     let prefix = python.parent()?.parent()?;
     (hidden && prefix.components().count() > 2).then(|| prefix.to_path_buf())
 }

@@ -58,7 +58,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use bwrap::Bwrap;
+pub(crate) use bwrap::{find_bwrap, is_hidden, mount_args};
 pub use executor::{CacheStats, Executor, DEFAULT_CACHE_CAPACITY};
+pub(crate) use process::{child_setup, scrubbed_env, Limits};
 pub use rlimits::Rlimits;
 
 use crate::error::{Error, Result};
@@ -332,7 +334,7 @@ pub fn open(choice: SandboxChoice, config: SandboxConfig) -> Result<Arc<dyn Sand
     }
 }
 
-mod human_duration {
+pub(crate) mod human_duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -365,7 +367,7 @@ mod human_duration_opt {
     }
 }
 
-mod human_size {
+pub(crate) mod human_size {
     use serde::{Deserialize, Deserializer, Serializer};
 
     #[derive(Deserialize)]

@@ -127,7 +127,9 @@ pub(crate) fn command(launch: &Launch) -> Command {
     cmd
 }
 
-fn child_setup(limits: Limits, run_as: Option<u32>, new_netns: bool) -> io::Result<()> {
+/// The child's set-up between `fork` and `exec`: own session, rlimits, identity, parent-death signal (tied to the
+/// spawning *thread*). Async-signal-safe system calls only.
+pub(crate) fn child_setup(limits: Limits, run_as: Option<u32>, new_netns: bool) -> io::Result<()> {
     // SAFETY: async-signal-safe system calls only; arguments are plain integers and null pointers.
     unsafe {
         if libc::setsid() < 0 {
