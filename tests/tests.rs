@@ -13,4 +13,5 @@ mod util;
 mod exec;
 mod hostile;
 mod reward;
+mod reward_python;
 mod rl;
