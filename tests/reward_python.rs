@@ -258,3 +258,42 @@ fn list_and_explain() -> anyhow::Result<()> {
         .stderr(contains("no row 99"));
     Ok(())
 }
+
+#[test]
+fn example_reward_configs_run() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir()?;
+    let model = tiny_gguf(dir.path());
+    let rows = [
+        json!({"prompt": "What is 6 * 7?", "completion": "<think>6 * 7 = 42</think> The answer is 42.", "answer": "42"}),
+        json!({"prompt": "What is 6 * 7?", "completion": "I do not know.", "answer": "42"}),
+    ];
+    let input = write_rows(dir.path(), &rows)?;
+    let out = orchard()
+        .current_dir(root)
+        .args(["reward", "--config", "examples/rewards/gsm8k_plus_format.toml", "--input"])
+        .arg(&input)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let scored: Vec<Value> =
+        String::from_utf8(out.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(scored[0]["score"].as_f64(), Some(1.0));
+    assert_eq!(scored[0]["components"]["format"].as_f64(), Some(1.0));
+    assert_eq!(scored[1]["score"].as_f64(), Some(0.0));
+    // The judge example with a tiny model as --judge-model: every row judged, P(Yes) in [0, 1] where the gate
+    // passes, 0 where it does not.
+    let out = orchard()
+        .current_dir(root)
+        .args(["reward", "--config", "examples/rewards/judge.toml", "--judge-model"])
+        .arg(&model)
+        .arg("--input")
+        .arg(&input)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let scored: Vec<Value> =
+        String::from_utf8(out.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let p_yes = scored[0]["components"]["p(Yes)"].as_f64().unwrap_or(-1.0);
+    assert!((0.0..=1.0).contains(&p_yes) && scored[0]["score"].as_f64() == Some(p_yes), "{:?}", scored[0]);
+    assert_eq!(scored[1]["score"].as_f64(), Some(0.0));
+    Ok(())
+}

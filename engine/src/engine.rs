@@ -490,25 +490,70 @@ impl Engine {
                 )));
             }
         }
-        let chunk = chunk.max(1);
         let mut out: Vec<Scored> = pairs
             .iter()
             .map(|(_, c)| Scored { logprob_sum: 0.0, token_logprobs: Vec::with_capacity(c.len()), n_tokens: c.len() })
             .collect();
-        // Each pair is one sequence of prompt ‖ completion; run it in chunks, many pairs per forward.
+        // Each pair is one sequence of prompt ‖ completion; the positions from prompt_len − 1 on predict the
+        // completion's tokens.
         let seqs: Vec<Vec<TokenId>> = pairs.iter().map(|(p, c)| [p.as_slice(), c.as_slice()].concat()).collect();
-        let mut caches: Vec<Option<KvCache>> = vec![None; pairs.len()];
-        // A pair with an empty completion has nothing to score.
-        let mut done: Vec<usize> =
-            pairs.iter().zip(&seqs).map(|((_, c), s)| if c.is_empty() { s.len() - 1 } else { 0 }).collect();
+        let runs: Vec<(usize, usize)> = seqs.iter().zip(pairs).map(|(s, (p, _))| (s.len() - 1, p.len() - 1)).collect();
+        self.forward_rows(&seqs, &runs, precision, chunk, &mut |pi, pos, row| {
+            let lp = (row[seqs[pi][pos + 1] as usize] as f64 - log_sum_exp(row)) as f32;
+            out[pi].token_logprobs.push(lp);
+            out[pi].logprob_sum += lp as f64;
+        })?;
+        Ok(out)
+    }
+
+    /// For each prompt, the log-probability of each of `candidates` as the next token (one forward over the
+    /// prompt, however many candidates): a judge's choice among single-token replies.
+    pub fn next_token_logprobs(
+        &self,
+        prompts: &[Vec<TokenId>],
+        candidates: &[TokenId],
+        precision: Precision,
+    ) -> Result<Vec<Vec<f32>>> {
+        let ctx = self.model.config().max_position_embeddings;
+        let vocab = self.model.config().vocab_size;
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() || p.len() > ctx {
+                return Err(Error::Request(format!("prompt {i}: {} tokens (context {ctx})", p.len())));
+            }
+        }
+        if let Some(c) = candidates.iter().find(|c| **c as usize >= vocab) {
+            return Err(Error::Request(format!("candidate token {c} is outside the vocabulary ({vocab})")));
+        }
+        let mut out = vec![Vec::new(); prompts.len()];
+        let runs: Vec<(usize, usize)> = prompts.iter().map(|p| (p.len(), p.len() - 1)).collect();
+        self.forward_rows(prompts, &runs, precision, DEFAULT_PREFILL_CHUNK, &mut |pi, _, row| {
+            let z = log_sum_exp(row);
+            out[pi] = candidates.iter().map(|&c| (row[c as usize] as f64 - z) as f32).collect();
+        })?;
+        Ok(out)
+    }
+
+    /// Run `seqs[i][..runs[i].0]` through the model in chunks of at most `chunk` tokens, many sequences per
+    /// forward, and call `visit(i, position, logits)` for every position from `runs[i].1` on, in order.
+    fn forward_rows(
+        &self,
+        seqs: &[Vec<TokenId>],
+        runs: &[(usize, usize)],
+        precision: Precision,
+        chunk: usize,
+        visit: &mut dyn FnMut(usize, usize, &[f32]),
+    ) -> Result<()> {
+        let chunk = chunk.max(1);
+        let mut caches: Vec<Option<KvCache>> = vec![None; seqs.len()];
+        // A sequence with no wanted position has nothing to run.
+        let mut done: Vec<usize> = runs.iter().map(|&(total, first)| if first >= total { total } else { 0 }).collect();
         let mut next = 0;
-        while next < pairs.len() {
+        while next < seqs.len() {
             let mut budget = chunk;
-            let mut batch: Vec<(usize, usize, usize)> = Vec::new(); // (pair, start, end)
+            let mut batch: Vec<(usize, usize, usize)> = Vec::new(); // (sequence, start, end)
             let mut i = next;
-            while i < pairs.len() && budget > 0 {
-                // Only the positions that predict completion tokens need to run past the prompt.
-                let total = seqs[i].len() - 1;
+            while i < seqs.len() && budget > 0 {
+                let total = runs[i].0;
                 if done[i] < total {
                     let take = (total - done[i]).min(budget);
                     batch.push((i, done[i], done[i] + take));
@@ -523,44 +568,38 @@ impl Engine {
             let logits = {
                 let mut taken: Vec<(usize, KvCache)> = batch
                     .iter()
-                    .map(|&(pi, _, _)| (pi, caches[pi].take().unwrap_or_else(|| self.model.new_cache())))
+                    .map(|&(si, _, _)| (si, caches[si].take().unwrap_or_else(|| self.model.new_cache())))
                     .collect();
                 let mut steps: Vec<Step<'_>> = Vec::with_capacity(batch.len());
-                for ((_, cache), &(pi, start, end)) in taken.iter_mut().zip(&batch) {
-                    // Rows at positions ≥ prompt_len − 1 predict completion tokens.
-                    let first = (pairs[pi].0.len() - 1).saturating_sub(start).min(end - start);
+                for ((_, cache), &(si, start, end)) in taken.iter_mut().zip(&batch) {
+                    let first = runs[si].1.saturating_sub(start).min(end - start);
                     let rows = if first < end - start { LogitRows::From(first) } else { LogitRows::None };
-                    steps.push(Step { cache, tokens: &seqs[pi][start..end], logits: rows });
+                    steps.push(Step { cache, tokens: &seqs[si][start..end], logits: rows });
                 }
                 let logits = self.model.forward(&mut steps, precision)?;
                 drop(steps);
-                for (pi, cache) in taken {
-                    caches[pi] = Some(cache);
+                for (si, cache) in taken {
+                    caches[si] = Some(cache);
                 }
                 logits
             };
-            for (s, &(pi, start, end)) in batch.iter().enumerate() {
-                let plen = pairs[pi].0.len();
+            for (s, &(si, start, end)) in batch.iter().enumerate() {
                 for r in 0..logits.rows(s) {
                     let pos = end - logits.rows(s) + r; // position of the row
-                    let target = seqs[pi][pos + 1];
-                    let row = logits.row(s, r);
-                    let lp = (row[target as usize] as f64 - log_sum_exp(row)) as f32;
-                    debug_assert!(pos + 1 >= plen);
-                    out[pi].token_logprobs.push(lp);
-                    out[pi].logprob_sum += lp as f64;
+                    debug_assert!(pos >= runs[si].1);
+                    visit(si, pos, logits.row(s, r));
                 }
                 debug_assert!(start < end);
-                done[pi] = end;
-                if end == seqs[pi].len() - 1 {
-                    caches[pi] = None;
+                done[si] = end;
+                if end == runs[si].0 {
+                    caches[si] = None;
                 }
             }
-            while next < pairs.len() && done[next] >= seqs[next].len() - 1 {
+            while next < seqs.len() && done[next] >= runs[next].0 {
                 next += 1;
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

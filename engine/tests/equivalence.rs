@@ -160,6 +160,25 @@ fn generated_logprobs_equal_scored_logprobs() {
 }
 
 #[test]
+fn next_token_logprobs_equal_scored_single_token_completions() {
+    let t = tiny(Arch::Llama, Format::Hf, 6);
+    let e = &t.engine;
+    // More prompt tokens than one forward's budget (512): the last prompt is split across two forwards.
+    let prompts: Vec<Vec<TokenId>> = vec![seq(9, 4), seq(1, 2), seq(300, 3), seq(300, 5)];
+    let candidates: [TokenId; 3] = [5, 17, 200];
+    let got = e.next_token_logprobs(&prompts, &candidates, Precision::F32).expect("next-token log-probs");
+    assert_eq!(got.len(), prompts.len());
+    for (p, row) in prompts.iter().zip(&got) {
+        let pairs: Vec<_> = candidates.iter().map(|&c| (p.clone(), vec![c])).collect();
+        let scored: Vec<f32> = e.score(&pairs).expect("score").iter().map(|s| s.token_logprobs[0]).collect();
+        let d = max_abs_diff(row, &scored);
+        assert!(d <= TOL, "{d}: {row:?} vs {scored:?}");
+    }
+    assert!(e.next_token_logprobs(&[vec![]], &candidates, Precision::F32).is_err(), "empty prompt");
+    assert!(e.next_token_logprobs(&prompts, &[1_000_000], Precision::F32).is_err(), "token outside the vocabulary");
+}
+
+#[test]
 fn stop_strings_cut_the_text_and_finish_with_stop() {
     let t = tiny(Arch::Llama, Format::Hf, 8);
     let e = &t.engine;

@@ -53,6 +53,15 @@ impl JudgeModel for EngineJudge {
             return Err(format!("choice {:?} encodes to no tokens", choices[i]));
         }
         let prompt_ids = self.prompt_ids(prompts, system)?;
+        if choice_ids.iter().all(|c| c.len() == 1) {
+            // Single-token replies: one forward per prompt reads every choice's log-prob.
+            let candidates: Vec<u32> = choice_ids.iter().map(|c| c[0]).collect();
+            let rows = self
+                .engine
+                .next_token_logprobs(&prompt_ids, &candidates, Precision::Quantized)
+                .map_err(|e| e.to_string())?;
+            return Ok(rows.into_iter().map(|r| r.into_iter().map(f64::from).collect()).collect());
+        }
         let pairs: Vec<(Vec<u32>, Vec<u32>)> =
             prompt_ids.iter().flat_map(|p| choice_ids.iter().map(move |c| (p.clone(), c.clone()))).collect();
         let scored =
