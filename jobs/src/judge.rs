@@ -106,7 +106,7 @@ mod tests {
         // A random model's reply rarely holds a number: either a score or an error naming the reply, never a
         // silent zero.
         for o in regex.score_batch(&rows) {
-            assert!(o.error.as_deref().map_or(true, |e| e.contains("judge reply has no score")), "{o:?}");
+            assert!(o.error.as_deref().is_none_or(|e| e.contains("judge reply has no score")), "{o:?}");
         }
         Ok(())
     }

@@ -201,7 +201,7 @@ impl JudgeReward {
         tmpl.render(ctx).map_err(|e| format!("judge template: {e}"))
     }
 
-    fn from_choices(&self, logprobs: &[f64]) -> Outcome {
+    fn outcome_of_choices(&self, logprobs: &[f64]) -> Outcome {
         if logprobs.len() != self.choices.len() || logprobs.iter().any(|l| !l.is_finite()) {
             return Outcome::task_error(format!("judge: no finite log-probs for the choices ({logprobs:?})"));
         }
@@ -220,7 +220,7 @@ impl JudgeReward {
         o.with_extracted(best.1)
     }
 
-    fn from_reply(&self, reply: &str) -> Outcome {
+    fn outcome_of_reply(&self, reply: &str) -> Outcome {
         let (Some(re), JudgeParse::Regex { scale, .. }) = (&self.regex, &self.config.parse) else {
             return Outcome::task_error("judge: no pattern");
         };
@@ -256,10 +256,12 @@ impl Reward for JudgeReward {
         } else if self.regex.is_some() {
             self.model
                 .reply(&ok, system, self.config.max_new_tokens)
-                .map(|rs| rs.iter().map(|r| self.from_reply(r)).collect())
+                .map(|rs| rs.iter().map(|r| self.outcome_of_reply(r)).collect())
         } else {
             let names: Vec<String> = self.choices.iter().map(|(k, _)| k.clone()).collect();
-            self.model.choice_logprobs(&ok, system, &names).map(|ls| ls.iter().map(|l| self.from_choices(l)).collect())
+            self.model
+                .choice_logprobs(&ok, system, &names)
+                .map(|ls| ls.iter().map(|l| self.outcome_of_choices(l)).collect())
         };
         let mut answers = match answers {
             Ok(a) if a.len() == ok.len() => a.into_iter(),
