@@ -43,7 +43,8 @@ max_new_tokens = 6
         model = model.display(),
         tasks = tasks.display()
     );
-    let p = dir.join(format!("rl-{}.toml", extra.len()));
+    let name = extra.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let p = dir.join(format!("rl-{name:x}.toml"));
     std::fs::write(&p, text).expect("write config");
     p
 }
@@ -130,4 +131,67 @@ fn example_rl_configs_parse() {
         n += 1;
     }
     assert!(n >= 1);
+}
+
+fn run_rl(cfg: &Path, out: &Path) -> Vec<serde_json::Value> {
+    let o = orchard().args(["rl", "--threads", "1", "--config"]).arg(cfg).arg("--out").arg(out).output().expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    text.lines().map(|l| serde_json::from_str(l).expect("json")).collect()
+}
+
+/// DAPO's dynamic sampling end to end: a Python reward gives every completion of two of the six prompts the same
+/// score, so their groups carry no signal; they are dropped and refilled, every step trains on P groups.
+#[test]
+fn dynamic_sampling_refills_and_mu_two_and_online_topr_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_hf(dir.path());
+    let t = tasks(dir.path(), true);
+    let reward = dir.path().join("r.py");
+    std::fs::write(
+        &reward,
+        "def r(prompts, completions, **kw):\n    return [0.5 if ('What is 0' in p or 'What is 3' in p) else \
+         float(len(c) % 7) for p, c in zip(prompts, completions)]\n",
+    )
+    .expect("write reward");
+    let dapo = config(dir.path(), &model, &t, "dynamic_sampling = true\nmax_refills = 4\nepsilon_high = 0.28");
+    let text = std::fs::read_to_string(&dapo).expect("read");
+    std::fs::write(&dapo, text.replace("reward = \"math\"", &format!("reward = \"python:{}:r\"", reward.display())))
+        .expect("write");
+    let rows = run_rl(&dapo, &dir.path().join("dapo"));
+    assert_eq!(rows.len(), 4);
+    let sampled: u64 = rows.iter().map(|r| r["groups_sampled"].as_u64().unwrap_or(0)).sum();
+    assert!(sampled > 8, "zero-variance groups were refilled: {sampled} sampled for 8 trained");
+    for r in &rows {
+        assert!(r["groups_trained"].as_u64() <= Some(2), "{r}");
+        let zero = r["frac_reward_zero_std"].as_f64().unwrap_or(-1.0);
+        let expected = 1.0 - r["groups_trained"].as_f64().unwrap_or(0.0) / r["groups_sampled"].as_f64().unwrap_or(1.0);
+        assert!((zero - expected).abs() < 1e-9, "dropped = zero-variance: {r}");
+        assert!(r["entropy"].as_f64().is_some_and(|e| e > 0.0), "{r}");
+    }
+    assert!(dir.path().join("dapo/metrics.svg").is_file(), "the curves are drawn");
+
+    // μ = 2: the second pass sees the importance ratio against the first pass's weights.
+    let faster = |p: PathBuf| {
+        let text = std::fs::read_to_string(&p).expect("read").replace("lr = 1e-3", "lr = 5e-3");
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let mu = faster(config(dir.path(), &model, &t, "num_iterations = 2"));
+    let rows = run_rl(&mu, &dir.path().join("mu2"));
+    assert!(rows.iter().all(|r| r["loss"].as_f64().is_some_and(f64::is_finite)));
+    assert!(rows.iter().any(|r| r["clip_ratio/region_mean"].as_f64() > Some(0.0)), "some ratio left the clip range");
+    let one = faster(config(dir.path(), &model, &t, "num_iterations = 1"));
+    run_rl(&one, &dir.path().join("mu1"));
+    let w =
+        |d: &str| std::fs::read(dir.path().join(d).join("checkpoint-000004/trainable.safetensors")).expect("weights");
+    assert_ne!(w("mu2"), w("mu1"), "two passes per batch train differently from one");
+
+    // Online TOPR: groups of one are fine (no group baseline), the truncated share is logged.
+    let topr = config(dir.path(), &model, &t, "objective = { kind = \"topr\", baseline = 0.5 }\ngroup_size = 1");
+    let text = std::fs::read_to_string(&topr).expect("read").replace("group_size = 3\n", "");
+    std::fs::write(&topr, text).expect("write");
+    let rows = run_rl(&topr, &dir.path().join("topr"));
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| r["loss"].as_f64().is_some_and(f64::is_finite)), "{rows:?}");
 }

@@ -146,7 +146,6 @@ pub fn read(path: &Path) -> Result<Vec<StepMetrics>> {
 
 /// Draws the curves of `rows` (loss, reward accuracy or TOPR weight, margins or reward, gradient norm) as an SVG.
 pub fn plot(rows: &[StepMetrics], path: &Path) -> Result<()> {
-    use plotters::prelude::*;
     type Series = (&'static str, fn(&StepMetrics) -> Option<f64>);
     let panels: [Series; 4] = [
         ("loss", |m| Some(m.loss)),
@@ -158,14 +157,26 @@ pub fn plot(rows: &[StepMetrics], path: &Path) -> Result<()> {
         }),
         ("grad_norm", |m| Some(m.grad_norm)),
     ];
+    let curves: Vec<Curve> = panels
+        .iter()
+        .map(|(name, get)| (*name, rows.iter().filter_map(|m| get(m).map(|v| (m.step as f64, v))).collect()))
+        .collect();
+    plot_curves(&curves, (2, 2), path)
+}
+
+/// A named curve of (step, value) points.
+pub type Curve = (&'static str, Vec<(f64, f64)>);
+
+/// Draws one panel per curve, `grid` = (rows, columns), against the step, as an SVG (non-finite points skipped).
+pub fn plot_curves(curves: &[Curve], grid: (usize, usize), path: &Path) -> Result<()> {
+    use plotters::prelude::*;
     let err = |e: String| Error::io(path, std::io::Error::other(e));
-    let root = SVGBackend::new(path, (1000, 700)).into_drawing_area();
+    let root = SVGBackend::new(path, (500 * grid.1 as u32, 350 * grid.0 as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let areas = root.split_evenly((2, 2));
-    let last = rows.last().map_or(1, |m| m.step).max(1);
-    for (area, (name, get)) in areas.iter().zip(panels) {
-        let pts: Vec<(f64, f64)> =
-            rows.iter().filter_map(|m| get(m).map(|v| (m.step as f64, v))).filter(|p| p.1.is_finite()).collect();
+    let areas = root.split_evenly(grid);
+    let last = curves.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).fold(1.0, f64::max);
+    for (area, (name, pts)) in areas.iter().zip(curves) {
+        let pts: Vec<(f64, f64)> = pts.iter().copied().filter(|p| p.1.is_finite()).collect();
         let (lo, hi) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
         let (lo, hi) = if lo.is_finite() { (lo, if hi > lo { hi } else { lo + 1.0 }) } else { (0.0, 1.0) };
         let pad = (hi - lo) * 0.05;
@@ -174,7 +185,7 @@ pub fn plot(rows: &[StepMetrics], path: &Path) -> Result<()> {
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(50)
-            .build_cartesian_2d(0f64..last as f64, (lo - pad)..(hi + pad))
+            .build_cartesian_2d(0f64..last, (lo - pad)..(hi + pad))
             .map_err(|e| err(e.to_string()))?;
         chart.configure_mesh().x_desc("step").draw().map_err(|e| err(e.to_string()))?;
         chart.draw_series(LineSeries::new(pts, &BLUE)).map_err(|e| err(e.to_string()))?;
