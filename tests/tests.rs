@@ -3,6 +3,7 @@
 mod export;
 mod generate;
 mod merge;
+mod models;
 mod rounds;
 mod runs;
 mod sample;

@@ -288,6 +288,8 @@ pub struct DiffLayer {
     pub qkv_proj: Weight,
     /// Fused q/k/v bias (Qwen2).
     pub qkv_bias: Option<Weight>,
+    /// Per-head query and key RMSNorm weights (Qwen3).
+    pub qk_norm: Option<(Weight, Weight)>,
     /// Attention output projection.
     pub o_proj: Weight,
     /// RMSNorm weight before the MLP.
@@ -436,6 +438,10 @@ impl DiffModel {
                 input_layernorm: vector(&layer.input_layernorm)?,
                 qkv_proj: linear(&layer.qkv_proj)?,
                 qkv_bias: layer.qkv_bias.as_deref().map(vector).transpose()?,
+                qk_norm: match &layer.qk_norm {
+                    Some(n) => Some((vector(&n.q)?, vector(&n.k)?)),
+                    None => None,
+                },
                 o_proj: linear(&layer.o_proj)?,
                 post_attention_layernorm: vector(&layer.post_attention_layernorm)?,
                 gate_up_proj: linear(&layer.gate_up_proj)?,
@@ -494,6 +500,10 @@ impl DiffModel {
             push(format!("layers.{i}.qkv_proj"), &l.qkv_proj);
             if let Some(b) = &l.qkv_bias {
                 push(format!("layers.{i}.qkv_bias"), b);
+            }
+            if let Some((q, k)) = &l.qk_norm {
+                push(format!("layers.{i}.q_norm"), q);
+                push(format!("layers.{i}.k_norm"), k);
             }
             push(format!("layers.{i}.o_proj"), &l.o_proj);
             push(format!("layers.{i}.post_attention_layernorm"), &l.post_attention_layernorm);
@@ -567,6 +577,9 @@ impl DiffModel {
         if let Some(bias) = &layer.qkv_bias {
             qkv = qkv.broadcast_add(&bias.get(mode))?;
         }
+        if let Some((qn, kn)) = &layer.qk_norm {
+            qkv = self.qk_norm(&qkv, (&qn.get(mode), &kn.get(mode)))?;
+        }
         let qkv = ops::rope(&qkv, rope, cfg.num_heads + cfg.num_kv_heads, fused)?;
         let attn = ops::attention(&qkv, (&b.seqs, &b.forks), shape, fused)?;
         let x = (x + self.project(li, layer, &attn, FusedWeight::O, mode)?)?;
@@ -575,6 +588,21 @@ impl DiffModel {
         let gu = self.project(li, layer, &h, FusedWeight::GateUp, mode)?;
         let act = ops::silu_mul(&gu, fused)?;
         Ok((x + self.project(li, layer, &act, FusedWeight::Down, mode)?)?)
+    }
+
+    /// Qwen3's per-head RMSNorm of the query and key heads of fused `qkv` rows `(T, qkv_width)`.
+    fn qk_norm(&self, qkv: &Tensor, (q_w, k_w): (&Tensor, &Tensor)) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (t, _) = qkv.dims2()?;
+        let hd = cfg.head_dim;
+        let (nq, nk) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        let heads = |start: usize, width: usize| -> Result<Tensor> {
+            Ok(qkv.narrow(1, start, width)?.contiguous()?.reshape((t * width / hd, hd))?)
+        };
+        let eps = cfg.rms_norm_eps;
+        let q = ops::rms_norm(&heads(0, nq)?, q_w, eps, self.fused)?.reshape((t, nq))?;
+        let k = ops::rms_norm(&heads(nq, nk)?, k_w, eps, self.fused)?.reshape((t, nk))?;
+        Ok(Tensor::cat(&[&q, &k, &qkv.narrow(1, nq + nk, nk)?], 1)?)
     }
 
     /// `x · Wᵀ` for fused weight `which` of a layer, with the adapters on its rows.
@@ -724,6 +752,10 @@ impl DiffModel {
                 input_layernorm: l.input_layernorm.to_vec()?,
                 qkv_proj: project(l, &l.qkv_proj, FusedWeight::Qkv, cfg.qkv_width(), d)?,
                 qkv_bias: l.qkv_bias.as_ref().map(Weight::to_vec).transpose()?,
+                qk_norm: match &l.qk_norm {
+                    Some((q, k)) => Some(crate::model::QkNorm { q: q.to_vec()?, k: k.to_vec()? }),
+                    None => None,
+                },
                 o_proj: project(l, &l.o_proj, FusedWeight::O, d, nq)?,
                 post_attention_layernorm: l.post_attention_layernorm.to_vec()?,
                 gate_up_proj: project(l, &l.gate_up_proj, FusedWeight::GateUp, 2 * f, d)?,

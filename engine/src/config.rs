@@ -15,6 +15,8 @@ pub enum Arch {
     Llama,
     /// Qwen2 / Qwen2.5 (biases on q/k/v projections).
     Qwen2,
+    /// Qwen3 dense models (per-head RMSNorm on queries and keys before the rotary embedding, no biases).
+    Qwen3,
 }
 
 impl Arch {
@@ -23,7 +25,13 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
         }
+    }
+
+    /// Whether queries and keys get a per-head RMSNorm before the rotary embedding (Qwen3's `q_norm`/`k_norm`).
+    pub fn qk_norm(self) -> bool {
+        self == Arch::Qwen3
     }
 }
 
@@ -92,7 +100,8 @@ impl ModelConfig {
         let (d, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
         let attn = d * self.qkv_width() + self.num_heads * self.head_dim * d;
         let bias = if self.attention_bias { self.qkv_width() } else { 0 };
-        let per_layer = attn + bias + 3 * d * f + 2 * d;
+        let qk_norm = if self.arch.qk_norm() { 2 * self.head_dim } else { 0 };
+        let per_layer = attn + bias + qk_norm + 3 * d * f + 2 * d;
         let head = if self.tie_word_embeddings { 0 } else { v * d };
         v * d + self.num_layers * per_layer + d + head
     }
@@ -138,6 +147,7 @@ impl ModelConfig {
         let (arch, model_type) = match self.arch {
             Arch::Llama => ("LlamaForCausalLM", "llama"),
             Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+            Arch::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
         };
         let rope_scaling = match self.rope_scaling {
             None => serde_json::Value::Null,
@@ -172,7 +182,7 @@ impl ModelConfig {
             "bos_token_id": bos,
             "eos_token_id": eos,
         });
-        if self.arch == Arch::Qwen2 {
+        if matches!(self.arch, Arch::Qwen2 | Arch::Qwen3) {
             c["use_sliding_window"] = serde_json::Value::Bool(false);
         }
         c
@@ -189,7 +199,7 @@ impl ModelConfig {
     }
 }
 
-/// The subset of HF `config.json` the engine reads (llama and qwen2).
+/// The subset of HF `config.json` the engine reads (llama, qwen2, qwen3).
 #[derive(Debug, Deserialize)]
 struct HfConfig {
     model_type: Option<String>,
@@ -231,11 +241,12 @@ impl HfConfig {
         let arch = match model_type.as_str() {
             "llama" | "mistral" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
             other => {
                 let archs = self.architectures.join(", ");
                 return Err(Error::unsupported(
                     path,
-                    format!("model_type `{other}` ({archs}); supported: llama, qwen2"),
+                    format!("model_type `{other}` ({archs}); supported: llama, mistral, qwen2, qwen3"),
                 ));
             }
         };

@@ -77,8 +77,14 @@ impl GpuBatch {
 impl GpuModel {
     /// Uploads `model`'s weights (dequantized to f32, then cast to `dtype`) to CUDA device `ordinal`.
     pub fn new(model: &Model, ordinal: usize, dtype: DType) -> Result<Self> {
-        let device = Device::new_cuda(ordinal).map_err(gpu)?;
         let cfg = model.config().clone();
+        if cfg.arch.qk_norm() {
+            return Err(Error::Request(format!(
+                "{}: the CUDA backend has no per-head q/k norms yet; run this model on the CPU",
+                cfg.arch.name()
+            )));
+        }
+        let device = Device::new_cuda(ordinal).map_err(gpu)?;
         let up = |data: Vec<f32>, shape: &[usize]| -> Result<Tensor> {
             Tensor::from_vec(data, shape, &device).and_then(|t| t.to_dtype(dtype)).map_err(gpu)
         };

@@ -15,7 +15,7 @@ use candle_core::quantized::GgmlDType;
 use crate::config::{Arch, ModelConfig};
 use crate::error::{Error, Result};
 use crate::kernels::quant::QRows;
-use crate::model::{Layer, Model, ModelParts};
+use crate::model::{Layer, Model, ModelParts, QkNorm};
 use crate::weights::Linear;
 
 /// An open GGUF file: metadata plus a memory map of the tensor data.
@@ -101,8 +101,12 @@ impl GgufFile {
         let arch = match arch_name {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
             other => {
-                return Err(Error::unsupported(&self.path, format!("architecture `{other}`; supported: llama, qwen2")))
+                return Err(Error::unsupported(
+                    &self.path,
+                    format!("architecture `{other}`; supported: llama, qwen2, qwen3"),
+                ))
             }
         };
         let a = arch.name();
@@ -113,7 +117,9 @@ impl GgufFile {
             Some(v) => v,
             None => embd.shape.dims()[0],
         };
-        let head_dim = match self.meta_usize(&format!("{a}.rope.dimension_count"))? {
+        // Qwen3 states the head width as the key length (it need not be hidden / heads).
+        let key_length = self.meta_usize(&format!("{a}.attention.key_length"))?;
+        let head_dim = match key_length.or(self.meta_usize(&format!("{a}.rope.dimension_count"))?) {
             Some(v) => v,
             None if heads > 0 => hidden / heads,
             None => 0,
@@ -267,13 +273,22 @@ impl GgufFile {
             } else {
                 None
             };
+            let qk_norm = if cfg.arch.qk_norm() {
+                Some(QkNorm {
+                    q: self.vector(&p("attn_q_norm.weight"), hd)?,
+                    k: self.vector(&p("attn_k_norm.weight"), hd)?,
+                })
+            } else {
+                None
+            };
             let gate = self.matrix(&p("ffn_gate.weight"), None)?;
             let up = self.matrix(&p("ffn_up.weight"), None)?;
             layers.push(Layer {
                 input_layernorm: self.vector(&p("attn_norm.weight"), d)?,
                 qkv_proj: stack(&[q, k, v], d).map_err(|e| Error::bad_model(&self.path, format!("layer {i}: {e}")))?,
                 qkv_bias,
-                o_proj: linear(self.matrix(&p("attn_output.weight"), None)?, d),
+                qk_norm,
+                o_proj: linear(self.matrix(&p("attn_output.weight"), None)?, cfg.num_heads * hd),
                 post_attention_layernorm: self.vector(&p("ffn_norm.weight"), d)?,
                 gate_up_proj: stack(&[gate, up], d)
                     .map_err(|e| Error::bad_model(&self.path, format!("layer {i}: {e}")))?,

@@ -8,7 +8,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model::{Layer, Model, ModelParts};
+use crate::model::{Layer, Model, ModelParts, QkNorm};
 use crate::weights::Linear;
 
 /// The safetensors files of a model directory, memory-mapped.
@@ -118,12 +118,21 @@ pub fn load_model(dir: &Path) -> Result<Model> {
         } else {
             None
         };
+        let qk_norm = if cfg.arch.qk_norm() {
+            Some(QkNorm {
+                q: vector(&p("self_attn.q_norm.weight"), hd)?,
+                k: vector(&p("self_attn.k_norm.weight"), hd)?,
+            })
+        } else {
+            None
+        };
         let mut gate_up = matrix(&p("mlp.gate_proj.weight"), f, d)?;
         gate_up.extend(matrix(&p("mlp.up_proj.weight"), f, d)?);
         layers.push(Layer {
             input_layernorm: vector(&p("input_layernorm.weight"), d)?,
             qkv_proj: Linear::from_f32(&qkv, nq + 2 * nk, d),
             qkv_bias,
+            qk_norm,
             o_proj: Linear::from_f32(
                 &matrix(&p("self_attn.o_proj.weight"), d, cfg.num_heads * hd)?,
                 d,

@@ -1,5 +1,5 @@
-//! Orchard's inference engine: llama-family models (Llama, SmolLM, Qwen2) from GGUF files or HF directories,
-//! their exact tokenizers and chat templates, batched sampling with per-sequence seeds, and teacher-forced scoring.
+//! Orchard's inference engine: llama-family models (Llama, SmolLM, Mistral without a sliding window, Qwen2, Qwen3)
+//! from GGUF files or HF directories, their exact tokenizers and chat templates, batched sampling with per-sequence seeds, and teacher-forced scoring.
 //!
 //! Principal types:
 //! - [`Engine`]: a loaded model with its tokenizer and chat template; [`Engine::generate`] and [`Engine::score`].
@@ -48,7 +48,7 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use kv::KvCache;
-pub use model::{LogitRows, Logits, Model, Step, TokenId};
+pub use model::{LogitRows, Logits, Model, QkNorm, Step, TokenId};
 pub use sampling::SamplingParams;
 pub use scheduler::{Metrics, Scheduler, SchedulerConfig, SeqRequest};
 pub use tokenizer::Tokenizer;

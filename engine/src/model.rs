@@ -1,8 +1,9 @@
-//! The llama-family decoder (Llama 2/3, SmolLM, Qwen2): one architecture definition whose weights serve the fast
+//! The llama-family decoder (Llama 2/3, SmolLM, Qwen2, Qwen3): one architecture definition whose weights serve the fast
 //! inference forward here and the differentiable forward of [`crate::autograd`].
 //!
 //! Paper: Touvron et al., "LLaMA" (arXiv 2302.13971); reference implementation: HF transformers'
-//! `modeling_llama.py` / `modeling_qwen2.py` (pre-norm, RMSNorm, rotary embedding with half rotation, GQA, SwiGLU).
+//! `modeling_llama.py` / `modeling_qwen2.py` / `modeling_qwen3.py` (pre-norm, RMSNorm, rotary embedding with half
+//! rotation, GQA, SwiGLU; Qwen3 adds a per-head RMSNorm on queries and keys before the rotary embedding).
 //!
 //! The inference forward packs the new tokens of many sequences into one matrix of rows (no padding): linear layers
 //! see `T` rows, rotary embedding and attention use each row's own position and its own sequence's KV cache.
@@ -31,6 +32,8 @@ pub struct Layer {
     pub qkv_proj: Linear,
     /// Fused q/k/v bias (Qwen2).
     pub qkv_bias: Option<Vec<f32>>,
+    /// Per-head RMSNorm weights of queries and keys (`head_dim` each; Qwen3).
+    pub qk_norm: Option<QkNorm>,
     /// Attention output projection.
     pub o_proj: Linear,
     /// RMSNorm weight before the MLP.
@@ -39,6 +42,31 @@ pub struct Layer {
     pub gate_up_proj: Linear,
     /// MLP down projection.
     pub down_proj: Linear,
+}
+
+/// Qwen3's per-head RMSNorm weights, applied to every query and key head before the rotary embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QkNorm {
+    /// `self_attn.q_norm.weight` (`head_dim`).
+    pub q: Vec<f32>,
+    /// `self_attn.k_norm.weight` (`head_dim`).
+    pub k: Vec<f32>,
+}
+
+impl QkNorm {
+    /// Normalise the query and key heads of packed `qkv` rows in place (each row: `heads` queries, then
+    /// `kv_heads` keys, then values).
+    fn apply(&self, qkv: &mut [f32], row_width: usize, heads: usize, kv_heads: usize, eps: f32) {
+        let hd = self.q.len();
+        qkv.par_chunks_mut(row_width).for_each(|row| {
+            let mut tmp = vec![0f32; hd];
+            for (h, head) in row[..(heads + kv_heads) * hd].chunks_mut(hd).enumerate() {
+                let w = if h < heads { &self.q } else { &self.k };
+                ops::rms_norm(head, w, eps, &mut tmp);
+                head.copy_from_slice(&tmp);
+            }
+        });
+    }
 }
 
 /// Row counts of q, k and v inside the fused projection.
@@ -159,6 +187,18 @@ impl Model {
             if l.qkv_bias.as_ref().is_some_and(|b| b.len() != cfg.qkv_width()) {
                 return Err(bad(format!("layer {i} qkv bias is not {} wide", cfg.qkv_width())));
             }
+            match &l.qk_norm {
+                Some(n) if n.q.len() != cfg.head_dim || n.k.len() != cfg.head_dim => {
+                    return Err(bad(format!("layer {i} q/k norm weights are not head_dim ({}) wide", cfg.head_dim)));
+                }
+                None if cfg.arch.qk_norm() => {
+                    return Err(bad(format!("layer {i} lacks the q/k norm weights {} needs", cfg.arch.name())));
+                }
+                Some(_) if !cfg.arch.qk_norm() => {
+                    return Err(bad(format!("layer {i} has q/k norm weights, which {} does not use", cfg.arch.name())));
+                }
+                _ => {}
+            }
         }
         let mut inv_freq = rope_inv_freq(cfg);
         if let Some(f) = &parts.rope_freq_factors {
@@ -255,6 +295,10 @@ impl Model {
             floats(&l.input_layernorm, &mut sink);
             l.qkv_proj.digest_into(&mut sink);
             floats(l.qkv_bias.as_deref().unwrap_or(&[]), &mut sink);
+            if let Some(n) = &l.qk_norm {
+                floats(&n.q, &mut sink);
+                floats(&n.k, &mut sink);
+            }
             l.o_proj.digest_into(&mut sink);
             floats(&l.post_attention_layernorm, &mut sink);
             l.gate_up_proj.digest_into(&mut sink);
@@ -275,6 +319,7 @@ impl Model {
                 input_layernorm: l.input_layernorm.clone(),
                 qkv_proj: l.qkv_proj.to_q8(),
                 qkv_bias: l.qkv_bias.clone(),
+                qk_norm: l.qk_norm.clone(),
                 o_proj: l.o_proj.to_q8(),
                 post_attention_layernorm: l.post_attention_layernorm.clone(),
                 gate_up_proj: l.gate_up_proj.to_q8(),
@@ -384,6 +429,9 @@ impl Model {
                 for row in qkv.chunks_mut(qkv_w) {
                     ops::add_assign(row, b);
                 }
+            }
+            if let Some(n) = &layer.qk_norm {
+                n.apply(&mut qkv, qkv_w, heads, kvh, cfg.rms_norm_eps);
             }
             ops::rope(&mut qkv, qkv_w, heads + kvh, &angles, self.inv_freq.len());
             // Each step writes its own cache: in parallel (the transposed key writes touch a cache line per

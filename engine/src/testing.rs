@@ -45,7 +45,8 @@ const MERGES: [(&str, &str); 16] = [
     ("a", "n"),
 ];
 
-/// A small llama (or qwen2) configuration: 2 layers, width 64, GQA 4/2, vocab 288.
+/// A small llama (or qwen2, qwen3) configuration: 2 layers, width 64, GQA 4/2, vocab 288; qwen3's heads are 32
+/// wide (so its attention is wider than the model, as Qwen3's own `head_dim` is independent of the width).
 pub fn tiny_config(arch: Arch) -> ModelConfig {
     ModelConfig {
         arch,
@@ -55,12 +56,12 @@ pub fn tiny_config(arch: Arch) -> ModelConfig {
         num_layers: 2,
         num_heads: 4,
         num_kv_heads: 2,
-        head_dim: 16,
+        head_dim: if arch == Arch::Qwen3 { 32 } else { 16 },
         rms_norm_eps: 1e-5,
         rope_theta: 10_000.0,
         rope_scaling: None,
         max_position_embeddings: 512,
-        tie_word_embeddings: arch == Arch::Llama,
+        tie_word_embeddings: arch != Arch::Qwen2,
         attention_bias: arch == Arch::Qwen2,
     }
 }
@@ -147,6 +148,11 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> BTreeMap<String, (Vec<usi
         }
         for n in ["input_layernorm.weight", "post_attention_layernorm.weight"] {
             mat(&mut w, p(n), vec![d], 0.1, 1.0, &mut rng);
+        }
+        if cfg.arch.qk_norm() {
+            for n in ["self_attn.q_norm.weight", "self_attn.k_norm.weight"] {
+                mat(&mut w, p(n), vec![cfg.head_dim], 0.3, 1.0, &mut rng);
+            }
         }
     }
     mat(&mut w, "model.norm.weight".into(), vec![d], 0.1, 1.0, &mut rng);
@@ -246,6 +252,8 @@ pub fn write_gguf(
         (format!("{a}.attention.head_count_kv"), u32v(cfg.num_kv_heads)),
         (format!("{a}.rope.freq_base"), Value::F32(cfg.rope_theta)),
         (format!("{a}.rope.dimension_count"), u32v(cfg.head_dim)),
+        (format!("{a}.attention.key_length"), u32v(cfg.head_dim)),
+        (format!("{a}.attention.value_length"), u32v(cfg.head_dim)),
         (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps)),
         (format!("{a}.vocab_size"), u32v(cfg.vocab_size)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
@@ -297,6 +305,8 @@ fn gguf_name(hf: &str) -> String {
         "mlp.down_proj.weight" => "ffn_down.weight",
         "input_layernorm.weight" => "attn_norm.weight",
         "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "self_attn.q_norm.weight" => "attn_q_norm.weight",
+        "self_attn.k_norm.weight" => "attn_k_norm.weight",
         other => panic!("no GGUF name for {other}"),
     };
     format!("blk.{i}.{g}")

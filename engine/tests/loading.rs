@@ -17,7 +17,7 @@ const PROMPT: [TokenId; 12] = [1, 40, 77, 3, 120, 250, 9, 18, 64, 200, 2, 99];
 
 #[test]
 fn gguf_f32_equals_hf_directory_for_both_architectures() {
-    for arch in [Arch::Llama, Arch::Qwen2] {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
         let hf = tiny(arch, Format::Hf, 11);
         let gguf = tiny(arch, Format::Gguf(GgmlDType::F32), 11);
         let a = last_logits(&hf.engine, &PROMPT, Precision::F32);

@@ -126,3 +126,42 @@ fn score_sums_match_hf() {
     eprintln!("score: max |Δ logprob_sum| over {} pairs: {worst:.2e}", r.score.len());
     assert!(worst <= 1e-2, "{worst}");
 }
+
+/// A tiny random Qwen3 (q/k norms, head_dim ≠ width / heads) against HF transformers' `Qwen3ForCausalLM` on the same
+/// weights (`tests/reference/hf_tiny_qwen3.py`): full next-token log-softmax at two positions of five prompts.
+#[test]
+fn tiny_qwen3_logprobs_equal_transformers() {
+    #[derive(Deserialize)]
+    struct Case {
+        ids: Vec<TokenId>,
+        mid: usize,
+        last: Vec<f32>,
+        middle: Vec<f32>,
+    }
+    #[derive(Deserialize)]
+    struct Cases {
+        cases: Vec<Case>,
+    }
+    let cfg = orchard_engine::testing::tiny_config(orchard_engine::Arch::Qwen3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let weights = orchard_engine::testing::random_weights(&cfg, 31);
+    orchard_engine::testing::write_hf_dir(dir.path(), &cfg, &weights).expect("write");
+    if let Some(keep) = std::env::var_os("ORCHARD_WRITE_TINY_QWEN3") {
+        orchard_engine::testing::write_hf_dir(std::path::Path::new(&keep), &cfg, &weights).expect("write");
+    }
+    let engine = orchard_engine::Engine::load(dir.path().to_str().expect("utf-8")).expect("load");
+    let text = std::fs::read_to_string(reference_dir().join("hf_tiny_qwen3.json")).expect("reference json");
+    let r: Cases = serde_json::from_str(&text).expect("valid json");
+    assert!(r.cases.len() >= 5 && r.cases.iter().any(|c| c.ids.len() > 300));
+    let m = engine.model();
+    for c in &r.cases {
+        let mut cache = m.new_cache();
+        let mut steps = [Step { cache: &mut cache, tokens: &c.ids, logits: LogitRows::From(0) }];
+        let l = m.forward(&mut steps, Precision::F32).expect("forward");
+        for (pos, want) in [(c.ids.len() - 1, &c.last), (c.mid, &c.middle)] {
+            let got = log_softmax(l.row(0, pos));
+            let d = max_abs_diff(&got, want);
+            assert!(d <= 1e-3, "{} tokens, position {pos}: {d}", c.ids.len());
+        }
+    }
+}

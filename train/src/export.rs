@@ -123,6 +123,10 @@ pub fn hf_tensors(model: &Model) -> Vec<(String, Vec<usize>, Vec<f32>)> {
             out.push((p("self_attn.k_proj.bias"), vec![nk], b[nq..nq + nk].to_vec()));
             out.push((p("self_attn.v_proj.bias"), vec![nv], b[nq + nk..].to_vec()));
         }
+        if let Some(n) = &l.qk_norm {
+            out.push((p("self_attn.q_norm.weight"), vec![cfg.head_dim], n.q.clone()));
+            out.push((p("self_attn.k_norm.weight"), vec![cfg.head_dim], n.k.clone()));
+        }
         out.push((p("self_attn.o_proj.weight"), vec![d, cfg.num_heads * cfg.head_dim], l.o_proj.to_f32()));
         let gu = l.gate_up_proj.to_f32();
         let (g, u) = gu.split_at(f * d);

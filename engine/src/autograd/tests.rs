@@ -59,7 +59,7 @@ fn objective(m: &DiffModel, batch: &Packed, mode: Mode) -> Result<Tensor> {
 
 #[test]
 fn all_position_logits_equal_the_inference_path() -> TestResult {
-    for arch in [Arch::Llama, Arch::Qwen2] {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
         let (_dir, model) = tiny(arch)?;
         let diff = DiffModel::new(&model, &Tuning::Full, &Device::Cpu, 0)?;
         let seqs = seqs();
@@ -100,15 +100,23 @@ fn token_logprobs_equal_engine_score() -> TestResult {
 
 #[test]
 fn every_trainable_tensor_receives_a_gradient() -> TestResult {
-    for (arch, tuning) in [(Arch::Llama, Tuning::Full), (Arch::Qwen2, Tuning::Full), (Arch::Llama, lora(0.1))] {
+    for (arch, tuning) in [
+        (Arch::Llama, Tuning::Full),
+        (Arch::Qwen2, Tuning::Full),
+        (Arch::Qwen3, Tuning::Full),
+        (Arch::Llama, lora(0.1)),
+    ] {
         let (_dir, model) = tiny(arch)?;
         let m = DiffModel::new(&model, &tuning, &Device::Cpu, 1)?;
         randomise_b(&m)?;
         let grads = objective(&m, &Packed::new(&seqs()), Mode::Train { dropout_seed: 5 })?.backward()?;
         let params = m.named_parameters();
         let expected = match tuning {
-            // embedding, final norm, 6 per layer; Qwen2 adds its untied head and a bias per layer.
-            Tuning::Full => 2 + 6 * 2 + usize::from(arch == Arch::Qwen2) * (1 + 2),
+            // embedding, final norm, 6 per layer; Qwen2 adds its untied head and a bias per layer, Qwen3 two
+            // q/k norms per layer.
+            Tuning::Full => {
+                2 + 6 * 2 + usize::from(arch == Arch::Qwen2) * (1 + 2) + usize::from(arch == Arch::Qwen3) * 4
+            }
             Tuning::Lora(_) => 2 * 7 * 2,
         };
         assert_eq!(params.len(), expected, "{arch:?} {tuning:?}");
@@ -123,7 +131,12 @@ fn every_trainable_tensor_receives_a_gradient() -> TestResult {
 
 #[test]
 fn fused_kernels_equal_composed_ops_in_values_and_gradients() -> TestResult {
-    for (arch, tuning) in [(Arch::Llama, Tuning::Full), (Arch::Qwen2, Tuning::Full), (Arch::Qwen2, lora(0.2))] {
+    for (arch, tuning) in [
+        (Arch::Llama, Tuning::Full),
+        (Arch::Qwen2, Tuning::Full),
+        (Arch::Qwen3, Tuning::Full),
+        (Arch::Qwen2, lora(0.2)),
+    ] {
         let (_dir, model) = tiny(arch)?;
         let fused = DiffModel::new(&model, &tuning, &Device::Cpu, 2)?;
         randomise_b(&fused)?;
