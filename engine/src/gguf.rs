@@ -220,6 +220,34 @@ impl GgufFile {
         Ok((rows, cols, data))
     }
 
+    /// Tensor `name` dequantized to f32 exactly as stored (every GGML type: F32, F16, BF16, Q4_0 … Q8_0 and the
+    /// K-quants Q2_K … Q6_K), row-major. The engine itself keeps Q4_0/Q4_1/Q8_0 as they are and re-quantizes the
+    /// other block types from these values to Q8_0 for its kernels.
+    pub fn dequantize(&self, name: &str) -> Result<Vec<f32>> {
+        let info = self.tensor_info(name)?;
+        let raw = self.bytes_of(name, info)?;
+        let bad = |e: String| Error::bad_model(&self.path, format!("tensor `{name}` ({:?}): {e}", info.ggml_dtype));
+        let cpu = candle_core::Device::Cpu;
+        let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+            info.ggml_dtype,
+            raw,
+            info.shape.dims().to_vec(),
+            &cpu,
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        q.dequantize(&cpu)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| bad(e.to_string()))
+    }
+
+    /// The names of the tensors in the file, sorted.
+    pub fn tensor_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.content.tensor_infos.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         let (rows, cols, raw) = self.read(name)?;
         let v = match raw {
