@@ -26,6 +26,8 @@ enum Command {
     Score(cmd::score::Args),
     /// Show how a model's tokenizer splits a text (ids and pieces).
     Tokenize(cmd::tokenize::Args),
+    /// Describe a model: backend, architecture, stored tensor types, shape, context, chat template.
+    Info(cmd::info::Args),
     /// Best-of-N sampling to scored trajectories and preference pairs (Parquet, resumable, shardable).
     Sample(Box<cmd::sample::Args>),
     /// Measure prefill and decode throughput (tokens/s) on this machine.
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => cmd::generate::run(args),
         Command::Score(args) => cmd::score::run(args),
         Command::Tokenize(args) => cmd::tokenize::run(args),
+        Command::Info(args) => cmd::info::run(args),
         Command::Sample(args) => cmd::sample::run(*args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::FetchModel(args) => cmd::fetch_model::run(args),

@@ -88,3 +88,27 @@ fn an_unsupported_architecture_names_itself() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("gemma3_text") && err.contains("qwen3"), "{err}");
 }
+
+#[test]
+fn info_describes_the_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = write_model(dir.path(), Arch::Qwen3, true);
+    let out = orchard().args(["info", "--model"]).arg(&model).output().expect("info");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (v["architecture"].as_str(), v["format"].as_str(), v["backend"].as_str()),
+        (Some("qwen3"), Some("gguf"), Some("native"))
+    );
+    assert_eq!(v["head_dim"], 32);
+    assert_eq!(v["qk_norm"], true);
+    assert!(v["stored"]["Q8_0"].as_u64().is_some_and(|n| n > 0), "{v}");
+    assert!(v["chat_template"]["renders_user_hi_as"].as_str().is_some_and(|s| s.contains("Hi")), "{v}");
+    let hf = write_model(dir.path(), Arch::Qwen2, false);
+    let out = orchard().args(["info", "--model"]).arg(&hf).output().expect("info");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (v["architecture"].as_str(), v["format"].as_str(), v["held_as"].as_str()),
+        (Some("qwen2"), Some("hf"), Some("f32"))
+    );
+}

@@ -226,6 +226,8 @@ struct HfConfig {
     mlp_bias: bool,
     hidden_act: Option<String>,
     use_sliding_window: Option<bool>,
+    /// Mistral's attention window (`null` from Mistral v0.2 on).
+    sliding_window: Option<usize>,
 }
 
 fn default_rope_theta() -> f64 {
@@ -259,7 +261,21 @@ impl HfConfig {
             return Err(Error::unsupported(path, "mlp_bias = true"));
         }
         if self.use_sliding_window == Some(true) {
-            return Err(Error::unsupported(path, "use_sliding_window = true"));
+            return Err(Error::unsupported(
+                path,
+                format!("{model_type}: sliding-window layers (use_sliding_window = true)"),
+            ));
+        }
+        // A sliding window W attends to the last W positions: for sequences of at most W tokens that is full
+        // attention, so the model runs exactly with its context capped at W (longer sequences are refused).
+        let mut max_position = self.max_position_embeddings;
+        if let Some(w) = self.sliding_window.filter(|&w| arch == Arch::Llama && w > 0 && w < max_position) {
+            tracing::info!(
+                "{}: sliding_window = {w} < max_position_embeddings = {max_position}; the context is capped at {w} \
+                 tokens (exact within the window)",
+                path.display()
+            );
+            max_position = w;
         }
         let params = self.rope_parameters.as_ref().filter(|v| v.is_object());
         let rope_theta = self
@@ -286,7 +302,7 @@ impl HfConfig {
             rms_norm_eps: self.rms_norm_eps as f32,
             rope_theta: rope_theta as f32,
             rope_scaling,
-            max_position_embeddings: self.max_position_embeddings,
+            max_position_embeddings: max_position,
             tie_word_embeddings: self.tie_word_embeddings,
             attention_bias: self.attention_bias.unwrap_or(arch == Arch::Qwen2),
         })
@@ -389,6 +405,21 @@ mod tests {
         let cfg = ModelConfig::from_hf_json(&p)?;
         assert_eq!(cfg.rope_theta, 500_000.0);
         assert!(matches!(cfg.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
+        Ok(())
+    }
+
+    #[test]
+    fn a_mistral_sliding_window_caps_the_context_and_qwen2_windows_are_refused() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
+        let base = r#""vocab_size":100,"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
+            "num_attention_heads":4,"rms_norm_eps":1e-5,"max_position_embeddings":32768"#;
+        let p = write(dir.path(), &format!(r#"{{"model_type":"mistral",{base},"sliding_window":4096}}"#));
+        assert_eq!(ModelConfig::from_hf_json(&p)?.max_position_embeddings, 4096);
+        let p = write(dir.path(), &format!(r#"{{"model_type":"mistral",{base},"sliding_window":null}}"#));
+        assert_eq!(ModelConfig::from_hf_json(&p)?.max_position_embeddings, 32768);
+        let p = write(dir.path(), &format!(r#"{{"model_type":"qwen2",{base},"use_sliding_window":true}}"#));
+        let err = ModelConfig::from_hf_json(&p).unwrap_err().to_string();
+        assert!(err.contains("qwen2: sliding-window layers"), "{err}");
         Ok(())
     }
 

@@ -241,6 +241,15 @@ impl GgufFile {
             .map_err(|e| bad(e.to_string()))
     }
 
+    /// How many tensors the file stores in each GGML type (`Q4_1` → 210, `F32` → 61 …).
+    pub fn tensor_types(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for info in self.content.tensor_infos.values() {
+            *m.entry(format!("{:?}", info.ggml_dtype)).or_insert(0) += 1;
+        }
+        m
+    }
+
     /// The names of the tensors in the file, sorted.
     pub fn tensor_names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.content.tensor_infos.keys().map(String::as_str).collect();

@@ -8,6 +8,7 @@ pub mod exec;
 pub mod export;
 pub mod fetch_model;
 pub mod generate;
+pub mod info;
 pub mod merge;
 pub mod pairs;
 pub mod reward;

@@ -1,0 +1,71 @@
+//! `orchard info`: what a model is and how Orchard serves it.
+
+use std::process::ExitCode;
+
+use orchard_engine::{Message, Model};
+use serde_json::json;
+
+use super::common::ModelArgs;
+
+/// Describe a model: which backend serves it, its architecture, how its weights are stored (GGUF tensor types) and
+/// held (quantized blocks or f32), its shape, context, parameter count, special tokens and chat template (with
+/// one rendered user turn). An architecture Orchard does not run fails here with the loader's error, which names
+/// it and the supported ones. One JSON object on stdout.
+///
+/// Examples:
+///   orchard info --model default
+///   orchard info --model ~/models/Qwen3-0.6B
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let engine = args.model.load()?;
+    let m: &Model = engine.model();
+    let cfg = m.config();
+    let path = &engine.info().path;
+    let (format, stored) = if path.is_file() {
+        let gguf = orchard_engine::gguf::GgufFile::open(path)?;
+        ("gguf", json!(gguf.tensor_types()))
+    } else {
+        ("hf", json!("safetensors (read as f32)"))
+    };
+    let template = engine.template().map(|t| {
+        let sample = t.render(&[Message::new("user", "Hi")], true).unwrap_or_else(|e| format!("(cannot render: {e})"));
+        json!({ "present": true, "renders_user_hi_as": sample })
+    });
+    let tok = engine.tokenizer();
+    let piece = |id: u32| tok.piece(id).unwrap_or_default();
+    let out = json!({
+        "model": engine.info().id,
+        "path": path,
+        "backend": "native",
+        "architecture": cfg.arch.name(),
+        "format": format,
+        "stored": stored,
+        "held_as": if m.has_quantized_weights() { "quantized blocks (Q4_0 / Q4_1 / Q8_0; other block types re-quantized to Q8_0)" } else { "f32" },
+        "weight_bytes": m.weight_bytes(),
+        "parameters": cfg.num_parameters(),
+        "context": cfg.max_position_embeddings,
+        "vocab": cfg.vocab_size,
+        "hidden": cfg.hidden_size,
+        "layers": cfg.num_layers,
+        "heads": cfg.num_heads,
+        "kv_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "qk_norm": cfg.arch.qk_norm(),
+        "attention_bias": cfg.attention_bias,
+        "tied_embeddings": cfg.tie_word_embeddings,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": cfg.rope_scaling,
+        "bos": tok.bos().map(|b| json!({"id": b, "piece": piece(b)})),
+        "eos": tok.eos().iter().map(|&e| json!({"id": e, "piece": piece(e)})).collect::<Vec<_>>(),
+        "chat_template": template.unwrap_or_else(|| json!({ "present": false })),
+        "training": "LoRA and full fine-tuning (f32 differentiable forward)",
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
