@@ -8,7 +8,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use orchard_engine::bench::prompt_ids;
 use orchard_engine::kernels::dense::{self, PackedMatrix};
 use orchard_engine::kernels::quant::{self, QActs, QRows};
-use orchard_engine::{Engine, LogitRows, Precision, Step};
+use orchard_engine::{Engine, LogitRows, Precision, Step, TokenId};
 
 /// Deterministic pseudo-random values in [−1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -136,8 +136,51 @@ fn handoff(c: &mut Criterion) {
     g.finish();
 }
 
+/// Online RL's training forward + backward of one group on the default model (full fine-tuning, f32): a GSM8K-sized
+/// prompt (120 tokens) with G = 4 sampled completions of 64 tokens, packed as one sequence with the prompt once
+/// (`Packed::groups`, what `orchard rl` does) or as G separate prompt ‖ completion sequences (what TRL does).
+fn rl_group(c: &mut Criterion) {
+    use orchard_engine::autograd::{DiffModel, Mode, Packed, Tuning};
+    orchard_engine::init_threads(None);
+    let engine = Engine::load("default").expect("the default model (run `orchard fetch-model`)");
+    let diff = DiffModel::new(engine.model(), &Tuning::Full, &candle_core::Device::Cpu, 0).expect("diff model");
+    let prompt: Vec<TokenId> = (0..120u32).map(|i| 100 + (i * 37) % 20_000).collect();
+    let completions: Vec<Vec<TokenId>> =
+        (0..4u32).map(|g| (0..64u32).map(|i| 200 + (i * 53 + g * 991) % 20_000).collect()).collect();
+    let p = prompt.len();
+    // Rows and targets of every completion token, in both layouts.
+    let (mut shared_rows, mut separate_rows, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut start, mut seq_start) = (p, 0);
+    for c in &completions {
+        for (j, &t) in c.iter().enumerate() {
+            shared_rows.push(if j == 0 { p - 1 } else { start + j - 1 });
+            separate_rows.push(seq_start + p - 1 + j);
+            targets.push(t);
+        }
+        start += c.len();
+        seq_start += p + c.len();
+    }
+    let branches: Vec<&[TokenId]> = completions.iter().map(Vec::as_slice).collect();
+    let shared = Packed::groups(&[(&prompt[..], branches)]);
+    let separate = Packed::new(&completions.iter().map(|c| [prompt.as_slice(), c].concat()).collect::<Vec<_>>());
+    let mut g = c.benchmark_group("train/rl_group");
+    g.sample_size(10);
+    for (name, batch, rows) in
+        [("prompt_once", &shared, &shared_rows), ("prompt_per_completion", &separate, &separate_rows)]
+    {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let lp = diff.token_logprobs(batch, rows, &targets, Mode::Train { dropout_seed: 0 }).expect("logprobs");
+                black_box(lp.sum_all().and_then(|l| l.backward()).expect("backward"));
+            })
+        });
+    }
+    g.finish();
+}
+
 pub fn bench(c: &mut Criterion) {
     kernels(c);
     default_model(c);
     handoff(c);
+    rl_group(c);
 }
