@@ -52,6 +52,10 @@ pub struct JobArgs {
     /// Numeric path (not part of the job's identity: every path is batch-invariant).
     #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
     pub precision: PrecisionArg,
+    /// Commit finished tasks to the run directory at least this often (`30s`, `5m`; default 60 s): what a
+    /// preempted or cancelled job keeps. Not part of the job's identity.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub commit_every: Option<std::time::Duration>,
     #[command(flatten)]
     pub sandbox: RewardArgs,
 }
@@ -310,6 +314,12 @@ pub struct RunPlace<'a> {
     pub out: &'a Path,
     /// Seconds spent loading so far (recorded as the run's load time).
     pub load_s: f64,
+    /// Commit at least this often (default [`orchard_datasets::run::DEFAULT_FLUSH_INTERVAL`]).
+    pub commit_every: Option<std::time::Duration>,
+}
+
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    orchard_rewards::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Report the first bad rows of `loaded`, open (or resume) the run directory and return it with the tasks still to
@@ -325,7 +335,10 @@ pub fn open_run(place: RunPlace<'_>, loaded: Loaded) -> anyhow::Result<(RunDir, 
         source: Some(loaded.report.clone()),
         ..RunSpec::new(place.kind, place.identity)
     };
-    let opts = WriterOptions { correct_threshold: place.correct_threshold, ..Default::default() };
+    let mut opts = WriterOptions { correct_threshold: place.correct_threshold, ..Default::default() };
+    if let Some(every) = place.commit_every {
+        opts.flush_interval = every;
+    }
     let out = place.out;
     let mut run = RunDir::open(out, &spec, opts).with_context(|| format!("opening run {}", out.display()))?;
     run.add_timing(timing::LOAD, place.load_s);

@@ -82,6 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         correct_threshold: pairs.correct_threshold,
         out: &out,
         load_s,
+        commit_every: args.job.commit_every,
     };
     let (mut run, todo) = open_run(place, loaded)?;
 

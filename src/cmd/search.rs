@@ -222,6 +222,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         correct_threshold: pair_cfg.correct_threshold,
         out: &out,
         load_s: started.elapsed().as_secs_f64(),
+        commit_every: args.job.commit_every,
     };
     let (mut run, todo) = open_run(place, loaded)?;
 
