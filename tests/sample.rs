@@ -94,3 +94,21 @@ fn a_killed_job_resumes_to_the_uninterrupted_result() {
     sample_cmd(&model, &tasks, &killed).args(["--group", "4"]).assert().success();
     assert_eq!(trajectories(&killed), want);
 }
+
+/// `--commit-every` commits finished tasks at least that often: with one task per engine call and a tiny interval
+/// every task gets its own journal entry; by default (60 s) this short run commits once.
+#[test]
+fn commit_every_sets_how_often_tasks_are_committed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_gguf(dir.path());
+    let tasks = jsonl_tasks(dir.path(), 5, |i| format!("Say {i}"));
+    let lines = |out: &Path| std::fs::read_to_string(out.join("journal.jsonl")).expect("journal").lines().count();
+    let often = dir.path().join("often");
+    sample_cmd(&model, &tasks, &often).args(["--group", "1", "--commit-every", "1ms"]).assert().success();
+    assert_eq!(lines(&often), 5);
+    let default = dir.path().join("default");
+    sample_cmd(&model, &tasks, &default).args(["--group", "1"]).assert().success();
+    assert_eq!(lines(&default), 1);
+    assert_eq!(trajectories(&often), trajectories(&default), "the same rows either way");
+    sample_cmd(&model, &tasks, &dir.path().join("bad")).args(["--commit-every", "soon"]).assert().code(2);
+}
