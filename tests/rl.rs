@@ -181,6 +181,11 @@ fn dynamic_sampling_refills_and_mu_two_and_online_topr_run() {
     let rows = run_rl(&mu, &dir.path().join("mu2"));
     assert!(rows.iter().all(|r| r["loss"].as_f64().is_some_and(f64::is_finite)));
     assert!(rows.iter().any(|r| r["clip_ratio/region_mean"].as_f64() > Some(0.0)), "some ratio left the clip range");
+    for r in &rows {
+        // The math reward's components, as TRL names per-function rewards.
+        let mean = r["rewards/extractable/mean"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=1.0).contains(&mean) && r["rewards/correct/std"].as_f64().is_some(), "{r}");
+    }
     let one = faster(config(dir.path(), &model, &t, "num_iterations = 1"));
     run_rl(&one, &dir.path().join("mu1"));
     let w =

@@ -245,6 +245,10 @@ pub struct RlStep {
     pub seconds_training: f64,
     /// Seconds handing the weights to the engine.
     pub seconds_handoff: f64,
+    /// Per reward component (`correct`, `format`, a composite's `sql/ex` …): `rewards/<name>/mean` and
+    /// `rewards/<name>/std` over the trained groups' scored completions (TRL's per-function names).
+    #[serde(flatten)]
+    pub components: std::collections::BTreeMap<String, f64>,
 }
 
 /// What a run did.
@@ -271,6 +275,8 @@ struct Group {
     clipped: usize,
     /// Sum of the sampled tokens' log-probs and their count (the entropy estimate).
     sampled_logprob: (f64, usize),
+    /// The named reward components of each scored completion.
+    components: Vec<std::collections::BTreeMap<String, f64>>,
 }
 
 /// What [`fill_groups`] gathered.
@@ -487,6 +493,7 @@ impl StepCtx<'_> {
         let (lp_sum, lp_n) =
             groups.iter().fold((0.0, 0), |(s, n), g| (s + g.sampled_logprob.0, n + g.sampled_logprob.1));
         m.entropy = -lp_sum / lp_n.max(1) as f64;
+        m.components = component_stats(groups.iter().flat_map(|g| &g.components));
 
         let t2 = Instant::now();
         if groups.is_empty() {
@@ -539,6 +546,7 @@ impl StepCtx<'_> {
                 errors: errors.iter().filter(|e| **e).count(),
                 clipped: clipped.iter().filter(|c| **c).count(),
                 sampled_logprob: (lp.clone().map(|l| f64::from(*l)).sum(), lp.count()),
+                components: outcomes.iter().filter(|o| o.error.is_none()).map(|o| o.components.clone()).collect(),
             });
         }
         Ok(groups)
@@ -640,6 +648,25 @@ impl StepCtx<'_> {
         ));
         Ok(rep.greedy)
     }
+}
+
+/// `rewards/<name>/mean` and `rewards/<name>/std` (with Bessel's correction) of each component over `outcomes`.
+fn component_stats<'a>(
+    outcomes: impl Iterator<Item = &'a std::collections::BTreeMap<String, f64>>,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut values: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    for o in outcomes {
+        for (k, v) in o {
+            values.entry(k.as_str()).or_default().push(*v);
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in values {
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        out.insert(format!("rewards/{k}/mean"), mean);
+        out.insert(format!("rewards/{k}/std"), std(&v));
+    }
+    out
 }
 
 /// A micro-batch's loss (none when nothing in it counts), clipped count (tokens, or topr completions) and summed
@@ -804,6 +831,22 @@ mod tests {
         let (f, asked) = run(false, 3)?;
         assert_eq!((asked, f.groups.len(), f.sampled, f.zero_std), (vec![3], 3, 3, 2), "no dynamic sampling: all kept");
         Ok(())
+    }
+
+    #[test]
+    fn component_stats_are_means_and_sample_stds() {
+        let o = |c: f64, f: Option<f64>| {
+            let mut m = std::collections::BTreeMap::from([("correct".to_string(), c)]);
+            if let Some(f) = f {
+                m.insert("format".into(), f);
+            }
+            m
+        };
+        let rows = [o(1.0, Some(1.0)), o(0.0, Some(0.0)), o(1.0, None), o(0.0, None)];
+        let s = component_stats(rows.iter());
+        assert_eq!(s["rewards/correct/mean"], 0.5);
+        assert!((s["rewards/correct/std"] - (1.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!((s["rewards/format/mean"], s.len()), (0.5, 4), "a component only some rows have");
     }
 
     /// TOPR per group: the completions' sequence log-probs and the ratio against the sampling-time ones, as the
