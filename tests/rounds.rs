@@ -262,3 +262,69 @@ fn example_loops_check() {
     }
     assert!(n >= 5, "{n} example loops");
 }
+
+/// `mode = "online"`: the held-out set before, online RL steps on the train questions, the held-out set after —
+/// and an `[online]` table without the mode (or a warm-up with it) is refused.
+#[test]
+fn an_online_loop_evaluates_before_and_after_rl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_hf(dir.path());
+    let train = tasks(dir.path(), "train.jsonl", 6, 0);
+    let eval = tasks(dir.path(), "eval.jsonl", 4, 100);
+    let text = format!(
+        r#"
+model = "{model}"
+reward = "math"
+mode = "online"
+
+[train_tasks]
+task = "jsonl"
+path = "{train}"
+fields = {{ reference = "reference" }}
+
+[eval_tasks]
+task = "jsonl"
+path = "{eval}"
+fields = {{ reference = "reference" }}
+
+[eval]
+max_new_tokens = 6
+
+[online]
+steps = 2
+prompts_per_step = 2
+group_size = 3
+lr = 1e-3
+sampling = {{ temperature = 1.0, max_new_tokens = 6 }}
+"#,
+        model = model.display(),
+        train = train.display(),
+        eval = eval.display()
+    );
+    let cfg = dir.path().join("online.toml");
+    std::fs::write(&cfg, &text).expect("write");
+    let out = dir.path().join("online");
+    let o = orchard().args(["loop", "--config"]).arg(&cfg).arg("--out").arg(&out).output().expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("online.json")).expect("online.json")).expect("json");
+    assert_eq!(report["base"]["total"], 4);
+    assert_eq!(report["trained"]["total"], 4);
+    assert_eq!(report["rl"]["steps"], 2);
+    assert_eq!(std::fs::read_to_string(out.join("online/metrics.jsonl")).expect("metrics").lines().count(), 2);
+    // Rerunning a finished online loop trains nothing more.
+    let again = orchard().args(["loop", "--config"]).arg(&cfg).arg("--out").arg(&out).output().expect("run");
+    assert!(again.status.success());
+    assert_eq!(std::fs::read_to_string(out.join("online/metrics.jsonl")).expect("metrics").lines().count(), 2);
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, text.replace("mode = \"online\"\n", "")).expect("write");
+    let o = orchard()
+        .args(["loop", "--check", "--config"])
+        .arg(&bad)
+        .arg("--out")
+        .arg(dir.path().join("x"))
+        .output()
+        .expect("run");
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("[online] table is read only"));
+}

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, Accuracy, EvalConfig, EvalReport};
+use crate::rl::{run_rl, RlConfig, RlReport};
 use crate::sample::{sample, SampleJob};
 use crate::search::{search, AlgoName, SearchJob, DEFAULT_WORKERS};
 use crate::task::task_prompt;
@@ -165,6 +166,31 @@ pub struct LoopConfig {
     pub train: TrainSpec,
     /// Most sequences the engine decodes together. Default 64.
     pub max_batch: usize,
+    /// `iterative` (the default: the rounds above) or `online`: online RL in one process on `train_tasks` with
+    /// the `[online]` table's settings, the held-out set evaluated before and after.
+    #[serde(skip_serializing_if = "LoopMode::is_iterative")]
+    pub mode: LoopMode,
+    /// Online RL settings (`mode = "online"`): every `orchard rl` key; `model`, `seed`, `reward`, `system`,
+    /// `prompts`, `eval_tasks`, `eval` and `handoff` come from the loop's own keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub online: Option<RlConfig>,
+}
+
+/// How a loop improves the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoopMode {
+    /// Rounds of generate with the current policy → train → hand the weights back.
+    #[default]
+    Iterative,
+    /// Online RL: sample groups with the current weights and take a GRPO-family (or TOPR) step, repeatedly.
+    Online,
+}
+
+impl LoopMode {
+    fn is_iterative(&self) -> bool {
+        *self == LoopMode::Iterative
+    }
 }
 
 impl Default for LoopConfig {
@@ -183,6 +209,8 @@ impl Default for LoopConfig {
             generate: GenerateSpec::default(),
             train: TrainSpec { loss: LossKind::Sft, lr: 1e-5, ..TrainSpec::default() },
             max_batch: orchard_engine::engine::DEFAULT_MAX_BATCH,
+            mode: LoopMode::Iterative,
+            online: None,
         }
     }
 }
@@ -204,7 +232,39 @@ impl LoopConfig {
         Ok(v)
     }
 
+    /// The online RL job of `mode = "online"`: the `[online]` settings with the loop's model, seed, reward,
+    /// system, prompts, held-out set, evaluation and hand-off.
+    pub fn online_config(&self) -> Result<RlConfig> {
+        let online = self.online.as_ref().ok_or_else(|| {
+            Error::Config("mode = \"online\" needs an [online] table (the `orchard rl` settings: steps, …)".into())
+        })?;
+        Ok(RlConfig {
+            model: self.model.clone(),
+            seed: self.seed,
+            reward: self.reward.clone(),
+            system: self.system.clone(),
+            prompts: self.train_tasks.clone(),
+            eval_tasks: Some(self.eval_tasks.clone()),
+            eval: self.eval.clone(),
+            handoff: self.handoff,
+            ..online.clone()
+        })
+    }
+
     fn validate(&self) -> Result<()> {
+        match (self.mode, &self.online, &self.warmup) {
+            (LoopMode::Online, _, Some(_)) => {
+                return Err(Error::Config("warmup is a round of the iterative mode; mode = \"online\" has none".into()))
+            }
+            (LoopMode::Online, _, None) => {
+                self.online_config()?;
+                return Ok(());
+            }
+            (LoopMode::Iterative, Some(_), _) => {
+                return Err(Error::Config("an [online] table is read only with mode = \"online\"".into()))
+            }
+            (LoopMode::Iterative, None, _) => {}
+        }
         if self.rounds == 0 {
             return Err(Error::Config("rounds must be at least 1".into()));
         }
@@ -348,6 +408,52 @@ pub fn check(cfg: &LoopConfig) -> Result<(usize, usize)> {
     let eval = load_tasks(&cfg.eval_tasks, "eval_tasks")?;
     check_overlap(&train, &eval)?;
     Ok((train.len(), eval.len()))
+}
+
+/// What an online loop did.
+#[derive(Debug, Clone, Serialize)]
+pub struct OnlineReport {
+    /// The starting model on the held-out set (greedy).
+    pub base: Accuracy,
+    /// The trained policy on the held-out set (greedy), once every step is done.
+    pub trained: Option<Accuracy>,
+    /// The RL run.
+    pub rl: RlReport,
+}
+
+/// `mode = "online"`: evaluate the starting model on the held-out set (once, kept in `OUT/base_eval.json`), then
+/// run (or resume) `orchard rl`'s job in `OUT/online` with the loop's model, reward, prompts and held-out set, and
+/// write both accuracies to `OUT/online.json`.
+pub fn run_online(
+    cfg: &LoopConfig,
+    base: &Engine,
+    reward: &dyn Reward,
+    out: &Path,
+    progress: &mut dyn Progress,
+) -> Result<OnlineReport> {
+    cfg.validate()?;
+    let rl = cfg.online_config()?;
+    let train_tasks = load_tasks(&cfg.train_tasks, "train_tasks")?;
+    let eval_tasks = load_tasks(&cfg.eval_tasks, "eval_tasks")?;
+    check_overlap(&train_tasks, &eval_tasks)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let base_file = out.join("base_eval.json");
+    let base_acc: Accuracy = match std::fs::read_to_string(&base_file) {
+        Ok(text) => serde_json::from_str(&text)?,
+        Err(_) => {
+            let eval = EvalConfig { system: cfg.system.clone(), ..cfg.eval.clone() };
+            let opts = GenerateOptions { max_batch: cfg.max_batch, ..GenerateOptions::default() };
+            let acc = evaluate(base, &eval_tasks, reward, &eval, &opts, progress)?.greedy;
+            std::fs::write(&base_file, serde_json::to_string(&acc)?).map_err(|e| Error::io(&base_file, e))?;
+            acc
+        }
+    };
+    let report = run_rl(&rl, base, reward, &out.join("online"), None, progress)?;
+    let trained = report.evals.last().filter(|(s, _)| *s == rl.steps).map(|(_, a)| *a);
+    let summary = OnlineReport { base: base_acc, trained, rl: report };
+    let path = out.join("online.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?).map_err(|e| Error::io(&path, e))?;
+    Ok(summary)
 }
 
 /// Runs (or resumes) the loop `cfg` from `base` into `out`, scoring with `reward`.

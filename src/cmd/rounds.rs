@@ -19,6 +19,8 @@ use crate::job::JobReward;
 /// split, path, limit, …; they must not share a question), `[eval]` (n, temperature, max_new_tokens), `[warmup]`
 /// and `[train]` (every `orchard train` setting: loss = sft|dpo|simpo|…|topr, lr, epochs, batch_size,
 /// lora_rank, mask_ratio, …), `[generate]` (n, `[generate.sampling]`, `[generate.pairs]`).
+/// `mode = "online"` with an `[online]` table (every `orchard rl` key) runs online RL on the train questions
+/// instead, writing base_eval.json, online/ (an `orchard rl` directory) and online.json (before / after).
 ///
 /// Writes into --out: loop.json (every round), loop.jsonl, loop.svg (accuracy per round with intervals, the
 /// training loss), round-R/{data,train,eval} (an `orchard sample` run, an `orchard train` directory, eval.json)
@@ -67,6 +69,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let reward = JobReward::build(Some(&cfg.reward), None, &args.sandbox, Some(&cfg.model))?;
     let engine = ModelArgs { model: cfg.model.clone(), threads: args.threads }.load()?;
     let mut bars = Bars::default();
+    if cfg.mode == orchard_jobs::rounds::LoopMode::Online {
+        let r = orchard_jobs::rounds::run_online(&cfg, &engine, reward.reward(), &args.out, &mut bars)?;
+        let show = |a: &orchard_jobs::eval::Accuracy| {
+            format!("{}/{} = {:.3} [{:.3}, {:.3}]", a.correct, a.total, a.accuracy, a.ci95[0], a.ci95[1])
+        };
+        eprintln!("orchard: online loop: held-out greedy {} before", show(&r.base));
+        match &r.trained {
+            Some(a) => eprintln!("orchard: after {} RL steps: {}", r.rl.steps, show(a)),
+            None => eprintln!("orchard: {} RL steps done; rerun to continue", r.rl.steps),
+        }
+        eprintln!("orchard: wrote {}", args.out.join("online.json").display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = run_loop(&cfg, std::sync::Arc::new(engine), reward.reward(), &args.out, &mut bars)?;
     for r in &report.rounds {
         let g = &r.eval.greedy;
