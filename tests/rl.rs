@@ -200,3 +200,24 @@ fn dynamic_sampling_refills_and_mu_two_and_online_topr_run() {
     assert_eq!(rows.len(), 4);
     assert!(rows.iter().all(|r| r["loss"].as_f64().is_some_and(f64::is_finite)), "{rows:?}");
 }
+
+/// A sandboxed code reward (program of thought: `solution()` run in bubblewrap) in online RL: the steps happen,
+/// programs that do not run score 0 (a failure, not an error).
+#[test]
+fn rl_runs_with_a_sandboxed_code_reward() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_hf(dir.path());
+    let t = tasks(dir.path(), true);
+    let cfg = config(dir.path(), &model, &t, "steps = 2");
+    let text = std::fs::read_to_string(&cfg)
+        .expect("read")
+        .replace("reward = \"math\"", "reward = \"pot\"")
+        .replace("steps = 4\n", "");
+    std::fs::write(&cfg, text).expect("write");
+    let rows = run_rl(&cfg, &dir.path().join("pot"));
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!(r["reward_errors"], 0, "{r}");
+        assert!(r["reward"].as_f64().is_some_and(|x| (0.0..=1.0).contains(&x)), "{r}");
+    }
+}
