@@ -264,7 +264,7 @@ fn example_loops_check() {
 }
 
 /// `mode = "online"`: the held-out set before, online RL steps on the train questions, the held-out set after —
-/// and an `[online]` table without the mode (or a warm-up with it) is refused.
+/// and an `[online]` table without the mode is refused.
 #[test]
 fn an_online_loop_evaluates_before_and_after_rl() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -327,4 +327,81 @@ sampling = {{ temperature = 1.0, max_new_tokens = 6 }}
         .output()
         .expect("run");
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("[online] table is read only"));
+}
+
+/// `mode = "online"` with a `[warmup]` (ReFT): rounds 0–1 of the iterative loop (the base evaluation, SFT on the
+/// gold solutions), then online RL that starts from the warmed-up weights — its checkpoints name the warmed-up
+/// policy's identity, not the starting model's — and a rerun resumes nothing twice.
+#[test]
+fn an_online_loop_with_a_warmup_starts_rl_from_the_warmed_up_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_hf(dir.path());
+    let train = tasks(dir.path(), "train.jsonl", 6, 0);
+    let eval = tasks(dir.path(), "eval.jsonl", 4, 100);
+    let text = format!(
+        r#"
+model = "{model}"
+reward = "math"
+mode = "online"
+handoff = "f32"
+
+[train_tasks]
+task = "jsonl"
+path = "{train}"
+fields = {{ reference = "reference" }}
+
+[eval_tasks]
+task = "jsonl"
+path = "{eval}"
+fields = {{ reference = "reference" }}
+
+[eval]
+max_new_tokens = 6
+
+[warmup]
+loss = "sft"
+lr = 1e-3
+epochs = 1
+batch_size = 2
+checkpoint_every = 1
+
+[online]
+steps = 2
+prompts_per_step = 2
+group_size = 3
+lr = 1e-3
+checkpoint_every = 1
+sampling = {{ temperature = 1.0, max_new_tokens = 6 }}
+"#,
+        model = model.display(),
+        train = train.display(),
+        eval = eval.display()
+    );
+    let cfg = dir.path().join("reft.toml");
+    std::fs::write(&cfg, &text).expect("write");
+    let out = dir.path().join("reft");
+    let o = orchard().args(["loop", "--config"]).arg(&cfg).arg("--out").arg(&out).output().expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("after the SFT warm-up"));
+    let read = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+            .expect("json")
+    };
+    let report = read(out.join("online.json"));
+    let round0 = read(out.join("round-0/eval/eval.json"));
+    let round1 = read(out.join("round-1/eval/eval.json"));
+    assert_eq!(round1["kind"], "warmup");
+    assert_eq!(report["base"], round0["eval"]["greedy"]);
+    assert_eq!(report["warmup"], round1["eval"]["greedy"]);
+    assert_eq!(report["trained"]["total"], 4);
+    assert_eq!(report["rl"]["steps"], 2);
+    // With the f32 hand-off the round-1 evaluation ran on the warmed-up master weights: RL starts from them.
+    let rl_state = read(out.join("online/checkpoint-000002/state.json"));
+    assert_eq!(rl_state["model_hash"], round1["model_hash"]);
+    assert_ne!(rl_state["model_hash"], round0["model_hash"]);
+    // A finished run rerun trains nothing more (the warm-up replays from its checkpoint).
+    let again = orchard().args(["loop", "--config"]).arg(&cfg).arg("--out").arg(&out).output().expect("run");
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(std::fs::read_to_string(out.join("online/metrics.jsonl")).expect("metrics").lines().count(), 2);
+    assert_eq!(read(out.join("online.json"))["trained"], report["trained"]);
 }

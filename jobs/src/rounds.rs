@@ -252,18 +252,19 @@ impl LoopConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        match (self.mode, &self.online, &self.warmup) {
-            (LoopMode::Online, _, Some(_)) => {
-                return Err(Error::Config("warmup is a round of the iterative mode; mode = \"online\" has none".into()))
-            }
-            (LoopMode::Online, _, None) => {
+        if self.warmup.as_ref().is_some_and(|w| w.loss != LossKind::Sft) {
+            return Err(Error::Config("warmup trains on gold solutions: its loss must be `sft`".into()));
+        }
+        match (self.mode, &self.online) {
+            (LoopMode::Online, _) => {
+                // A warm-up is allowed: ReFT's SFT on gold solutions, then online RL from the warmed-up policy.
                 self.online_config()?;
                 return Ok(());
             }
-            (LoopMode::Iterative, Some(_), _) => {
+            (LoopMode::Iterative, Some(_)) => {
                 return Err(Error::Config("an [online] table is read only with mode = \"online\"".into()))
             }
-            (LoopMode::Iterative, None, _) => {}
+            (LoopMode::Iterative, None) => {}
         }
         if self.rounds == 0 {
             return Err(Error::Config("rounds must be at least 1".into()));
@@ -274,9 +275,6 @@ impl LoopConfig {
         if self.generate.star_hints && (self.generate.kind != GenerateKind::Sample || self.train.loss != LossKind::Sft)
         {
             return Err(Error::Config("generate.star_hints needs kind = \"sample\" and train.loss = \"sft\"".into()));
-        }
-        if self.warmup.as_ref().is_some_and(|w| w.loss != LossKind::Sft) {
-            return Err(Error::Config("warmup trains on gold solutions: its loss must be `sft`".into()));
         }
         self.generate.sampling.validate()?;
         if self.generate.kind == GenerateKind::Search {
@@ -415,6 +413,10 @@ pub fn check(cfg: &LoopConfig) -> Result<(usize, usize)> {
 pub struct OnlineReport {
     /// The starting model on the held-out set (greedy).
     pub base: Accuracy,
+    /// The policy after the SFT warm-up (when the loop has a `[warmup]`), on the held-out set (greedy): the
+    /// policy online RL starts from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Accuracy>,
     /// The trained policy on the held-out set (greedy), once every step is done.
     pub trained: Option<Accuracy>,
     /// The RL run.
@@ -424,9 +426,13 @@ pub struct OnlineReport {
 /// `mode = "online"`: evaluate the starting model on the held-out set (once, kept in `OUT/base_eval.json`), then
 /// run (or resume) `orchard rl`'s job in `OUT/online` with the loop's model, reward, prompts and held-out set, and
 /// write both accuracies to `OUT/online.json`.
+///
+/// With a `[warmup]` (ReFT: SFT on gold solutions, then online RL) the warm-up runs first as the iterative loop's
+/// rounds 0–1 (`OUT/round-0`, `OUT/round-1`, `loop.json`; resumable the same way) and the RL job starts from the
+/// warmed-up f32 weights; round 0's evaluation is the base accuracy.
 pub fn run_online(
     cfg: &LoopConfig,
-    base: &Engine,
+    base: Arc<Engine>,
     reward: &dyn Reward,
     out: &Path,
     progress: &mut dyn Progress,
@@ -437,6 +443,19 @@ pub fn run_online(
     let eval_tasks = load_tasks(&cfg.eval_tasks, "eval_tasks")?;
     check_overlap(&train_tasks, &eval_tasks)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    if cfg.warmup.is_some() {
+        let warm_cfg = LoopConfig { rounds: 1, ..cfg.clone() };
+        let (rounds, policy) = run_rounds(&warm_cfg, base, reward, out, progress)?;
+        let acc = |i: usize| rounds.rounds.get(i).map(|r| r.eval.greedy);
+        let base_acc = acc(0).ok_or_else(|| Error::Config("the warm-up loop has no round 0".into()))?;
+        let start = policy.master().clone();
+        let report = run_rl(&rl, start.as_ref(), reward, &out.join("online"), None, progress)?;
+        let trained = report.evals.last().filter(|(s, _)| *s == rl.steps).map(|(_, a)| *a);
+        let summary = OnlineReport { base: base_acc, warmup: acc(1), trained, rl: report };
+        write_json(&out.join("online.json"), &summary)?;
+        return Ok(summary);
+    }
+    let base = base.as_ref();
     let base_file = out.join("base_eval.json");
     let base_acc: Accuracy = match std::fs::read_to_string(&base_file) {
         Ok(text) => serde_json::from_str(&text)?,
@@ -450,7 +469,7 @@ pub fn run_online(
     };
     let report = run_rl(&rl, base, reward, &out.join("online"), None, progress)?;
     let trained = report.evals.last().filter(|(s, _)| *s == rl.steps).map(|(_, a)| *a);
-    let summary = OnlineReport { base: base_acc, trained, rl: report };
+    let summary = OnlineReport { base: base_acc, warmup: None, trained, rl: report };
     let path = out.join("online.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?).map_err(|e| Error::io(&path, e))?;
     Ok(summary)
@@ -464,6 +483,21 @@ pub fn run_loop(
     out: &Path,
     progress: &mut dyn Progress,
 ) -> Result<LoopReport> {
+    let (report, policy) = run_rounds(cfg, base, reward, out, progress)?;
+    export_final(&policy, out)?;
+    plot(&report, out)?;
+    Ok(report)
+}
+
+/// The iterative rounds of `cfg` (whatever its mode): round 0's evaluation, then `cfg.rounds` rounds; returns the
+/// report and the last round's policy.
+fn run_rounds(
+    cfg: &LoopConfig,
+    base: Arc<Engine>,
+    reward: &dyn Reward,
+    out: &Path,
+    progress: &mut dyn Progress,
+) -> Result<(LoopReport, Policy)> {
     cfg.validate()?;
     let train_tasks = load_tasks(&cfg.train_tasks, "train_tasks")?;
     let eval_tasks = load_tasks(&cfg.eval_tasks, "eval_tasks")?;
@@ -482,6 +516,7 @@ pub fn run_loop(
         let warm = round == 1 && cfg.warmup.is_some();
         let spec = if warm { cfg.warmup.clone().unwrap_or_default() } else { cfg.train.clone() };
         let kind = if warm { "warmup".to_string() } else { loss_name(spec.loss) };
+        let _round = tracing::info_span!("round", round, kind = kind.as_str()).entered();
         if dir.join("eval").join(EVAL_FILE).is_file() {
             // A finished round: rebuild its policy from its final checkpoint.
             let t0 = Instant::now();
@@ -496,6 +531,7 @@ pub fn run_loop(
         // 1. Data: gold solutions (warm-up) or the current policy's generations.
         let t0 = Instant::now();
         progress.log(&format!("round {round}/{}: {kind}", cfg.rounds));
+        let generate_span = tracing::info_span!("generate").entered();
         let (data, counts) = if warm {
             let master = policy.master().as_ref();
             let examples = gold_examples(master, &train_tasks, cfg.system.as_deref(), spec.limits(master)?, "warmup")?;
@@ -507,8 +543,10 @@ pub fn run_loop(
         seconds.generate = t0.elapsed().as_secs_f64();
 
         // 2. Train from the master weights; 3. hand the result back to the engine in memory.
+        drop(generate_span);
         let mut train_summary = None;
         if let Some(data) = data {
+            let _train = tracing::info_span!("train").entered();
             let t1 = Instant::now();
             let master = policy.master().clone();
             let tcfg = spec.config(&master)?;
@@ -533,6 +571,7 @@ pub fn run_loop(
         }
 
         // 4. Evaluate the new policy.
+        let _eval = tracing::info_span!("eval").entered();
         let mut r = eval_round(cfg, &policy, round, &kind, &eval_tasks, reward, &opts, out, progress)?;
         r.tasks = counts.tasks;
         r.samples = counts.samples;
@@ -543,9 +582,7 @@ pub fn run_loop(
         write_json(&dir.join("eval").join(EVAL_FILE), &r)?;
         record_round(out, &mut report, r)?;
     }
-    export_final(&policy, out)?;
-    plot(&report, out)?;
-    Ok(report)
+    Ok((report, policy))
 }
 
 /// Counts of a round's data phase.

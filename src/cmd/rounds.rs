@@ -70,11 +70,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let engine = ModelArgs { model: cfg.model.clone(), threads: args.threads }.load()?;
     let mut bars = Bars::default();
     if cfg.mode == orchard_jobs::rounds::LoopMode::Online {
-        let r = orchard_jobs::rounds::run_online(&cfg, &engine, reward.reward(), &args.out, &mut bars)?;
+        let r =
+            orchard_jobs::rounds::run_online(&cfg, std::sync::Arc::new(engine), reward.reward(), &args.out, &mut bars)?;
         let show = |a: &orchard_jobs::eval::Accuracy| {
             format!("{}/{} = {:.3} [{:.3}, {:.3}]", a.correct, a.total, a.accuracy, a.ci95[0], a.ci95[1])
         };
         eprintln!("orchard: online loop: held-out greedy {} before", show(&r.base));
+        if let Some(w) = &r.warmup {
+            eprintln!("orchard: after the SFT warm-up: {}", show(w));
+        }
         match &r.trained {
             Some(a) => eprintln!("orchard: after {} RL steps: {}", r.rl.steps, show(a)),
             None => eprintln!("orchard: {} RL steps done; rerun to continue", r.rl.steps),
