@@ -5,10 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use orchard_datasets::cli::SourceArgs;
-use orchard_datasets::loaders::Loaded;
-use orchard_datasets::record::PairFormat;
-use orchard_datasets::run::timing;
-use orchard_datasets::{ModelRecord, RunDir, RunSpec, Shard, Task, TaskSource, WriterOptions};
+use orchard_datasets::{Shard, TaskSource};
 use orchard_engine::SamplingParams;
 use orchard_rewards::{Reward, RewardSpec};
 use serde::de::DeserializeOwned;
@@ -91,24 +88,9 @@ impl RewardArgs {
         }
     }
 
-    /// Loads judge models by spec (`default`, a path), each once per process.
     fn judge_loader(&self, job_model: Option<&str>) -> Box<orchard_rewards::judge::JudgeLoader> {
         let fallback = self.judge_model.clone().or(job_model.map(str::to_string)).unwrap_or_else(|| "default".into());
-        let loaded: std::sync::Mutex<std::collections::HashMap<String, Arc<orchard_jobs::judge::EngineJudge>>> =
-            Default::default();
-        Box::new(move |cfg: &orchard_rewards::judge::JudgeConfig| {
-            let spec = cfg.model.clone().unwrap_or_else(|| fallback.clone());
-            let mut map = loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(j) = map.get(&spec) {
-                return Ok(Arc::clone(j) as Arc<dyn orchard_rewards::judge::JudgeModel>);
-            }
-            let engine = orchard_engine::Engine::load(&spec).map_err(|e| {
-                orchard_rewards::Error::InvalidConfig(format!("judge model `{spec}` does not load: {e}"))
-            })?;
-            let judge = Arc::new(orchard_jobs::judge::EngineJudge::new(Arc::new(engine)));
-            map.insert(spec, Arc::clone(&judge));
-            Ok(judge as Arc<dyn orchard_rewards::judge::JudgeModel>)
-        })
+        orchard_jobs::judge::loader(fallback)
     }
 }
 
@@ -239,8 +221,6 @@ impl JobReward {
     }
 }
 
-pub use orchard_jobs::task::model_record;
-
 /// Sampling knobs on the command line; each has a TOML key in the job file's `[sampling]` table.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct SamplingArgs {
@@ -294,58 +274,6 @@ pub fn out_dir(flag: &Option<PathBuf>, file: &Option<PathBuf>) -> anyhow::Result
     flag.clone().or_else(|| file.clone()).context("no output directory: give --out DIR (or `out` in the job file)")
 }
 
-/// Where and how a job writes: what [`open_run`] needs besides the tasks.
-pub struct RunPlace<'a> {
-    /// Job kind recorded in the manifest (`sample`, `search`).
-    pub kind: &'static str,
-    /// What one task becomes, for the resume message (`tasks`, `trees`).
-    pub unit: &'static str,
-    /// The job's identity (resuming with another is refused).
-    pub identity: serde_json::Value,
-    /// This process's slice.
-    pub shard: Shard,
-    /// Layout of the pairs.
-    pub pair_format: PairFormat,
-    /// The model's record.
-    pub model: ModelRecord,
-    /// Score from which a trajectory counts as correct.
-    pub correct_threshold: f64,
-    /// The run directory.
-    pub out: &'a Path,
-    /// Seconds spent loading so far (recorded as the run's load time).
-    pub load_s: f64,
-    /// Commit at least this often (default [`orchard_datasets::run::DEFAULT_FLUSH_INTERVAL`]).
-    pub commit_every: Option<std::time::Duration>,
-}
-
 fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
     orchard_rewards::units::parse_duration(s).map_err(|e| e.to_string())
-}
-
-/// Report the first bad rows of `loaded`, open (or resume) the run directory and return it with the tasks still to
-/// do.
-pub fn open_run(place: RunPlace<'_>, loaded: Loaded) -> anyhow::Result<(RunDir, Vec<Task>)> {
-    for bad in loaded.report.bad_rows.iter().take(5) {
-        eprintln!("orchard: skipped {bad}");
-    }
-    let spec = RunSpec {
-        shard: place.shard,
-        pair_format: place.pair_format,
-        model: Some(place.model),
-        source: Some(loaded.report.clone()),
-        ..RunSpec::new(place.kind, place.identity)
-    };
-    let mut opts = WriterOptions { correct_threshold: place.correct_threshold, ..Default::default() };
-    if let Some(every) = place.commit_every {
-        opts.flush_interval = every;
-    }
-    let out = place.out;
-    let mut run = RunDir::open(out, &spec, opts).with_context(|| format!("opening run {}", out.display()))?;
-    run.add_timing(timing::LOAD, place.load_s);
-    let resumed = run.done_count();
-    let todo = run.plan(loaded.tasks);
-    if resumed > 0 {
-        eprintln!("orchard: resuming {}: {resumed} {} already done, {} to go", out.display(), place.unit, todo.len());
-    }
-    Ok((run, todo))
 }

@@ -112,3 +112,55 @@ fn commit_every_sets_how_often_tasks_are_committed() {
     assert_eq!(trajectories(&often), trajectories(&default), "the same rows either way");
     sample_cmd(&model, &tasks, &dir.path().join("bad")).args(["--commit-every", "soon"]).assert().code(2);
 }
+
+/// The Kubernetes Indexed Job's container command (`examples/k8s/shard.sh`) run by hand with each
+/// `JOB_COMPLETION_INDEX` of 4, as the pods would: the merged shards equal the unsharded run, and a pod restarted
+/// with the same index finds nothing left to do. Without the index the script says what is missing.
+#[test]
+fn the_k8s_indexed_job_command_shards_like_the_cli() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_gguf(dir.path());
+    let tasks = tasks(dir.path(), 9);
+    let job = dir.path().join("job.toml");
+    let text = format!(
+        "model = {:?}\nn = 3\nreward = \"math\"\nseed = 3\n[source]\ntask = \"jsonl\"\npath = {:?}\n\
+         fields = {{ reference = \"reference\", id = \"id\" }}\n[sampling]\nmax_new_tokens = 8\n",
+        model.display().to_string(),
+        tasks.display().to_string()
+    );
+    std::fs::write(&job, text).expect("write job");
+    let whole = dir.path().join("whole");
+    orchard().args(["sample", "--config"]).arg(&job).arg("--out").arg(&whole).assert().success();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/k8s/shard.sh");
+    let runs = dir.path().join("runs");
+    let pod = |index: Option<usize>| {
+        let mut c = std::process::Command::new(&script);
+        c.env("ORCHARD", assert_cmd::cargo::cargo_bin("orchard"))
+            .env("ORCHARD_SHARDS", "4")
+            .env("ORCHARD_JOB", &job)
+            .env("ORCHARD_RUNS", &runs)
+            .env_remove("JOB_COMPLETION_INDEX");
+        if let Some(i) = index {
+            c.env("JOB_COMPLETION_INDEX", i.to_string());
+        }
+        c.output().expect("run shard.sh")
+    };
+    for i in 0..4 {
+        let o = pod(Some(i));
+        assert!(o.status.success(), "pod {i}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let again = pod(Some(2));
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("0 to go"), "{}", String::from_utf8_lossy(&again.stderr));
+    let merged = dir.path().join("merged");
+    let mut merge = orchard();
+    merge.args(["merge", "--out"]).arg(&merged);
+    for i in 0..4 {
+        merge.arg(runs.join(format!("shard-{i}")));
+    }
+    merge.assert().success();
+    assert_eq!(trajectories(&merged), trajectories(&whole));
+    let o = pod(None);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("JOB_COMPLETION_INDEX is unset"));
+}

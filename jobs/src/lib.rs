@@ -12,6 +12,7 @@
 //! | [`judge`] | the engine as the judge reward's model |
 //! | [`train`] | every trainer setting as one spec; open (with resume) and run a training |
 //! | [`rl`] | online RL: sample groups with the current weights, GRPO-family step, in one process |
+//! | [`run`] | a data job end to end: open or resume its run directory, sample or search, finish the manifest |
 //! | [`rounds`] | the closed loop: generate with the current policy → train → hand the weights back in memory → eval |
 //!
 //! ```no_run
@@ -32,6 +33,7 @@ pub mod judge;
 pub mod policy;
 pub mod rl;
 pub mod rounds;
+pub mod run;
 pub mod sample;
 pub mod search;
 pub mod task;

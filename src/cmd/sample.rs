@@ -1,15 +1,13 @@
 //! `orchard sample`: best-of-N sampling to scored trajectories and preference pairs (the ReFT/RFT baseline).
 
 use std::process::ExitCode;
-use std::time::Instant;
 
 use orchard_datasets::cli::PairArgs;
 use orchard_datasets::run::timing;
-use orchard_engine::GenerateOptions;
-use orchard_jobs::sample::sample;
+use orchard_jobs::run::{run_sample, Runtime};
 pub use orchard_jobs::sample::{SampleJob, DEFAULT_N};
 
-use crate::job::{model_record, open_run, JobArgs, JobKeys, RunPlace, SamplingArgs};
+use crate::job::{JobArgs, JobKeys, SamplingArgs};
 
 /// Sample N completions per task with the engine, score them with a verifiable reward, and write trajectories
 /// and preference pairs (Parquet, TRL's DPO columns) plus manifest.json to --out.
@@ -45,7 +43,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
     let mut file: SampleJob = args.job.read_file()?;
     // 1. The job: the file's values with every given flag applied.
     args.job.apply(JobKeys {
@@ -63,39 +60,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(n >= 1, "--n must be at least 1");
     let (shard, out) = args.job.placement(file.shard, &file.out)?;
     let reward = args.job.reward(&file.reward, &file.reward_config, &file.model)?;
-    let identity =
-        SampleJob { n: Some(n), sampling: sampling.clone(), pairs, pair_format, shard: None, out: None, ..file };
-    let source = identity.source.clone();
+    let job = SampleJob { n: Some(n), sampling, pairs, pair_format, shard: Some(shard), out: Some(out), ..file };
 
-    // 2. Tasks, model, run directory.
-    let loaded = source.load()?;
-    let load_s = started.elapsed().as_secs_f64();
-    let engine = args.job.model_args(&identity.model).load()?;
-    let model = model_record(&engine)?;
-    let place = RunPlace {
-        kind: "sample",
-        unit: "tasks",
-        identity: serde_json::to_value(&identity)?,
-        shard,
-        pair_format,
-        model: model.clone(),
-        correct_threshold: pairs.correct_threshold,
-        out: &out,
-        load_s,
+    // 2. Model; 3. sample, score, pair — a group of tasks per engine call — into the run directory.
+    let engine = args.job.model_args(&job.model).load()?;
+    let rt = Runtime {
+        precision: args.job.precision.resolve(),
         commit_every: args.job.commit_every,
+        group: args.group,
+        workers: None,
     };
-    let (mut run, todo) = open_run(place, loaded)?;
-
-    // 3. Sample, score, pair — a group of tasks per engine call.
-    let gen_opts = GenerateOptions { precision: args.job.precision.resolve(), ..GenerateOptions::default() };
-    let group = args.group.unwrap_or_else(|| (gen_opts.max_batch / n).max(1));
     let mut bars = super::common::Bars::default();
-    let rep = sample(&engine, &identity, &mut run, &todo, reward.reward(), (&gen_opts, group), &mut bars)?;
-    let (generated, engine_s) = (rep.generated_tokens, rep.engine_s);
-    let manifest = run.finish()?;
-    let c = &manifest.counts;
-    let wall = manifest.timings.get(timing::WALL).copied().unwrap_or_default();
-    let share = manifest.outside_engine_share().unwrap_or(f64::NAN);
+    let done = run_sample(&engine, &job, reward.reward(), &rt, &mut bars)?;
+    let c = &done.manifest.counts;
+    let wall = done.manifest.timings.get(timing::WALL).copied().unwrap_or_default();
+    let share = done.manifest.outside_engine_share().unwrap_or(f64::NAN);
     eprintln!(
         "orchard: {} tasks, {} trajectories ({} correct), {} pairs in {:.1}s; engine {:.1} tok/s; {:.1}% of the time outside the engine; wrote {}",
         c.tasks,
@@ -103,9 +82,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         c.correct,
         c.pairs,
         wall,
-        generated as f64 / engine_s.max(1e-9),
+        done.generated_tokens as f64 / done.engine_s.max(1e-9),
         100.0 * share,
-        out.display()
+        done.out.display()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -3,23 +3,15 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
 
-use anyhow::Context;
 use orchard_datasets::record::PairFormat;
-use orchard_datasets::run::timing;
-use orchard_datasets::RunReader;
-use orchard_engine::scheduler::SchedulerConfig;
-use orchard_jobs::search::search;
-pub use orchard_jobs::search::{AlgoName, SearchJob, DEFAULT_WORKERS};
+use orchard_jobs::run::{run_search, Runtime};
+pub use orchard_jobs::search::{AlgoName, SearchJob};
 use orchard_search::mcts::{Backup, Selection};
 use orchard_search::pairs::PolicyName;
 use orchard_search::StepRule;
 
-use crate::job::{model_record, open_run, JobArgs, JobKeys, RunPlace};
-
-/// File in the run directory holding the engine's scheduler counters of the last session.
-pub const METRICS_FILE: &str = "search_metrics.json";
+use crate::job::{JobArgs, JobKeys};
 
 /// The search algorithm on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -200,80 +192,43 @@ fn resolve(args: &Args) -> anyhow::Result<SearchJob> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
-    let job = resolve(&args)?;
+    let mut job = resolve(&args)?;
     job.algo()?;
     let pair_cfg = job.pair_config();
     let (shard, out) = args.job.placement(job.shard, &job.out)?;
+    (job.shard, job.out) = (Some(shard), Some(out));
     let reward = args.job.reward(&job.reward, &job.reward_config, &job.model)?;
-    let identity = SearchJob { shard: None, out: None, ..job.clone() };
 
-    // 1. Tasks, model, run directory.
-    let loaded = job.source.load()?;
+    // 1. Model; 2. grow, each tree committed with its trajectories and pairs as it finishes.
     let engine = Arc::new(args.job.model_args(&job.model).load()?);
-    let model = model_record(&engine)?;
-    let place = RunPlace {
-        kind: "search",
-        unit: "trees",
-        identity: serde_json::to_value(&identity)?,
-        shard,
-        pair_format: job.pair_format,
-        model,
-        correct_threshold: pair_cfg.correct_threshold,
-        out: &out,
-        load_s: started.elapsed().as_secs_f64(),
+    let rt = Runtime {
+        precision: args.job.precision.resolve(),
         commit_every: args.job.commit_every,
+        group: None,
+        workers: args.workers,
     };
-    let (mut run, todo) = open_run(place, loaded)?;
-
-    // 2. Grow; each tree is committed with its trajectories and pairs as it finishes.
-    let sched = SchedulerConfig { precision: args.job.precision.resolve(), ..SchedulerConfig::default() };
-    let workers = args.workers.unwrap_or(DEFAULT_WORKERS);
     let mut bars = super::common::Bars::default();
-    let rep = search(engine, &job, (&mut run, &todo), reward.reward(), (sched, workers), &mut bars)?;
-    let (nodes, generated, search_s, metrics) = (rep.nodes, rep.generated_tokens, rep.seconds, rep.engine);
-    run.add_timing(timing::ENGINE, search_s);
-    let manifest = run.finish()?;
-    std::fs::write(
-        out.join(METRICS_FILE),
-        serde_json::to_string_pretty(&serde_json::json!({
-            "engine": metrics,
-            "engine/prefix_hit_rate": metrics.prefix_hit_rate(),
-            "engine/rows_per_forward": metrics.rows_per_forward(),
-            "engine/sequences_per_forward": metrics.batch_occupancy(),
-            "search/generated_tokens": generated,
-            "search/nodes": nodes,
-            "search/seconds": search_s,
-        }))?,
-    )
-    .with_context(|| format!("writing {}", out.join(METRICS_FILE).display()))?;
+    let done = run_search(engine, &job, reward.reward(), &rt, &mut bars)?;
 
     // 3. Summary (over the whole run, resumed sessions included).
-    let reader = RunReader::open(&out)?;
-    let trajectories = reader.trajectories()?;
-    let mut solved = std::collections::BTreeSet::new();
-    for t in &trajectories {
-        if t.reward.usable_score().is_some_and(|s| s >= pair_cfg.correct_threshold) {
-            solved.insert(t.task_id.as_str());
-        }
-    }
-    let c = &manifest.counts;
+    let (rep, metrics) = (&done.report, &done.report.engine);
+    let c = &done.job.manifest.counts;
     eprintln!(
         "orchard: {} trees ({} nodes), {} solutions, {}/{} tasks with a correct solution, {} pairs ({:?}) in {:.1}s; \
          {:.1} tok/s; engine {:.1} sequences / {:.1} rows per forward, KV prefix hit {:.1}%; wrote {}",
         c.tasks,
         c.nodes,
         c.trajectories,
-        solved.len(),
+        done.solved,
         c.tasks,
         c.pairs,
         pair_cfg.policy,
-        search_s,
-        generated as f64 / search_s.max(1e-9),
+        rep.seconds,
+        rep.generated_tokens as f64 / rep.seconds.max(1e-9),
         metrics.batch_occupancy(),
         metrics.rows_per_forward(),
         100.0 * metrics.prefix_hit_rate(),
-        out.display()
+        done.job.out.display()
     );
     Ok(ExitCode::SUCCESS)
 }
