@@ -16,6 +16,13 @@ mod job;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` or `json` (one object per line, with span timings: rounds, RL steps, training steps,
+    /// generate calls, reward batches). Logs go to stderr.
+    #[arg(long, global = true, value_enum, default_value_t = cmd::LogFormat::Text)]
+    log_format: cmd::LogFormat,
+    /// Log level when `RUST_LOG` is unset: `warn` (default), `info` (job phases), `debug` (every step and batch).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,8 +68,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    cmd::init_logging();
     let cli = Cli::parse();
+    cmd::init_logging(cli.log_format, cli.log_level.as_deref());
     let result = match cli.command {
         Command::Generate(args) => cmd::generate::run(args),
         Command::Score(args) => cmd::score::run(args),

@@ -212,3 +212,35 @@ fn bench_on_cuda_without_the_feature_says_how_to_build_it() {
         .failure()
         .stderr(contains("--features cuda"));
 }
+
+/// `--log-format json --log-level debug`: log events on stderr are JSON objects (beside the command's own
+/// `orchard: …` lines), and the generate call's span reports its timing when it closes; stdout (the samples) is
+/// unchanged.
+#[test]
+fn json_logs_carry_span_timings_on_stderr() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_gguf(dir.path());
+    let args = ["generate", "--model", model.to_str().unwrap(), "--prompt", "the cat", "--max-new-tokens", "4"];
+    let plain = orchard().args(args).env_remove("RUST_LOG").assert().success().get_output().clone();
+    let logged = orchard()
+        .args(args)
+        .args(["--log-format", "json", "--log-level", "debug"])
+        .env_remove("RUST_LOG")
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    assert_eq!(plain.stdout, logged.stdout);
+    let stderr = String::from_utf8_lossy(&logged.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!lines.is_empty(), "{stderr}");
+    let closed: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["fields"]["message"] == "close" && l["span"]["name"] == "generate").collect();
+    assert_eq!(closed.len(), 1, "{lines:?}");
+    assert!(closed[0]["fields"]["time.busy"].as_str().is_some_and(|t| !t.is_empty()));
+    assert_eq!(closed[0]["span"]["requests"], 1);
+}

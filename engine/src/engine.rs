@@ -329,6 +329,7 @@ impl Engine {
         opts: &GenerateOptions,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<Vec<Vec<Sample>>> {
+        let _span = tracing::debug_span!("generate", requests = requests.len()).entered();
         let ctx = self.model.config().max_position_embeddings;
         for (i, r) in requests.iter().enumerate() {
             r.params.validate().map_err(|e| Error::Request(format!("request {i}: {e}")))?;
@@ -478,6 +479,7 @@ impl Engine {
         precision: Precision,
         chunk: usize,
     ) -> Result<Vec<Scored>> {
+        let _span = tracing::debug_span!("score", rows = pairs.len()).entered();
         let ctx = self.model.config().max_position_embeddings;
         for (i, (p, c)) in pairs.iter().enumerate() {
             if p.is_empty() {

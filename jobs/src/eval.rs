@@ -121,6 +121,7 @@ pub fn evaluate(
     opts: &GenerateOptions,
     progress: &mut dyn Progress,
 ) -> Result<EvalReport> {
+    let _span = tracing::info_span!("evaluate", tasks = tasks.len(), n = cfg.n).entered();
     let started = Instant::now();
     if cfg.n == 0 {
         return Err(Error::Config("eval: n must be at least 1".into()));

@@ -463,10 +463,12 @@ impl StepCtx<'_> {
         let cfg = self.cfg;
         let schedule = Schedule { peak: cfg.lr, warmup: 0, total: cfg.steps, kind: ScheduleKind::Constant };
         let mut m = RlStep { step: state.step + 1, learning_rate: schedule.lr(state.step), ..RlStep::default() };
+        let _span = tracing::info_span!("rl_step", step = m.step).entered();
         let t0 = Instant::now();
         let sampler = policy_engine(self.base, self.model, cfg.handoff, self.out)?;
         m.seconds_handoff = t0.elapsed().as_secs_f64();
 
+        let sample_span = tracing::info_span!("sample").entered();
         let t1 = Instant::now();
         let mut cursor = state.config["cursor"].as_u64().unwrap_or(0) as usize;
         let mut generated = 0usize;
@@ -495,6 +497,8 @@ impl StepCtx<'_> {
         m.entropy = -lp_sum / lp_n.max(1) as f64;
         m.components = component_stats(groups.iter().flat_map(|g| &g.components));
 
+        drop(sample_span);
+        let _train = tracing::info_span!("train", groups = groups.len()).entered();
         let t2 = Instant::now();
         if groups.is_empty() {
             progress.log(&format!("step {}: every group had equal rewards; no update", m.step));

@@ -79,6 +79,7 @@ pub fn sample(
     let mut report = SampleReport::default();
     progress.start("prompts", todo.len());
     for tasks in todo.chunks(group.max(1)) {
+        let _span = tracing::debug_span!("sample_group", tasks = tasks.len(), n).entered();
         let t0 = Instant::now();
         let mut prompts = Vec::with_capacity(tasks.len());
         let mut requests = Vec::with_capacity(tasks.len());

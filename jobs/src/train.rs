@@ -349,7 +349,10 @@ pub fn run_training(
         if stop_after.is_some_and(|n| report.taken >= n) {
             break;
         }
-        let m = trainer.step()?;
+        let m = {
+            let _span = tracing::debug_span!("train_step", step = trainer.step_index() + 1).entered();
+            trainer.step()?
+        };
         log.push(&m)?;
         progress.advance(1, &step_message(&m));
         report.taken += 1;

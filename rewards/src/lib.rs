@@ -120,6 +120,7 @@ pub fn score_caught(reward: &dyn Reward, task: &Task, completion: &str) -> Outco
 /// [`Reward::score_batch`] with the panic guard of [`score_caught`]: a panic marks every row of the batch, and a
 /// reward that returns the wrong number of outcomes is caught here too (each row then gets an error).
 pub fn score_batch_caught(reward: &dyn Reward, items: &[(&Task, &str)]) -> Vec<Outcome> {
+    let _span = tracing::debug_span!("reward_batch", rows = items.len()).entered();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reward.score_batch(items))) {
         Ok(outcomes) if outcomes.len() == items.len() => outcomes,
         Ok(outcomes) => {

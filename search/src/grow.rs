@@ -68,6 +68,7 @@ pub fn grow_tree<P: Policy>(
     task: &SearchTask,
     run_seed: u64,
 ) -> Result<Grown> {
+    let _span = tracing::debug_span!("grow_tree", task = task.id.as_str()).entered();
     let start = policy.start(&task.messages).map_err(|e| Error::policy(&task.id, e))?;
     let mut tree =
         Tree::new(&task.id, task.messages.clone(), &start.text, start.tokens, seed::tree_seed(run_seed, &task.id));

@@ -1,4 +1,4 @@
-//! Preference losses of the DPO family (`../shared/PAPERS.md` §4), one pure function per variant, computed in f64
+//! Preference losses of the DPO family (`docs/ALGORITHMS.md`), one pure function per variant, computed in f64
 //! on per-pair sequence log-probabilities.
 //!
 //! Notation: `h = [log π(y_w) − log π_ref(y_w)] − [log π(y_l) − log π_ref(y_l)]` with sums over completion tokens;

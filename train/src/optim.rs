@@ -1,7 +1,7 @@
 //! AdamW with gradient accumulation and clipping, and learning-rate schedules.
 //!
 //! Why not `candle_nn::AdamW`: it runs about ten full-size tensor ops per parameter per step (3.6–5.5 s per step on
-//! the default model's 134M parameters, `../shared/ENGINE_NOTES.md`). Here gradients are accumulated into one
+//! the default model's 134M parameters, `docs/ENGINE.md`). Here gradients are accumulated into one
 //! buffer per parameter and the update is a single fused pass over weight, gradient and both moments, in place.
 
 use std::cell::RefCell;

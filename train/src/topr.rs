@@ -1,4 +1,4 @@
-//! TOPR, Tapered Off-Policy REINFORCE (Le Roux et al., arXiv 2503.14286; `../shared/PAPERS.md` §3).
+//! TOPR, Tapered Off-Policy REINFORCE (Le Roux et al., arXiv 2503.14286; `docs/ALGORITHMS.md`).
 //!
 //! For trajectories τ sampled by a behaviour policy μ with rewards `R(τ)` and advantage `A = R − c` (baseline `c`):
 //!

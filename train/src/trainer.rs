@@ -357,7 +357,10 @@ impl<'e> Trainer<'e> {
         let start = Instant::now();
         let lr = self.schedule.lr(self.state.step);
         let acc = self.accumulate()?;
-        let stats = self.opt.step(lr, self.cfg.optim.max_grad_norm)?;
+        let stats = {
+            let _span = tracing::trace_span!("optimizer").entered();
+            self.opt.step(lr, self.cfg.optim.max_grad_norm)?
+        };
         self.advance();
         let seconds = start.elapsed().as_secs_f64();
         Ok(acc.finish(&self.state, self.steps_per_epoch, lr, stats.grad_norm, seconds))
@@ -389,6 +392,7 @@ impl<'e> Trainer<'e> {
                 _ => return Err(Error::Config("objective and data do not match".into())),
             };
             acc.loss += loss.to_scalar::<f64>()?;
+            let _backward = tracing::trace_span!("backward", micro_batch = m).entered();
             let grads = loss.backward()?;
             self.opt.accumulate(&grads)?;
             acc.tokens += mb.iter().map(|&i| self.data.tokens(i).0).sum::<usize>();

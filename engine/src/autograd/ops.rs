@@ -1,7 +1,7 @@
 //! The differentiable operations of the training forward, each with a fused CPU kernel (a candle custom op with its
 //! own backward) and a composed reference built from candle's differentiable tensor ops.
 //!
-//! Why fused kernels (measured on the default model, see `../shared/ENGINE_NOTES.md`): candle's fast CPU kernels for
+//! Why fused kernels (measured on the default model, see `docs/ENGINE.md`): candle's fast CPU kernels for
 //! RMSNorm, softmax and rotary embedding have no backward; their composed equivalents allocate one tensor per
 //! elementary op; candle's batched matmul issues one gemm per (batch, head) and its matmul backward always computes
 //! the weight gradient, which a frozen LoRA base does not need. The composed references are used on devices without

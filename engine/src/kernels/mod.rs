@@ -1,7 +1,7 @@
 //! CPU kernels of the inference path: quantized and dense matrix products, attention over paged KV blocks, and
 //! the small row-wise ops (RMSNorm, rotary embedding, SwiGLU).
 //!
-//! Why our own kernels instead of candle's CPU ops (measured, see `../shared/ENGINE_NOTES.md`): candle has no SIMD
+//! Why our own kernels instead of candle's CPU ops (measured, see `docs/ENGINE.md`): candle has no SIMD
 //! kernel for Q4_1, its quantized matmul is a gemv per row (cost grows linearly with the batch), and its batched
 //! attention issues one tiny gemm per (batch, head). The kernels here are written so that **every output row depends
 //! only on its own input row**, with a fixed reduction order whatever the batch size, tile shape or thread count:
