@@ -19,6 +19,7 @@ Usage (from the repository root; builds nothing: pass the orchard binary):
         [--modes lora-b0,full-b0.04]
 """
 import argparse
+import gzip
 import json
 import os
 import re
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import time
 
-GSM8K = os.path.join(os.path.dirname(__file__), "../../../shared/data/gsm8k_train.jsonl")
+GSM8K = os.path.join(os.path.dirname(__file__), "../../datasets/data/gsm8k_train.jsonl.gz")
 P, G, MAX_NEW = 8, 8, 128
 LR = {"lora": 1e-5, "full": 1e-6}
 LORA_R, LORA_ALPHA = 16, 32
@@ -61,7 +62,7 @@ def reward_fn(completions, answer, **kw):
 
 def rows(steps):
     """The prompts of `steps` steps (P per step, in order) with their numeric answers."""
-    data = [json.loads(line) for line in open(GSM8K)][: P * steps]
+    data = [json.loads(line) for line in gzip.open(GSM8K, "rt")][: P * steps]
     return [{"question": r["question"], "answer": r["answer"].split("####")[-1].strip().replace(",", "")} for r in data]
 
 
