@@ -74,6 +74,26 @@ impl JudgeModel for EngineJudge {
     }
 }
 
+/// Loads judge models by spec (`default`, a path), each once per process; a judge config that names no model uses
+/// `fallback` (the job's model, or `--judge-model`).
+pub fn loader(fallback: String) -> Box<orchard_rewards::judge::JudgeLoader> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let loaded: Mutex<HashMap<String, Arc<EngineJudge>>> = Mutex::default();
+    Box::new(move |cfg: &orchard_rewards::judge::JudgeConfig| {
+        let spec = cfg.model.clone().unwrap_or_else(|| fallback.clone());
+        let mut map = loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(j) = map.get(&spec) {
+            return Ok(Arc::clone(j) as Arc<dyn JudgeModel>);
+        }
+        let engine = Engine::load(&spec)
+            .map_err(|e| orchard_rewards::Error::InvalidConfig(format!("judge model `{spec}` does not load: {e}")))?;
+        let judge = Arc::new(EngineJudge::new(Arc::new(engine)));
+        map.insert(spec, Arc::clone(&judge));
+        Ok(judge as Arc<dyn JudgeModel>)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,24 +130,4 @@ mod tests {
         }
         Ok(())
     }
-}
-
-/// Loads judge models by spec (`default`, a path), each once per process; a judge config that names no model uses
-/// `fallback` (the job's model, or `--judge-model`).
-pub fn loader(fallback: String) -> Box<orchard_rewards::judge::JudgeLoader> {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    let loaded: Mutex<HashMap<String, Arc<EngineJudge>>> = Mutex::default();
-    Box::new(move |cfg: &orchard_rewards::judge::JudgeConfig| {
-        let spec = cfg.model.clone().unwrap_or_else(|| fallback.clone());
-        let mut map = loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(j) = map.get(&spec) {
-            return Ok(Arc::clone(j) as Arc<dyn JudgeModel>);
-        }
-        let engine = Engine::load(&spec)
-            .map_err(|e| orchard_rewards::Error::InvalidConfig(format!("judge model `{spec}` does not load: {e}")))?;
-        let judge = Arc::new(EngineJudge::new(Arc::new(engine)));
-        map.insert(spec, Arc::clone(&judge));
-        Ok(judge as Arc<dyn JudgeModel>)
-    })
 }
