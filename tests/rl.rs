@@ -221,3 +221,42 @@ fn rl_runs_with_a_sandboxed_code_reward() {
         assert!(r["reward"].as_f64().is_some_and(|x| (0.0..=1.0).contains(&x)), "{r}");
     }
 }
+
+/// `steps` may grow between runs: a 2-step run rerun with `steps = 4` continues from its checkpoint to the same
+/// log and weights as a straight 4-step run, and re-exports `final/` (an HF directory `orchard generate` loads);
+/// shrinking below the steps taken is refused.
+#[test]
+fn rl_steps_grow_between_runs_and_final_is_exported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_hf(dir.path());
+    let t = tasks(dir.path(), true);
+    let four = config(dir.path(), &model, &t, "");
+    let two_text = std::fs::read_to_string(&four).expect("read").replace("steps = 4", "steps = 2");
+    let two = dir.path().join("two.toml");
+    std::fs::write(&two, two_text).expect("write");
+    let whole = dir.path().join("whole");
+    let expected = run_rl(&four, &whole);
+    let grown = dir.path().join("grown");
+    assert_eq!(run_rl(&two, &grown).len(), 2);
+    let before = std::fs::read(grown.join("final/model.safetensors")).expect("final after 2 steps");
+    run_rl(&four, &grown);
+    assert_eq!(steps(&grown), steps(&whole));
+    assert_eq!(expected.len(), 4);
+    let w = |out: &Path| std::fs::read(out.join("checkpoint-000004/trainable.safetensors")).expect("weights");
+    assert_eq!(w(&grown), w(&whole), "grown weights differ");
+    let after = std::fs::read(grown.join("final/model.safetensors")).expect("final after 4 steps");
+    assert_ne!(before, after, "final/ is the policy after the last step");
+    assert_eq!(after, std::fs::read(whole.join("final/model.safetensors")).expect("whole final"));
+    orchard()
+        .args(["generate", "--max-new-tokens", "3", "--prompt", "hi", "--model"])
+        .arg(grown.join("final"))
+        .assert()
+        .success();
+    let o = orchard().args(["rl", "--config"]).arg(&two).arg("--out").arg(&grown).output().expect("run");
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("steps can only grow"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

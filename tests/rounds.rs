@@ -404,4 +404,10 @@ sampling = {{ temperature = 1.0, max_new_tokens = 6 }}
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     assert_eq!(std::fs::read_to_string(out.join("online/metrics.jsonl")).expect("metrics").lines().count(), 2);
     assert_eq!(read(out.join("online.json"))["trained"], report["trained"]);
+    // Online `steps` may grow: the same loop with one more step continues RL from its checkpoint.
+    std::fs::write(&cfg, text.replace("steps = 2", "steps = 3")).expect("write");
+    let more = orchard().args(["loop", "--config"]).arg(&cfg).arg("--out").arg(&out).output().expect("run");
+    assert!(more.status.success(), "{}", String::from_utf8_lossy(&more.stderr));
+    assert_eq!(std::fs::read_to_string(out.join("online/metrics.jsonl")).expect("metrics").lines().count(), 3);
+    assert_eq!(read(out.join("online.json"))["rl"]["steps"], 3);
 }

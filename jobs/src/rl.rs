@@ -29,6 +29,9 @@ use crate::eval::{evaluate, Accuracy, EvalConfig};
 use crate::task::{reward_task, task_prompt};
 use crate::Progress;
 
+/// The trained policy of a finished run, as an HF directory.
+pub const FINAL_DIR: &str = "final";
+
 /// Step metrics inside `OUT`.
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// The step curves inside `OUT`.
@@ -364,6 +367,9 @@ pub fn run_rl(
     }
     progress.finish();
     checkpoint::save(out, &state, &model, &opt, 1)?;
+    if state.step >= cfg.steps && (report.taken > 0 || !out.join(FINAL_DIR).join("config.json").is_file()) {
+        export_final(base, &model, out)?;
+    }
     if let Some(e) = &eval_tasks {
         if state.step >= cfg.steps && report.evals.last().is_none_or(|(s, _)| *s != state.step) {
             report.evals.push((state.step, ctx.eval(e, state.step, progress)?));
@@ -416,7 +422,7 @@ fn start_or_resume(
     opt: &mut AdamW,
     progress: &mut dyn Progress,
 ) -> Result<TrainState> {
-    let identity = serde_json::json!({ "rl": cfg, "tasks": n_tasks });
+    let identity = run_identity(cfg, n_tasks)?;
     let state = TrainState {
         format: checkpoint::FORMAT,
         orchard_version: env!("CARGO_PKG_VERSION").into(),
@@ -433,18 +439,51 @@ fn start_or_resume(
         return Ok(state);
     };
     let ckpt = checkpoint::load(&dir)?;
-    if ckpt.state.model_hash != state.model_hash || ckpt.state.config["identity"] != identity {
+    // Checkpoints written before `steps` left the identity still carry it: compare without it.
+    let mut stored = ckpt.state.config["identity"].clone();
+    if let Some(rl) = stored.get_mut("rl").and_then(|v| v.as_object_mut()) {
+        rl.remove("steps");
+    }
+    if ckpt.state.model_hash != state.model_hash || stored != identity {
         return Err(Error::Config(format!(
             "{}: this checkpoint belongs to another model or configuration; nothing was changed in {}",
             dir.display(),
             out.display()
         )));
     }
+    if ckpt.state.step > cfg.steps {
+        return Err(Error::Config(format!(
+            "{}: the run is at step {}, past steps = {}; steps can only grow (rerun with more to continue it)",
+            out.display(),
+            ckpt.state.step,
+            cfg.steps
+        )));
+    }
     model.set_parameters(&ckpt.params)?;
     let (steps, mut moments) = ckpt.moments;
     opt.load_state(steps, |n| moments.remove(n))?;
     progress.log(&format!("resuming {} at step {}/{}", dir.display(), ckpt.state.step, cfg.steps));
-    Ok(ckpt.state)
+    // `steps` may grow between runs (the learning rate is constant): the rest of the state continues as it was.
+    Ok(TrainState { total_steps: cfg.steps, ..ckpt.state })
+}
+
+/// What a resumed run must share with the run in its directory: every setting but `steps`, which may grow, and the
+/// number of train prompts.
+fn run_identity(cfg: &RlConfig, n_tasks: usize) -> Result<serde_json::Value> {
+    let mut rl = serde_json::to_value(cfg)?;
+    if let Some(o) = rl.as_object_mut() {
+        o.remove("steps");
+    }
+    Ok(serde_json::json!({ "rl": rl, "tasks": n_tasks }))
+}
+
+/// Writes the policy as an HF directory `OUT/final` (f32, adapters merged): what `orchard eval`, `orchard generate`
+/// and other trainers load.
+fn export_final(base: &Engine, model: &DiffModel, out: &Path) -> Result<()> {
+    let id = format!("{}+rl", base.info().id);
+    let engine = base.with_weights(model.merged_model(out)?, Handoff::F32, &id)?;
+    orchard_train::export::export_hf(engine.model(), &engine, &out.join(FINAL_DIR))?;
+    Ok(())
 }
 
 /// What every step of a run reads.

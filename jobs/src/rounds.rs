@@ -222,12 +222,17 @@ impl LoopConfig {
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
-    /// What a rerun must share (everything except `rounds`, which may grow, and `max_batch`).
+    /// What a rerun must share (everything except `rounds` and online RL's `steps`, which may grow, and
+    /// `max_batch`).
     fn identity(&self) -> Result<serde_json::Value> {
         let mut v = serde_json::to_value(self)?;
         if let Some(o) = v.as_object_mut() {
             o.remove("rounds");
             o.remove("max_batch");
+            // Online RL's steps may grow too (the run continues from its last checkpoint).
+            if let Some(online) = o.get_mut("online").and_then(|x| x.as_object_mut()) {
+                online.remove("steps");
+            }
         }
         Ok(v)
     }
@@ -643,7 +648,11 @@ fn claim_dir(cfg: &LoopConfig, base: &Engine, out: &Path) -> Result<()> {
     let stamp_path = out.join(".loop-identity.json");
     if stamp_path.is_file() {
         let text = std::fs::read_to_string(&stamp_path).map_err(|e| Error::io(&stamp_path, e))?;
-        let old: serde_json::Value = serde_json::from_str(&text)?;
+        let mut old: serde_json::Value = serde_json::from_str(&text)?;
+        // Stamps written before online `steps` left the identity still carry it.
+        if let Some(online) = old["config"].get_mut("online").and_then(|v| v.as_object_mut()) {
+            online.remove("steps");
+        }
         if old != stamp {
             let keys: Vec<String> = match (old["config"].as_object(), stamp["config"].as_object()) {
                 (Some(a), Some(b)) => a.keys().filter(|k| a.get(*k) != b.get(*k)).cloned().collect(),

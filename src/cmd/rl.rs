@@ -22,7 +22,8 @@ use crate::job::JobReward;
 ///
 /// Writes into --out: metrics.jsonl (one line per step: reward, reward_std, frac_reward_zero_std,
 /// clip_ratio/region_mean, kl, completions/mean_length, seconds of sampling / training / hand-off, tokens/s),
-/// checkpoints (rerun to resume exactly), eval.jsonl (held-out greedy accuracy with 95% intervals).
+/// checkpoints (rerun to resume exactly; rerun with a larger `steps` to continue a finished run), eval.jsonl
+/// (held-out greedy accuracy with 95% intervals), final/ (the trained policy as an HF directory).
 ///
 /// Examples:
 ///   orchard rl --config examples/rl/grpo.toml --out runs/grpo
