@@ -16,7 +16,7 @@ use crate::record::{PairKind, PairSide, PreferencePair, Trajectory};
 
 /// Default score at or above which a trajectory counts as correct: 1.0, what every verifiable outcome reward in
 /// Orchard gives a verified answer.
-pub const DEFAULT_CORRECT_THRESHOLD: f64 = 1.0;
+pub use orchard_core::DEFAULT_CORRECT_THRESHOLD;
 /// Default minimum score margin: 0 (any strictly positive margin).
 pub const DEFAULT_MIN_MARGIN: f64 = 0.0;
 

@@ -20,7 +20,7 @@ use crate::kv::{KvCache, KvLayout, KvPool};
 use crate::weights::{Linear, Precision};
 
 /// A token id.
-pub type TokenId = u32;
+pub use orchard_core::TokenId;
 
 /// One decoder layer. Projections are stored fused (`qkv_proj` = q ‖ k ‖ v rows, `gate_up_proj` = gate ‖ up rows)
 /// so one activation quantization and one parallel matmul serve them; [`Layer::split_qkv`] gives them back.

@@ -98,10 +98,7 @@ impl SeqRng {
 /// The seed of sample `index` of a request seeded with `seed` (SplitMix64 of both, so neighbouring seeds and
 /// indices give unrelated streams).
 pub fn sample_seed(seed: u64, index: u64) -> u64 {
-    let mut z = seed.wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    orchard_core::seed::splitmix64_at(seed, index.wrapping_add(1))
 }
 
 /// A sampled token and its log-prob under the model.

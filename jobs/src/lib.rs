@@ -41,10 +41,7 @@ pub mod train;
 
 pub use error::{Error, Result};
 
-/// Whether a reward score counts as correct (the run directories' default threshold).
-pub fn is_correct(score: f64) -> bool {
-    score >= orchard_datasets::select::DEFAULT_CORRECT_THRESHOLD
-}
+pub use orchard_core::is_correct;
 
 /// Where a job reports how far it got: the binary draws progress bars with ETAs, tests and libraries pass
 /// [`NoProgress`].

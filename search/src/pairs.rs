@@ -32,7 +32,7 @@ pub const ITOOL_MIN_CHOSEN: f64 = -0.3;
 /// iTool's maximum word overlap.
 pub const ITOOL_MAX_OVERLAP: f64 = 0.95;
 /// Default score at or above which a solution is correct.
-pub const DEFAULT_CORRECT_THRESHOLD: f64 = 1.0;
+pub use orchard_core::DEFAULT_CORRECT_THRESHOLD;
 
 /// Which policy (CLI `--policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

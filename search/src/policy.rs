@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::step::StepRule;
 
 /// A token id (the engine's vocabulary; the scripted policy uses bytes).
-pub type TokenId = u32;
+pub use orchard_core::TokenId;
 
 /// Sampling knobs a search sets per request (stop strings come from [`Until`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -15,12 +15,9 @@ pub const PROMPT_POOL: u64 = 0x5052_4f4d_5054_0000;
 /// Tag of Tree-of-Code's model choice.
 pub const MODEL_POOL: u64 = 0x4d4f_4445_4c00_0000;
 
-/// SplitMix64's finaliser: a bijective mix of 64 bits.
-pub fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// SplitMix64's first output from state `z`: a bijective mix of 64 bits.
+pub fn splitmix64(z: u64) -> u64 {
+    orchard_core::seed::splitmix64_at(z, 1)
 }
 
 /// `seed` mixed with `value` (a child index or a tag).

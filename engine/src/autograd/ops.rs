@@ -382,10 +382,7 @@ pub(crate) fn dropout_values(seed: u64, len: usize, p: f32) -> Vec<f32> {
         .into_par_iter()
         .map(|i| {
             // SplitMix64 of (seed, index): counter-based, so masks do not depend on evaluation order.
-            let mut z = seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
+            let z = orchard_core::seed::splitmix64_at(seed, i as u64 + 1);
             if ((z >> 40) as f32 / (1u64 << 24) as f32) < p {
                 0.0
             } else {

@@ -1,0 +1,26 @@
+//! What several of Orchard's crates share, defined once: the token id type, the seeding functions every random
+//! draw derives from, and the score from which a completion counts as correct. No dependencies (no candle, no
+//! arrow), so the engine, the search, the datasets and the rewards can all use it.
+//!
+//! ```
+//! use orchard_core::seed::{splitmix64_at, splitmix64_next};
+//! let mut state = 7;
+//! let a = splitmix64_next(&mut state);
+//! assert_eq!(a, splitmix64_at(7, 1)); // the k-th output of a stream is a pure function of (seed, k)
+//! assert!(orchard_core::is_correct(1.0) && !orchard_core::is_correct(0.1));
+//! ```
+#![deny(missing_docs)]
+
+pub mod seed;
+
+/// A token id of a model's vocabulary.
+pub type TokenId = u32;
+
+/// Score at or above which a completion counts as correct (the run directories', the pair extractors' and the
+/// evaluations' default: a reward of 1 is a correct answer, ReFT's 0.1 partial credit is not).
+pub const DEFAULT_CORRECT_THRESHOLD: f64 = 1.0;
+
+/// Whether `score` counts as correct under [`DEFAULT_CORRECT_THRESHOLD`].
+pub fn is_correct(score: f64) -> bool {
+    score >= DEFAULT_CORRECT_THRESHOLD
+}
