@@ -22,34 +22,18 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// Column `prompt`.
-pub const PROMPT: &str = "prompt";
-/// Column `chosen`.
-pub const CHOSEN: &str = "chosen";
-/// Column `rejected`.
-pub const REJECTED: &str = "rejected";
-/// Column `meta_prefix` (optional): the shared assistant prefix of a step pair.
-pub const META_PREFIX: &str = "meta_prefix";
-/// Column `meta_prompt_text` (optional, conversational form): the prompt as rendered for the model.
-pub const META_PROMPT_TEXT: &str = "meta_prompt_text";
-/// Column `meta_terminal` (optional, default true): whether chosen/rejected end the solution (EOS appended).
-pub const META_TERMINAL: &str = "meta_terminal";
-/// Column `meta_behaviour_logp_chosen`: the sampler's log-prob sum of the chosen continuation.
-pub const META_BEHAVIOUR_LOGP_CHOSEN: &str = "meta_behaviour_logp_chosen";
-/// Column `meta_behaviour_logp_rejected`.
-pub const META_BEHAVIOUR_LOGP_REJECTED: &str = "meta_behaviour_logp_rejected";
-/// Trajectory column `completion`.
-pub const COMPLETION: &str = "completion";
-/// Trajectory column `token_ids` (optional): the generated tokens, stop token included.
-pub const TOKEN_IDS: &str = "token_ids";
-/// Trajectory column `logprob_sum`: the sampler's log-prob of the completion.
-pub const LOGPROB_SUM: &str = "logprob_sum";
-/// Trajectory column `reward`.
-pub const REWARD: &str = "reward";
-/// Trajectory column `reward_error` (optional): rows with a value were not scored and are skipped.
-pub const REWARD_ERROR: &str = "reward_error";
-/// Trajectory column `finish_reason` (optional): `stop` completions get EOS when `token_ids` is absent.
-pub const FINISH_REASON: &str = "finish_reason";
+/// The pair and trajectory columns the trainer reads: the datasets crate's names, declared once there
+/// (`docs/FORMATS.md`). `meta_prefix` is the shared assistant prefix of a step pair; `meta_prompt_text` the prompt as
+/// rendered for the model (conversational form); `meta_terminal` (default true) whether chosen/rejected end the
+/// solution (EOS appended); `meta_behaviour_logp_*` the sampler's log-prob sums; a trajectory's `reward_error` marks
+/// a row that was not scored (skipped); `finish_reason` = `stop` gets EOS when `token_ids` is absent.
+pub use orchard_datasets::record::pair::{
+    CHOSEN, META_BEHAVIOUR_LOGP_CHOSEN, META_BEHAVIOUR_LOGP_REJECTED, META_PREFIX, META_PROMPT_TEXT, META_TERMINAL,
+    PROMPT, REJECTED,
+};
+pub use orchard_datasets::record::trajectory::{
+    COMPLETION, FINISH_REASON, LOGPROB_SUM, REWARD, REWARD_ERROR, TOKEN_IDS,
+};
 
 /// What a pairs file must provide beyond prompt, chosen and rejected.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -317,7 +301,7 @@ pub fn input_files(path: &Path, kind: &str) -> Result<Vec<PathBuf>> {
     }
     let files = if path.join("manifest.json").is_file() {
         // A run directory: only committed parts.
-        let reader = orchard_datasets::RunReader::open(path).map_err(|e| Error::schema(path, e.to_string()))?;
+        let reader = orchard_datasets::RunReader::open(path).map_err(|e| Error::run(path, e))?;
         match kind {
             "pairs" => reader.parts::<orchard_datasets::PreferencePair>(),
             _ => reader.parts::<orchard_datasets::Trajectory>(),
@@ -325,7 +309,7 @@ pub fn input_files(path: &Path, kind: &str) -> Result<Vec<PathBuf>> {
     } else {
         let sub = path.join(kind);
         let dir = if sub.is_dir() { sub } else { path.to_path_buf() };
-        orchard_datasets::part::parquet_files(&dir).map_err(|e| Error::schema(&dir, e.to_string()))?
+        orchard_datasets::part::parquet_files(&dir).map_err(|e| Error::run(&dir, e))?
     };
     if files.is_empty() {
         return Err(Error::schema(path, format!("no {kind} Parquet files here")));

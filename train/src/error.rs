@@ -32,6 +32,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A run directory (or its Parquet parts) could not be read.
+    #[error("{path}: {source}")]
+    Run {
+        /// The run directory or file.
+        path: PathBuf,
+        /// The datasets crate's error.
+        source: orchard_datasets::Error,
+    },
     /// A checkpoint is missing, damaged or belongs to another model, dataset or configuration.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {
@@ -72,6 +80,9 @@ impl Error {
     }
     pub(crate) fn schema(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::Schema { path: path.into(), reason: reason.into() }
+    }
+    pub(crate) fn run(path: impl Into<PathBuf>, source: orchard_datasets::Error) -> Self {
+        Error::Run { path: path.into(), source }
     }
     pub(crate) fn checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::Checkpoint { path: path.into(), reason: reason.into() }

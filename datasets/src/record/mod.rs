@@ -13,7 +13,7 @@
 mod columns;
 mod export;
 pub mod pair;
-mod trajectory;
+pub mod trajectory;
 mod tree;
 
 use std::fmt::Debug;
