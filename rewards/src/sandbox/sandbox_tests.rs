@@ -1,4 +1,5 @@
-//! Tests of both sandboxes on this machine. Bwrap tests skip (with a message) where bubblewrap cannot run.
+//! Tests of both sandboxes on this machine. Bwrap tests skip (with a message) where bubblewrap cannot run — except
+//! under CI (`CI` set, as `.ci/run` does), where a missing bubblewrap fails them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,11 +10,22 @@ fn policy() -> SandboxPolicy {
     SandboxPolicy { timeout: Duration::from_secs(3), ..Default::default() }
 }
 
+/// `Some(sandbox)`, or `None` with a message where bubblewrap cannot run; under CI that is a failure.
+fn bwrap_or_skip(made: Result<Bwrap>) -> Option<Bwrap> {
+    match made {
+        Ok(b) => Some(b),
+        Err(e) if std::env::var_os("CI").is_some() => panic!("bubblewrap must run under CI (.ci/run installs it): {e}"),
+        Err(e) => {
+            eprintln!("skipping bwrap: {e}");
+            None
+        }
+    }
+}
+
 fn sandboxes() -> Vec<Arc<dyn Sandbox>> {
     let mut v: Vec<Arc<dyn Sandbox>> = Vec::new();
-    match Bwrap::new(SandboxConfig::default()) {
-        Ok(b) => v.push(Arc::new(b)),
-        Err(e) => eprintln!("skipping bwrap: {e}"),
+    if let Some(b) = bwrap_or_skip(Bwrap::new(SandboxConfig::default())) {
+        v.push(Arc::new(b));
     }
     v.push(Arc::new(Rlimits::new(SandboxConfig::default()).expect("python3 runs under rlimits")));
     v
@@ -105,13 +117,7 @@ fn null_sandbox_refuses() {
 
 /// A bwrap sandbox with one slot (so every run goes to the same fork server), or `None` where bwrap cannot run.
 fn one_slot_bwrap(fork_server: bool) -> Option<Bwrap> {
-    match Bwrap::new(SandboxConfig { concurrency: 1, fork_server, ..Default::default() }) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            eprintln!("skipping bwrap: {e}");
-            None
-        }
-    }
+    bwrap_or_skip(Bwrap::new(SandboxConfig { concurrency: 1, fork_server, ..Default::default() }))
 }
 
 #[test]
