@@ -20,7 +20,9 @@ use crate::job::JobReward;
 /// and `[train]` (every `orchard train` setting: loss = sft|dpo|simpo|…|topr, lr, epochs, batch_size,
 /// lora_rank, mask_ratio, …), `[generate]` (n, `[generate.sampling]`, `[generate.pairs]`).
 /// `mode = "online"` with an `[online]` table (every `orchard rl` key) runs online RL on the train questions
-/// instead, writing base_eval.json, online/ (an `orchard rl` directory) and online.json (before / after).
+/// instead, writing base_eval.json, online/ (an `orchard rl` directory) and online.json (before / after); with a
+/// `[warmup]` too it is ReFT: rounds 0–1 (the base evaluation, SFT on gold solutions), then online RL from the
+/// warmed-up weights (online.json: base, warmup, trained). A larger `[online] steps` continues a finished run.
 ///
 /// Writes into --out: loop.json (every round), loop.jsonl, loop.svg (accuracy per round with intervals, the
 /// training loss), round-R/{data,train,eval} (an `orchard sample` run, an `orchard train` directory, eval.json)
@@ -30,6 +32,7 @@ use crate::job::JobReward;
 /// Examples:
 ///   orchard loop --config examples/loop.toml --out runs/svamp-loop
 ///   orchard loop --config examples/rft.toml --out runs/rft --rounds 3
+///   orchard loop --config examples/reft_grpo.toml --out runs/svamp-reft
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
