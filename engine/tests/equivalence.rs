@@ -104,6 +104,7 @@ fn chunked_scoring_equals_one_shot() {
     let one = t.engine.score_with(&pairs, Precision::F32, 10_000).expect("one shot");
     for chunk in [1, 3, 16] {
         let chunked = t.engine.score_with(&pairs, Precision::F32, chunk).expect("chunked");
+        assert_eq!(chunked.len(), one.len(), "chunk {chunk}");
         for (a, b) in one.iter().zip(&chunked) {
             assert_eq!(a.n_tokens, b.n_tokens);
             assert!(max_abs_diff(&a.token_logprobs, &b.token_logprobs) <= TOL, "chunk {chunk}");

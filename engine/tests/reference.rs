@@ -77,6 +77,7 @@ fn f32_next_token_logprobs_match_hf() {
     let r = reference();
     let rows = reference_rows(default_engine().model().config().vocab_size);
     let mut worst = 0f32;
+    assert_eq!(r.logprobs.len(), rows.len(), "reference cases vs rows");
     for (case, want) in r.logprobs.iter().zip(&rows) {
         let got = last_logprobs(&case.ids, Precision::F32);
         worst = worst.max(max_abs_diff(&got, want));
@@ -104,6 +105,7 @@ fn quantized_top5_matches_hf() {
         }
         eprintln!("ours {:?}", order[..6].iter().map(|&i| (i, got[i])).collect::<Vec<_>>());
         eprintln!("hf   {:?}", case.top5_ids.iter().zip(&case.top5_logprobs).collect::<Vec<_>>());
+        assert_eq!(case.top5_ids.len(), case.top5_logprobs.len());
         for (&id, &lp) in case.top5_ids.iter().zip(&case.top5_logprobs) {
             worst = worst.max((got[id] - lp).abs());
         }
@@ -119,6 +121,7 @@ fn score_sums_match_hf() {
     let pairs: Vec<_> = r.score.iter().map(|c| (c.prompt_ids.clone(), c.completion_ids.clone())).collect();
     let scored = default_engine().score(&pairs).expect("score");
     let mut worst = 0f64;
+    assert_eq!(scored.len(), r.score.len());
     for (s, c) in scored.iter().zip(&r.score) {
         assert_eq!(s.n_tokens, c.completion_ids.len());
         worst = worst.max((s.logprob_sum - c.logprob_sum).abs());

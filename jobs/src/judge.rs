@@ -111,6 +111,7 @@ mod tests {
         let t = Task::new("What is 2 + 2?").with_answer("4");
         let rows = [(&t, "4"), (&t, "5"), (&t, "four")];
         let batch = choices.score_batch(&rows);
+        assert_eq!(batch.len(), rows.len());
         for ((t, c), b) in rows.iter().zip(&batch) {
             let one = choices.score(t, c);
             assert!(b.error.is_none(), "{b:?}");

@@ -56,8 +56,8 @@ fn ucb1_and_puct_match_their_formulas() {
     assert_eq!(ucb1(0.25, 0.0, 0.0, 2.0), 0.25);
     // >>> 0.5 + 1.0*0.3*math.sqrt(9)/(1+2) -> 0.8
     assert!((puct(0.5, 0.3, 9.0, 2.0, 1.0) - 0.8).abs() < 1e-12);
-    // >>> math.exp(-2.0 / 4**1.25) -> 0.7021885013...
-    assert!((length_penalised_prior(-2.0, 4, 1.25) - (-2.0f64 / 4f64.powf(1.25)).exp()).abs() < 1e-15);
+    // >>> math.exp(-2.0 / 4**1.25) -> 0.7021885013265596
+    assert!((length_penalised_prior(-2.0, 4, 1.25) - 0.702_188_501_326_559_6).abs() < 1e-15);
 }
 
 #[test]
@@ -68,11 +68,9 @@ fn ucb1_selection_picks_the_child_the_formula_ranks_first() -> R {
     let m =
         Mcts::new(MctsConfig { selection: Selection::Ucb1 { c_exp: std::f64::consts::SQRT_2 }, ..Default::default() })?;
     let scores: Vec<f64> = (1..=3).map(|c| m.child_score(&t, 0, c)).collect();
-    let want = [
-        0.5 + (2f64 * 10f64.ln() / 7.0).sqrt(),
-        0.3 + (2f64 * 10f64.ln() / 4.0).sqrt(),
-        (2f64 * 10f64.ln() / 2.0).sqrt(),
-    ];
+    // >>> [0.5 + math.sqrt(2*math.log(10)/7), 0.3 + math.sqrt(2*math.log(10)/4), math.sqrt(2*math.log(10)/2)]
+    let want = [1.311_098_918_222_158_6, 1.372_983_013_144_673_6, 1.517_427_129_385_146_5];
+    assert_eq!(scores.len(), want.len());
     for (s, w) in scores.iter().zip(want) {
         assert!((s - w).abs() < 1e-12, "{s} vs {w}");
     }
@@ -93,10 +91,9 @@ fn puct_selection_uses_the_length_penalised_prior() -> R {
         selection: Selection::Puct { c_puct: 1.0, length_penalty: 1.25 },
         ..Default::default()
     })?;
-    let prior = |lp: f64| (lp * 7.0 / 7f64.powf(1.25)).exp();
-    let want = |lp: f64| 0.5 + prior(lp) * 4f64.sqrt() / 3.0;
-    assert!((m.child_score(&t, 0, 1) - want(-2.0)).abs() < 1e-9);
-    assert!((m.child_score(&t, 0, 2) - want(-0.1)).abs() < 1e-6);
+    // >>> p = lambda lp: math.exp(lp*7/7**1.25); [0.5 + p(lp)*math.sqrt(4)/3 for lp in (-2.0, -0.1)]
+    assert!((m.child_score(&t, 0, 1) - 0.694_944_297_706_773_9).abs() < 1e-9);
+    assert!((m.child_score(&t, 0, 2) - 1.126_915_244_700_049_4).abs() < 1e-6);
     assert_eq!(m.select_child(&t, 0), Some(2));
     Ok(())
 }

@@ -324,6 +324,7 @@ mod tests {
             opt.step(0.1, None)?;
         }
         let got = values(var.as_tensor())?;
+        assert_eq!(got.len(), 3, "{got:?}");
         for (a, b) in got.iter().zip([0.731_881_44_f32, -1.871_800_4, 0.270_010_14]) {
             assert!((a - b).abs() < 2e-6, "{got:?}");
         }

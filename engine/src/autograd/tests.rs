@@ -90,6 +90,7 @@ fn token_logprobs_equal_engine_score() -> TestResult {
     let full = [prompt.clone(), completion.clone()].concat();
     let rows: Vec<usize> = (prompt.len() - 1..full.len() - 1).collect();
     let lp = diff.token_logprobs(&Packed::new(&[full]), &rows, &completion, Mode::Eval)?.to_vec1::<f32>()?;
+    assert_eq!(lp.len(), scored[0].token_logprobs.len());
     for (a, b) in lp.iter().zip(&scored[0].token_logprobs) {
         assert!((a - b).abs() <= 1e-4, "{a} vs {b}");
     }
@@ -150,7 +151,10 @@ fn fused_kernels_equal_composed_ops_in_values_and_gradients() -> TestResult {
         let (a, b) = (lf.to_scalar::<f32>()?, lc.to_scalar::<f32>()?);
         assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{arch:?}: objective {a} vs {b}");
         let (gf, gc) = (lf.backward()?, lc.backward()?);
-        for ((name, vf), (_, vc)) in fused.named_parameters().iter().zip(composed.named_parameters()) {
+        let (pf, pc) = (fused.named_parameters(), composed.named_parameters());
+        let names = |p: &[(String, candle_core::Var)]| p.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&pf), names(&pc), "{arch:?}: the same parameters in the same order");
+        for ((name, vf), (_, vc)) in pf.iter().zip(pc) {
             let (x, y) = (gf.get(vf.as_tensor()).ok_or("grad")?, gc.get(vc.as_tensor()).ok_or("grad")?);
             let scale = y.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1e-3);
             let diff = max_abs_diff(x, y)?;

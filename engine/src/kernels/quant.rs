@@ -800,6 +800,7 @@ mod tests {
         let x: Vec<f32> = (0..64).map(|i| (i as f32 - 31.5) / 7.0).collect();
         let a = QActs::quantize(&x, 1, 64);
         let back = a.dequantize();
+        assert_eq!(back.len(), x.len());
         for (u, v) in x.iter().zip(&back) {
             assert!((u - v).abs() <= 4.5 / QMAX / 2.0 * 1.01, "{u} vs {v}");
         }

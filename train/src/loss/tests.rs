@@ -66,7 +66,9 @@ fn every_loss_equals_trl_in_value_and_gradient() -> TestResult {
         let grads = out.loss.backward()?;
         for (var, key) in [(&x.chosen, "grad_chosen"), (&x.rejected, "grad_rejected")] {
             let got: Vec<f64> = grads.get(var.as_tensor()).ok_or("no grad")?.to_vec1()?;
-            for (k, (a, b)) in got.iter().zip(floats(&case[key])).enumerate() {
+            let want = floats(&case[key]);
+            assert_eq!(got.len(), want.len(), "{name} {key}: a missing reference key would check nothing");
+            for (k, (a, b)) in got.iter().zip(want).enumerate() {
                 close(*a, b, &format!("{name} {key}[{k}]"));
             }
         }

@@ -88,7 +88,9 @@ fn gradient_accumulation_4x1_equals_1x4() -> TestResult {
         let ((l1, g1, names), (l4, g4, _)) = (&runs[0], &runs[1]);
         assert!((l1 - l4).abs() <= 1e-6 * l4.abs().max(1.0), "{tuning:?}: loss 4×1 {l1} vs 1×4 {l4}");
         assert!(g1.len() == g4.len() && !g1.is_empty());
+        assert_eq!(names.len(), g1.len());
         for (name, (a, b)) in names.iter().zip(g1.iter().zip(g4)) {
+            assert_eq!(a.len(), b.len(), "{name}");
             let scale = max_abs(b);
             assert!(scale > 0.0, "{tuning:?}: {name} has no gradient");
             let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
@@ -295,6 +297,7 @@ fn sft_accumulation_4x1_equals_1x4() -> TestResult {
     let (l1, w1) = run(1)?;
     let (l4, w4) = run(4)?;
     assert!((l1 - l4).abs() < 1e-6, "{l1} vs {l4}");
+    assert!(!w1.is_empty() && w1.len() == w4.len());
     let diff = w1.iter().zip(&w4).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(diff < 1e-5, "weights differ by {diff}");
     Ok(())
@@ -358,7 +361,7 @@ fn forked_pairs_equal_separate_sequences_in_values_and_gradients() -> TestResult
         let a = pair_logps(&model, &forked, mode)?;
         let b = completion_logps(&model, &separate, mode)?;
         let (va, vb): (Vec<f32>, Vec<f32>) = (a.to_vec1()?, b.to_vec1()?);
-        assert_eq!(va.len(), 10);
+        assert_eq!((va.len(), vb.len()), (10, 10));
         for (x, y) in va.iter().zip(&vb) {
             assert!((x - y).abs() < 1e-4, "{va:?} vs {vb:?}");
         }
