@@ -441,8 +441,8 @@ fn start_or_resume(
     let ckpt = checkpoint::load(&dir)?;
     // Checkpoints written before `steps` left the identity still carry it: compare without it.
     let mut stored = ckpt.state.config["identity"].clone();
-    if let Some(rl) = stored.get_mut("rl").and_then(|v| v.as_object_mut()) {
-        rl.remove("steps");
+    if let Some(rl) = stored.get_mut("rl") {
+        forget_steps(rl);
     }
     if ckpt.state.model_hash != state.model_hash || stored != identity {
         return Err(Error::Config(format!(
@@ -471,10 +471,15 @@ fn start_or_resume(
 /// number of train prompts.
 fn run_identity(cfg: &RlConfig, n_tasks: usize) -> Result<serde_json::Value> {
     let mut rl = serde_json::to_value(cfg)?;
+    forget_steps(&mut rl);
+    Ok(serde_json::json!({ "rl": rl, "tasks": n_tasks }))
+}
+
+/// Drops `steps` from a serialised [`RlConfig`] (a run's identity, or the loop's `[online]` table): it may grow.
+pub(crate) fn forget_steps(rl: &mut serde_json::Value) {
     if let Some(o) = rl.as_object_mut() {
         o.remove("steps");
     }
-    Ok(serde_json::json!({ "rl": rl, "tasks": n_tasks }))
 }
 
 /// Writes the policy as an HF directory `OUT/final` (f32, adapters merged): what `orchard eval`, `orchard generate`

@@ -230,8 +230,8 @@ impl LoopConfig {
             o.remove("rounds");
             o.remove("max_batch");
             // Online RL's steps may grow too (the run continues from its last checkpoint).
-            if let Some(online) = o.get_mut("online").and_then(|x| x.as_object_mut()) {
-                online.remove("steps");
+            if let Some(online) = o.get_mut("online") {
+                crate::rl::forget_steps(online);
             }
         }
         Ok(v)
@@ -448,35 +448,31 @@ pub fn run_online(
     let eval_tasks = load_tasks(&cfg.eval_tasks, "eval_tasks")?;
     check_overlap(&train_tasks, &eval_tasks)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    if cfg.warmup.is_some() {
+    // The policy RL starts from, with the held-out accuracy before it (and after the warm-up, when there is one).
+    let (start, base_acc, warmup) = if cfg.warmup.is_some() {
         let warm_cfg = LoopConfig { rounds: 1, ..cfg.clone() };
         let (rounds, policy) = run_rounds(&warm_cfg, base, reward, out, progress)?;
         let acc = |i: usize| rounds.rounds.get(i).map(|r| r.eval.greedy);
         let base_acc = acc(0).ok_or_else(|| Error::Config("the warm-up loop has no round 0".into()))?;
-        let start = policy.master().clone();
-        let report = run_rl(&rl, start.as_ref(), reward, &out.join("online"), None, progress)?;
-        let trained = report.evals.last().filter(|(s, _)| *s == rl.steps).map(|(_, a)| *a);
-        let summary = OnlineReport { base: base_acc, warmup: acc(1), trained, rl: report };
-        write_json(&out.join("online.json"), &summary)?;
-        return Ok(summary);
-    }
-    let base = base.as_ref();
-    let base_file = out.join("base_eval.json");
-    let base_acc: Accuracy = match std::fs::read_to_string(&base_file) {
-        Ok(text) => serde_json::from_str(&text)?,
-        Err(_) => {
-            let eval = EvalConfig { system: cfg.system.clone(), ..cfg.eval.clone() };
-            let opts = GenerateOptions { max_batch: cfg.max_batch, ..GenerateOptions::default() };
-            let acc = evaluate(base, &eval_tasks, reward, &eval, &opts, progress)?.greedy;
-            std::fs::write(&base_file, serde_json::to_string(&acc)?).map_err(|e| Error::io(&base_file, e))?;
-            acc
-        }
+        (policy.master().clone(), base_acc, acc(1))
+    } else {
+        let base_file = out.join("base_eval.json");
+        let base_acc: Accuracy = match std::fs::read_to_string(&base_file) {
+            Ok(text) => serde_json::from_str(&text)?,
+            Err(_) => {
+                let eval = EvalConfig { system: cfg.system.clone(), ..cfg.eval.clone() };
+                let opts = GenerateOptions { max_batch: cfg.max_batch, ..GenerateOptions::default() };
+                let acc = evaluate(&base, &eval_tasks, reward, &eval, &opts, progress)?.greedy;
+                std::fs::write(&base_file, serde_json::to_string(&acc)?).map_err(|e| Error::io(&base_file, e))?;
+                acc
+            }
+        };
+        (base, base_acc, None)
     };
-    let report = run_rl(&rl, base, reward, &out.join("online"), None, progress)?;
+    let report = run_rl(&rl, start.as_ref(), reward, &out.join("online"), None, progress)?;
     let trained = report.evals.last().filter(|(s, _)| *s == rl.steps).map(|(_, a)| *a);
-    let summary = OnlineReport { base: base_acc, warmup: None, trained, rl: report };
-    let path = out.join("online.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&summary)?).map_err(|e| Error::io(&path, e))?;
+    let summary = OnlineReport { base: base_acc, warmup, trained, rl: report };
+    write_json(&out.join("online.json"), &summary)?;
     Ok(summary)
 }
 
@@ -650,8 +646,8 @@ fn claim_dir(cfg: &LoopConfig, base: &Engine, out: &Path) -> Result<()> {
         let text = std::fs::read_to_string(&stamp_path).map_err(|e| Error::io(&stamp_path, e))?;
         let mut old: serde_json::Value = serde_json::from_str(&text)?;
         // Stamps written before online `steps` left the identity still carry it.
-        if let Some(online) = old["config"].get_mut("online").and_then(|v| v.as_object_mut()) {
-            online.remove("steps");
+        if let Some(online) = old["config"].get_mut("online") {
+            crate::rl::forget_steps(online);
         }
         if old != stamp {
             let keys: Vec<String> = match (old["config"].as_object(), stamp["config"].as_object()) {
