@@ -1,13 +1,12 @@
 //! Pieces every data-generation job shares: the job file, the reward, the model record, task conversions.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
 use orchard_datasets::cli::SourceArgs;
 use orchard_datasets::{Shard, TaskSource};
 use orchard_engine::SamplingParams;
-use orchard_rewards::{Reward, RewardSpec};
+pub use orchard_jobs::reward::JobReward;
 use serde::de::DeserializeOwned;
 
 use crate::cmd::common::{ModelArgs, PrecisionArg};
@@ -88,9 +87,9 @@ impl RewardArgs {
         }
     }
 
-    fn judge_loader(&self, job_model: Option<&str>) -> Box<orchard_rewards::judge::JudgeLoader> {
-        let fallback = self.judge_model.clone().or(job_model.map(str::to_string)).unwrap_or_else(|| "default".into());
-        orchard_jobs::judge::loader(fallback)
+    /// The model a judge without one of its own loads: `--judge-model`, else the job's model, else `default`.
+    fn judge_model(&self, job_model: Option<&str>) -> String {
+        self.judge_model.clone().or(job_model.map(str::to_string)).unwrap_or_else(|| "default".into())
     }
 }
 
@@ -145,7 +144,7 @@ impl JobArgs {
         reward_config: &Option<PathBuf>,
         model: &Option<String>,
     ) -> anyhow::Result<JobReward> {
-        JobReward::build(reward.as_deref(), reward_config.as_deref(), &self.sandbox, model.as_deref())
+        build_reward(reward.as_deref(), reward_config.as_deref(), &self.sandbox, model.as_deref())
     }
 }
 
@@ -160,65 +159,23 @@ pub fn read_job_file<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyh
     }
 }
 
-/// A reward built from a name (`gsm8k`, `humaneval`…) or a TOML description, with its sandbox when it runs code.
-pub struct JobReward {
-    reward: Box<dyn Reward>,
-    spec: RewardSpec,
-    loader: Box<orchard_rewards::judge::JudgeLoader>,
-    /// Kept alive for the reward's lifetime.
-    _sandbox: Option<Arc<dyn orchard_rewards::sandbox::Sandbox>>,
-}
-
-impl JobReward {
-    /// Builds the reward named `kind`, or described by the TOML file `config`; a judge without a model of its own
-    /// uses `--judge-model`, else `job_model`.
-    pub fn build(
-        kind: Option<&str>,
-        config: Option<&Path>,
-        args: &RewardArgs,
-        job_model: Option<&str>,
-    ) -> anyhow::Result<Self> {
-        let spec = Self::spec(kind, config, args)?;
-        let sb = if spec.needs_sandbox() { Some(args.sandbox.open()?) } else { None };
-        let loader = args.judge_loader(job_model);
-        let res = orchard_rewards::Resources { sandbox: sb.as_ref(), judge: Some(loader.as_ref()) };
-        let reward = spec.build_with(&res)?;
-        Ok(JobReward { reward, spec, _sandbox: sb, loader })
+/// Builds the reward named `kind`, or described by the TOML file `config`, with the sandbox flags applied (the
+/// library's [`JobReward`]); a judge without a model of its own uses `--judge-model`, else `job_model`.
+pub fn build_reward(
+    kind: Option<&str>,
+    config: Option<&Path>,
+    args: &RewardArgs,
+    job_model: Option<&str>,
+) -> anyhow::Result<JobReward> {
+    let mut spec = JobReward::spec(kind, config)?;
+    for policy in spec.policies_mut() {
+        args.sandbox.apply(policy);
     }
-
-    /// The reward's description, with the flags applied.
-    pub fn spec(kind: Option<&str>, config: Option<&Path>, args: &RewardArgs) -> anyhow::Result<RewardSpec> {
-        let mut spec = match (kind, config) {
-            (_, Some(path)) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-                RewardSpec::from_toml(&text).with_context(|| format!("in {}", path.display()))?
-            }
-            (Some(kind), None) => RewardSpec::from_name(kind)?,
-            (None, None) => anyhow::bail!("no reward: give --reward NAME or --reward-config FILE.toml"),
-        };
-        for policy in spec.policies_mut() {
-            args.sandbox.apply(policy);
-        }
-        for python in spec.python_mut() {
-            args.apply_python(python);
-        }
-        Ok(spec)
+    for python in spec.python_mut() {
+        args.apply_python(python);
     }
-
-    /// Score one row with the reward and each of its terms (`orchard reward --explain`).
-    pub fn explain(
-        &self,
-        task: &orchard_rewards::Task,
-        completion: &str,
-    ) -> anyhow::Result<orchard_rewards::Explanation> {
-        let res = orchard_rewards::Resources { sandbox: self._sandbox.as_ref(), judge: Some(self.loader.as_ref()) };
-        Ok(self.spec.explain(&res, task, completion)?)
-    }
-
-    /// The reward itself (searches score through [`orchard_rewards::score_caught`]).
-    pub fn reward(&self) -> &dyn Reward {
-        self.reward.as_ref()
-    }
+    let sb = if spec.needs_sandbox() { Some(args.sandbox.open()?) } else { None };
+    Ok(JobReward::new(spec, sb, args.judge_model(job_model))?)
 }
 
 /// Sampling knobs on the command line; each has a TOML key in the job file's `[sampling]` table.

@@ -13,6 +13,7 @@
 //! | [`train`] | every trainer setting as one spec; open (with resume) and run a training |
 //! | [`rl`] | online RL: sample groups with the current weights, GRPO-family step, in one process |
 //! | [`run`] | a data job end to end: open or resume its run directory, sample or search, finish the manifest |
+//! | [`reward`] | a job's reward with its sandbox and judge loader, from a name or a TOML description |
 //! | [`rounds`] | the closed loop: generate with the current policy → train → hand the weights back in memory → eval |
 //!
 //! ```no_run
@@ -31,6 +32,7 @@ pub mod error;
 pub mod eval;
 pub mod judge;
 pub mod policy;
+pub mod reward;
 pub mod rl;
 pub mod rounds;
 pub mod run;

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use orchard_engine::{GenerateOptions, GenerateRequest, Message, Prompt, SamplingParams};
+use orchard_jobs::reward::JobReward;
 use orchard_jobs::rounds::{LoopConfig, LoopMode};
 use orchard_jobs::run::{run_sample, run_search, Runtime};
 use orchard_jobs::sample::SampleJob;
 use orchard_jobs::search::SearchJob;
 use orchard_jobs::Progress;
-use orchard_rewards::sandbox::{self, Sandbox, SandboxChoice, SandboxConfig, SandboxPolicy};
-use orchard_rewards::{Reward, RewardSpec};
+use orchard_rewards::sandbox::{self, SandboxChoice, SandboxConfig, SandboxPolicy};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -181,38 +181,21 @@ fn reward_catalog() -> PyResult<String> {
     serde_json::to_string(&orchard_rewards::catalog()).map_err(err)
 }
 
-/// A reward and the sandbox and judge loader it holds.
-struct BuiltReward {
-    reward: Box<dyn Reward>,
-    _sandbox: Option<Arc<dyn Sandbox>>,
-    _loader: Box<orchard_rewards::judge::JudgeLoader>,
-}
-
 /// Builds the reward `name` (a registry name or `python:FILE:FUNCTION`) or described by the TOML file `config`,
-/// with the default sandbox (bubblewrap; `sandbox = "rlimits"` only when asked) for code rewards.
+/// with the sandbox `choice` (bubblewrap by default; `rlimits` only when asked) for code rewards.
 fn build_reward(
     name: Option<&str>,
     config: Option<&Path>,
     choice: SandboxChoice,
     model: Option<&str>,
-) -> Result<BuiltReward, String> {
-    let spec = match (name, config) {
-        (_, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-            RewardSpec::from_toml(&text).map_err(|e| format!("in {}: {e}", path.display()))?
-        }
-        (Some(name), None) => RewardSpec::from_name(name).map_err(|e| e.to_string())?,
-        (None, None) => return Err("no reward: give `reward` (a name) or `reward_config` (a TOML file)".into()),
-    };
+) -> Result<JobReward, String> {
+    let spec = JobReward::spec(name, config).map_err(|e| e.to_string())?;
     let sb = if spec.needs_sandbox() {
         Some(sandbox::open(choice, SandboxConfig::default()).map_err(|e| e.to_string())?)
     } else {
         None
     };
-    let loader = orchard_jobs::judge::loader(model.unwrap_or("default").to_string());
-    let res = orchard_rewards::Resources { sandbox: sb.as_ref(), judge: Some(loader.as_ref()) };
-    let reward = spec.build_with(&res).map_err(|e| e.to_string())?;
-    Ok(BuiltReward { reward, _sandbox: sb, _loader: loader })
+    JobReward::new(spec, sb, model.unwrap_or("default").to_string()).map_err(|e| e.to_string())
 }
 
 fn parse_choice(sandbox: &str) -> PyResult<SandboxChoice> {
@@ -240,7 +223,7 @@ fn score_rewards(py: Python<'_>, name: String, rows: String, sandbox: &str) -> P
         }
         let built = build_reward(Some(&name), None, choice, None)?;
         let refs: Vec<(&orchard_rewards::Task, &str)> = items.iter().map(|(t, c)| (t, c.as_str())).collect();
-        let outcomes = orchard_rewards::score_batch_caught(built.reward.as_ref(), &refs);
+        let outcomes = orchard_rewards::score_batch_caught(built.reward(), &refs);
         let rows: Vec<serde_json::Value> = outcomes
             .iter()
             .map(|o| match &o.error {
@@ -297,8 +280,8 @@ fn sample(py: Python<'_>, config: String, is_path: bool, out: Option<PathBuf>, s
         }
         let reward = build_reward(job.reward.as_deref(), job.reward_config.as_deref(), choice, job.model.as_deref())?;
         let engine = load_engine(&job.model)?;
-        let done = run_sample(&engine, &job, reward.reward.as_ref(), &Runtime::default(), &mut Lines)
-            .map_err(|e| e.to_string())?;
+        let done =
+            run_sample(&engine, &job, reward.reward(), &Runtime::default(), &mut Lines).map_err(|e| e.to_string())?;
         Ok(done.out.display().to_string())
     })
     .map_err(err)
@@ -319,8 +302,8 @@ fn search(py: Python<'_>, config: String, is_path: bool, out: Option<PathBuf>, s
         job.resolve_defaults();
         let reward = build_reward(job.reward.as_deref(), job.reward_config.as_deref(), choice, job.model.as_deref())?;
         let engine = Arc::new(load_engine(&job.model)?);
-        let done = run_search(engine, &job, reward.reward.as_ref(), &Runtime::default(), &mut Lines)
-            .map_err(|e| e.to_string())?;
+        let done =
+            run_search(engine, &job, reward.reward(), &Runtime::default(), &mut Lines).map_err(|e| e.to_string())?;
         Ok(done.job.out.display().to_string())
     })
     .map_err(err)
@@ -336,7 +319,7 @@ fn run_loop(py: Python<'_>, config: String, is_path: bool, out: PathBuf, sandbox
         orchard_jobs::rounds::check(&cfg).map_err(|e| e.to_string())?;
         let reward = build_reward(Some(&cfg.reward), None, choice, Some(&cfg.model))?;
         let engine = Arc::new(orchard_engine::Engine::load(&cfg.model).map_err(|e| e.to_string())?);
-        let r = reward.reward.as_ref();
+        let r = reward.reward();
         let report = if cfg.mode == LoopMode::Online {
             let rep = orchard_jobs::rounds::run_online(&cfg, engine, r, &out, &mut Lines).map_err(|e| e.to_string())?;
             serde_json::to_value(&rep)

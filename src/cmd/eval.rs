@@ -12,7 +12,7 @@ use orchard_engine::GenerateOptions;
 use orchard_jobs::eval::{evaluate, EvalConfig, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE};
 
 use super::common::{ModelArgs, PrecisionArg};
-use crate::job::JobReward;
+use crate::job::build_reward;
 
 /// Evaluate a model on GSM8K, SVAMP (or a task file): greedy accuracy and, with --n K > 1, maj@K, each with a 95%
 /// Wilson interval. Prints one JSON object (and writes it to --out if given).
@@ -62,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let loaded = source.load()?;
     anyhow::ensure!(!loaded.tasks.is_empty(), "no tasks to evaluate");
     let reward_name = args.reward.clone().unwrap_or_else(|| source.task.name().to_string());
-    let reward = JobReward::build(Some(&reward_name), None, &args.sandbox, Some(&args.model.model))?;
+    let reward = build_reward(Some(&reward_name), None, &args.sandbox, Some(&args.model.model))?;
     let engine = args.model.load()?;
     let opts = GenerateOptions { precision: args.precision.resolve(), ..GenerateOptions::default() };
     let cfg = EvalConfig {

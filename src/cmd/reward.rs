@@ -8,7 +8,7 @@ use anyhow::Context;
 use orchard_rewards::{score_batch_caught, Outcome, Task};
 use rayon::prelude::*;
 
-use crate::job::{JobReward, RewardArgs};
+use crate::job::{build_reward, RewardArgs};
 
 /// Rows scored in parallel per chunk; output stays in input order.
 const CHUNK_ROWS: usize = 512;
@@ -59,7 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return list(args.json);
     }
     let input = args.input.clone().context("give --input FILE.jsonl")?;
-    let reward = JobReward::build(args.kind.as_deref(), args.config.as_deref(), &args.sandbox, None)?;
+    let reward = build_reward(args.kind.as_deref(), args.config.as_deref(), &args.sandbox, None)?;
     let bytes = super::exec::read_input(&input)?;
     let base = input.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let lines: Vec<(usize, &[u8])> = bytes

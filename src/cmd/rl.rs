@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use orchard_jobs::rl::{run_rl, RlConfig};
 
 use super::common::{Bars, ModelArgs};
-use crate::job::JobReward;
+use crate::job::build_reward;
 
 /// Online RL: every step samples G completions for each of P train prompts with the current weights (handed to
 /// the engine in memory, nothing copied to another process), scores them with the reward, computes group
@@ -49,7 +49,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = RlConfig::from_toml(&args.config)?;
-    let reward = JobReward::build(Some(&cfg.reward), None, &args.sandbox, Some(&cfg.model))?;
+    let reward = build_reward(Some(&cfg.reward), None, &args.sandbox, Some(&cfg.model))?;
     let engine = ModelArgs { model: cfg.model.clone(), threads: args.threads }.load()?;
     let mut bars = Bars::default();
     let report = run_rl(&cfg, &engine, reward.reward(), &args.out, args.stop_after, &mut bars)?;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use orchard_jobs::rounds::{run_loop, LoopConfig};
 
 use super::common::{Bars, ModelArgs};
-use crate::job::JobReward;
+use crate::job::build_reward;
 
 /// Make a model better: R rounds of *generate with the current policy on the train questions → train from it →
 /// hand the trained weights to the engine in memory → evaluate greedy (and maj@K) on a held-out split*, each
@@ -69,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let reward = JobReward::build(Some(&cfg.reward), None, &args.sandbox, Some(&cfg.model))?;
+    let reward = build_reward(Some(&cfg.reward), None, &args.sandbox, Some(&cfg.model))?;
     let engine = ModelArgs { model: cfg.model.clone(), threads: args.threads }.load()?;
     let mut bars = Bars::default();
     if cfg.mode == orchard_jobs::rounds::LoopMode::Online {
