@@ -298,6 +298,8 @@ pub struct DiffLayer {
     pub gate_up_proj: Weight,
     /// MLP down projection.
     pub down_proj: Weight,
+    /// Gemma's norms of the attention and MLP outputs.
+    pub sandwich: Option<(Weight, Weight)>,
     /// Adapters, indexed by [`Target`] order.
     adapters: [Option<Adapter>; 7],
 }
@@ -396,6 +398,7 @@ pub enum Mode {
 pub struct DiffModel {
     config: ModelConfig,
     inv_freq: Vec<f32>,
+    local_inv_freq: Option<Vec<f32>>,
     device: Device,
     fused: bool,
     embed_tokens: Weight,
@@ -446,6 +449,10 @@ impl DiffModel {
                 post_attention_layernorm: vector(&layer.post_attention_layernorm)?,
                 gate_up_proj: linear(&layer.gate_up_proj)?,
                 down_proj: linear(&layer.down_proj)?,
+                sandwich: match &layer.sandwich {
+                    Some(n) => Some((vector(&n.after_attention)?, vector(&n.after_mlp)?)),
+                    None => None,
+                },
                 adapters,
             });
         }
@@ -454,6 +461,7 @@ impl DiffModel {
             lm_head: if model.is_tied() { None } else { Some(linear(model.lm_head())?) },
             norm: vector(model.norm())?,
             inv_freq: model.inv_freq().to_vec(),
+            local_inv_freq: model.local_inv_freq().map(<[f32]>::to_vec),
             config: cfg,
             device: device.clone(),
             fused: device.is_cpu(),
@@ -509,6 +517,10 @@ impl DiffModel {
             push(format!("layers.{i}.post_attention_layernorm"), &l.post_attention_layernorm);
             push(format!("layers.{i}.gate_up_proj"), &l.gate_up_proj);
             push(format!("layers.{i}.down_proj"), &l.down_proj);
+            if let Some((a, m)) = &l.sandwich {
+                push(format!("layers.{i}.post_attention_norm"), a);
+                push(format!("layers.{i}.post_mlp_norm"), m);
+            }
         }
         push("norm".into(), &self.norm);
         if let Some(h) = &self.lm_head {
@@ -552,9 +564,19 @@ impl DiffModel {
         // 1. Embed.
         let ids = Tensor::new(batch.tokens.as_slice(), &self.device)?;
         let mut x = self.embed_tokens.get(mode).index_select(&ids, 0)?;
-        let rope = RopeTable::new(&batch.positions, &self.inv_freq);
+        if cfg.arch.scales_embedding() {
+            // As the inference forward: the factor √d rounded to f32 first.
+            x = (x * f64::from((cfg.hidden_size as f32).sqrt()))?;
+        }
+        let global = RopeTable::new(&batch.positions, &self.inv_freq);
+        let local = self.local_inv_freq.as_ref().map(|f| RopeTable::new(&batch.positions, f));
         for (li, layer) in self.layers.iter().enumerate() {
-            x = self.layer(li, layer, &x, &rope, batch, mode)?;
+            let sliding = cfg.sliding_window.as_ref().is_some_and(|sw| sw.layers[li]);
+            let rope = match (&local, sliding) {
+                (Some(l), true) => l,
+                _ => &global,
+            };
+            x = self.layer(li, layer, &x, rope, batch, mode)?;
         }
         Ok(x)
     }
@@ -570,7 +592,10 @@ impl DiffModel {
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let (eps, fused) = (cfg.rms_norm_eps, self.fused);
-        let shape = AttnShape { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim };
+        let window = cfg.sliding_window.as_ref().filter(|sw| sw.layers[li]).map(|sw| sw.window);
+        let scale = 1.0 / cfg.query_pre_attn_scalar.unwrap_or(cfg.head_dim as f32).sqrt();
+        let shape =
+            AttnShape { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim, scale, window };
         // 2. Attention block: norm, fused q/k/v (+ adapters, + bias), rotary on q and k, causal attention, output.
         let h = ops::rms_norm(x, &layer.input_layernorm.get(mode), eps, fused)?;
         let mut qkv = self.project(li, layer, &h, FusedWeight::Qkv, mode)?;
@@ -582,12 +607,23 @@ impl DiffModel {
         }
         let qkv = ops::rope(&qkv, rope, cfg.num_heads + cfg.num_kv_heads, fused)?;
         let attn = ops::attention(&qkv, (&b.seqs, &b.forks), shape, fused)?;
-        let x = (x + self.project(li, layer, &attn, FusedWeight::O, mode)?)?;
-        // 3. MLP block: norm, fused gate/up (+ adapters), SwiGLU, down (+ adapter).
+        let mut out = self.project(li, layer, &attn, FusedWeight::O, mode)?;
+        if let Some((after, _)) = &layer.sandwich {
+            out = ops::rms_norm(&out, &after.get(mode), eps, fused)?;
+        }
+        let x = (x + out)?;
+        // 3. MLP block: norm, fused gate/up (+ adapters), SwiGLU or GeGLU, down (+ adapter).
         let h = ops::rms_norm(&x, &layer.post_attention_layernorm.get(mode), eps, fused)?;
         let gu = self.project(li, layer, &h, FusedWeight::GateUp, mode)?;
-        let act = ops::silu_mul(&gu, fused)?;
-        Ok((x + self.project(li, layer, &act, FusedWeight::Down, mode)?)?)
+        let act = match cfg.hidden_act {
+            crate::config::Activation::Silu => ops::silu_mul(&gu, fused)?,
+            crate::config::Activation::GeluTanh => ops::gelu_mul(&gu, fused)?,
+        };
+        let mut out = self.project(li, layer, &act, FusedWeight::Down, mode)?;
+        if let Some((_, after)) = &layer.sandwich {
+            out = ops::rms_norm(&out, &after.get(mode), eps, fused)?;
+        }
+        Ok((x + out)?)
     }
 
     /// Qwen3's per-head RMSNorm of the query and key heads of fused `qkv` rows `(T, qkv_width)`.
@@ -760,6 +796,12 @@ impl DiffModel {
                 post_attention_layernorm: l.post_attention_layernorm.to_vec()?,
                 gate_up_proj: project(l, &l.gate_up_proj, FusedWeight::GateUp, 2 * f, d)?,
                 down_proj: project(l, &l.down_proj, FusedWeight::Down, d, f)?,
+                sandwich: match &l.sandwich {
+                    Some((a, m)) => {
+                        Some(crate::model::SandwichNorms { after_attention: a.to_vec()?, after_mlp: m.to_vec()? })
+                    }
+                    None => None,
+                },
             });
         }
         // The engine recomputes inverse frequencies from the config; carry any per-frequency factors over.

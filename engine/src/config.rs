@@ -17,6 +17,10 @@ pub enum Arch {
     Qwen2,
     /// Qwen3 dense models (per-head RMSNorm on queries and keys before the rotary embedding, no biases).
     Qwen3,
+    /// Gemma 3 text models: embedding scaled by √width, RMSNorm around both blocks (before and after), per-head q/k
+    /// RMSNorm, GeGLU (tanh-approximated GELU), sliding-window layers with their own rotary base between global
+    /// ones, queries scaled by `query_pre_attn_scalar^-1/2`.
+    Gemma3,
 }
 
 impl Arch {
@@ -26,13 +30,52 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Gemma3 => "gemma3",
         }
     }
 
-    /// Whether queries and keys get a per-head RMSNorm before the rotary embedding (Qwen3's `q_norm`/`k_norm`).
+    /// Whether queries and keys get a per-head RMSNorm before the rotary embedding (`q_norm`/`k_norm`).
     pub fn qk_norm(self) -> bool {
-        self == Arch::Qwen3
+        matches!(self, Arch::Qwen3 | Arch::Gemma3)
     }
+
+    /// Whether each block's output is normalised again before the residual add (Gemma's `post_attention_layernorm`
+    /// and `post_feedforward_layernorm`).
+    pub fn sandwich_norms(self) -> bool {
+        self == Arch::Gemma3
+    }
+
+    /// Whether token embeddings are multiplied by √hidden_size (Gemma).
+    pub fn scales_embedding(self) -> bool {
+        self == Arch::Gemma3
+    }
+
+    /// Whether HF stores RMSNorm weights as offsets from one (`x · (1 + w)`, Gemma); GGUF files store `1 + w`.
+    pub fn norm_weights_offset(self) -> bool {
+        self == Arch::Gemma3
+    }
+}
+
+/// The MLP's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// SwiGLU: `silu(gate) · up` (llama, qwen).
+    Silu,
+    /// GeGLU with the tanh approximation: `gelu_tanh(gate) · up` (HF `gelu_pytorch_tanh`, Gemma).
+    GeluTanh,
+}
+
+/// Sliding-window attention on some layers (Gemma 3): those attend to the last `window` positions only and rotate
+/// with their own base.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SlidingWindow {
+    /// Keys a query sees: itself and the `window − 1` before it (HF: `kv_idx > q_idx − window`).
+    pub window: usize,
+    /// Per layer, whether it is a sliding-window layer (the others attend globally).
+    pub layers: Vec<bool>,
+    /// Rotary base of the sliding-window layers (unscaled; Gemma 3: 10 000).
+    pub rope_theta: f32,
 }
 
 /// Rotary-embedding frequency scaling (HF `rope_scaling`).
@@ -87,6 +130,12 @@ pub struct ModelConfig {
     pub tie_word_embeddings: bool,
     /// Whether q/k/v projections carry biases (Qwen2).
     pub attention_bias: bool,
+    /// The MLP's gate activation.
+    pub hidden_act: Activation,
+    /// Sliding-window layers, if the model has any.
+    pub sliding_window: Option<SlidingWindow>,
+    /// Attention scores scaled by `query_pre_attn_scalar^-1/2` instead of `head_dim^-1/2` (Gemma).
+    pub query_pre_attn_scalar: Option<f32>,
 }
 
 impl ModelConfig {
@@ -101,7 +150,8 @@ impl ModelConfig {
         let attn = d * self.qkv_width() + self.num_heads * self.head_dim * d;
         let bias = if self.attention_bias { self.qkv_width() } else { 0 };
         let qk_norm = if self.arch.qk_norm() { 2 * self.head_dim } else { 0 };
-        let per_layer = attn + bias + qk_norm + 3 * d * f + 2 * d;
+        let norms = if self.arch.sandwich_norms() { 4 * d } else { 2 * d };
+        let per_layer = attn + bias + qk_norm + 3 * d * f + norms;
         let head = if self.tie_word_embeddings { 0 } else { v * d };
         v * d + self.num_layers * per_layer + d + head
     }
@@ -139,6 +189,26 @@ impl ModelConfig {
         if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
             return bad(format!("rope_theta ({}) must be a positive number", self.rope_theta));
         }
+        if let Some(sw) = &self.sliding_window {
+            if sw.window == 0 {
+                return bad("sliding_window must be positive".into());
+            }
+            if sw.layers.len() != self.num_layers {
+                return bad(format!(
+                    "{} layer types for {} layers (layer_types must name every layer)",
+                    sw.layers.len(),
+                    self.num_layers
+                ));
+            }
+            if !(sw.rope_theta > 0.0 && sw.rope_theta.is_finite()) {
+                return bad(format!("the sliding layers' rope base ({}) must be a positive number", sw.rope_theta));
+            }
+        }
+        if let Some(s) = self.query_pre_attn_scalar {
+            if !(s > 0.0 && s.is_finite()) {
+                return bad(format!("query_pre_attn_scalar ({s}) must be a positive number"));
+            }
+        }
         Ok(())
     }
 
@@ -148,6 +218,7 @@ impl ModelConfig {
             Arch::Llama => ("LlamaForCausalLM", "llama"),
             Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
             Arch::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
+            Arch::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text"),
         };
         let rope_scaling = match self.rope_scaling {
             None => serde_json::Value::Null,
@@ -184,6 +255,37 @@ impl ModelConfig {
         });
         if matches!(self.arch, Arch::Qwen2 | Arch::Qwen3) {
             c["use_sliding_window"] = serde_json::Value::Bool(false);
+        }
+        if self.arch == Arch::Gemma3 {
+            let obj = c.as_object_mut().expect("an object");
+            obj.remove("hidden_act");
+            obj.remove("mlp_bias");
+            let act = match self.hidden_act {
+                Activation::Silu => "silu",
+                Activation::GeluTanh => "gelu_pytorch_tanh",
+            };
+            obj.insert("hidden_activation".into(), act.into());
+            // transformers types this field as an int.
+            let scalar = self.query_pre_attn_scalar.unwrap_or(self.head_dim as f32);
+            let scalar =
+                if scalar.fract() == 0.0 { serde_json::json!(scalar as u64) } else { serde_json::json!(scalar) };
+            obj.insert("query_pre_attn_scalar".into(), scalar);
+            if let Some(sw) = &self.sliding_window {
+                let types: Vec<&str> =
+                    sw.layers.iter().map(|&s| if s { "sliding_attention" } else { "full_attention" }).collect();
+                obj.insert("sliding_window".into(), sw.window.into());
+                obj.insert("layer_types".into(), serde_json::json!(types));
+                obj.insert(
+                    "rope_parameters".into(),
+                    serde_json::json!({
+                        "sliding_attention": {"rope_type": "default", "rope_theta": sw.rope_theta},
+                        "full_attention": {"rope_type": "default", "rope_theta": self.rope_theta},
+                    }),
+                );
+                obj.remove("rope_theta");
+            }
+            obj.insert("final_logit_softcapping".into(), serde_json::Value::Null);
+            obj.insert("attn_logit_softcapping".into(), serde_json::Value::Null);
         }
         c
     }
@@ -225,7 +327,18 @@ struct HfConfig {
     #[serde(default)]
     mlp_bias: bool,
     hidden_act: Option<String>,
+    /// Gemma's name for `hidden_act`.
+    hidden_activation: Option<String>,
     use_sliding_window: Option<bool>,
+    /// Gemma 3: `sliding_attention` / `full_attention` per layer.
+    layer_types: Option<Vec<String>>,
+    /// Gemma 3 (transformers < 5): every N-th layer is global.
+    sliding_window_pattern: Option<usize>,
+    /// Gemma 3 (transformers < 5): the sliding layers' rotary base.
+    rope_local_base_freq: Option<f64>,
+    query_pre_attn_scalar: Option<f64>,
+    final_logit_softcapping: Option<f64>,
+    attn_logit_softcapping: Option<f64>,
     /// Mistral's attention window (`null` from Mistral v0.2 on).
     sliding_window: Option<usize>,
 }
@@ -244,17 +357,39 @@ impl HfConfig {
             "llama" | "mistral" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
+            "gemma3_text" => Arch::Gemma3,
             other => {
                 let archs = self.architectures.join(", ");
+                let hint = if other == "gemma3" {
+                    " (the multimodal Gemma 3 checkpoint: load its text model, model_type gemma3_text)"
+                } else {
+                    ""
+                };
                 return Err(Error::unsupported(
                     path,
-                    format!("model_type `{other}` ({archs}); supported: llama, mistral, qwen2, qwen3"),
+                    format!(
+                        "model_type `{other}` ({archs}){hint}; supported: llama, mistral, qwen2, qwen3, gemma3_text"
+                    ),
                 ));
             }
         };
-        if let Some(act) = &self.hidden_act {
-            if act != "silu" {
-                return Err(Error::unsupported(path, format!("hidden_act `{act}`; only silu is supported")));
+        let hidden_act = match self.hidden_act.as_deref().or(self.hidden_activation.as_deref()) {
+            None if arch == Arch::Gemma3 => Activation::GeluTanh,
+            None | Some("silu") => Activation::Silu,
+            Some("gelu_pytorch_tanh") => Activation::GeluTanh,
+            Some(act) => {
+                return Err(Error::unsupported(
+                    path,
+                    format!("{model_type}: hidden activation `{act}`; supported: silu, gelu_pytorch_tanh"),
+                ))
+            }
+        };
+        for (name, v) in [
+            ("final_logit_softcapping", self.final_logit_softcapping),
+            ("attn_logit_softcapping", self.attn_logit_softcapping),
+        ] {
+            if v.is_some() {
+                return Err(Error::unsupported(path, format!("{model_type}: {name} (logit soft-capping)")));
             }
         }
         if self.mlp_bias {
@@ -289,6 +424,11 @@ impl HfConfig {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => Some(parse_rope_scaling(v).map_err(|msg| Error::unsupported(path, msg))?),
         };
+        let (rope_theta, rope_scaling, sliding_window) = if arch == Arch::Gemma3 {
+            self.gemma3_layers(path, rope_theta, rope_scaling)?
+        } else {
+            (rope_theta, rope_scaling, None)
+        };
         let heads = self.num_attention_heads;
         Ok(ModelConfig {
             arch,
@@ -305,7 +445,63 @@ impl HfConfig {
             max_position_embeddings: max_position,
             tie_word_embeddings: self.tie_word_embeddings,
             attention_bias: self.attention_bias.unwrap_or(arch == Arch::Qwen2),
+            hidden_act,
+            sliding_window,
+            query_pre_attn_scalar: self.query_pre_attn_scalar.map(|x| x as f32),
         })
+    }
+
+    /// Gemma 3's layer plan: which layers slide (`layer_types`, or every layer but each `sliding_window_pattern`-th)
+    /// and the two rotary bases (transformers ≥ 5: `rope_parameters.{sliding,full}_attention`; before:
+    /// `rope_local_base_freq` and `rope_theta`). Returns the global base and scaling and the sliding plan.
+    #[allow(clippy::type_complexity)]
+    fn gemma3_layers(
+        &self,
+        path: &Path,
+        rope_theta: f64,
+        rope_scaling: Option<RopeScaling>,
+    ) -> Result<(f64, Option<RopeScaling>, Option<SlidingWindow>)> {
+        let n = self.num_hidden_layers;
+        let layers: Vec<bool> = match (&self.layer_types, self.sliding_window_pattern) {
+            (Some(types), _) => types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "sliding_attention" => Ok(true),
+                    "full_attention" => Ok(false),
+                    other => Err(Error::unsupported(path, format!("gemma3: layer type `{other}`"))),
+                })
+                .collect::<Result<_>>()?,
+            (None, pattern) => {
+                let p = pattern.unwrap_or(6).max(1);
+                (0..n).map(|i| (i + 1) % p != 0).collect()
+            }
+        };
+        let per_type = self.rope_parameters.as_ref().filter(|p| p.get("full_attention").is_some());
+        let (global_theta, global_scaling, local_theta) = match per_type {
+            Some(p) => {
+                let full = &p["full_attention"];
+                let local = p.get("sliding_attention").unwrap_or(full);
+                let theta = |v: &serde_json::Value, default: f64| {
+                    v.get("rope_theta").and_then(|x| x.as_f64()).unwrap_or(default)
+                };
+                let scaling = match full.get("rope_type").and_then(|t| t.as_str()) {
+                    None | Some("default") => None,
+                    Some(_) => Some(parse_rope_scaling(full).map_err(|msg| Error::unsupported(path, msg))?),
+                };
+                if local.get("rope_type").and_then(|t| t.as_str()).is_some_and(|t| t != "default") {
+                    return Err(Error::unsupported(path, "gemma3: rope scaling on the sliding-window layers"));
+                }
+                (theta(full, 1_000_000.0), scaling, theta(local, 10_000.0))
+            }
+            None => (rope_theta, rope_scaling, self.rope_local_base_freq.unwrap_or(10_000.0)),
+        };
+        let sliding = match self.sliding_window {
+            Some(window) if layers.iter().any(|&s| s) => {
+                Some(SlidingWindow { window, layers, rope_theta: local_theta as f32 })
+            }
+            _ => None,
+        };
+        Ok((global_theta, global_scaling, sliding))
     }
 }
 
@@ -464,6 +660,9 @@ mod tests {
             max_position_embeddings: 1024,
             tie_word_embeddings: true,
             attention_bias: false,
+            hidden_act: Activation::Silu,
+            sliding_window: None,
+            query_pre_attn_scalar: None,
         };
         let plain = rope_inv_freq(&cfg);
         cfg.rope_scaling = Some(RopeScaling::Llama3 {

@@ -203,7 +203,11 @@ impl Engine {
             ModelSource::Gguf(p) => {
                 let g = GgufFile::open(p)?;
                 let tokenizer = Tokenizer::from_gguf(&g)?;
-                let template = g.meta_str("tokenizer.chat_template").map(str::to_string);
+                let template = g.meta_str("tokenizer.chat_template").map(str::to_string).or_else(|| {
+                    // Gemma GGUF files often come without a template; llama.cpp then applies Gemma's built in.
+                    let gemma = g.meta_str("general.architecture").is_some_and(|a| a.starts_with("gemma"));
+                    (gemma && tokenizer.token_id("<start_of_turn>").is_some()).then(|| GEMMA_TEMPLATE.to_string())
+                });
                 (g.load_model()?, tokenizer, template)
             }
             ModelSource::HfDir(d) => {
@@ -604,6 +608,14 @@ impl Engine {
         Ok(())
     }
 }
+
+/// Gemma's chat template (text only): a system message joins the first user turn, the assistant is `model`.
+const GEMMA_TEMPLATE: &str = "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- set first_user_prefix = \
+messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = '' \
+-%}{%- set loop_messages = messages -%}{%- endif -%}{%- for message in loop_messages -%}{%- if message['role'] == \
+'assistant' -%}{%- set role = 'model' -%}{%- else -%}{%- set role = message['role'] -%}{%- endif -%}{{ \
+'<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}{{ message['content'] | trim }}{{ \
+'<end_of_turn>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
 
 fn hf_chat_template(dir: &Path) -> Result<Option<String>> {
     let jinja = dir.join("chat_template.jinja");

@@ -15,7 +15,7 @@ use candle_core::quantized::GgmlDType;
 use crate::config::{Arch, ModelConfig};
 use crate::error::{Error, Result};
 use crate::kernels::quant::QRows;
-use crate::model::{Layer, Model, ModelParts, QkNorm};
+use crate::model::{Layer, Model, ModelParts, QkNorm, SandwichNorms};
 use crate::weights::Linear;
 
 /// An open GGUF file: metadata plus a memory map of the tensor data.
@@ -102,10 +102,11 @@ impl GgufFile {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
+            "gemma3" => Arch::Gemma3,
             other => {
                 return Err(Error::unsupported(
                     &self.path,
-                    format!("architecture `{other}`; supported: llama, qwen2, qwen3"),
+                    format!("architecture `{other}`; supported: llama, qwen2, qwen3, gemma3"),
                 ))
             }
         };
@@ -134,12 +135,25 @@ impl GgufFile {
                 return Err(Error::unsupported(&self.path, format!("rope scaling `{other}`")));
             }
         };
+        let num_layers = self.required(&format!("{a}.block_count"))?;
+        // Gemma 3 in GGUF (llama.cpp's `LLM_ARCH_GEMMA3`): every 6th layer global, the others a sliding window with
+        // rotary base 10 000; queries scaled by head_dim^-1/2 (the converter checks query_pre_attn_scalar == head_dim).
+        let sliding_window = match (arch, self.meta_usize(&format!("{a}.attention.sliding_window"))?) {
+            (Arch::Gemma3, Some(window)) => Some(crate::config::SlidingWindow {
+                window,
+                layers: (0..num_layers).map(|i| (i + 1) % 6 != 0).collect(),
+                rope_theta: 10_000.0,
+            }),
+            _ => None,
+        };
+        let hidden_act =
+            if arch == Arch::Gemma3 { crate::config::Activation::GeluTanh } else { crate::config::Activation::Silu };
         let cfg = ModelConfig {
             arch,
             vocab_size: vocab,
             hidden_size: hidden,
             intermediate_size: self.required(&format!("{a}.feed_forward_length"))?,
-            num_layers: self.required(&format!("{a}.block_count"))?,
+            num_layers,
             num_heads: heads,
             num_kv_heads: self.meta_usize(&format!("{a}.attention.head_count_kv"))?.unwrap_or(heads),
             head_dim,
@@ -151,6 +165,11 @@ impl GgufFile {
             max_position_embeddings: self.meta_usize(&format!("{a}.context_length"))?.unwrap_or(2048),
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+            hidden_act,
+            sliding_window,
+            // llama.cpp: Gemma 3 27B (62 layers) scales by (hidden / heads)^-1/2, the others by head_dim^-1/2.
+            query_pre_attn_scalar: (arch == Arch::Gemma3 && num_layers == 62 && heads > 0)
+                .then(|| (hidden / heads) as f32),
         };
         cfg.validate(&self.path)?;
         Ok(cfg)
@@ -320,6 +339,15 @@ impl GgufFile {
             };
             let gate = self.matrix(&p("ffn_gate.weight"), None)?;
             let up = self.matrix(&p("ffn_up.weight"), None)?;
+            // Gemma's norms are stored as `1 + w` by llama.cpp's converter: used as they are.
+            let sandwich = if cfg.arch.sandwich_norms() {
+                Some(SandwichNorms {
+                    after_attention: self.vector(&p("post_attention_norm.weight"), d)?,
+                    after_mlp: self.vector(&p("post_ffw_norm.weight"), d)?,
+                })
+            } else {
+                None
+            };
             layers.push(Layer {
                 input_layernorm: self.vector(&p("attn_norm.weight"), d)?,
                 qkv_proj: stack(&[q, k, v], d).map_err(|e| Error::bad_model(&self.path, format!("layer {i}: {e}")))?,
@@ -330,6 +358,7 @@ impl GgufFile {
                 gate_up_proj: stack(&[gate, up], d)
                     .map_err(|e| Error::bad_model(&self.path, format!("layer {i}: {e}")))?,
                 down_proj: linear(self.matrix(&p("ffn_down.weight"), None)?, cfg.intermediate_size),
+                sandwich,
             });
         }
         let embed_tokens = linear(self.matrix("token_embd.weight", None)?, d);

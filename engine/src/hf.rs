@@ -8,7 +8,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model::{Layer, Model, ModelParts, QkNorm};
+use crate::model::{Layer, Model, ModelParts, QkNorm, SandwichNorms};
 use crate::weights::Linear;
 
 /// The safetensors files of a model directory, memory-mapped.
@@ -103,6 +103,11 @@ pub fn load_model(dir: &Path) -> Result<Model> {
         expect_shape(dir, name, &shape, &[len])?;
         Ok(data)
     };
+    // Gemma's RMSNorm scales by `1 + w`: the engine's norms scale by their weight, so the offset is added here.
+    let offset = if cfg.arch.norm_weights_offset() { 1.0 } else { 0.0 };
+    let norm = |name: &str, len: usize| -> Result<Vec<f32>> {
+        Ok(vector(name, len)?.into_iter().map(|w| w + offset).collect())
+    };
     let [nq, nk, _] = crate::model::qkv_split(&cfg);
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
@@ -119,17 +124,25 @@ pub fn load_model(dir: &Path) -> Result<Model> {
             None
         };
         let qk_norm = if cfg.arch.qk_norm() {
-            Some(QkNorm {
-                q: vector(&p("self_attn.q_norm.weight"), hd)?,
-                k: vector(&p("self_attn.k_norm.weight"), hd)?,
-            })
+            Some(QkNorm { q: norm(&p("self_attn.q_norm.weight"), hd)?, k: norm(&p("self_attn.k_norm.weight"), hd)? })
         } else {
             None
         };
         let mut gate_up = matrix(&p("mlp.gate_proj.weight"), f, d)?;
         gate_up.extend(matrix(&p("mlp.up_proj.weight"), f, d)?);
+        // Gemma names its four norms differently: `post_attention_layernorm` follows the attention block there, and
+        // `pre_feedforward_layernorm` is the one before the MLP (the llama family's `post_attention_layernorm`).
+        let (pre_mlp, sandwich) = if cfg.arch.sandwich_norms() {
+            let sandwich = SandwichNorms {
+                after_attention: norm(&p("post_attention_layernorm.weight"), d)?,
+                after_mlp: norm(&p("post_feedforward_layernorm.weight"), d)?,
+            };
+            (norm(&p("pre_feedforward_layernorm.weight"), d)?, Some(sandwich))
+        } else {
+            (vector(&p("post_attention_layernorm.weight"), d)?, None)
+        };
         layers.push(Layer {
-            input_layernorm: vector(&p("input_layernorm.weight"), d)?,
+            input_layernorm: norm(&p("input_layernorm.weight"), d)?,
             qkv_proj: Linear::from_f32(&qkv, nq + 2 * nk, d),
             qkv_bias,
             qk_norm,
@@ -138,9 +151,10 @@ pub fn load_model(dir: &Path) -> Result<Model> {
                 d,
                 cfg.num_heads * hd,
             ),
-            post_attention_layernorm: vector(&p("post_attention_layernorm.weight"), d)?,
+            post_attention_layernorm: pre_mlp,
             gate_up_proj: Linear::from_f32(&gate_up, 2 * f, d),
             down_proj: Linear::from_f32(&matrix(&p("mlp.down_proj.weight"), d, f)?, d, f),
+            sandwich,
         });
     }
     let embed = matrix("model.embed_tokens.weight", cfg.vocab_size, d)?;
@@ -152,6 +166,9 @@ pub fn load_model(dir: &Path) -> Result<Model> {
     } else {
         return Err(Error::bad_model(dir, "tie_word_embeddings is false but `lm_head.weight` is missing"));
     };
-    let norm = vector("model.norm.weight", d)?;
-    Model::new(ModelParts { config: cfg, embed_tokens, lm_head, layers, norm, rope_freq_factors: None }, dir)
+    let final_norm = norm("model.norm.weight", d)?;
+    Model::new(
+        ModelParts { config: cfg, embed_tokens, lm_head, layers, norm: final_norm, rope_freq_factors: None },
+        dir,
+    )
 }

@@ -42,13 +42,13 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use chat::{ChatTemplate, Message};
-pub use config::{Arch, ModelConfig};
+pub use config::{Activation, Arch, ModelConfig, SlidingWindow};
 pub use engine::{
     Engine, FinishReason, GenerateOptions, GenerateRequest, Handoff, ModelInfo, Progress, Prompt, Sample, Scored,
 };
 pub use error::{Error, Result};
 pub use kv::KvCache;
-pub use model::{LogitRows, Logits, Model, QkNorm, Step, TokenId};
+pub use model::{LogitRows, Logits, Model, QkNorm, SandwichNorms, Step, TokenId};
 pub use sampling::SamplingParams;
 pub use scheduler::{Metrics, Scheduler, SchedulerConfig, SeqRequest};
 pub use tokenizer::Tokenizer;

@@ -1,4 +1,4 @@
-//! The llama-family decoder (Llama 2/3, SmolLM, Qwen2, Qwen3): one architecture definition whose weights serve the fast
+//! The llama-family decoder (Llama 2/3, SmolLM, Qwen2, Qwen3, Gemma 3): one architecture definition whose weights serve the fast
 //! inference forward here and the differentiable forward of [`crate::autograd`].
 //!
 //! Paper: Touvron et al., "LLaMA" (arXiv 2302.13971); reference implementation: HF transformers'
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::config::{rope_inv_freq, ModelConfig};
+use crate::config::{rope_inv_freq, Activation, ModelConfig};
 use crate::error::{Error, Result};
 use crate::kernels::attention::{attention, AttnSeq, AttnShape};
 use crate::kernels::ops;
@@ -42,6 +42,17 @@ pub struct Layer {
     pub gate_up_proj: Linear,
     /// MLP down projection.
     pub down_proj: Linear,
+    /// Norms of the attention and MLP outputs before their residual adds (Gemma).
+    pub sandwich: Option<SandwichNorms>,
+}
+
+/// Gemma's second pair of norms: each block's output is RMS-normalised before it joins the residual stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandwichNorms {
+    /// Applied to the attention output (HF Gemma `post_attention_layernorm`; GGUF `post_attention_norm`).
+    pub after_attention: Vec<f32>,
+    /// Applied to the MLP output (HF `post_feedforward_layernorm`; GGUF `post_ffw_norm`).
+    pub after_mlp: Vec<f32>,
 }
 
 /// Qwen3's per-head RMSNorm weights, applied to every query and key head before the rotary embedding.
@@ -130,6 +141,8 @@ pub struct Model {
     layers: Vec<Layer>,
     norm: Vec<f32>,
     inv_freq: Vec<f32>,
+    /// Rotary frequencies of the sliding-window layers, when they have their own base (Gemma 3).
+    local_inv_freq: Option<Vec<f32>>,
     pool: Arc<KvPool>,
     version: u64,
 }
@@ -184,6 +197,18 @@ impl Model {
             if l.input_layernorm.len() != d || l.post_attention_layernorm.len() != d {
                 return Err(bad(format!("layer {i} norm weights are not {d} wide")));
             }
+            match &l.sandwich {
+                Some(n) if n.after_attention.len() != d || n.after_mlp.len() != d => {
+                    return Err(bad(format!("layer {i} post-block norm weights are not {d} wide")));
+                }
+                None if cfg.arch.sandwich_norms() => {
+                    return Err(bad(format!("layer {i} lacks the post-block norms {} needs", cfg.arch.name())));
+                }
+                Some(_) if !cfg.arch.sandwich_norms() => {
+                    return Err(bad(format!("layer {i} has post-block norms, which {} does not use", cfg.arch.name())));
+                }
+                _ => {}
+            }
             if l.qkv_bias.as_ref().is_some_and(|b| b.len() != cfg.qkv_width()) {
                 return Err(bad(format!("layer {i} qkv bias is not {} wide", cfg.qkv_width())));
             }
@@ -209,6 +234,10 @@ impl Model {
                 *i /= x;
             }
         }
+        let local_inv_freq = cfg.sliding_window.as_ref().map(|sw| {
+            let local = ModelConfig { rope_theta: sw.rope_theta, rope_scaling: None, ..cfg.clone() };
+            rope_inv_freq(&local)
+        });
         Ok(Model {
             config: parts.config,
             embed_tokens: parts.embed_tokens,
@@ -216,6 +245,7 @@ impl Model {
             layers: parts.layers,
             norm: parts.norm,
             inv_freq,
+            local_inv_freq,
             pool: Arc::new(KvPool::default()),
             version: NEXT_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
@@ -248,6 +278,10 @@ impl Model {
     /// Rotary inverse frequencies (after scaling).
     pub fn inv_freq(&self) -> &[f32] {
         &self.inv_freq
+    }
+    /// Rotary inverse frequencies of the sliding-window layers, when they differ (Gemma 3).
+    pub fn local_inv_freq(&self) -> Option<&[f32]> {
+        self.local_inv_freq.as_deref()
     }
 
     /// Whether any weight is quantized (then [`Precision::Quantized`] is the fast default).
@@ -303,6 +337,10 @@ impl Model {
             floats(&l.post_attention_layernorm, &mut sink);
             l.gate_up_proj.digest_into(&mut sink);
             l.down_proj.digest_into(&mut sink);
+            if let Some(n) = &l.sandwich {
+                floats(&n.after_attention, &mut sink);
+                floats(&n.after_mlp, &mut sink);
+            }
         }
         floats(&self.norm, &mut sink);
         floats(&self.inv_freq, &mut sink);
@@ -324,6 +362,7 @@ impl Model {
                 post_attention_layernorm: l.post_attention_layernorm.clone(),
                 gate_up_proj: l.gate_up_proj.to_q8(),
                 down_proj: l.down_proj.to_q8(),
+                sandwich: l.sandwich.clone(),
             })
             .collect();
         Model {
@@ -333,6 +372,7 @@ impl Model {
             layers,
             norm: self.norm.clone(),
             inv_freq: self.inv_freq.clone(),
+            local_inv_freq: self.local_inv_freq.clone(),
             pool: Arc::new(KvPool::default()),
             version: NEXT_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
@@ -411,6 +451,11 @@ impl Model {
         for (row, &id) in x.chunks_mut(d).zip(&ids) {
             self.embed_tokens.row(id as usize, row);
         }
+        if cfg.arch.scales_embedding() {
+            // HF Gemma: `embed(ids) · hidden_size**0.5`, the factor rounded to the weights' dtype (f32 here).
+            let scale = (d as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
 
         let mut h = vec![0f32; t * d];
         let mut qkv = vec![0f32; t * qkv_w];
@@ -418,10 +463,20 @@ impl Model {
         let mut proj = vec![0f32; t * d];
         let mut gate_up = vec![0f32; t * 2 * f];
         let mut act = vec![0f32; t * f];
-        let shape = AttnShape { heads, kv_heads: kvh, head_dim: hd };
+        let global = AttnShape { heads, kv_heads: kvh, head_dim: hd, window: None };
         let angles = ops::rope_table(&positions, &self.inv_freq);
+        let local_angles = self.local_inv_freq.as_ref().map(|f| ops::rope_table(&positions, f));
+        // The kernels scale scores by head_dim^-1/2; a model asking for query_pre_attn_scalar^-1/2 instead gets its
+        // queries multiplied by the ratio first.
+        let q_scale = cfg.query_pre_attn_scalar.map(|s| (hd as f32).sqrt() / s.sqrt()).filter(|&c| c != 1.0);
 
         for (li, layer) in self.layers.iter().enumerate() {
+            let sliding = cfg.sliding_window.as_ref().filter(|sw| sw.layers[li]);
+            let shape = AttnShape { window: sliding.map(|sw| sw.window), ..global };
+            let angles = match (sliding, &local_angles) {
+                (Some(_), Some(local)) => local,
+                _ => &angles,
+            };
             // 2. Attention block.
             ops::rms_norm(&x, &layer.input_layernorm, cfg.rms_norm_eps, &mut h);
             layer.qkv_proj.forward(&h, t, precision, &mut qkv);
@@ -433,7 +488,10 @@ impl Model {
             if let Some(n) = &layer.qk_norm {
                 n.apply(&mut qkv, qkv_w, heads, kvh, cfg.rms_norm_eps);
             }
-            ops::rope(&mut qkv, qkv_w, heads + kvh, &angles, self.inv_freq.len());
+            ops::rope(&mut qkv, qkv_w, heads + kvh, angles, self.inv_freq.len());
+            if let Some(c) = q_scale {
+                qkv.par_chunks_mut(qkv_w).for_each(|row| row[..heads * hd].iter_mut().for_each(|v| *v *= c));
+            }
             // Each step writes its own cache: in parallel (the transposed key writes touch a cache line per
             // dimension, a few percent of decode at B = 64 when done by one thread).
             let write = |(s, (&first, &start)): (&mut Step<'_>, (&usize, &usize))| {
@@ -456,13 +514,24 @@ impl Model {
                 .collect();
             attention(li, &qkv, qkv_w, &seqs, shape, &mut attn);
             layer.o_proj.forward(&attn, t, precision, &mut proj);
+            if let Some(n) = &layer.sandwich {
+                ops::rms_norm(&proj, &n.after_attention, cfg.rms_norm_eps, &mut h);
+                std::mem::swap(&mut proj, &mut h);
+            }
             ops::add_assign(&mut x, &proj);
 
             // 3. MLP block.
             ops::rms_norm(&x, &layer.post_attention_layernorm, cfg.rms_norm_eps, &mut h);
             layer.gate_up_proj.forward(&h, t, precision, &mut gate_up);
-            ops::silu_mul(&gate_up, f, &mut act);
+            match cfg.hidden_act {
+                Activation::Silu => ops::silu_mul(&gate_up, f, &mut act),
+                Activation::GeluTanh => ops::gelu_tanh_mul(&gate_up, f, &mut act),
+            }
             layer.down_proj.forward(&act, t, precision, &mut proj);
+            if let Some(n) = &layer.sandwich {
+                ops::rms_norm(&proj, &n.after_mlp, cfg.rms_norm_eps, &mut h);
+                std::mem::swap(&mut proj, &mut h);
+            }
             ops::add_assign(&mut x, &proj);
         }
         for s in steps.iter_mut() {

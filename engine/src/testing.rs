@@ -16,7 +16,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::AddedToken;
 
-use crate::config::{Arch, ModelConfig};
+use crate::config::{Activation, Arch, ModelConfig, SlidingWindow};
 use crate::error::{Error, Result};
 use crate::gguf::unpermute_order;
 
@@ -45,9 +45,12 @@ const MERGES: [(&str, &str); 16] = [
     ("a", "n"),
 ];
 
-/// A small llama (or qwen2, qwen3) configuration: 2 layers, width 64, GQA 4/2, vocab 288; qwen3's heads are 32
-/// wide (so its attention is wider than the model, as Qwen3's own `head_dim` is independent of the width).
+/// A small llama (or qwen2, qwen3, gemma3) configuration: 2 layers, width 64, GQA 4/2, vocab 288; qwen3's and
+/// gemma3's heads are 32 wide (so attention is wider than the model, as their `head_dim` is independent of the
+/// width). Gemma 3's first layer is a 16-position sliding window with rotary base 10 000, its second global with
+/// base 10⁶, and its queries are scaled by 24^-1/2 (≠ head_dim^-1/2).
 pub fn tiny_config(arch: Arch) -> ModelConfig {
+    let gemma = arch == Arch::Gemma3;
     ModelConfig {
         arch,
         vocab_size: 288,
@@ -56,13 +59,16 @@ pub fn tiny_config(arch: Arch) -> ModelConfig {
         num_layers: 2,
         num_heads: 4,
         num_kv_heads: 2,
-        head_dim: if arch == Arch::Qwen3 { 32 } else { 16 },
+        head_dim: if matches!(arch, Arch::Qwen3 | Arch::Gemma3) { 32 } else { 16 },
         rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
+        rope_theta: if gemma { 1_000_000.0 } else { 10_000.0 },
         rope_scaling: None,
         max_position_embeddings: 512,
         tie_word_embeddings: arch != Arch::Qwen2,
         attention_bias: arch == Arch::Qwen2,
+        hidden_act: if gemma { Activation::GeluTanh } else { Activation::Silu },
+        sliding_window: gemma.then(|| SlidingWindow { window: 16, layers: vec![true, false], rope_theta: 10_000.0 }),
+        query_pre_attn_scalar: gemma.then_some(24.0),
     }
 }
 
@@ -146,8 +152,20 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> BTreeMap<String, (Vec<usi
                 mat(&mut w, p(&format!("self_attn.{n}_proj.bias")), vec![len], 0.1, 0.0, &mut rng);
             }
         }
-        for n in ["input_layernorm.weight", "post_attention_layernorm.weight"] {
-            mat(&mut w, p(n), vec![d], 0.1, 1.0, &mut rng);
+        if cfg.arch.sandwich_norms() {
+            // Gemma stores its norms as offsets from one.
+            for n in [
+                "input_layernorm.weight",
+                "post_attention_layernorm.weight",
+                "pre_feedforward_layernorm.weight",
+                "post_feedforward_layernorm.weight",
+            ] {
+                mat(&mut w, p(n), vec![d], 0.1, 0.0, &mut rng);
+            }
+        } else {
+            for n in ["input_layernorm.weight", "post_attention_layernorm.weight"] {
+                mat(&mut w, p(n), vec![d], 0.1, 1.0, &mut rng);
+            }
         }
         if cfg.arch.qk_norm() {
             for n in ["self_attn.q_norm.weight", "self_attn.k_norm.weight"] {
@@ -155,7 +173,8 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> BTreeMap<String, (Vec<usi
             }
         }
     }
-    mat(&mut w, "model.norm.weight".into(), vec![d], 0.1, 1.0, &mut rng);
+    let offset = if cfg.arch.norm_weights_offset() { 0.0 } else { 1.0 };
+    mat(&mut w, "model.norm.weight".into(), vec![d], 0.1, offset, &mut rng);
     w
 }
 

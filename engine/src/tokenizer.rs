@@ -49,12 +49,7 @@ impl Tokenizer {
         let path = g.path();
         let bad = |msg: String| Error::bad_model(path, msg);
         let model = g.meta_str("tokenizer.ggml.model").unwrap_or("");
-        if model != "gpt2" {
-            return Err(Error::unsupported(
-                path,
-                format!("tokenizer model `{model}`; only byte-level BPE (`gpt2`) is rebuilt from GGUF — load the HF directory instead"),
-            ));
-        }
+        let arch = g.meta_str("general.architecture").unwrap_or("");
         let meta = g.metadata();
         let tokens: Vec<String> = match meta.get("tokenizer.ggml.tokens") {
             Some(Value::Array(v)) => v
@@ -63,6 +58,19 @@ impl Tokenizer {
                 .collect::<Result<_>>()?,
             _ => return Err(bad("metadata `tokenizer.ggml.tokens` is missing".into())),
         };
+        match model {
+            "gpt2" => {}
+            "llama" if arch.starts_with("gemma") => return Self::gemma_from_gguf(g, tokens),
+            _ => {
+                return Err(Error::unsupported(
+                    path,
+                    format!(
+                        "tokenizer model `{model}` for architecture `{arch}`; rebuilt from GGUF: byte-level BPE \
+                         (`gpt2`) and Gemma's SentencePiece — load the HF directory instead"
+                    ),
+                ))
+            }
+        }
         let merges: Vec<(String, String)> = match meta.get("tokenizer.ggml.merges") {
             Some(Value::Array(v)) => v
                 .iter()
@@ -117,6 +125,98 @@ impl Tokenizer {
         let bos = id("tokenizer.ggml.bos_token_id");
         let eos = id("tokenizer.ggml.eos_token_id").into_iter().collect();
         let add_bos = meta.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
+        Ok(Tokenizer { inner, bos, eos, add_bos, post_processed: false })
+    }
+
+    /// Gemma's SentencePiece vocabulary (`tokenizer.ggml.model = llama`, no merges in the file) as the BPE
+    /// tokenizer transformers builds from the same file (`GemmaTokenizer` via its GGUF converter): tokens made only
+    /// of spaces respelled with `▁`, merges recovered from the vocabulary — every split of a token into two tokens,
+    /// ordered by the merged token's position in the file, longer left part first — byte fallback, spaces
+    /// normalised to `▁`, control tokens special and user-defined ones matched whole. Tested id for id against
+    /// transformers on the real Gemma 3 270M file.
+    fn gemma_from_gguf(g: &GgufFile, tokens: Vec<String>) -> Result<Self> {
+        use std::collections::HashMap;
+        use tokenizers::decoders::byte_fallback::ByteFallback;
+        use tokenizers::decoders::fuse::Fuse;
+        use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+        use tokenizers::decoders::DecoderWrapper;
+        use tokenizers::normalizers::replace::Replace;
+        use tokenizers::NormalizerWrapper;
+
+        let meta = g.metadata();
+        let tokens: Vec<String> = tokens
+            .into_iter()
+            .map(|t| if t.contains(' ') && t.trim().is_empty() { "\u{2581}".repeat(t.chars().count()) } else { t })
+            .collect();
+        // Python dict semantics: a repeated token keeps its first place in iteration order and its last id.
+        let mut id: HashMap<&str, u32> = HashMap::with_capacity(tokens.len());
+        let mut order: Vec<&str> = Vec::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            if id.insert(t.as_str(), i as u32).is_none() {
+                order.push(t.as_str());
+            }
+        }
+        // (merged token's id, left length, right length) sorts best first: lower id, then longer left, longer right.
+        let mut merges: Vec<(u32, usize, usize, &str, &str)> = Vec::new();
+        for &t in &order {
+            let at = id[t];
+            let chars: Vec<usize> = t.char_indices().map(|(i, _)| i).skip(1).collect();
+            for &cut in &chars {
+                let (l, r) = t.split_at(cut);
+                if id.contains_key(l) && id.contains_key(r) {
+                    merges.push((at, l.chars().count(), r.chars().count(), l, r));
+                }
+            }
+        }
+        merges.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)));
+        let merges: Vec<(String, String)> = merges.into_iter().map(|m| (m.3.to_string(), m.4.to_string())).collect();
+        let mut vocab = tokenizers::models::bpe::Vocab::default();
+        vocab.extend(id.iter().map(|(t, &i)| (t.to_string(), i)));
+        let unk = meta
+            .get("tokenizer.ggml.unknown_token_id")
+            .and_then(|v| v.to_u32().ok())
+            .and_then(|i| tokens.get(i as usize).cloned())
+            .unwrap_or_else(|| "<unk>".to_string());
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .byte_fallback(true)
+            .unk_token(unk)
+            .fuse_unk(true)
+            .build()
+            .map_err(tok_err)?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner
+            .with_normalizer(Some(NormalizerWrapper::Replace(Replace::new(" ", "\u{2581}").map_err(tok_err)?)))
+            .map_err(tok_err)?;
+        inner.with_pre_tokenizer(Some(PreTokenizerWrapper::Split(
+            Split::new(SplitPattern::String(" ".into()), SplitDelimiterBehavior::MergedWithPrevious, false)
+                .map_err(tok_err)?,
+        )));
+        inner.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(vec![
+            DecoderWrapper::Replace(Replace::new("\u{2581}", " ").map_err(tok_err)?),
+            DecoderWrapper::ByteFallback(ByteFallback::new()),
+            DecoderWrapper::Fuse(Fuse::new()),
+        ]))));
+        let types: Vec<i32> = match meta.get("tokenizer.ggml.token_type") {
+            Some(Value::Array(v)) => v.iter().map(|t| t.to_i32().unwrap_or(1)).collect(),
+            _ => vec![1; tokens.len()],
+        };
+        let of_type = |want: i32| -> Vec<&String> {
+            tokens.iter().zip(&types).filter(|(_, &t)| t == want).map(|(s, _)| s).collect()
+        };
+        let control: Vec<AddedToken> = of_type(3).into_iter().map(|s| AddedToken::from(s.clone(), true)).collect();
+        inner.add_special_tokens(control).map_err(tok_err)?;
+        let user: Vec<AddedToken> =
+            of_type(4).into_iter().map(|s| AddedToken::from(s.clone(), false).normalized(false)).collect();
+        inner.add_tokens(user).map_err(tok_err)?;
+        let token = |key: &str| meta.get(key).and_then(|v| v.to_u32().ok());
+        let bos = token("tokenizer.ggml.bos_token_id");
+        let mut eos: Vec<TokenId> = token("tokenizer.ggml.eos_token_id").into_iter().collect();
+        // Chat turns end with `<end_of_turn>`, which llama.cpp also treats as end of generation.
+        eos.extend(inner.token_to_id("<end_of_turn>"));
+        eos.sort_unstable();
+        eos.dedup();
+        let add_bos = meta.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(true);
         Ok(Tokenizer { inner, bos, eos, add_bos, post_processed: false })
     }
 

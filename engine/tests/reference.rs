@@ -130,10 +130,9 @@ fn score_sums_match_hf() {
     assert!(worst <= 1e-2, "{worst}");
 }
 
-/// A tiny random Qwen3 (q/k norms, head_dim ≠ width / heads) against HF transformers' `Qwen3ForCausalLM` on the same
-/// weights (`tests/reference/hf_tiny_qwen3.py`): full next-token log-softmax at two positions of five prompts.
-#[test]
-fn tiny_qwen3_logprobs_equal_transformers() {
+/// A tiny random model of `arch` against HF transformers on the same weights (`tests/reference/hf_tiny.py`): full
+/// next-token log-softmax at two positions of five prompts, one longer than 300 tokens.
+fn tiny_model_equals_transformers(arch: orchard_engine::Arch, seed: u64, keep_env: &str) {
     #[derive(Deserialize)]
     struct Case {
         ids: Vec<TokenId>,
@@ -145,15 +144,16 @@ fn tiny_qwen3_logprobs_equal_transformers() {
     struct Cases {
         cases: Vec<Case>,
     }
-    let cfg = orchard_engine::testing::tiny_config(orchard_engine::Arch::Qwen3);
+    let cfg = orchard_engine::testing::tiny_config(arch);
     let dir = tempfile::tempdir().expect("tempdir");
-    let weights = orchard_engine::testing::random_weights(&cfg, 31);
+    let weights = orchard_engine::testing::random_weights(&cfg, seed);
     orchard_engine::testing::write_hf_dir(dir.path(), &cfg, &weights).expect("write");
-    if let Some(keep) = std::env::var_os("ORCHARD_WRITE_TINY_QWEN3") {
+    if let Some(keep) = std::env::var_os(keep_env) {
         orchard_engine::testing::write_hf_dir(std::path::Path::new(&keep), &cfg, &weights).expect("write");
     }
     let engine = orchard_engine::Engine::load(dir.path().to_str().expect("utf-8")).expect("load");
-    let text = std::fs::read_to_string(reference_dir().join("hf_tiny_qwen3.json")).expect("reference json");
+    let name = format!("hf_tiny_{}.json", arch.name());
+    let text = std::fs::read_to_string(reference_dir().join(&name)).expect("reference json");
     let r: Cases = serde_json::from_str(&text).expect("valid json");
     assert!(r.cases.len() >= 5 && r.cases.iter().any(|c| c.ids.len() > 300));
     let m = engine.model();
@@ -169,5 +169,18 @@ fn tiny_qwen3_logprobs_equal_transformers() {
             worst = worst.max(d);
         }
     }
-    eprintln!("tiny qwen3 vs transformers: largest log-prob difference {worst:e}");
+    eprintln!("tiny {} vs transformers: largest log-prob difference {worst:e}", arch.name());
+}
+
+/// Qwen3: q/k norms, head_dim ≠ width / heads.
+#[test]
+fn tiny_qwen3_logprobs_equal_transformers() {
+    tiny_model_equals_transformers(orchard_engine::Arch::Qwen3, 31, "ORCHARD_WRITE_TINY_QWEN3");
+}
+
+/// Gemma 3: embedding scale, norms around both blocks, GeGLU, a sliding-window layer (window 16, far shorter than the
+/// 333-token prompt) beside a global one with another rotary base, query_pre_attn_scalar ≠ head_dim.
+#[test]
+fn tiny_gemma3_logprobs_equal_transformers() {
+    tiny_model_equals_transformers(orchard_engine::Arch::Gemma3, 37, "ORCHARD_WRITE_TINY_GEMMA3");
 }

@@ -2,6 +2,7 @@
 //! against HF transformers reference values (`tests/reference/`).
 
 mod equivalence;
+mod gemma3;
 mod handoff;
 mod loading;
 mod reference;

@@ -11,7 +11,8 @@ use orchard_engine::{Engine, Precision};
 /// Which model to load and how many threads to compute with.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
-    /// `default` (SmolLM2-135M-Instruct Q4_1, fetched once into ~/.cache/orchard), a `.gguf` file, or an HF model
+    /// `default` (SmolLM2-135M-Instruct Q4_1, fetched once into ~/.cache/orchard), `gemma3-270m` (Gemma 3 270M
+    /// Q4_K_M, fetched the same way), a `.gguf` file, or an HF model
     /// directory (config.json + safetensors + tokenizer.json).
     #[arg(long, short = 'm', default_value = "default", value_name = "MODEL")]
     pub model: String,

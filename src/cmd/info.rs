@@ -64,6 +64,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "bos": tok.bos().map(|b| json!({"id": b, "piece": piece(b)})),
         "eos": tok.eos().iter().map(|&e| json!({"id": e, "piece": piece(e)})).collect::<Vec<_>>(),
         "chat_template": template.unwrap_or_else(|| json!({ "present": false })),
+        "hidden_act": cfg.hidden_act,
+        "sliding_window": cfg.sliding_window.as_ref().map(|sw| json!({
+            "window": sw.window,
+            "sliding_layers": sw.layers.iter().filter(|&&s| s).count(),
+            "global_layers": sw.layers.iter().filter(|&&s| !s).count(),
+            "rope_theta": sw.rope_theta,
+            "kv_cache": "every layer keeps its whole KV (forks and prefix sharing exact)",
+        })),
         "training": "LoRA and full fine-tuning (f32 differentiable forward)",
     });
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -108,6 +108,9 @@ pub fn hf_tensors(model: &Model) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let cfg = model.config();
     let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
     let [nq, nk, nv] = qkv_split(cfg);
+    // Gemma stores RMSNorm weights as offsets from one (the engine holds `1 + w`).
+    let offset = if cfg.arch.norm_weights_offset() { 1.0 } else { 0.0 };
+    let norm = |w: &[f32]| -> Vec<f32> { w.iter().map(|x| x - offset).collect() };
     let mut out =
         vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, d], model.embed_tokens().to_f32())];
     for (i, l) in model.layers().iter().enumerate() {
@@ -124,8 +127,8 @@ pub fn hf_tensors(model: &Model) -> Vec<(String, Vec<usize>, Vec<f32>)> {
             out.push((p("self_attn.v_proj.bias"), vec![nv], b[nq + nk..].to_vec()));
         }
         if let Some(n) = &l.qk_norm {
-            out.push((p("self_attn.q_norm.weight"), vec![cfg.head_dim], n.q.clone()));
-            out.push((p("self_attn.k_norm.weight"), vec![cfg.head_dim], n.k.clone()));
+            out.push((p("self_attn.q_norm.weight"), vec![cfg.head_dim], norm(&n.q)));
+            out.push((p("self_attn.k_norm.weight"), vec![cfg.head_dim], norm(&n.k)));
         }
         out.push((p("self_attn.o_proj.weight"), vec![d, cfg.num_heads * cfg.head_dim], l.o_proj.to_f32()));
         let gu = l.gate_up_proj.to_f32();
@@ -133,10 +136,19 @@ pub fn hf_tensors(model: &Model) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         out.push((p("mlp.gate_proj.weight"), vec![f, d], g.to_vec()));
         out.push((p("mlp.up_proj.weight"), vec![f, d], u.to_vec()));
         out.push((p("mlp.down_proj.weight"), vec![d, f], l.down_proj.to_f32()));
-        out.push((p("input_layernorm.weight"), vec![d], l.input_layernorm.clone()));
-        out.push((p("post_attention_layernorm.weight"), vec![d], l.post_attention_layernorm.clone()));
+        out.push((p("input_layernorm.weight"), vec![d], norm(&l.input_layernorm)));
+        match &l.sandwich {
+            // Gemma's names: the norm after attention is its `post_attention_layernorm`, the one before the MLP
+            // `pre_feedforward_layernorm`.
+            Some(n) => {
+                out.push((p("post_attention_layernorm.weight"), vec![d], norm(&n.after_attention)));
+                out.push((p("pre_feedforward_layernorm.weight"), vec![d], norm(&l.post_attention_layernorm)));
+                out.push((p("post_feedforward_layernorm.weight"), vec![d], norm(&n.after_mlp)));
+            }
+            None => out.push((p("post_attention_layernorm.weight"), vec![d], l.post_attention_layernorm.clone())),
+        }
     }
-    out.push(("model.norm.weight".into(), vec![d], model.norm().to_vec()));
+    out.push(("model.norm.weight".into(), vec![d], norm(model.norm())));
     if !model.is_tied() {
         out.push(("lm_head.weight".into(), vec![cfg.vocab_size, d], model.lm_head().to_f32()));
     }

@@ -634,11 +634,15 @@ pub(crate) fn rope(x: &Tensor, table: &RopeTable, heads: usize, fused: bool) -> 
 // Causal attention over packed sequences.
 
 /// Head counts of the fused `q ‖ k ‖ v` rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct AttnShape {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// Scores are `scale · q·k` (head_dim^-1/2, or Gemma's query_pre_attn_scalar^-1/2).
+    pub scale: f32,
+    /// Sliding window: a row sees the keys of the last `window` positions only (Gemma 3's local layers).
+    pub window: Option<usize>,
 }
 
 impl AttnShape {
@@ -688,10 +692,43 @@ impl Fork {
         let k = self.starts.partition_point(|&s| s <= r);
         self.prompt..self.starts[k.max(1) - 1]
     }
+
+    /// The first row of the branch row `r` belongs to (`r` itself's prompt: 0).
+    fn branch_start(&self, r: usize) -> usize {
+        if r < self.prompt {
+            return 0;
+        }
+        let k = self.starts.partition_point(|&s| s <= r);
+        self.starts[k.max(1) - 1]
+    }
 }
 
-/// Softmax of `row` with the columns in `skip` left out (set to zero).
-fn softmax_skipping(row: &mut [f32], skip: std::ops::Range<usize>) {
+/// What row `r` of a sequence hides: a prefix of columns `0..cut` (keys outside its sliding window) and a range
+/// `skip` (a fork's earlier branches). The columns it sees are the rest of `0..=r`, in position order.
+fn hidden_columns(r: usize, fork: Option<&Fork>, window: Option<usize>) -> (usize, std::ops::Range<usize>) {
+    let skip = fork.map_or(0..0, |f| f.skip(r));
+    let Some(w) = window else { return (0, skip) };
+    let (prompt, own) = match fork {
+        Some(f) if r >= f.prompt => (f.prompt, f.branch_start(r)),
+        _ => return ((r + 1).saturating_sub(w), skip),
+    };
+    // Row r sits at position prompt + (r − own); positions below `first` are outside the window.
+    let first = (prompt + r - own + 1).saturating_sub(w);
+    if first <= prompt {
+        (first, skip)
+    } else {
+        (own + first - prompt, 0..0)
+    }
+}
+
+/// Softmax of `row` with the columns `0..cut` and those in `skip` left out (set to zero).
+fn softmax_skipping(row: &mut [f32], cut: usize, skip: std::ops::Range<usize>) {
+    if cut > 0 {
+        let (outside, rest) = row.split_at_mut(cut);
+        outside.fill(0.0);
+        let skip = skip.start.saturating_sub(cut)..skip.end.saturating_sub(cut);
+        return softmax_skipping(rest, 0, skip);
+    }
     if skip.is_empty() {
         return softmax_in_place(row);
     }
@@ -717,7 +754,7 @@ impl AttentionOp {
         let (w, hd) = (s.qkv_width(), s.head_dim);
         let j = h / (s.heads / s.kv_heads);
         let base = start * w;
-        let g = Gemm { alpha: 1.0 / (hd as f32).sqrt(), ..Gemm::new(len, len, hd) };
+        let g = Gemm { alpha: s.scale, ..Gemm::new(len, len, hd) };
         // SAFETY: q and k of rows start..start+len lie inside `qkv`; `p` holds len² values.
         unsafe {
             g.run(p.as_mut_ptr(), len, Mat::rows(qkv[base + h * hd..].as_ptr(), w), {
@@ -726,10 +763,8 @@ impl AttentionOp {
         };
         for (r, row) in p.chunks_mut(len).enumerate() {
             let (live, masked) = row.split_at_mut(r + 1);
-            match fork {
-                Some(f) => softmax_skipping(live, f.skip(r)),
-                None => softmax_in_place(live),
-            }
+            let (cut, skip) = hidden_columns(r, fork, s.window);
+            softmax_skipping(live, cut, skip);
             masked.fill(0.0);
         }
     }
@@ -762,7 +797,7 @@ impl AttentionOp {
         let s = self.shape;
         let (w, ow, hd) = (s.qkv_width(), s.out_width(), s.head_dim);
         let group = s.heads / s.kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = s.scale;
         let mut dqkv = vec![0f32; rows * w];
         let ptr = SyncPtr(dqkv.as_mut_ptr());
         let tasks: Vec<(usize, usize)> =
@@ -902,7 +937,10 @@ pub(crate) fn attention(
     let mut outs = Vec::with_capacity(seqs.len());
     for (q, &(start, len)) in seqs.iter().enumerate() {
         let fork = forks.get(q).and_then(Option::as_ref);
-        let visible = |r: usize, c: usize| c <= r && !fork.is_some_and(|f| f.skip(r).contains(&c));
+        let visible = |r: usize, c: usize| {
+            let (cut, skip) = hidden_columns(r, fork, shape.window);
+            c <= r && c >= cut && !skip.contains(&c)
+        };
         let rows = qkv.narrow(0, start, len)?;
         // (L, H, hd) -> (KVH, G·L, hd): the query heads sharing a KV head become rows of one product.
         let q = rows.narrow(1, 0, shape.heads * hd)?.reshape((len, shape.kv_heads, group, hd))?;
@@ -911,7 +949,7 @@ pub(crate) fn attention(
         let k = k.transpose(0, 1)?.contiguous()?;
         let v = rows.narrow(1, shape.v_col(0), shape.kv_heads * hd)?.reshape((len, shape.kv_heads, hd))?;
         let v = v.transpose(0, 1)?.contiguous()?;
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+        let scores = (q.matmul(&k.t()?)? * shape.scale as f64)?;
         let mask: Vec<f32> = (0..group * len)
             .flat_map(|r| (0..len).map(move |c| (r, c)))
             .map(|(r, c)| if visible(r % len, c) { 0.0 } else { f32::NEG_INFINITY })
@@ -982,6 +1020,73 @@ pub(crate) fn silu_mul(gate_up: &Tensor, fused: bool) -> CResult<Tensor> {
     }
     let f = gate_up.dim(1)? / 2;
     gate_up.narrow(1, 0, f)?.silu()? * gate_up.narrow(1, f, f)?
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// GeGLU.
+
+/// `gelu_tanh(gate) ⊙ up` of rows `[gate | up]` (HF `gelu_pytorch_tanh`, Gemma).
+struct GeluMulOp;
+
+const GELU_K: f32 = 0.797_884_6; // √(2/π)
+
+/// `(gelu_tanh(x), d gelu_tanh / dx)`.
+fn gelu_tanh(x: f32) -> (f32, f32) {
+    let u = GELU_K * (x + 0.044_715 * x * x * x);
+    let t = u.tanh();
+    let du = GELU_K * (1.0 + 3.0 * 0.044_715 * x * x);
+    (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+}
+
+impl CustomOp1 for GeluMulOp {
+    fn name(&self) -> &'static str {
+        "orchard-gelu-mul"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let (rows, w2) = dims2(xl, self.name())?;
+        let f = w2 / 2;
+        let x = slice(xs, xl, self.name())?;
+        let mut out = vec![0f32; rows * f];
+        out.par_chunks_mut(f).zip(x.par_chunks(w2)).for_each(|(o, row)| {
+            let (g, u) = row.split_at(f);
+            for i in 0..f {
+                o[i] = gelu_tanh(g[i]).0 * u[i];
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((rows, f))))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        let (rows, w2) = x.dims2()?;
+        let f = w2 / 2;
+        let dx = with_values(x, self.name(), |x| {
+            with_values(g, self.name(), |g| {
+                let mut dx = vec![0f32; rows * w2];
+                dx.par_chunks_mut(w2).zip(x.par_chunks(w2).zip(g.par_chunks(f))).for_each(|(d, (row, go))| {
+                    let (gate, up) = row.split_at(f);
+                    let (dg, du) = d.split_at_mut(f);
+                    for i in 0..f {
+                        let (act, slope) = gelu_tanh(gate[i]);
+                        du[i] = go[i] * act;
+                        dg[i] = go[i] * up[i] * slope;
+                    }
+                });
+                Ok(dx)
+            })
+        })?;
+        Ok(Some(cpu_tensor(dx, (rows, w2))?))
+    }
+}
+
+/// GeGLU of `T × 2f` rows `[gate | up]`.
+pub(crate) fn gelu_mul(gate_up: &Tensor, fused: bool) -> CResult<Tensor> {
+    if fused {
+        return gate_up.contiguous()?.apply_op1(GeluMulOp);
+    }
+    let f = gate_up.dim(1)? / 2;
+    // candle's `gelu` is the tanh approximation.
+    gate_up.narrow(1, 0, f)?.gelu()? * gate_up.narrow(1, f, f)?
 }
 
 // ---------------------------------------------------------------------------------------------------------------

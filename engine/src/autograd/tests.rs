@@ -59,7 +59,7 @@ fn objective(m: &DiffModel, batch: &Packed, mode: Mode) -> Result<Tensor> {
 
 #[test]
 fn all_position_logits_equal_the_inference_path() -> TestResult {
-    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3] {
         let (_dir, model) = tiny(arch)?;
         let diff = DiffModel::new(&model, &Tuning::Full, &Device::Cpu, 0)?;
         let seqs = seqs();
@@ -105,7 +105,9 @@ fn every_trainable_tensor_receives_a_gradient() -> TestResult {
         (Arch::Llama, Tuning::Full),
         (Arch::Qwen2, Tuning::Full),
         (Arch::Qwen3, Tuning::Full),
+        (Arch::Gemma3, Tuning::Full),
         (Arch::Llama, lora(0.1)),
+        (Arch::Gemma3, lora(0.1)),
     ] {
         let (_dir, model) = tiny(arch)?;
         let m = DiffModel::new(&model, &tuning, &Device::Cpu, 1)?;
@@ -114,9 +116,12 @@ fn every_trainable_tensor_receives_a_gradient() -> TestResult {
         let params = m.named_parameters();
         let expected = match tuning {
             // embedding, final norm, 6 per layer; Qwen2 adds its untied head and a bias per layer, Qwen3 two
-            // q/k norms per layer.
+            // q/k norms per layer, Gemma 3 those and two post-block norms per layer.
             Tuning::Full => {
-                2 + 6 * 2 + usize::from(arch == Arch::Qwen2) * (1 + 2) + usize::from(arch == Arch::Qwen3) * 4
+                2 + 6 * 2
+                    + usize::from(arch == Arch::Qwen2) * (1 + 2)
+                    + usize::from(arch == Arch::Qwen3) * 4
+                    + usize::from(arch == Arch::Gemma3) * 8
             }
             Tuning::Lora(_) => 2 * 7 * 2,
         };
@@ -136,6 +141,7 @@ fn fused_kernels_equal_composed_ops_in_values_and_gradients() -> TestResult {
         (Arch::Llama, Tuning::Full),
         (Arch::Qwen2, Tuning::Full),
         (Arch::Qwen3, Tuning::Full),
+        (Arch::Gemma3, Tuning::Full),
         (Arch::Qwen2, lora(0.2)),
     ] {
         let (_dir, model) = tiny(arch)?;
@@ -166,7 +172,14 @@ fn fused_kernels_equal_composed_ops_in_values_and_gradients() -> TestResult {
 
 #[test]
 fn gradients_match_finite_differences() -> TestResult {
-    let (_dir, model) = tiny(Arch::Qwen2)?;
+    for (arch, tensors) in [(Arch::Qwen2, 17), (Arch::Gemma3, 22)] {
+        gradients_match_finite_differences_for(arch, tensors)?;
+    }
+    Ok(())
+}
+
+fn gradients_match_finite_differences_for(arch: Arch, tensors: usize) -> TestResult {
+    let (_dir, model) = tiny(arch)?;
     let m = DiffModel::new(&model, &Tuning::Full, &Device::Cpu, 0)?;
     let batch = Packed::new(&seqs());
     let grads = objective(&m, &batch, Mode::Train { dropout_seed: 0 })?.backward()?;
@@ -185,10 +198,13 @@ fn gradients_match_finite_differences() -> TestResult {
         };
         let fd = (at(eps)? - at(-eps)?) / (2.0 * eps);
         var.set(&Tensor::from_vec(orig, var.dims(), &Device::Cpu)?)?;
-        assert!((fd - gi).abs() <= 2e-2 * gi.abs().max(0.1), "{name}[{i}]: autograd {gi}, finite difference {fd}");
+        assert!(
+            (fd - gi).abs() <= 2e-2 * gi.abs().max(0.1),
+            "{arch:?} {name}[{i}]: autograd {gi}, finite difference {fd}"
+        );
         checked += 1;
     }
-    assert_eq!(checked, 17);
+    assert_eq!(checked, tensors);
     Ok(())
 }
 
@@ -233,13 +249,20 @@ fn bad_inputs_are_refused_with_context() -> TestResult {
 /// separately — with the fused kernels and with candle's reference ops (the unfused path builds the mask itself).
 #[test]
 fn grouped_branches_equal_separate_sequences() -> TestResult {
-    let (_dir, model) = tiny(Arch::Qwen2)?;
-    let prompt: Vec<TokenId> = (0..7).map(|i| (i * 13 + 2) % 288).collect();
-    let branches: Vec<Vec<TokenId>> = vec![
-        (0..5).map(|i| (i * 7 + 3) % 288).collect(),
-        (0..1).map(|i| i + 9).collect(),
-        (0..4).map(|i| (i * 29 + 1) % 288).collect(),
-    ];
+    grouped_branches_equal_separate_sequences_for(Arch::Qwen2, 7, [5, 1, 4])?;
+    // Gemma 3's first layer is a 16-position sliding window: branches that run past it from a prompt of 12 (the
+    // window then drops prompt rows, and for the longest branch its own first rows too).
+    grouped_branches_equal_separate_sequences_for(Arch::Gemma3, 12, [9, 1, 30])
+}
+
+fn grouped_branches_equal_separate_sequences_for(arch: Arch, prompt: usize, lens: [usize; 3]) -> TestResult {
+    let (_dir, model) = tiny(arch)?;
+    let prompt: Vec<TokenId> = (0..prompt as u32).map(|i| (i * 13 + 2) % 288).collect();
+    let branches: Vec<Vec<TokenId>> = lens
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| (0..n as u32).map(|i| (i * 7 + 3 + 31 * k as u32) % 288).collect())
+        .collect();
     for fused in [true, false] {
         let diff = DiffModel::new(&model, &Tuning::Full, &Device::Cpu, 0)?.with_fused_kernels(fused);
         let grouped = Packed::groups(&[(&prompt[..], branches.iter().map(Vec::as_slice).collect())]);
@@ -249,7 +272,7 @@ fn grouped_branches_equal_separate_sequences() -> TestResult {
             let alone = diff.logits_all(&Packed::new(&[[&prompt[..], &b[..]].concat()]))?;
             assert!(max_abs_diff(&g.narrow(0, 0, prompt.len())?, &alone.narrow(0, 0, prompt.len())?)? < 1e-5);
             let d = max_abs_diff(&g.narrow(0, at, b.len())?, &alone.narrow(0, prompt.len(), b.len())?)?;
-            assert!(d < 1e-4, "fused {fused}: branch rows differ by {d}");
+            assert!(d < 1e-4, "{arch:?} fused {fused}: branch rows differ by {d}");
             at += b.len();
         }
     }

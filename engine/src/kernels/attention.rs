@@ -33,6 +33,8 @@ pub struct AttnShape {
     pub kv_heads: usize,
     /// Head width.
     pub head_dim: usize,
+    /// Sliding window: a query at position `p` sees keys `p + 1 − window ..= p` only (Gemma 3's local layers).
+    pub window: Option<usize>,
 }
 
 thread_local! {
@@ -114,7 +116,7 @@ unsafe fn row_avx2(a: &RowArgs<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
 /// hidden: scores keep four partial sums per head (dimensions mod 4), values keep each head's whole output.
 #[inline(always)]
 fn row(a: &RowArgs<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
-    let AttnShape { heads, kv_heads, head_dim: hd } = a.shape;
+    let AttnShape { heads, kv_heads, head_dim: hd, .. } = a.shape;
     debug_assert!(a.g < kv_heads);
     let group = heads / kv_heads;
     let stride = prepare(a, scores, out);
@@ -202,7 +204,7 @@ fn heads<const HD: usize, const NH: usize>(
     }
     // 2. Softmax over the valid keys of each head.
     for h in 0..NH {
-        softmax(&mut scores[(h0 + h) * stride..(h0 + h) * stride + n_keys]);
+        window_softmax(&mut scores[(h0 + h) * stride..(h0 + h) * stride + n_keys], a.first_key());
     }
     // 3. Values: each head's output stays in registers while the keys stream by.
     let mut o = [[0f32; HD]; NH];
@@ -229,7 +231,7 @@ fn heads<const HD: usize, const NH: usize>(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{softmax, RowArgs, BLOCK_TOKENS};
+    use super::{window_softmax, RowArgs, BLOCK_TOKENS};
 
     /// The head width this kernel is written for (SmolLM2, Llama 3.2 1B).
     pub const HD: usize = 64;
@@ -300,7 +302,7 @@ mod x86 {
             }
         }
         for h in 0..NH {
-            softmax(&mut scores[(h0 + h) * stride..(h0 + h) * stride + n_keys]);
+            window_softmax(&mut scores[(h0 + h) * stride..(h0 + h) * stride + n_keys], a.first_key());
         }
         // 3. Values: each head's output stays in registers while the value rows stream by.
         let mut o = [[_mm512_setzero_ps(); HD / 16]; NH];
@@ -332,6 +334,23 @@ mod x86 {
         }
         NH
     }
+}
+
+impl RowArgs<'_> {
+    /// The first key this row attends to (0 without a sliding window).
+    #[inline(always)]
+    fn first_key(&self) -> usize {
+        self.shape.window.map_or(0, |w| (self.pos + 1).saturating_sub(w))
+    }
+}
+
+/// Softmax over `s[first..]`, zero weight on the keys before `first` (outside a sliding window). With `first = 0`
+/// exactly [`softmax`].
+#[inline(always)]
+fn window_softmax(s: &mut [f32], first: usize) {
+    let (outside, inside) = s.split_at_mut(first);
+    outside.fill(0.0);
+    softmax(inside);
 }
 
 /// Softmax in place, vectorisable with a fixed summation order.
@@ -380,7 +399,7 @@ fn chunk_dyn(a: &RowArgs<'_>, h: usize, scores: &mut [f32], stride: usize, out: 
             scores[h * stride + b * L + l] = ((acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l])) * scale;
         }
     }
-    softmax(&mut scores[h * stride..h * stride + n_keys]);
+    window_softmax(&mut scores[h * stride..h * stride + n_keys], a.first_key());
     let oh = &mut out[h * hd..(h + 1) * hd];
     for (b, block) in blocks.iter().enumerate() {
         let values = block.values(a.layer, a.g);
@@ -417,7 +436,7 @@ mod tests {
         let mut seed = 17;
         for (group, len) in [(1, 1), (3, 37), (4, 16), (5, 50), (2, 64)] {
             let (kv_heads, head_dim) = (2, 64);
-            let shape = AttnShape { heads: group * kv_heads, kv_heads, head_dim };
+            let shape = AttnShape { heads: group * kv_heads, kv_heads, head_dim, window: None };
             let layout = KvLayout { layers: 2, kv_heads, head_dim };
             let mut cache = KvCache::new(layout, Arc::new(KvPool::default()));
             cache.reserve(len);

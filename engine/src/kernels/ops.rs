@@ -107,6 +107,18 @@ fn silu_row(row: &[f32], out: &mut [f32]) {
     }
 }
 
+/// GeGLU: `out[r, i] = gelu_tanh(gu[r, i]) · gu[r, f + i]` (HF `gelu_pytorch_tanh`:
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`), rows as in [`silu_mul`].
+pub fn gelu_tanh_mul(gu: &[f32], f: usize, out: &mut [f32]) {
+    const K: f32 = 0.797_884_6; // √(2/π)
+    out.par_chunks_mut(f).zip(gu.par_chunks(2 * f)).with_min_len(4).for_each(|(o, row)| {
+        let (g, u) = row.split_at(o.len());
+        for ((o, &x), &uv) in o.iter_mut().zip(g).zip(u) {
+            *o = 0.5 * x * (1.0 + (K * (x + 0.044_715 * x * x * x)).tanh()) * uv;
+        }
+    });
+}
+
 /// `e^x` for f32 in plain arithmetic that vectorises (Cephes `expf`: Cody–Waite range reduction and a degree-6
 /// polynomial, ≈1 ulp), so the same bits come out on every ISA. Inputs are clamped to the finite range.
 #[inline(always)]

@@ -51,7 +51,7 @@ fn peft_adapters_use_peft_names_and_shapes() -> TestResult {
 
 #[test]
 fn a_merged_export_loads_back_into_the_engine_with_the_same_logits() -> TestResult {
-    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3] {
         let dir = tempfile::tempdir()?;
         let cfg = tiny_config(arch);
         write_hf_dir(&dir.path().join("m"), &cfg, &random_weights(&cfg, 5))?;
