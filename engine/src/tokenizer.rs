@@ -309,6 +309,28 @@ impl Tokenizer {
         id.and_then(|i| self.inner.id_to_token(i)).unwrap_or_default()
     }
 
+    /// This tokenizer as a self-contained HF tokenizer: when BOS is added by the engine (GGUF
+    /// `tokenizer.ggml.add_bos_token`), a post-processor that adds it, so `tokenizer.json` alone encodes as this does.
+    pub fn hf_tokenizer(&self) -> tokenizers::Tokenizer {
+        let mut inner = self.inner.clone();
+        if let (true, false, Some(bos)) = (self.add_bos, self.post_processed, self.bos) {
+            let text = self.special_text(Some(bos));
+            let post = tokenizers::processors::template::TemplateProcessing::builder()
+                .try_single(format!("{text} $A"))
+                .and_then(|b| b.try_pair(format!("{text} $A {text} $B")))
+                .map(|b| b.special_tokens(vec![(text.clone(), bos)]).build());
+            if let Ok(Ok(post)) = post {
+                inner.with_post_processor(Some(post));
+            }
+        }
+        inner
+    }
+
+    /// Whether encoding a raw prompt starts with BOS (the engine's rule or the HF post-processor's).
+    pub fn adds_bos(&self) -> bool {
+        self.bos.is_some() && (self.add_bos || self.encode("", true).is_ok_and(|ids| ids.first() == self.bos.as_ref()))
+    }
+
     /// The underlying HF tokenizer (for streaming decode).
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner

@@ -170,29 +170,13 @@ pub fn hf_config(model: &Model, bos: Option<u32>, eos: Option<u32>) -> Result<se
     Ok(c)
 }
 
-/// The chat template of the model `engine` was loaded from, as source text (GGUF metadata or HF files).
-pub fn chat_template_source(engine: &Engine) -> Result<Option<String>> {
-    let path = &engine.info().path;
-    if path.is_file() {
-        let g = orchard_engine::gguf::GgufFile::open(path)?;
-        return Ok(g.meta_str("tokenizer.chat_template").map(str::to_string));
-    }
-    let jinja = path.join("chat_template.jinja");
-    if jinja.is_file() {
-        return std::fs::read_to_string(&jinja).map(Some).map_err(|e| Error::io(&jinja, e));
-    }
-    let cfg_path = path.join("tokenizer_config.json");
-    let Ok(text) = std::fs::read_to_string(&cfg_path) else { return Ok(None) };
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::schema(&cfg_path, e.to_string()))?;
-    Ok(v.get("chat_template").and_then(|t| t.as_str()).map(str::to_string))
-}
-
 /// Writes `model` with `engine`'s tokenizer and chat template as an HF directory at `dir`.
 pub fn export_hf(model: &Model, engine: &Engine, dir: &Path) -> Result<()> {
     let tok = engine.tokenizer();
     let (bos, eos) = (tok.bos(), tok.eos().first().copied());
     let config = hf_config(model, bos, eos)?;
-    let template = chat_template_source(engine)?;
+    // The template the engine renders with (the file's own, or the built-in one a Gemma GGUF without one gets).
+    let template = engine.template().map(|t| t.source().to_string());
     let tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
         hf_tensors(model).into_iter().map(|(n, s, v)| (n, s, le(&v))).collect();
     let special = |id: Option<u32>| id.map(|i| tok.special_text(Some(i)));
@@ -201,7 +185,7 @@ pub fn export_hf(model: &Model, engine: &Engine, dir: &Path) -> Result<()> {
         "bos_token": special(bos),
         "eos_token": special(eos),
         "pad_token": special(eos),
-        "add_bos_token": false,
+        "add_bos_token": tok.adds_bos(),
         "add_eos_token": false,
         "clean_up_tokenization_spaces": false,
         "model_max_length": model.config().max_position_embeddings,
@@ -214,11 +198,11 @@ pub fn export_hf(model: &Model, engine: &Engine, dir: &Path) -> Result<()> {
         write_json(&tmp.join("config.json"), &config)?;
         write_json(
             &tmp.join("generation_config.json"),
-            &serde_json::json!({"bos_token_id": bos, "eos_token_id": eos}),
+            &serde_json::json!({"bos_token_id": bos, "eos_token_id": tok.eos()}),
         )?;
         write_json(&tmp.join("tokenizer_config.json"), &tok_config)?;
         let tj = tmp.join("tokenizer.json");
-        tok.inner().save(&tj, false).map_err(|e| Error::schema(&tj, e.to_string()))?;
+        tok.hf_tokenizer().save(&tj, false).map_err(|e| Error::schema(&tj, e.to_string()))?;
         Ok(())
     })
 }
