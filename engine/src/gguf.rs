@@ -218,6 +218,10 @@ impl GgufFile {
             GgmlDType::Q4_0 => Raw::Quant(QRows::from_q4_0(raw, rows, cols).map_err(bad)?),
             GgmlDType::Q4_1 => Raw::Quant(QRows::from_q4_1(raw, rows, cols).map_err(bad)?),
             GgmlDType::Q8_0 => Raw::Quant(QRows::from_q8_0(raw, rows, cols).map_err(bad)?),
+            GgmlDType::Q5_0 => Raw::Quant(QRows::from_q5_0(raw, rows, cols).map_err(bad)?),
+            GgmlDType::Q5_1 => Raw::Quant(QRows::from_q5_1(raw, rows, cols).map_err(bad)?),
+            GgmlDType::Q4K if cols.is_multiple_of(256) => Raw::Quant(QRows::from_q4_k(raw, rows, cols).map_err(bad)?),
+            GgmlDType::Q5K if cols.is_multiple_of(256) => Raw::Quant(QRows::from_q5_k(raw, rows, cols).map_err(bad)?),
             GgmlDType::F32 => {
                 Raw::F32(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
             }
@@ -240,8 +244,9 @@ impl GgufFile {
     }
 
     /// Tensor `name` dequantized to f32 exactly as stored (every GGML type: F32, F16, BF16, Q4_0 … Q8_0 and the
-    /// K-quants Q2_K … Q6_K), row-major. The engine itself keeps Q4_0/Q4_1/Q8_0 as they are and re-quantizes the
-    /// other block types from these values to Q8_0 for its kernels.
+    /// K-quants Q2_K … Q6_K), row-major. The engine itself keeps Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 as they are, Q4_K/Q5_K
+    /// with their sub-block scales rounded to f16, and re-quantizes the other block types from these values to Q8_0
+    /// for its kernels.
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>> {
         let info = self.tensor_info(name)?;
         let raw = self.bytes_of(name, info)?;

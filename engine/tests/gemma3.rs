@@ -74,7 +74,8 @@ fn next_token_top5_agrees_with_transformers() {
         let got = log_softmax(l.row(0, 0));
         let mut order: Vec<usize> = (0..got.len()).collect();
         order.sort_by(|&a, &b| got[b].total_cmp(&got[a]));
-        // The same most likely token, and HF's top-5 inside ours top-8 (the weights differ by re-quantization).
+        // The same most likely token, and HF's top-5 inside ours top-8 (Q4_K's sub-block scales are held in f16 and
+        // Q6_K re-quantized to Q8_0: the weights differ slightly from transformers' dequantized f32).
         assert_eq!(
             order[0],
             case.top5_ids[0],
@@ -91,7 +92,7 @@ fn next_token_top5_agrees_with_transformers() {
         }
     }
     eprintln!("gemma3 270M vs transformers: max |Δ logp| over HF's top-5: {worst:.3}");
-    assert!(worst <= 0.3, "{worst}");
+    assert!(worst <= 0.1, "{worst}");
 }
 
 #[test]
@@ -107,7 +108,7 @@ fn greedy_continuations_read_as_text_and_start_as_transformers() {
         eprintln!("ours: {text:?}");
         assert!(text.split_whitespace().count() >= 8, "{text:?}");
         let same = ours.iter().zip(&case.completion_ids).take_while(|(a, b)| a == b).count();
-        assert!(same >= 5, "only {same} greedy tokens agree: {ours:?} vs {:?}", case.completion_ids);
+        assert!(same >= 10, "only {same} greedy tokens agree: {ours:?} vs {:?}", case.completion_ids);
     }
 }
 

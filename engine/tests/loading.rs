@@ -201,9 +201,10 @@ fn dequantization_equals_the_gguf_python_package_on_every_type() {
     }
 }
 
-/// A model stored in K-quants (rows of 256-value super-blocks: a width of 256) loads — the K blocks re-quantized to
-/// Q8_0 for the kernels — with logits as close to the f32 model as the format's precision allows (measured max |Δ|
-/// on this sensitive random model, logit scale 27: Q8_0 0.63, Q6_K 1.7, Q5_K 6.3, Q4_1 8.0, Q4_K 8.8, Q3_K 16.0).
+/// A model stored in K-quants (rows of 256-value super-blocks: a width of 256) loads — Q4_K and Q5_K held with their
+/// sub-block scales in f16, Q6_K and Q3_K re-quantized to Q8_0 for the kernels — with logits as close to the f32
+/// model as the format's precision allows (measured max |Δ| on this sensitive random model, logit scale 27, with
+/// every K type re-quantized: Q8_0 0.63, Q6_K 1.7, Q5_K 6.3, Q4_1 8.0, Q4_K 8.8, Q3_K 16.0).
 #[test]
 fn k_quant_models_load_close_to_f32() {
     let cfg = orchard_engine::ModelConfig {

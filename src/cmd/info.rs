@@ -46,7 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "architecture": cfg.arch.name(),
         "format": format,
         "stored": stored,
-        "held_as": if m.has_quantized_weights() { "quantized blocks (Q4_0 / Q4_1 / Q8_0; other block types re-quantized to Q8_0)" } else { "f32" },
+        "held_as": if m.has_quantized_weights() { "quantized blocks (Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 exactly, Q4_K / Q5_K with f16 sub-block scales; Q6_K and other types re-quantized to Q8_0)" } else { "f32" },
         "weight_bytes": m.weight_bytes(),
         "parameters": cfg.num_parameters(),
         "context": cfg.max_position_embeddings,

@@ -39,6 +39,12 @@ pub fn isa() -> Isa {
     })
 }
 
+/// Every ISA level this CPU can run, portable first (what kernel tests compare across, whatever `ORCHARD_ISA` says).
+pub fn available_isas() -> Vec<Isa> {
+    let best = detect();
+    [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|&i| i <= best).collect()
+}
+
 #[cfg(target_arch = "x86_64")]
 fn detect() -> Isa {
     if is_x86_feature_detected!("avx512f")

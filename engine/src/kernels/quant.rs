@@ -1,8 +1,12 @@
 //! Quantized weight matrices and their product with integer-quantized activations.
 //!
-//! Every supported GGUF block format is stored as *unsigned codes with a per-block scale and offset*, value =
-//! `d·q + m`, which represents Q4_0 (`m = −8d`), Q4_1 (`m` given) and Q8_0 exactly — no re-quantization, so the
-//! weights are bit-for-bit those of the file (scales kept as the file's f16).
+//! Every supported GGUF block format is stored as *codes with a per-32-block scale and offset*, value = `d·q + m`:
+//! 4-bit unsigned codes for Q4_0 (`m = −8d`), Q4_1 (`m` given) and Q4_K; 8-bit signed codes for Q8_0, Q5_0
+//! (`q − 16`), Q5_1 and Q5_K (`q` in 0..32 with its `m`). Q4_0, Q4_1, Q8_0, Q5_0 and Q5_1 are kept exactly — the
+//! weights bit for bit those of the file, scales its f16. The K-quants' sub-block scales are products of a 6-bit
+//! integer and the super-block's f16 (`d·sc`, `dmin·m`): held rounded to f16 (relative error ≤ 2⁻¹¹ of the scale,
+//! against ≈ 1/254 of the block's range when re-quantized to Q8_0). Other types (Q6_K, Q2_K, Q3_K…) are re-quantized
+//! to Q8_0 by the loader.
 //!
 //! Activations are quantized per row and per 32-block to **15-bit** integers `q = 128·h + l` (`h` signed, `l` in
 //! 0..128, both bytes) with their block sums `s = d·Σq`. Two int8 dot products per block give a 15-bit product:
@@ -122,6 +126,105 @@ impl QRows {
             Self::nibbles(&b[4..20], codes);
             (Self::f16_at(b, 0), Self::f16_at(b, 2))
         })
+    }
+
+    /// From GGUF Q5_0 blocks (`f16 d`, 4 bytes of fifth bits, 16 bytes of nibbles; value = d·(q − 16)): signed 8-bit
+    /// codes, exact.
+    pub fn from_q5_0(raw: &[u8], rows: usize, cols: usize) -> Result<Self, String> {
+        Self::parse(QFormat::Q8, raw, rows, cols, 22, |b, codes| {
+            Self::five_bits(&b[2..6], &b[6..22], codes);
+            for c in codes.iter_mut() {
+                *c = (*c as i8 - 16) as u8;
+            }
+            (Self::f16_at(b, 0), f16::ZERO)
+        })
+    }
+
+    /// From GGUF Q5_1 blocks (`f16 d`, `f16 m`, 4 bytes of fifth bits, 16 bytes of nibbles; value = d·q + m): 8-bit
+    /// codes 0..32 with the offset, exact.
+    pub fn from_q5_1(raw: &[u8], rows: usize, cols: usize) -> Result<Self, String> {
+        Self::parse(QFormat::Q8, raw, rows, cols, 24, |b, codes| {
+            Self::five_bits(&b[4..8], &b[8..24], codes);
+            (Self::f16_at(b, 0), Self::f16_at(b, 2))
+        })
+    }
+
+    /// ggml's 5-bit layout: the low nibbles as [`QRows::nibbles`], bit `j` of the little-endian `qh` the fifth bit
+    /// of value `j`.
+    fn five_bits(qh: &[u8], qs: &[u8], codes: &mut [u8]) {
+        Self::nibbles(qs, codes);
+        let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+        for (j, c) in codes.iter_mut().enumerate() {
+            *c |= (((qh >> j) & 1) as u8) << 4;
+        }
+    }
+
+    /// From GGUF Q4_K super-blocks (256 values: `f16 d`, `f16 dmin`, 12 bytes of 6-bit sub-block scales and mins,
+    /// 128 bytes of nibbles; value = d·sc·q − dmin·m per 32-value sub-block): 4-bit codes, sub-block scale and offset
+    /// rounded to f16.
+    pub fn from_q4_k(raw: &[u8], rows: usize, cols: usize) -> Result<Self, String> {
+        Self::parse_k(QFormat::Q4, raw, rows, cols, 144, |b, codes| {
+            let qs = &b[16..144];
+            for j in 0..4 {
+                for l in 0..32 {
+                    codes[64 * j + l] = qs[32 * j + l] & 0x0F;
+                    codes[64 * j + 32 + l] = qs[32 * j + l] >> 4;
+                }
+            }
+        })
+    }
+
+    /// From GGUF Q5_K super-blocks (as Q4_K plus 32 bytes of fifth bits): 8-bit codes 0..32, sub-block scale and
+    /// offset rounded to f16.
+    pub fn from_q5_k(raw: &[u8], rows: usize, cols: usize) -> Result<Self, String> {
+        Self::parse_k(QFormat::Q8, raw, rows, cols, 176, |b, codes| {
+            let (qh, qs) = (&b[16..48], &b[48..176]);
+            for j in 0..4 {
+                let (u1, u2) = (1u8 << (2 * j), 2u8 << (2 * j));
+                for l in 0..32 {
+                    codes[64 * j + l] = (qs[32 * j + l] & 0x0F) | if qh[l] & u1 != 0 { 16 } else { 0 };
+                    codes[64 * j + 32 + l] = (qs[32 * j + l] >> 4) | if qh[l] & u2 != 0 { 16 } else { 0 };
+                }
+            }
+        })
+    }
+
+    /// K-quant super-blocks of 256 values: `codes` fills the 256 codes; the eight sub-block scales and mins come
+    /// from the 12 packed bytes after `d` and `dmin` (ggml's `get_scale_min_k4`).
+    fn parse_k(
+        format: QFormat,
+        raw: &[u8],
+        rows: usize,
+        cols: usize,
+        block_bytes: usize,
+        codes: impl Fn(&[u8], &mut [u8]),
+    ) -> Result<Self, String> {
+        const SUPER: usize = 256;
+        if !cols.is_multiple_of(SUPER) {
+            return Err(format!("row length {cols} is not a multiple of the K-quant super-block size {SUPER}"));
+        }
+        let want = rows * cols / SUPER * block_bytes;
+        if raw.len() != want {
+            return Err(format!("expected {want} bytes of block data, found {}", raw.len()));
+        }
+        let n = rows * cols / BLOCK;
+        let mut q =
+            QRows { format, rows, cols, codes: vec![0; rows * cols], d: vec![f16::ZERO; n], m: vec![f16::ZERO; n] };
+        for (i, (block, out)) in raw.chunks_exact(block_bytes).zip(q.codes.chunks_exact_mut(SUPER)).enumerate() {
+            codes(block, out);
+            let (d, dmin) = (Self::f16_at(block, 0).to_f32(), Self::f16_at(block, 2).to_f32());
+            let sc = &block[4..16];
+            for j in 0..8 {
+                let (scale, min) = if j < 4 {
+                    (sc[j] & 63, sc[j + 4] & 63)
+                } else {
+                    ((sc[j + 4] & 0x0F) | ((sc[j - 4] >> 6) << 4), (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4))
+                };
+                q.d[8 * i + j] = f16::from_f32(d * scale as f32);
+                q.m[8 * i + j] = f16::from_f32(-(dmin * min as f32));
+            }
+        }
+        Ok(q)
     }
 
     /// From GGUF Q8_0 blocks (`f16 d`, 32 signed bytes; value = d·q).
@@ -252,7 +355,8 @@ impl QRows {
                     }
                 }
             });
-        QMatrix { format: self.format, rows: self.rows, cols: self.cols, blocks: nb, codes, d, m }
+        let has_min = self.format == QFormat::Q4 || self.m.iter().any(|x| *x != f16::ZERO);
+        QMatrix { format: self.format, rows: self.rows, cols: self.cols, blocks: nb, codes, d, m, has_min }
     }
 }
 
@@ -260,7 +364,9 @@ impl QRows {
 fn value(format: QFormat, code: u8, d: f16, m: f16) -> f32 {
     match format {
         QFormat::Q4 => d.to_f32() * code as f32 + m.to_f32(),
-        QFormat::Q8 => d.to_f32() * (code as i8) as f32,
+        // Q8_0 has no offset: its values stay the bare products (Q5_1/Q5_K add theirs).
+        QFormat::Q8 if m == f16::ZERO => d.to_f32() * (code as i8) as f32,
+        QFormat::Q8 => d.to_f32() * (code as i8) as f32 + m.to_f32(),
     }
 }
 
@@ -289,6 +395,8 @@ pub struct QMatrix {
     codes: Vec<u8>,
     d: Vec<f16>,
     m: Vec<f16>,
+    /// Whether the offsets matter (always for 4-bit codes; for 8-bit codes when the format has them: Q5_1, Q5_K).
+    has_min: bool,
 }
 
 impl QMatrix {
@@ -502,10 +610,15 @@ fn quantize_block(x: &[f32; BLOCK], h: &mut [i8; BLOCK], l: &mut [i8; BLOCK]) ->
 
 /// `out[m, n] = Σ_k x[m, k] · w[n, k]` for all rows of `x`; `out` is `x.rows × w.rows`, row-major.
 pub fn qmatmul(w: &QMatrix, x: &QActs, out: &mut [f32]) {
+    qmatmul_on(isa(), w, x, out)
+}
+
+/// [`qmatmul`] at a given ISA level (which the CPU must support: one of [`super::available_isas`]).
+pub fn qmatmul_on(isa: Isa, w: &QMatrix, x: &QActs, out: &mut [f32]) {
     assert_eq!(w.cols, x.cols, "qmatmul: width mismatch");
     assert_eq!(out.len(), x.rows * w.rows, "qmatmul: output size");
+    assert!(super::available_isas().contains(&isa), "qmatmul: {isa:?} is not supported by this CPU");
     let (n, m) = (w.rows, x.rows);
-    let isa = isa();
     let panels = n.div_ceil(PANEL);
     let ptr = SyncPtr(out.as_mut_ptr());
     let chunk = chunk_len(panels, 1);
@@ -583,7 +696,7 @@ fn panel_scalar(w: &QMatrix, p: usize, x: &QActs, row: usize, out: &mut [f32; PA
             let i = (p * w.blocks + b) * PANEL + f;
             let total = (ih << 7) + il;
             acc = (total as f32).mul_add(w.d[i].to_f32() * x.d[row * x.blocks + b], acc);
-            if w.format == QFormat::Q4 {
+            if w.has_min {
                 acc = w.m[i].to_f32().mul_add(x.s[row * x.blocks + b], acc);
             }
         }
@@ -659,8 +772,11 @@ mod x86 {
             // 2. Scale and offset per feature (f16 → f32), accumulate in f32.
             let sc = (p * w.blocks + b) * PANEL;
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(w.d.as_ptr().add(sc) as *const __m256i));
+            let load_m = || _mm512_cvtph_ps(_mm256_loadu_si256(w.m.as_ptr().add(sc) as *const __m256i));
             let mw = match w.format {
-                QFormat::Q4 => _mm512_cvtph_ps(_mm256_loadu_si256(w.m.as_ptr().add(sc) as *const __m256i)),
+                QFormat::Q4 => load_m(),
+                // The flip's −128·d, plus the format's own offset when it has one.
+                QFormat::Q8 if w.has_min => _mm512_fmadd_ps(dw, minus128, load_m()),
                 QFormat::Q8 => _mm512_mul_ps(dw, minus128),
             };
             for t in 0..R {
@@ -730,7 +846,7 @@ mod x86 {
                     let total = _mm256_add_epi32(_mm256_slli_epi32(ih[t][half], 7), il[t][half]);
                     let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d[row * x.blocks + b]));
                     acc[t][half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), scale, acc[t][half]);
-                    if w.format == QFormat::Q4 {
+                    if w.has_min {
                         acc[t][half] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x.s[row * x.blocks + b]), acc[t][half]);
                     }
                 }
@@ -745,6 +861,8 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use candle_core::quantized::GgmlDType;
+
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
@@ -898,6 +1016,111 @@ mod tests {
         assert_eq!(s[..64], vals[128..192]);
         assert_eq!(s[64..128], vals[..64]);
         assert_eq!(s[256..], vals[..]);
+    }
+
+    /// Random GGUF blocks of `dt` (quantized by candle from random values) and candle's dequantization of them —
+    /// the same values the `gguf` package gives (tests/reference/gguf_dequant.py).
+    fn ggml_fixture(dt: GgmlDType, rows: usize, cols: usize, seed: &mut u64) -> (Vec<u8>, Vec<f32>) {
+        let v: Vec<f32> = (0..rows * cols).map(|_| lcg(seed) * 0.8 + 0.1 * lcg(seed).abs()).collect();
+        let t = candle_core::Tensor::from_vec(v, (rows, cols), &candle_core::Device::Cpu).expect("tensor");
+        let q = candle_core::quantized::QTensor::quantize(&t, dt).expect("quantize");
+        let raw = q.data().expect("bytes").to_vec();
+        let want = q.dequantize(&candle_core::Device::Cpu).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1());
+        (raw, want.expect("dequantize"))
+    }
+
+    fn parse(dt: GgmlDType, raw: &[u8], rows: usize, cols: usize) -> QRows {
+        match dt {
+            GgmlDType::Q5_0 => QRows::from_q5_0(raw, rows, cols),
+            GgmlDType::Q5_1 => QRows::from_q5_1(raw, rows, cols),
+            GgmlDType::Q4K => QRows::from_q4_k(raw, rows, cols),
+            GgmlDType::Q5K => QRows::from_q5_k(raw, rows, cols),
+            other => panic!("no parser for {other:?}"),
+        }
+        .expect("valid blocks")
+    }
+
+    /// Q5_0 and Q5_1 are held exactly; Q4_K and Q5_K differ from the file only by their sub-block scale and offset
+    /// rounded to f16 (each value within 2⁻¹¹ of |scale·q| + |offset|, far inside a Q8_0 step).
+    #[test]
+    fn five_bit_and_k_quant_blocks_hold_the_files_values() {
+        let mut seed = 21;
+        let (rows, cols) = (5, 512);
+        for dt in [GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q4K, GgmlDType::Q5K] {
+            let (raw, want) = ggml_fixture(dt, rows, cols, &mut seed);
+            let q = parse(dt, &raw, rows, cols);
+            let got = q.pack().dequantize();
+            assert_eq!(got, q.dequantize(), "{dt:?}: the panel layout keeps the values");
+            assert_eq!(got.len(), want.len());
+            let exact = matches!(dt, GgmlDType::Q5_0 | GgmlDType::Q5_1);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                if exact {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{dt:?} value {i}: {a} vs {b}");
+                } else {
+                    let blk = i / BLOCK;
+                    let bound = (q.d[blk].to_f32().abs() * 31.0 + q.m[blk].to_f32().abs()) * 2f32.powi(-11) + 1e-7;
+                    assert!((a - b).abs() <= bound, "{dt:?} value {i}: {a} vs {b} (bound {bound})");
+                }
+            }
+            let err = parse_err(dt, &raw[..raw.len() - 1], rows, cols);
+            assert!(err.contains("bytes of block data"), "{dt:?}: {err}");
+        }
+        let err = QRows::from_q4_k(&[0u8; 144], 1, 128).unwrap_err();
+        assert!(err.contains("super-block"), "{err}");
+    }
+
+    fn parse_err(dt: GgmlDType, raw: &[u8], rows: usize, cols: usize) -> String {
+        let r = match dt {
+            GgmlDType::Q5_0 => QRows::from_q5_0(raw, rows, cols),
+            GgmlDType::Q5_1 => QRows::from_q5_1(raw, rows, cols),
+            GgmlDType::Q4K => QRows::from_q4_k(raw, rows, cols),
+            _ => QRows::from_q5_k(raw, rows, cols),
+        };
+        r.err().unwrap_or_default()
+    }
+
+    /// Every block format's product on every ISA this CPU has (the ISA passed explicitly, whatever `ORCHARD_ISA`
+    /// says) equals the f64 product of its own dequantized weights, up to activation rounding; AVX2 and AVX-512 give
+    /// the portable kernel's values to float rounding.
+    #[test]
+    fn every_format_multiplies_on_every_isa() {
+        let mut seed = 33;
+        let (n, k, m) = (37, 512, 7);
+        let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+        let acts = QActs::quantize(&x, m, k);
+        let mut formats: Vec<(String, QRows)> = Vec::new();
+        for dt in [GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q4K, GgmlDType::Q5K] {
+            let (raw, _) = ggml_fixture(dt, n, k, &mut seed);
+            formats.push((format!("{dt:?}"), parse(dt, &raw, n, k)));
+        }
+        let (raw, _) = q4_1_fixture(n, k, &mut seed);
+        formats.push(("Q4_1".into(), QRows::from_q4_1(&raw, n, k).expect("valid")));
+        let wf: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
+        formats.push(("Q8_0".into(), QRows::quantize_q8(&wf, n, k)));
+        for (name, rows) in &formats {
+            let w = rows.pack();
+            let wd = rows.dequantize();
+            let want = reference(&wd, &x, n, m, k);
+            let xa: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+            let wa: Vec<f32> = wd.iter().map(|v| v.abs()).collect();
+            // Activation rounding is relative to the magnitudes summed, not to the (cancelling) result.
+            let mass = reference(&wa, &xa, n, m, k);
+            let mut portable = vec![0f32; m * n];
+            qmatmul_on(Isa::Scalar, &w, &acts, &mut portable);
+            for isa in super::super::available_isas() {
+                let mut out = vec![0f32; m * n];
+                qmatmul_on(isa, &w, &acts, &mut out);
+                assert_eq!((out.len(), want.len(), portable.len()), (mass.len(), mass.len(), mass.len()));
+                for (i, ((a, b), p)) in out.iter().zip(&want).zip(&portable).enumerate() {
+                    assert!(
+                        (a - b).abs() < 1e-4 * mass[i],
+                        "{name} {isa:?} [{i}]: {a} vs f64 {b} (Σ|w·x| {})",
+                        mass[i]
+                    );
+                    assert!((a - p).abs() < 1e-4 * (1.0 + p.abs()), "{name} {isa:?} [{i}]: {a} vs portable {p}");
+                }
+            }
+        }
     }
 
     /// The vectorisable rounding equals `f32::round` everywhere a Q8_0 code can come from, halves included.
