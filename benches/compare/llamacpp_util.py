@@ -22,6 +22,8 @@ def default_gguf():
 class Model:
     def __init__(self, path):
         mp = L.llama_model_default_params()
+        if os.environ.get("LLAMACPP_NO_EXTRA_BUFTS"):
+            mp.use_extra_bufts = False
         self.model = L.llama_model_load_from_file(path.encode(), mp)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {path}")

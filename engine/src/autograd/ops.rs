@@ -1030,10 +1030,10 @@ struct GeluMulOp;
 
 const GELU_K: f32 = 0.797_884_6; // √(2/π)
 
-/// `(gelu_tanh(x), d gelu_tanh / dx)`.
+/// `(gelu_tanh(x), d gelu_tanh / dx)`, with the inference forward's `tanh`.
 fn gelu_tanh(x: f32) -> (f32, f32) {
     let u = GELU_K * (x + 0.044_715 * x * x * x);
-    let t = u.tanh();
+    let t = crate::kernels::ops::tanh(u);
     let du = GELU_K * (1.0 + 3.0 * 0.044_715 * x * x);
     (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
 }

@@ -46,6 +46,20 @@ thread_local! {
 /// `q` holds `T` rows of `q_stride` floats whose first `heads·head_dim` are the (rotated) queries; `out` holds `T`
 /// rows of `heads·head_dim`.
 pub fn attention(layer: usize, q: &[f32], q_stride: usize, seqs: &[AttnSeq], shape: AttnShape, out: &mut [f32]) {
+    attention_on(isa(), layer, q, q_stride, seqs, shape, out)
+}
+
+/// [`attention`] at a given ISA level (one of [`super::available_isas`]).
+pub fn attention_on(
+    isa: Isa,
+    layer: usize,
+    q: &[f32],
+    q_stride: usize,
+    seqs: &[AttnSeq],
+    shape: AttnShape,
+    out: &mut [f32],
+) {
+    assert!(super::available_isas().contains(&isa), "attention: {isa:?} is not supported by this CPU");
     let group_width = shape.heads / shape.kv_heads * shape.head_dim;
     let mut owner = Vec::with_capacity(out.len() / group_width);
     for s in seqs {
@@ -55,7 +69,6 @@ pub fn attention(layer: usize, q: &[f32], q_stride: usize, seqs: &[AttnSeq], sha
             }
         }
     }
-    let isa = isa();
     // One task per (row, KV head): a single decoding sequence still spreads over the cores.
     out.par_chunks_mut(group_width).zip(owner.par_iter()).for_each(|(o, &(cache, r, pos, g))| {
         SCORES.with(|buf| {
@@ -123,9 +136,14 @@ fn row(a: &RowArgs<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     let mut h0 = 0;
     while h0 < group {
         let left = group - h0;
+        // The head widths of the supported models, as fixed-size register tiles (Gemma 3: 256).
         match hd {
+            32 => h0 += chunk::<32>(a, h0, left, scores, stride, out),
             64 => h0 += chunk::<64>(a, h0, left, scores, stride, out),
+            80 => h0 += chunk::<80>(a, h0, left, scores, stride, out),
+            96 => h0 += chunk::<96>(a, h0, left, scores, stride, out),
             128 => h0 += chunk::<128>(a, h0, left, scores, stride, out),
+            256 => h0 += chunk::<256>(a, h0, left, scores, stride, out),
             _ => h0 += chunk_dyn(a, h0, scores, stride, out),
         }
     }
@@ -377,7 +395,9 @@ fn softmax(s: &mut [f32]) {
     }
 }
 
-/// Any head width: one head at a time, same operation order as [`heads`].
+/// Any head width: one head at a time, same operation order as [`heads`]. Inlined into the caller's target
+/// features (its `mul_add` is a libm call otherwise).
+#[inline(always)]
 fn chunk_dyn(a: &RowArgs<'_>, h: usize, scores: &mut [f32], stride: usize, out: &mut [f32]) -> usize {
     const L: usize = BLOCK_TOKENS;
     let hd = a.shape.head_dim;
@@ -429,14 +449,27 @@ mod tests {
             .collect()
     }
 
-    /// The dispatched kernel (AVX-512 when the CPU has it) against the portable one, bit for bit: group sizes
-    /// that exercise every register tile and the chunking past four heads, and caches ending mid-block.
+    /// Every ISA the CPU has (passed explicitly) against the portable kernel, bit for bit: group sizes that
+    /// exercise every register tile and the chunking past four heads, caches ending mid-block, the head widths with
+    /// their own tiles and one without (48), with and without a sliding window.
     #[test]
     fn every_isa_computes_the_portable_kernels_bits() {
         let mut seed = 17;
-        for (group, len) in [(1, 1), (3, 37), (4, 16), (5, 50), (2, 64)] {
-            let (kv_heads, head_dim) = (2, 64);
-            let shape = AttnShape { heads: group * kv_heads, kv_heads, head_dim, window: None };
+        let cases = [
+            (1, 1, 64, None),
+            (3, 37, 64, None),
+            (4, 16, 64, None),
+            (5, 50, 64, None),
+            (2, 64, 64, None),
+            (2, 40, 32, Some(7)),
+            (4, 45, 256, None),
+            (1, 45, 256, Some(20)),
+            (3, 33, 48, Some(16)),
+            (2, 70, 128, Some(64)),
+        ];
+        for (group, len, head_dim, window) in cases {
+            let kv_heads = 2;
+            let shape = AttnShape { heads: group * kv_heads, kv_heads, head_dim, window };
             let layout = KvLayout { layers: 2, kv_heads, head_dim };
             let mut cache = KvCache::new(layout, Arc::new(KvPool::default()));
             cache.reserve(len);
@@ -453,25 +486,72 @@ mod tests {
             let width = shape.heads * head_dim;
             let q = values(rows * width, &mut seed);
             let seqs = [AttnSeq { cache: &cache, first_row: 0, rows, start_pos: len - rows }];
-            let mut got = vec![0f32; rows * width];
-            attention(1, &q, width, &seqs, shape, &mut got);
+            for isa in super::super::available_isas() {
+                let mut got = vec![0f32; rows * width];
+                attention_on(isa, 1, &q, width, &seqs, shape, &mut got);
+                check_rows(
+                    &q,
+                    &cache,
+                    shape,
+                    len,
+                    rows,
+                    &got,
+                    &format!("{isa:?} group {group}, {len} keys, hd {head_dim}, window {window:?}"),
+                );
+            }
+        }
+    }
+
+    /// Layer 1's key of position `pos`, KV head `g`, read out of its transposed block.
+    fn key_of(cache: &KvCache, pos: usize, g: usize, hd: usize) -> Vec<f32> {
+        let kt = cache.blocks()[pos / BLOCK_TOKENS].keys_t(1, g);
+        (0..hd).map(|d| kt[d * BLOCK_TOKENS + pos % BLOCK_TOKENS]).collect()
+    }
+
+    /// Layer 1's value of position `pos`, KV head `g`.
+    fn value_of(cache: &KvCache, pos: usize, g: usize, hd: usize) -> Vec<f32> {
+        cache.blocks()[pos / BLOCK_TOKENS].values(1, g)[(pos % BLOCK_TOKENS) * hd..][..hd].to_vec()
+    }
+
+    /// Compares each row of `got` with the portable kernel and with an f64 softmax over the visible keys.
+    fn check_rows(q: &[f32], cache: &KvCache, shape: AttnShape, len: usize, rows: usize, got: &[f32], what: &str) {
+        let (kv_heads, head_dim) = (shape.kv_heads, shape.head_dim);
+        let group = shape.heads / kv_heads;
+        let width = shape.heads * head_dim;
+        {
             let group_width = group * head_dim;
             let mut scores = Vec::new();
             for r in 0..rows {
                 for g in 0..kv_heads {
-                    let args = RowArgs {
-                        layer: 1,
-                        q: &q[r * width..(r + 1) * width],
-                        cache: &cache,
-                        pos: len - rows + r,
-                        g,
-                        shape,
-                    };
+                    let pos = len - rows + r;
+                    let args = RowArgs { layer: 1, q: &q[r * width..(r + 1) * width], cache, pos, g, shape };
                     let mut want = vec![0f32; group_width];
                     row(&args, &mut scores, &mut want);
                     let at = r * width + g * group_width;
                     let same = want.iter().zip(&got[at..at + group_width]).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "group {group}, {len} keys, row {r}, KV head {g}");
+                    assert!(same, "{what}: row {r}, KV head {g}");
+                    // f64 reference: softmax over keys max(0, pos + 1 − window) ..= pos.
+                    let first = shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                    for h in 0..group {
+                        let qh = &q[r * width + (g * group + h) * head_dim..][..head_dim];
+                        let scores: Vec<f64> = (first..=pos)
+                            .map(|k| {
+                                let key = key_of(cache, k, g, head_dim);
+                                qh.iter().zip(&key).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+                                    / (head_dim as f64).sqrt()
+                            })
+                            .collect();
+                        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                        for d in 0..head_dim {
+                            let o: f64 = (first..=pos)
+                                .zip(&scores)
+                                .map(|(k, s)| (s - max).exp() / z * value_of(cache, k, g, head_dim)[d] as f64)
+                                .sum();
+                            let ours = got[at + h * head_dim + d] as f64;
+                            assert!((ours - o).abs() < 1e-4, "{what}: row {r} head {h} dim {d}: {ours} vs {o}");
+                        }
+                    }
                 }
             }
         }

@@ -627,23 +627,31 @@ pub fn qmatmul_on(isa: Isa, w: &QMatrix, x: &QActs, out: &mut [f32]) {
         Isa::Avx2 => 2,
         Isa::Scalar => 1,
     };
+    // Panels are visited in groups of about 256 KiB of codes, every activation row group over one group before the
+    // next: a wide matrix (Gemma 3's 262 144-row LM head) is then read from memory once per call, not once per
+    // group of `mr` rows. Each output value is still one `panel_kernel` call: the same bits in any order.
+    let panel_bytes = w.format.block_bytes() * w.blocks;
+    let group = (256 * 1024 / panel_bytes.max(1)).max(1);
     (0..panels.div_ceil(chunk)).into_par_iter().for_each(|c| {
         let mut tile = [[0f32; PANEL]; MR];
-        let mut r0 = 0;
-        while r0 < m {
-            let rows = (m - r0).min(mr);
-            for p in c * chunk..((c + 1) * chunk).min(panels) {
-                panel_kernel(isa, w, p, x, r0, rows, &mut tile);
-                let cols = PANEL.min(n - p * PANEL);
-                for (t, vals) in tile.iter().take(rows).enumerate() {
-                    // SAFETY: row r0 + t < m and columns p·16 .. p·16 + cols < n lie inside `out`; only this task
-                    // writes panel p's columns.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(vals.as_ptr(), ptr.get().add((r0 + t) * n + p * PANEL), cols);
+        let (first, end) = (c * chunk, ((c + 1) * chunk).min(panels));
+        for g in (first..end).step_by(group) {
+            let mut r0 = 0;
+            while r0 < m {
+                let rows = (m - r0).min(mr);
+                for p in g..(g + group).min(end) {
+                    panel_kernel(isa, w, p, x, r0, rows, &mut tile);
+                    let cols = PANEL.min(n - p * PANEL);
+                    for (t, vals) in tile.iter().take(rows).enumerate() {
+                        // SAFETY: row r0 + t < m and columns p·16 .. p·16 + cols < n lie inside `out`; only this
+                        // task writes panel p's columns.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(vals.as_ptr(), ptr.get().add((r0 + t) * n + p * PANEL), cols);
+                        }
                     }
                 }
+                r0 += rows;
             }
-            r0 += rows;
         }
     });
 }
