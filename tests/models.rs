@@ -85,11 +85,53 @@ fn an_unsupported_architecture_names_itself() {
     let dir = tempfile::tempdir().expect("tempdir");
     let model = write_model(dir.path(), Arch::Qwen3, false);
     let cfg = model.join("config.json");
-    let text = std::fs::read_to_string(&cfg).expect("read").replace("\"qwen3\"", "\"gemma3_text\"");
+    let text = std::fs::read_to_string(&cfg).expect("read").replace("\"qwen3\"", "\"mamba\"");
     std::fs::write(&cfg, text).expect("write");
     let out = orchard().args(["generate", "--model"]).arg(&model).args(["--prompt", "hi"]).output().expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("gemma3_text") && err.contains("qwen3"), "{err}");
+    assert!(!out.status.success() && err.contains("mamba") && err.contains("qwen3") && err.contains("phi3"), "{err}");
+}
+
+/// An architecture only the generic candle-transformers backend runs (a tiny Phi-3): `info` names the backend,
+/// `generate` and `score` work, a job it cannot run (`train`) says so.
+#[test]
+fn a_generic_backend_model_generates_scores_and_says_what_it_cannot_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("phi3");
+    orchard_engine::testing::write_tiny_phi3(&model, 3).expect("phi3");
+    let out = orchard().args(["info", "--model"]).arg(&model).output().expect("info");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!((v["backend"].as_str(), v["architecture"].as_str()), (Some("candle-transformers"), Some("phi3")));
+    let out = orchard()
+        .args(["generate", "--model"])
+        .arg(&model)
+        .args(["--prompt", "What is 2 + 2?", "--n", "2", "--max-new-tokens", "6", "--seed", "3"])
+        .output()
+        .expect("generate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = json_lines(&out.stdout);
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["token_ids"].as_array().is_some_and(|t| !t.is_empty())), "{rows:?}");
+    let input = dir.path().join("pairs.jsonl");
+    std::fs::write(&input, "{\"prompt\": \"What is 2 + 2?\", \"completion\": \"The answer is 4.\"}\n").expect("write");
+    let out = orchard().args(["score", "--model"]).arg(&model).arg("--input").arg(&input).output().expect("score");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let scored = json_lines(&out.stdout);
+    assert!(scored[0]["logprob_sum"].as_f64().is_some_and(|l| l < 0.0 && l.is_finite()), "{scored:?}");
+    let data = dir.path().join("sft.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"a\", \"completion\": \"b\"}\n").expect("write");
+    let out = orchard()
+        .args(["train", "--model"])
+        .arg(&model)
+        .args(["--loss", "sft", "--sft-data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("t"))
+        .output()
+        .expect("train");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("generic candle-transformers backend"), "{err}");
 }
 
 #[test]

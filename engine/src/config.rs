@@ -362,13 +362,18 @@ impl HfConfig {
                 let archs = self.architectures.join(", ");
                 let hint = if other == "gemma3" {
                     " (the multimodal Gemma 3 checkpoint: load its text model, model_type gemma3_text)"
+                } else if crate::generic::GENERIC_ARCHITECTURES.contains(&other) {
+                    " (it runs on the generic candle-transformers backend, in `orchard generate`, `score` and `info` \
+                     only)"
                 } else {
                     ""
                 };
                 return Err(Error::unsupported(
                     path,
                     format!(
-                        "model_type `{other}` ({archs}){hint}; supported: llama, mistral, qwen2, qwen3, gemma3_text"
+                        "model_type `{other}` ({archs}){hint}; supported: llama, mistral, qwen2, qwen3, gemma3_text \
+                         (native), {} (generic backend: generate, score, info)",
+                        crate::generic::GENERIC_ARCHITECTURES.join(", ")
                     ),
                 ));
             }

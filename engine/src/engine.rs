@@ -294,29 +294,7 @@ impl Engine {
 
     /// Renders a prompt to text: templated (`system` prepended when given) unless `raw`.
     pub fn render_prompt(&self, prompt: &Prompt, system: Option<&str>, raw: bool) -> Result<String> {
-        match (prompt, raw) {
-            (Prompt::Text(t), true) => Ok(t.clone()),
-            (Prompt::Messages(_), true) => {
-                Err(Error::Request("a raw prompt must be a string, not a list of messages".into()))
-            }
-            (p, false) => {
-                let template = self.template.as_ref().ok_or_else(|| {
-                    Error::Request(format!(
-                        "{} has no chat template: pass raw prompts (--raw) instead",
-                        self.info.path.display()
-                    ))
-                })?;
-                let mut messages = Vec::new();
-                if let Some(s) = system {
-                    messages.push(Message::new("system", s));
-                }
-                match p {
-                    Prompt::Text(t) => messages.push(Message::new("user", t.clone())),
-                    Prompt::Messages(m) => messages.extend(m.iter().cloned()),
-                }
-                template.render(&messages, true)
-            }
-        }
+        render_prompt(self.template.as_deref(), &self.info.path, prompt, system, raw)
     }
 
     /// Renders and tokenizes a prompt.
@@ -609,6 +587,37 @@ impl Engine {
     }
 }
 
+/// A prompt as text: templated with `template` (`system` prepended when given) unless `raw`; `path` names the model
+/// in the error when it has no template.
+pub(crate) fn render_prompt(
+    template: Option<&ChatTemplate>,
+    path: &Path,
+    prompt: &Prompt,
+    system: Option<&str>,
+    raw: bool,
+) -> Result<String> {
+    match (prompt, raw) {
+        (Prompt::Text(t), true) => Ok(t.clone()),
+        (Prompt::Messages(_), true) => {
+            Err(Error::Request("a raw prompt must be a string, not a list of messages".into()))
+        }
+        (p, false) => {
+            let template = template.ok_or_else(|| {
+                Error::Request(format!("{} has no chat template: pass raw prompts (--raw) instead", path.display()))
+            })?;
+            let mut messages = Vec::new();
+            if let Some(s) = system {
+                messages.push(Message::new("system", s));
+            }
+            match p {
+                Prompt::Text(t) => messages.push(Message::new("user", t.clone())),
+                Prompt::Messages(m) => messages.extend(m.iter().cloned()),
+            }
+            template.render(&messages, true)
+        }
+    }
+}
+
 /// Gemma's chat template (text only): a system message joins the first user turn, the assistant is `model`.
 const GEMMA_TEMPLATE: &str = "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- set first_user_prefix = \
 messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = '' \
@@ -617,7 +626,7 @@ messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}{%- e
 '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}{{ message['content'] | trim }}{{ \
 '<end_of_turn>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
 
-fn hf_chat_template(dir: &Path) -> Result<Option<String>> {
+pub(crate) fn hf_chat_template(dir: &Path) -> Result<Option<String>> {
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
         return std::fs::read_to_string(&jinja).map(Some).map_err(|e| Error::io(&jinja, e));
@@ -661,12 +670,12 @@ impl Seq {
         self.tokens.push(token);
         self.logprobs.push(logprob);
         self.last = token;
-        self.finish = finish_after(engine, &self.tokens, p, self.cache.len(), ctx, &mut self.text_len)?;
+        self.finish = finish_after(&engine.tokenizer, &self.tokens, p, self.cache.len(), ctx, &mut self.text_len)?;
         Ok(())
     }
 
     fn into_sample(self, engine: &Engine, p: &SamplingParams, reason: FinishReason) -> Result<(usize, usize, Sample)> {
-        let text = final_text(engine, &self.tokens, p)?;
+        let text = final_text(&engine.tokenizer, &self.tokens, p)?;
         Ok((
             self.request,
             self.index,
@@ -685,7 +694,7 @@ impl Seq {
 /// `cache_len` positions) is done: a stop token, a stop string (searched from `text_len` on, which is advanced),
 /// the budget or the context.
 pub(crate) fn finish_after(
-    engine: &Engine,
+    tokenizer: &Tokenizer,
     generated: &[TokenId],
     p: &SamplingParams,
     cache_len: usize,
@@ -693,12 +702,12 @@ pub(crate) fn finish_after(
     text_len: &mut usize,
 ) -> Result<Option<FinishReason>> {
     let Some(&token) = generated.last() else { return Ok(None) };
-    let is_eos = !p.ignore_eos && engine.tokenizer.eos().contains(&token);
+    let is_eos = !p.ignore_eos && tokenizer.eos().contains(&token);
     if is_eos || p.stop_token_ids.contains(&token) {
         return Ok(Some(FinishReason::Stop));
     }
     if !p.stop.is_empty() {
-        let text = engine.tokenizer.decode(generated, true)?;
+        let text = tokenizer.decode(generated, true)?;
         let longest = p.stop.iter().map(String::len).max().unwrap_or(0);
         let mut from = text_len.saturating_sub(longest).min(text.len());
         while !text.is_char_boundary(from) {
@@ -716,8 +725,8 @@ pub(crate) fn finish_after(
 }
 
 /// The text of generated tokens: special tokens dropped, cut before the first stop string.
-pub(crate) fn final_text(engine: &Engine, generated: &[TokenId], p: &SamplingParams) -> Result<String> {
-    let mut text = engine.tokenizer.decode(generated, true)?;
+pub(crate) fn final_text(tokenizer: &Tokenizer, generated: &[TokenId], p: &SamplingParams) -> Result<String> {
+    let mut text = tokenizer.decode(generated, true)?;
     if let Some(cut) = p.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
         text.truncate(cut);
     }

@@ -28,6 +28,7 @@ pub mod config;
 pub mod cuda;
 pub mod engine;
 pub mod error;
+pub mod generic;
 pub mod gguf;
 pub mod hf;
 pub mod hub;
@@ -47,6 +48,7 @@ pub use engine::{
     Engine, FinishReason, GenerateOptions, GenerateRequest, Handoff, ModelInfo, Progress, Prompt, Sample, Scored,
 };
 pub use error::{Error, Result};
+pub use generic::{AnyEngine, GenericEngine};
 pub use kv::KvCache;
 pub use model::{LogitRows, Logits, Model, QkNorm, SandwichNorms, Step, TokenId};
 pub use sampling::SamplingParams;

@@ -480,7 +480,7 @@ impl Worker {
             self.metrics.decode_tokens += 1;
             let cache_len = s.cache.as_ref().map_or(0, KvCache::len);
             let generated = &s.tokens[s.prompt_len..];
-            let done = finish_after(&self.engine, generated, &s.params, cache_len, ctx, &mut s.text_len)?;
+            let done = finish_after(self.engine.tokenizer(), generated, &s.params, cache_len, ctx, &mut s.text_len)?;
             if !s.shared && self.config.prefix_cache {
                 // The prompt is computed: siblings waiting for it can start from it now.
                 let cache = s.cache.as_ref().expect("running");
@@ -519,7 +519,7 @@ impl Worker {
             }
         }
         let generated = s.generated().to_vec();
-        let text = final_text(&self.engine, &generated, &s.params)?;
+        let text = final_text(self.engine.tokenizer(), &generated, &s.params)?;
         self.metrics.requests += 1;
         let _ = s.reply.send(Ok(Sample {
             text,

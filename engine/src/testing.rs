@@ -233,6 +233,77 @@ pub fn write_hf_dir(dir: &Path, cfg: &ModelConfig, weights: &BTreeMap<String, (V
     Ok(())
 }
 
+/// Writes a tiny random Phi-3 HF directory (the generic backend's architecture: fused `qkv_proj` and `gate_up_proj`,
+/// untied head; 2 layers, width 64, GQA 4/2, vocab 288, the tiny tokenizer and chat template).
+pub fn write_tiny_phi3(dir: &Path, seed: u64) -> Result<()> {
+    let mut cfg = tiny_config(Arch::Llama);
+    cfg.tie_word_embeddings = false;
+    let w = random_weights(&cfg, seed);
+    write_hf_dir(dir, &cfg, &w)?;
+    // Phi-3 stores q ‖ k ‖ v and gate ‖ up as one matrix each.
+    let mut fused: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    let separate = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"];
+    for (name, tensor) in &w {
+        if !separate.iter().any(|s| name.contains(&format!(".{s}."))) {
+            fused.insert(name.clone(), tensor.clone());
+        }
+    }
+    for i in 0..cfg.num_layers {
+        for (target, parts) in [
+            ("self_attn.qkv_proj", &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"][..]),
+            ("mlp.gate_up_proj", &["mlp.gate_proj", "mlp.up_proj"][..]),
+        ] {
+            let (mut rows, mut values, mut cols) = (0, Vec::new(), 0);
+            for part in parts {
+                let (shape, data) = &w[&format!("model.layers.{i}.{part}.weight")];
+                rows += shape[0];
+                cols = shape[1];
+                values.extend_from_slice(data);
+            }
+            fused.insert(format!("model.layers.{i}.{target}.weight"), (vec![rows, cols], values));
+        }
+    }
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = fused
+        .iter()
+        .map(|(n, (shape, data))| (n.clone(), shape.clone(), data.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, shape, b)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .expect("shape matches data");
+            (n.clone(), view)
+        })
+        .collect();
+    let st = safetensors::serialize(views, None).map_err(|e| Error::bad_model(dir, e.to_string()))?;
+    let p = dir.join("model.safetensors");
+    std::fs::write(&p, st).map_err(io(&p))?;
+    let config = serde_json::json!({
+        "architectures": ["Phi3ForCausalLM"],
+        "model_type": "phi3",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": null,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "original_max_position_embeddings": cfg.max_position_embeddings,
+        "sliding_window": null,
+        "tie_word_embeddings": false,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "torch_dtype": "float32",
+    });
+    let p = dir.join("config.json");
+    std::fs::write(&p, serde_json::to_string_pretty(&config).expect("json")).map_err(io(&p))
+}
+
 /// Writes a GGUF file holding the same model, its 2-D weights stored as `dtype` (norms stay F32).
 pub fn write_gguf(
     path: &Path,

@@ -34,6 +34,21 @@ impl ModelArgs {
     }
 }
 
+impl ModelArgs {
+    /// [`ModelArgs::load`] for the commands that also run models on the generic candle-transformers backend
+    /// (`generate`, `score`, `info`): an HF directory of an architecture the native engine lacks loads there.
+    pub fn load_any(&self) -> anyhow::Result<orchard_engine::AnyEngine> {
+        orchard_engine::init_threads(self.threads);
+        let spinner = indicatif::ProgressBar::new_spinner();
+        spinner.set_message(format!("loading {}", self.model));
+        spinner.enable_steady_tick(Duration::from_millis(120));
+        let engine =
+            orchard_engine::AnyEngine::load(&self.model).with_context(|| format!("loading model `{}`", self.model));
+        spinner.finish_and_clear();
+        engine
+    }
+}
+
 /// Numeric path on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PrecisionArg {

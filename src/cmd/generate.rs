@@ -137,7 +137,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, None) => bail!("give --prompt or --prompts"),
     };
     let out = Output::new(args.out.as_deref())?;
-    let engine = args.model.load()?;
+    let engine = args.model.load_any()?;
     let source = args.prompts.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "--prompt".into());
     let mut requests = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {

@@ -7,7 +7,8 @@ use serde_json::json;
 
 use super::common::ModelArgs;
 
-/// Describe a model: which backend serves it, its architecture, how its weights are stored (GGUF tensor types) and
+/// Describe a model: which backend serves it (`native`, or `candle-transformers` for an HF directory of an
+/// architecture only the generic backend runs), its architecture, how its weights are stored (GGUF tensor types) and
 /// held (quantized blocks or f32), its shape, context, parameter count, special tokens and chat template (with
 /// one rendered user turn). An architecture Orchard does not run fails here with the loader's error, which names
 /// it and the supported ones. One JSON object on stdout.
@@ -23,7 +24,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let engine = args.model.load()?;
+    let engine = match args.model.load_any()? {
+        orchard_engine::AnyEngine::Native(e) => *e,
+        orchard_engine::AnyEngine::Generic(g) => return generic(&g),
+    };
     let m: &Model = engine.model();
     let cfg = m.config();
     let path = &engine.info().path;
@@ -73,6 +77,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "kv_cache": "every layer keeps its whole KV (forks and prefix sharing exact)",
         })),
         "training": "LoRA and full fine-tuning (f32 differentiable forward)",
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A model on the generic candle-transformers backend.
+fn generic(g: &orchard_engine::GenericEngine) -> anyhow::Result<ExitCode> {
+    let tok = g.tokenizer();
+    let piece = |id: u32| tok.piece(id).unwrap_or_default();
+    let template = g.template().map(|t| {
+        let sample = t.render(&[Message::new("user", "Hi")], true).unwrap_or_else(|e| format!("(cannot render: {e})"));
+        json!({ "present": true, "renders_user_hi_as": sample })
+    });
+    let i = g.info();
+    let out = json!({
+        "model": g.path().file_name().map(|n| n.to_string_lossy().into_owned()),
+        "path": g.path(),
+        "backend": "candle-transformers",
+        "architecture": i.architecture,
+        "format": "hf",
+        "stored": "safetensors (read as f32)",
+        "context": i.context,
+        "vocab": i.vocab,
+        "hidden": i.hidden,
+        "layers": i.layers,
+        "bos": tok.bos().map(|b| json!({"id": b, "piece": piece(b)})),
+        "eos": tok.eos().iter().map(|&e| json!({"id": e, "piece": piece(e)})).collect::<Vec<_>>(),
+        "chat_template": template.unwrap_or_else(|| json!({ "present": false })),
+        "commands": "generate, score and info (one sequence per forward, no prefix sharing); not sample, search, \
+                     eval, train or the loop",
+        "training": "not supported on the generic backend",
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)

@@ -71,7 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         parsed.push((line, prompt, completion));
     }
     let out = Output::new(args.out.as_deref())?;
-    let engine = args.model.load()?;
+    let engine = args.model.load_any()?;
     let mut pairs = Vec::with_capacity(parsed.len());
     for (line, prompt, completion) in &parsed {
         let p = engine
