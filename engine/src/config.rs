@@ -215,6 +215,7 @@ impl ModelConfig {
     /// This configuration as an HF `config.json` (the inverse of [`ModelConfig::from_hf_json`]).
     pub fn to_hf_json(&self, bos: Option<u32>, eos: Option<u32>) -> serde_json::Value {
         let (arch, model_type) = match self.arch {
+            Arch::Llama if self.sliding_window.is_some() => ("MistralForCausalLM", "mistral"),
             Arch::Llama => ("LlamaForCausalLM", "llama"),
             Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
             Arch::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
@@ -255,6 +256,9 @@ impl ModelConfig {
         });
         if matches!(self.arch, Arch::Qwen2 | Arch::Qwen3) {
             c["use_sliding_window"] = serde_json::Value::Bool(false);
+        }
+        if let (Arch::Llama, Some(sw)) = (self.arch, &self.sliding_window) {
+            c["sliding_window"] = sw.window.into();
         }
         if self.arch == Arch::Gemma3 {
             let obj = c.as_object_mut().expect("an object");
@@ -406,17 +410,11 @@ impl HfConfig {
                 format!("{model_type}: sliding-window layers (use_sliding_window = true)"),
             ));
         }
-        // A sliding window W attends to the last W positions: for sequences of at most W tokens that is full
-        // attention, so the model runs exactly with its context capped at W (longer sequences are refused).
+        // Mistral's window: every layer attends to its last W positions (the sliding-window layers Gemma 3 uses), so
+        // longer sequences run exactly. Under rope scaling (no local base to give those layers) the context is capped
+        // at W instead, which is exact within the window.
         let mut max_position = self.max_position_embeddings;
-        if let Some(w) = self.sliding_window.filter(|&w| arch == Arch::Llama && w > 0 && w < max_position) {
-            tracing::info!(
-                "{}: sliding_window = {w} < max_position_embeddings = {max_position}; the context is capped at {w} \
-                 tokens (exact within the window)",
-                path.display()
-            );
-            max_position = w;
-        }
+        let mistral_window = self.sliding_window.filter(|&w| arch == Arch::Llama && w > 0 && w < max_position);
         let params = self.rope_parameters.as_ref().filter(|v| v.is_object());
         let rope_theta = self
             .rope_theta
@@ -429,10 +427,22 @@ impl HfConfig {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => Some(parse_rope_scaling(v).map_err(|msg| Error::unsupported(path, msg))?),
         };
-        let (rope_theta, rope_scaling, sliding_window) = if arch == Arch::Gemma3 {
-            self.gemma3_layers(path, rope_theta, rope_scaling)?
-        } else {
-            (rope_theta, rope_scaling, None)
+        let (rope_theta, rope_scaling, sliding_window) = match (arch, mistral_window) {
+            (Arch::Gemma3, _) => self.gemma3_layers(path, rope_theta, rope_scaling)?,
+            (_, Some(window)) if rope_scaling.is_none() => {
+                let layers = vec![true; self.num_hidden_layers];
+                (rope_theta, None, Some(SlidingWindow { window, layers, rope_theta: rope_theta as f32 }))
+            }
+            (_, Some(w)) => {
+                tracing::info!(
+                    "{}: sliding_window = {w} with rope scaling; the context is capped at {w} tokens (exact within \
+                     the window)",
+                    path.display()
+                );
+                max_position = w;
+                (rope_theta, rope_scaling, None)
+            }
+            _ => (rope_theta, rope_scaling, None),
         };
         let heads = self.num_attention_heads;
         Ok(ModelConfig {
@@ -610,12 +620,23 @@ mod tests {
     }
 
     #[test]
-    fn a_mistral_sliding_window_caps_the_context_and_qwen2_windows_are_refused() -> Result<()> {
+    fn a_mistral_sliding_window_slides_and_qwen2_windows_are_refused() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| Error::io("tmp", e))?;
         let base = r#""vocab_size":100,"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
             "num_attention_heads":4,"rms_norm_eps":1e-5,"max_position_embeddings":32768"#;
         let p = write(dir.path(), &format!(r#"{{"model_type":"mistral",{base},"sliding_window":4096}}"#));
-        assert_eq!(ModelConfig::from_hf_json(&p)?.max_position_embeddings, 4096);
+        let cfg = ModelConfig::from_hf_json(&p)?;
+        assert_eq!(cfg.max_position_embeddings, 32768);
+        let sw = cfg.sliding_window.expect("a window");
+        assert_eq!((sw.window, sw.layers, sw.rope_theta), (4096, vec![true, true], 10_000.0));
+        let p = write(
+            dir.path(),
+            &format!(
+                r#"{{"model_type":"mistral",{base},"sliding_window":4096,"rope_scaling":{{"type":"linear","factor":2.0}}}}"#
+            ),
+        );
+        let cfg = ModelConfig::from_hf_json(&p)?;
+        assert_eq!((cfg.max_position_embeddings, cfg.sliding_window), (4096, None));
         let p = write(dir.path(), &format!(r#"{{"model_type":"mistral",{base},"sliding_window":null}}"#));
         assert_eq!(ModelConfig::from_hf_json(&p)?.max_position_embeddings, 32768);
         let p = write(dir.path(), &format!(r#"{{"model_type":"qwen2",{base},"use_sliding_window":true}}"#));

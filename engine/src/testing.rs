@@ -72,6 +72,14 @@ pub fn tiny_config(arch: Arch) -> ModelConfig {
     }
 }
 
+/// A tiny Mistral: the llama configuration with a 16-position sliding window on every layer (written as
+/// `model_type: mistral`).
+pub fn tiny_mistral_config() -> ModelConfig {
+    let cfg = tiny_config(Arch::Llama);
+    let layers = vec![true; cfg.num_layers];
+    ModelConfig { sliding_window: Some(SlidingWindow { window: 16, layers, rope_theta: cfg.rope_theta }), ..cfg }
+}
+
 /// GPT-2's byte → printable character map.
 fn bytes_to_unicode() -> Vec<char> {
     let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();

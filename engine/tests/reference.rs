@@ -133,6 +133,12 @@ fn score_sums_match_hf() {
 /// A tiny random model of `arch` against HF transformers on the same weights (`tests/reference/hf_tiny.py`): full
 /// next-token log-softmax at two positions of five prompts, one longer than 300 tokens.
 fn tiny_model_equals_transformers(arch: orchard_engine::Arch, seed: u64, keep_env: &str) {
+    let cfg = orchard_engine::testing::tiny_config(arch);
+    tiny_config_equals_transformers(&cfg, arch.name(), seed, keep_env)
+}
+
+/// [`tiny_model_equals_transformers`] for a given configuration, its reference `hf_tiny_{name}.json`.
+fn tiny_config_equals_transformers(cfg: &orchard_engine::ModelConfig, name: &str, seed: u64, keep_env: &str) {
     #[derive(Deserialize)]
     struct Case {
         ids: Vec<TokenId>,
@@ -144,16 +150,16 @@ fn tiny_model_equals_transformers(arch: orchard_engine::Arch, seed: u64, keep_en
     struct Cases {
         cases: Vec<Case>,
     }
-    let cfg = orchard_engine::testing::tiny_config(arch);
     let dir = tempfile::tempdir().expect("tempdir");
-    let weights = orchard_engine::testing::random_weights(&cfg, seed);
-    orchard_engine::testing::write_hf_dir(dir.path(), &cfg, &weights).expect("write");
+    let weights = orchard_engine::testing::random_weights(cfg, seed);
+    orchard_engine::testing::write_hf_dir(dir.path(), cfg, &weights).expect("write");
     if let Some(keep) = std::env::var_os(keep_env) {
-        orchard_engine::testing::write_hf_dir(std::path::Path::new(&keep), &cfg, &weights).expect("write");
+        orchard_engine::testing::write_hf_dir(std::path::Path::new(&keep), cfg, &weights).expect("write");
     }
     let engine = orchard_engine::Engine::load(dir.path().to_str().expect("utf-8")).expect("load");
-    let name = format!("hf_tiny_{}.json", arch.name());
-    let text = std::fs::read_to_string(reference_dir().join(&name)).expect("reference json");
+    assert_eq!(engine.model().config(), cfg, "the HF directory reads back as written");
+    let file = format!("hf_tiny_{name}.json");
+    let text = std::fs::read_to_string(reference_dir().join(&file)).expect("reference json");
     let r: Cases = serde_json::from_str(&text).expect("valid json");
     assert!(r.cases.len() >= 5 && r.cases.iter().any(|c| c.ids.len() > 300));
     let m = engine.model();
@@ -169,7 +175,15 @@ fn tiny_model_equals_transformers(arch: orchard_engine::Arch, seed: u64, keep_en
             worst = worst.max(d);
         }
     }
-    eprintln!("tiny {} vs transformers: largest log-prob difference {worst:e}", arch.name());
+    eprintln!("tiny {name} vs transformers: largest log-prob difference {worst:e}");
+}
+
+/// Mistral with a sliding window (16 positions on every layer; prompts up to 333 tokens): the window slides instead of
+/// capping the context.
+#[test]
+fn tiny_mistral_logprobs_equal_transformers() {
+    let cfg = orchard_engine::testing::tiny_mistral_config();
+    tiny_config_equals_transformers(&cfg, "mistral", 43, "ORCHARD_WRITE_TINY_MISTRAL");
 }
 
 /// A tiny random Phi-3 — an architecture the native engine lacks — on the generic candle-transformers backend against

@@ -14,6 +14,7 @@ prompt, which engine/tests/reference.rs compares against (≤ 1e-3; tokens equal
     python tests/reference/hf_tiny.py qwen3 /tmp/tiny-qwen3
     python tests/reference/hf_tiny.py gemma3_text /tmp/tiny-gemma3
     python tests/reference/hf_tiny.py phi3 /tmp/tiny-phi3      # ORCHARD_WRITE_TINY_PHI3=/tmp/tiny-phi3 …
+    python tests/reference/hf_tiny.py mistral /tmp/tiny-mistral   # ORCHARD_WRITE_TINY_MISTRAL=… (window 16)
 """
 import json
 import os
