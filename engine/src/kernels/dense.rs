@@ -80,10 +80,15 @@ impl PackedMatrix {
 
 /// `out[m, n] = Σ_k x[m, k] · w[n, k]`; `x` is `m × k`, `out` is `m × w.rows`, both row-major.
 pub fn matmul(w: &PackedMatrix, x: &[f32], m: usize, out: &mut [f32]) {
+    matmul_on(isa(), w, x, m, out)
+}
+
+/// [`matmul`] at a given ISA level (one of [`super::available_isas`]).
+pub fn matmul_on(isa: Isa, w: &PackedMatrix, x: &[f32], m: usize, out: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     assert_eq!(x.len(), m * k, "matmul: input size");
     assert_eq!(out.len(), m * n, "matmul: output size");
-    let isa = isa();
+    assert!(super::available_isas().contains(&isa), "matmul: {isa:?} is not supported by this CPU");
     let np = n.div_ceil(NR);
     let ptr = SyncPtr(out.as_mut_ptr());
     let chunk = chunk_len(np, 1);
@@ -218,23 +223,24 @@ mod tests {
         (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0 - 1.0).collect()
     }
 
+    /// On every ISA the CPU has (passed explicitly): the same bits as one fused multiply-add chain per output.
     #[test]
     fn matmul_matches_naive_fma_chain_bitwise() {
         let (n, k) = (45, 70);
         let w = data(n * k, 1);
         let packed = PackedMatrix::pack(&w, n, k);
         assert_eq!(packed.unpack(), w);
-        for m in [1, 2, 5, 6, 7, 13] {
+        for (isa, m) in super::super::available_isas().into_iter().flat_map(|i| [1, 2, 5, 6, 7, 13].map(|m| (i, m))) {
             let x = data(m * k, 2);
             let mut out = vec![0f32; m * n];
-            matmul(&packed, &x, m, &mut out);
+            matmul_on(isa, &packed, &x, m, &mut out);
             for i in 0..m {
                 for j in 0..n {
                     let mut acc = 0f32;
                     for t in 0..k {
                         acc = x[i * k + t].mul_add(w[j * k + t], acc);
                     }
-                    assert_eq!(out[i * n + j], acc, "m={m} ({i},{j})");
+                    assert_eq!(out[i * n + j], acc, "{isa:?} m={m} ({i},{j})");
                 }
             }
         }

@@ -76,7 +76,12 @@ pub fn rope(x: &mut [f32], stride: usize, heads: usize, table: &[f32], half: usi
 
 /// SwiGLU: `out[r, i] = silu(gu[r, i]) · gu[r, f + i]` where each row of `gu` is `[gate (f) | up (f)]`.
 pub fn silu_mul(gu: &[f32], f: usize, out: &mut [f32]) {
-    let isa = isa();
+    silu_mul_on(isa(), gu, f, out)
+}
+
+/// [`silu_mul`] at a given ISA level (one of [`super::available_isas`]).
+pub fn silu_mul_on(isa: Isa, gu: &[f32], f: usize, out: &mut [f32]) {
+    assert!(super::available_isas().contains(&isa), "silu_mul: {isa:?} is not supported by this CPU");
     out.par_chunks_mut(f).zip(gu.par_chunks(2 * f)).with_min_len(4).for_each(|(o, row)| match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa()` only reports levels the CPU supports.
@@ -109,7 +114,12 @@ fn silu_row(row: &[f32], out: &mut [f32]) {
 
 /// GeGLU: `out[r, i] = gelu_tanh(gu[r, i]) · gu[r, f + i]` (HF `gelu_pytorch_tanh`), rows as in [`silu_mul`].
 pub fn gelu_tanh_mul(gu: &[f32], f: usize, out: &mut [f32]) {
-    let isa = isa();
+    gelu_tanh_mul_on(isa(), gu, f, out)
+}
+
+/// [`gelu_tanh_mul`] at a given ISA level (one of [`super::available_isas`]).
+pub fn gelu_tanh_mul_on(isa: Isa, gu: &[f32], f: usize, out: &mut [f32]) {
+    assert!(super::available_isas().contains(&isa), "gelu_tanh_mul: {isa:?} is not supported by this CPU");
     out.par_chunks_mut(f).zip(gu.par_chunks(2 * f)).with_min_len(4).for_each(|(o, row)| match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa()` only reports levels the CPU supports.
@@ -216,7 +226,13 @@ pub fn log_sum_exp(x: &[f32]) -> f64 {
 
 /// `Σ exp((x − max)·inv_t)` with f32 exponentials summed in 8 interleaved f64 lanes (fixed order).
 pub fn sum_exp(x: &[f32], max: f32, inv_t: f32) -> f64 {
-    match isa() {
+    sum_exp_on(isa(), x, max, inv_t)
+}
+
+/// [`sum_exp`] at a given ISA level (one of [`super::available_isas`]).
+pub fn sum_exp_on(isa: Isa, x: &[f32], max: f32, inv_t: f32) -> f64 {
+    assert!(super::available_isas().contains(&isa), "sum_exp: {isa:?} is not supported by this CPU");
+    match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa()` only reports levels the CPU supports.
         Isa::Avx512 => unsafe { sum_exp_avx512(x, max, inv_t) },
@@ -261,6 +277,26 @@ mod tests {
             let x = i as f32 / 100.0;
             let (a, b) = (exp(x), x.exp());
             assert!((a - b).abs() <= 3e-7 * b, "{x}: {a} vs {b}");
+        }
+    }
+
+    /// SwiGLU, GeGLU and the exponential sum on every ISA the CPU has give the portable code's bits.
+    #[test]
+    fn row_ops_give_the_portable_bits_on_every_isa() {
+        let f = 37;
+        let gu: Vec<f32> = (0..5 * 2 * f).map(|i| (i as f32 * 0.71).sin() * 5.0).collect();
+        let (mut silu0, mut gelu0) = (vec![0f32; 5 * f], vec![0f32; 5 * f]);
+        silu_mul_on(Isa::Scalar, &gu, f, &mut silu0);
+        gelu_tanh_mul_on(Isa::Scalar, &gu, f, &mut gelu0);
+        let sum0 = sum_exp_on(Isa::Scalar, &gu, max(&gu), 0.7);
+        for isa in super::super::available_isas() {
+            let (mut silu, mut gelu) = (vec![0f32; 5 * f], vec![0f32; 5 * f]);
+            silu_mul_on(isa, &gu, f, &mut silu);
+            gelu_tanh_mul_on(isa, &gu, f, &mut gelu);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&silu), bits(&silu0), "{isa:?} silu");
+            assert_eq!(bits(&gelu), bits(&gelu0), "{isa:?} gelu");
+            assert_eq!(sum_exp_on(isa, &gu, max(&gu), 0.7).to_bits(), sum0.to_bits(), "{isa:?} sum_exp");
         }
     }
 

@@ -477,6 +477,12 @@ const QMAX: f32 = 16256.0;
 impl QActs {
     /// Quantizes `x` (`rows × cols`, row-major). Each row is quantized on its own.
     pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
+        Self::quantize_on(isa(), x, rows, cols)
+    }
+
+    /// [`QActs::quantize`] at a given ISA level (one of [`super::available_isas`]).
+    pub fn quantize_on(isa: Isa, x: &[f32], rows: usize, cols: usize) -> Self {
+        assert!(super::available_isas().contains(&isa), "quantize: {isa:?} is not supported by this CPU");
         let blocks = cols.div_ceil(BLOCK);
         let width = blocks * BLOCK;
         let mut a = QActs {
@@ -490,7 +496,6 @@ impl QActs {
         };
         let parts = a.h.par_chunks_mut(width).zip(a.l.par_chunks_mut(width));
         let scales = a.d.par_chunks_mut(blocks).zip(a.s.par_chunks_mut(blocks));
-        let isa = isa();
         parts.zip(scales).enumerate().with_min_len(8).for_each(|(r, ((h, l), (d, s)))| {
             let row = RowCodes { x: &x[r * cols..(r + 1) * cols], h, l, d, s };
             match isa {
@@ -935,11 +940,12 @@ mod tests {
     #[test]
     fn activation_quantization_equals_its_scalar_definition_bitwise() {
         let mut seed = 13;
-        for (rows, cols) in [(3, 96), (9, 576), (2, 70)] {
+        let shapes = [(3, 96), (9, 576), (2, 70)];
+        for (isa, (rows, cols)) in super::super::available_isas().into_iter().flat_map(|i| shapes.map(|s| (i, s))) {
             let mut x: Vec<f32> = (0..rows * cols).map(|_| 3.0 * lcg(&mut seed)).collect();
             x[..BLOCK].fill(0.0); // an all-zero block has scale 0
             x[BLOCK + 3] = f32::NAN; // ignored by the maximum, coded as 0
-            let a = QActs::quantize(&x, rows, cols);
+            let a = QActs::quantize_on(isa, &x, rows, cols);
             let width = a.blocks * BLOCK;
             for r in 0..rows {
                 for (b, chunk) in x[r * cols..(r + 1) * cols].chunks(BLOCK).enumerate() {
