@@ -135,13 +135,22 @@ pub fn save(out: &Path, state: &TrainState, model: &DiffModel, opt: &AdamW, keep
         let p = tmp.path().join(file);
         std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| Error::io(&p, e))?;
     }
-    // A checkpoint of the same step (a rerun) is replaced only once the new one is complete.
+    // A checkpoint of the same step (a rerun) is replaced only once the new one is complete: the old one is renamed
+    // aside (atomic), the new one renamed into place, then the old one deleted. A kill at any point leaves either a
+    // complete checkpoint under the name or none, and [`latest`] falls back to the newest complete one.
     let staged = tmp.keep();
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    let aside = final_dir.exists().then(|| out.join(format!(".replaced-{name}")));
+    if let Some(a) = &aside {
+        if a.exists() {
+            std::fs::remove_dir_all(a).map_err(|e| Error::io(a, e))?;
+        }
+        std::fs::rename(&final_dir, a).map_err(|e| Error::io(&final_dir, e))?;
     }
     std::fs::rename(&staged, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
     sync_dir(out)?;
+    if let Some(a) = &aside {
+        std::fs::remove_dir_all(a).map_err(|e| Error::io(a, e))?;
+    }
     let pointer = serde_json::json!({ "checkpoint": name, "step": state.step });
     let mut ptr = tempfile::NamedTempFile::new_in(out).map_err(|e| Error::io(out, e))?;
     ptr.write_all(pointer.to_string().as_bytes()).map_err(|e| Error::io(out, e))?;
@@ -178,7 +187,24 @@ pub fn latest(out: &Path) -> Result<Option<PathBuf>> {
     };
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::checkpoint(&p, e.to_string()))?;
     let name = v["checkpoint"].as_str().ok_or_else(|| Error::checkpoint(&p, "no `checkpoint` entry"))?;
-    Ok(Some(out.join(name)))
+    let named = out.join(name);
+    if named.join(STATE_FILE).is_file() {
+        return Ok(Some(named));
+    }
+    // Killed while a checkpoint of the same step was being replaced: the newest complete one (training from it
+    // redoes the lost steps, deterministically), or none.
+    let mut complete: Vec<String> = std::fs::read_dir(out)
+        .map_err(|e| Error::io(out, e))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| n.starts_with("checkpoint-") && n[11..].chars().all(|c| c.is_ascii_digit()))
+        .filter(|n| out.join(n).join(STATE_FILE).is_file())
+        .collect();
+    complete.sort();
+    if let Some(n) = complete.last() {
+        tracing::warn!("{}: {name} is incomplete; resuming from {n}", p.display());
+    }
+    Ok(complete.pop().map(|n| out.join(n)))
 }
 
 /// Reads a checkpoint directory (or the newest checkpoint of a run directory).
@@ -217,4 +243,29 @@ fn safetensors_steps(path: &Path) -> Result<u64> {
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
     let steps = meta.metadata().as_ref().and_then(|m| m.get("steps")).and_then(|s| s.parse().ok());
     steps.ok_or_else(|| Error::checkpoint(path, "optimizer step count is missing"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kill while a checkpoint of the same step was being replaced leaves `latest.json` naming an incomplete
+    /// directory: [`latest`] falls back to the newest complete checkpoint, or to none.
+    #[test]
+    fn latest_skips_an_incomplete_checkpoint() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let out = tempfile::tempdir()?;
+        let o = out.path();
+        std::fs::write(o.join(LATEST_FILE), r#"{"checkpoint": "checkpoint-000006", "step": 6}"#)?;
+        std::fs::create_dir_all(o.join("checkpoint-000006"))?;
+        std::fs::write(o.join("checkpoint-000006").join(WEIGHTS_FILE), b"half-deleted")?;
+        assert_eq!(latest(o)?, None, "no complete checkpoint: start over");
+        for step in ["checkpoint-000002", "checkpoint-000004"] {
+            std::fs::create_dir_all(o.join(step))?;
+            std::fs::write(o.join(step).join(STATE_FILE), b"{}")?;
+        }
+        assert_eq!(latest(o)?, Some(o.join("checkpoint-000004")));
+        std::fs::write(o.join("checkpoint-000006").join(STATE_FILE), b"{}")?;
+        assert_eq!(latest(o)?, Some(o.join("checkpoint-000006")));
+        Ok(())
+    }
 }
