@@ -615,10 +615,7 @@ impl DiffModel {
         // 3. MLP block: norm, fused gate/up (+ adapters), SwiGLU or GeGLU, down (+ adapter).
         let h = ops::rms_norm(&x, &layer.post_attention_layernorm.get(mode), eps, fused)?;
         let gu = self.project(li, layer, &h, FusedWeight::GateUp, mode)?;
-        let act = match cfg.hidden_act {
-            crate::config::Activation::Silu => ops::silu_mul(&gu, fused)?,
-            crate::config::Activation::GeluTanh => ops::gelu_mul(&gu, fused)?,
-        };
+        let act = ops::gated(&gu, cfg.hidden_act, fused)?;
         let mut out = self.project(li, layer, &act, FusedWeight::Down, mode)?;
         if let Some((_, after)) = &layer.sandwich {
             out = ops::rms_norm(&out, &after.get(mode), eps, fused)?;

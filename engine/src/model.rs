@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::config::{rope_inv_freq, Activation, ModelConfig};
+use crate::config::{rope_inv_freq, ModelConfig};
 use crate::error::{Error, Result};
 use crate::kernels::attention::{attention, AttnSeq, AttnShape};
 use crate::kernels::ops;
@@ -523,10 +523,7 @@ impl Model {
             // 3. MLP block.
             ops::rms_norm(&x, &layer.post_attention_layernorm, cfg.rms_norm_eps, &mut h);
             layer.gate_up_proj.forward(&h, t, precision, &mut gate_up);
-            match cfg.hidden_act {
-                Activation::Silu => ops::silu_mul(&gate_up, f, &mut act),
-                Activation::GeluTanh => ops::gelu_tanh_mul(&gate_up, f, &mut act),
-            }
+            ops::gated(cfg.hidden_act, &gate_up, f, &mut act);
             layer.down_proj.forward(&act, t, precision, &mut proj);
             if let Some(n) = &layer.sandwich {
                 ops::rms_norm(&proj, &n.after_mlp, cfg.rms_norm_eps, &mut h);

@@ -16,6 +16,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tens
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::config::Activation;
+
 type CResult<T> = candle_core::Result<T>;
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -963,70 +965,14 @@ pub(crate) fn attention(
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// SwiGLU.
+// Gated MLP activations: SwiGLU and GeGLU.
 
-/// `silu(gate) ⊙ up` of rows `[gate (f) | up (f)]`.
-struct SiluMulOp;
+/// `act(gate) ⊙ up` of rows `[gate (f) | up (f)]`, `act` SiLU or the tanh GELU.
+struct GatedOp(Activation);
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + fast_exp(-x))
 }
-
-impl CustomOp1 for SiluMulOp {
-    fn name(&self) -> &'static str {
-        "orchard-silu-mul"
-    }
-
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let (rows, w2) = dims2(xl, self.name())?;
-        let f = w2 / 2;
-        let x = slice(xs, xl, self.name())?;
-        let mut out = vec![0f32; rows * f];
-        out.par_chunks_mut(f).zip(x.par_chunks(w2)).for_each(|(o, row)| {
-            let (g, u) = row.split_at(f);
-            for i in 0..f {
-                o[i] = g[i] * sigmoid(g[i]) * u[i];
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((rows, f))))
-    }
-
-    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
-        let (rows, w2) = x.dims2()?;
-        let f = w2 / 2;
-        let dx = with_values(x, self.name(), |x| {
-            with_values(g, self.name(), |g| {
-                let mut dx = vec![0f32; rows * w2];
-                dx.par_chunks_mut(w2).zip(x.par_chunks(w2).zip(g.par_chunks(f))).for_each(|(d, (row, go))| {
-                    let (gate, up) = row.split_at(f);
-                    let (dg, du) = d.split_at_mut(f);
-                    for i in 0..f {
-                        let s = sigmoid(gate[i]);
-                        du[i] = go[i] * gate[i] * s;
-                        dg[i] = go[i] * up[i] * s * (1.0 + gate[i] * (1.0 - s));
-                    }
-                });
-                Ok(dx)
-            })
-        })?;
-        Ok(Some(cpu_tensor(dx, (rows, w2))?))
-    }
-}
-
-/// SwiGLU of `T × 2f` rows `[gate | up]`.
-pub(crate) fn silu_mul(gate_up: &Tensor, fused: bool) -> CResult<Tensor> {
-    if fused {
-        return gate_up.contiguous()?.apply_op1(SiluMulOp);
-    }
-    let f = gate_up.dim(1)? / 2;
-    gate_up.narrow(1, 0, f)?.silu()? * gate_up.narrow(1, f, f)?
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// GeGLU.
-
-/// `gelu_tanh(gate) ⊙ up` of rows `[gate | up]` (HF `gelu_pytorch_tanh`, Gemma).
-struct GeluMulOp;
 
 const GELU_K: f32 = 0.797_884_6; // √(2/π)
 
@@ -1038,9 +984,12 @@ fn gelu_tanh(x: f32) -> (f32, f32) {
     (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
 }
 
-impl CustomOp1 for GeluMulOp {
+impl CustomOp1 for GatedOp {
     fn name(&self) -> &'static str {
-        "orchard-gelu-mul"
+        match self.0 {
+            Activation::Silu => "orchard-silu-mul",
+            Activation::GeluTanh => "orchard-gelu-mul",
+        }
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> CResult<(CpuStorage, Shape)> {
@@ -1048,10 +997,12 @@ impl CustomOp1 for GeluMulOp {
         let f = w2 / 2;
         let x = slice(xs, xl, self.name())?;
         let mut out = vec![0f32; rows * f];
+        let act = self.0;
         out.par_chunks_mut(f).zip(x.par_chunks(w2)).for_each(|(o, row)| {
             let (g, u) = row.split_at(f);
-            for i in 0..f {
-                o[i] = gelu_tanh(g[i]).0 * u[i];
+            match act {
+                Activation::Silu => (0..f).for_each(|i| o[i] = g[i] * sigmoid(g[i]) * u[i]),
+                Activation::GeluTanh => (0..f).for_each(|i| o[i] = gelu_tanh(g[i]).0 * u[i]),
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((rows, f))))
@@ -1060,6 +1011,7 @@ impl CustomOp1 for GeluMulOp {
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
         let (rows, w2) = x.dims2()?;
         let f = w2 / 2;
+        let act = self.0;
         let dx = with_values(x, self.name(), |x| {
             with_values(g, self.name(), |g| {
                 let mut dx = vec![0f32; rows * w2];
@@ -1067,9 +1019,18 @@ impl CustomOp1 for GeluMulOp {
                     let (gate, up) = row.split_at(f);
                     let (dg, du) = d.split_at_mut(f);
                     for i in 0..f {
-                        let (act, slope) = gelu_tanh(gate[i]);
-                        du[i] = go[i] * act;
-                        dg[i] = go[i] * up[i] * slope;
+                        match act {
+                            Activation::Silu => {
+                                let s = sigmoid(gate[i]);
+                                du[i] = go[i] * gate[i] * s;
+                                dg[i] = go[i] * up[i] * s * (1.0 + gate[i] * (1.0 - s));
+                            }
+                            Activation::GeluTanh => {
+                                let (a, slope) = gelu_tanh(gate[i]);
+                                du[i] = go[i] * a;
+                                dg[i] = go[i] * up[i] * slope;
+                            }
+                        }
                     }
                 });
                 Ok(dx)
@@ -1079,14 +1040,19 @@ impl CustomOp1 for GeluMulOp {
     }
 }
 
-/// GeGLU of `T × 2f` rows `[gate | up]`.
-pub(crate) fn gelu_mul(gate_up: &Tensor, fused: bool) -> CResult<Tensor> {
+/// SwiGLU or GeGLU of `T × 2f` rows `[gate | up]`.
+pub(crate) fn gated(gate_up: &Tensor, act: Activation, fused: bool) -> CResult<Tensor> {
     if fused {
-        return gate_up.contiguous()?.apply_op1(GeluMulOp);
+        return gate_up.contiguous()?.apply_op1(GatedOp(act));
     }
     let f = gate_up.dim(1)? / 2;
+    let gate = gate_up.narrow(1, 0, f)?;
     // candle's `gelu` is the tanh approximation.
-    gate_up.narrow(1, 0, f)?.gelu()? * gate_up.narrow(1, f, f)?
+    let gate = match act {
+        Activation::Silu => gate.silu()?,
+        Activation::GeluTanh => gate.gelu()?,
+    };
+    gate * gate_up.narrow(1, f, f)?
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use super::{isa, Isa};
+use crate::config::Activation;
 
 /// Lanes of the partial sums: wide enough for SIMD, fixed so results do not depend on the ISA.
 const LANES: usize = 8;
@@ -74,79 +75,52 @@ pub fn rope(x: &mut [f32], stride: usize, heads: usize, table: &[f32], half: usi
     });
 }
 
-/// SwiGLU: `out[r, i] = silu(gu[r, i]) · gu[r, f + i]` where each row of `gu` is `[gate (f) | up (f)]`.
-pub fn silu_mul(gu: &[f32], f: usize, out: &mut [f32]) {
-    silu_mul_on(isa(), gu, f, out)
+/// The gated MLP activation: `out[r, i] = act(gu[r, i]) · gu[r, f + i]` where each row of `gu` is
+/// `[gate (f) | up (f)]` — SwiGLU (`act` = SiLU) or GeGLU (HF `gelu_pytorch_tanh`).
+pub fn gated(act: Activation, gu: &[f32], f: usize, out: &mut [f32]) {
+    gated_on(isa(), act, gu, f, out)
 }
 
-/// [`silu_mul`] at a given ISA level (one of [`super::available_isas`]).
-pub fn silu_mul_on(isa: Isa, gu: &[f32], f: usize, out: &mut [f32]) {
-    assert!(super::available_isas().contains(&isa), "silu_mul: {isa:?} is not supported by this CPU");
+/// [`gated`] at a given ISA level (one of [`super::available_isas`]).
+pub fn gated_on(isa: Isa, act: Activation, gu: &[f32], f: usize, out: &mut [f32]) {
+    assert!(super::available_isas().contains(&isa), "gated: {isa:?} is not supported by this CPU");
     out.par_chunks_mut(f).zip(gu.par_chunks(2 * f)).with_min_len(4).for_each(|(o, row)| match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa()` only reports levels the CPU supports.
-        Isa::Avx512 => unsafe { silu_row_avx512(row, o) },
+        // SAFETY: the caller checked that the CPU supports `isa`.
+        Isa::Avx512 => unsafe { gated_row_avx512(act, row, o) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { silu_row_avx2(row, o) },
-        _ => silu_row(row, o),
+        Isa::Avx2 => unsafe { gated_row_avx2(act, row, o) },
+        _ => gated_row(act, row, o),
     });
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn silu_row_avx512(row: &[f32], out: &mut [f32]) {
-    silu_row(row, out)
+unsafe fn gated_row_avx512(act: Activation, row: &[f32], out: &mut [f32]) {
+    gated_row(act, row, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn silu_row_avx2(row: &[f32], out: &mut [f32]) {
-    silu_row(row, out)
+unsafe fn gated_row_avx2(act: Activation, row: &[f32], out: &mut [f32]) {
+    gated_row(act, row, out)
 }
 
+/// One row; the activation is chosen once per row, each arm a plain loop the caller's target features vectorise.
 #[inline(always)]
-fn silu_row(row: &[f32], out: &mut [f32]) {
+fn gated_row(act: Activation, row: &[f32], out: &mut [f32]) {
     let (g, u) = row.split_at(out.len());
-    for ((o, &gv), &uv) in out.iter_mut().zip(g).zip(u) {
-        *o = gv / (1.0 + exp(-gv)) * uv;
-    }
-}
-
-/// GeGLU: `out[r, i] = gelu_tanh(gu[r, i]) · gu[r, f + i]` (HF `gelu_pytorch_tanh`), rows as in [`silu_mul`].
-pub fn gelu_tanh_mul(gu: &[f32], f: usize, out: &mut [f32]) {
-    gelu_tanh_mul_on(isa(), gu, f, out)
-}
-
-/// [`gelu_tanh_mul`] at a given ISA level (one of [`super::available_isas`]).
-pub fn gelu_tanh_mul_on(isa: Isa, gu: &[f32], f: usize, out: &mut [f32]) {
-    assert!(super::available_isas().contains(&isa), "gelu_tanh_mul: {isa:?} is not supported by this CPU");
-    out.par_chunks_mut(f).zip(gu.par_chunks(2 * f)).with_min_len(4).for_each(|(o, row)| match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa()` only reports levels the CPU supports.
-        Isa::Avx512 => unsafe { gelu_row_avx512(row, o) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { gelu_row_avx2(row, o) },
-        _ => gelu_row(row, o),
-    });
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn gelu_row_avx512(row: &[f32], out: &mut [f32]) {
-    gelu_row(row, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_row_avx2(row: &[f32], out: &mut [f32]) {
-    gelu_row(row, out)
-}
-
-#[inline(always)]
-fn gelu_row(row: &[f32], out: &mut [f32]) {
-    let (g, u) = row.split_at(out.len());
-    for ((o, &x), &uv) in out.iter_mut().zip(g).zip(u) {
-        *o = gelu_tanh(x) * uv;
+    match act {
+        Activation::Silu => {
+            for ((o, &gv), &uv) in out.iter_mut().zip(g).zip(u) {
+                *o = gv / (1.0 + exp(-gv)) * uv;
+            }
+        }
+        Activation::GeluTanh => {
+            for ((o, &x), &uv) in out.iter_mut().zip(g).zip(u) {
+                *o = gelu_tanh(x) * uv;
+            }
+        }
     }
 }
 
@@ -286,13 +260,13 @@ mod tests {
         let f = 37;
         let gu: Vec<f32> = (0..5 * 2 * f).map(|i| (i as f32 * 0.71).sin() * 5.0).collect();
         let (mut silu0, mut gelu0) = (vec![0f32; 5 * f], vec![0f32; 5 * f]);
-        silu_mul_on(Isa::Scalar, &gu, f, &mut silu0);
-        gelu_tanh_mul_on(Isa::Scalar, &gu, f, &mut gelu0);
+        gated_on(Isa::Scalar, Activation::Silu, &gu, f, &mut silu0);
+        gated_on(Isa::Scalar, Activation::GeluTanh, &gu, f, &mut gelu0);
         let sum0 = sum_exp_on(Isa::Scalar, &gu, max(&gu), 0.7);
         for isa in super::super::available_isas() {
             let (mut silu, mut gelu) = (vec![0f32; 5 * f], vec![0f32; 5 * f]);
-            silu_mul_on(isa, &gu, f, &mut silu);
-            gelu_tanh_mul_on(isa, &gu, f, &mut gelu);
+            gated_on(isa, Activation::Silu, &gu, f, &mut silu);
+            gated_on(isa, Activation::GeluTanh, &gu, f, &mut gelu);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&silu), bits(&silu0), "{isa:?} silu");
             assert_eq!(bits(&gelu), bits(&gelu0), "{isa:?} gelu");
@@ -311,7 +285,7 @@ mod tests {
         let f = 40;
         let gu: Vec<f32> = (0..3 * 2 * f).map(|i| (i as f32 * 0.37).sin() * 6.0).collect();
         let mut out = vec![0f32; 3 * f];
-        gelu_tanh_mul(&gu, f, &mut out);
+        gated(Activation::GeluTanh, &gu, f, &mut out);
         for (r, row) in gu.chunks(2 * f).enumerate() {
             for i in 0..f {
                 let x = row[i] as f64;
