@@ -234,10 +234,13 @@ impl Model {
                 *i /= x;
             }
         }
-        let local_inv_freq = cfg.sliding_window.as_ref().map(|sw| {
-            let local = ModelConfig { rope_theta: sw.rope_theta, rope_scaling: None, ..cfg.clone() };
-            rope_inv_freq(&local)
-        });
+        // Only when they differ (Gemma 3's local base): Mistral's sliding layers rotate as the global ones, and the
+        // forward then builds one angle table per step, not two equal ones.
+        let local_inv_freq = cfg
+            .sliding_window
+            .as_ref()
+            .map(|sw| rope_inv_freq(&ModelConfig { rope_theta: sw.rope_theta, rope_scaling: None, ..cfg.clone() }))
+            .filter(|local| *local != inv_freq);
         Ok(Model {
             config: parts.config,
             embed_tokens: parts.embed_tokens,
