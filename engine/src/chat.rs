@@ -52,6 +52,15 @@ impl ChatTemplate {
         Ok(ChatTemplate { env, source: source.to_string(), bos_token, eos_token })
     }
 
+    /// Compiles `source` with `tokenizer`'s BOS and first EOS as the texts the template may reference.
+    pub fn for_tokenizer(source: &str, tokenizer: &crate::Tokenizer) -> Result<Self> {
+        Self::new(
+            source,
+            tokenizer.special_text(tokenizer.bos()),
+            tokenizer.special_text(tokenizer.eos().first().copied()),
+        )
+    }
+
     /// The template's Jinja source.
     pub fn source(&self) -> &str {
         &self.source

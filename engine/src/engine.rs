@@ -216,24 +216,8 @@ impl Engine {
             }
         };
         let path = source.path();
-        if tokenizer.vocab_size() > model.config().vocab_size {
-            return Err(Error::bad_model(
-                path,
-                format!(
-                    "the tokenizer has {} tokens but the model only {}",
-                    tokenizer.vocab_size(),
-                    model.config().vocab_size
-                ),
-            ));
-        }
-        let template = match template_src {
-            Some(src) => Some(ChatTemplate::new(
-                &src,
-                tokenizer.special_text(tokenizer.bos()),
-                tokenizer.special_text(tokenizer.eos().first().copied()),
-            )?),
-            None => None,
-        };
+        check_vocab(path, &tokenizer, model.config().vocab_size)?;
+        let template = template_src.map(|src| ChatTemplate::for_tokenizer(&src, &tokenizer)).transpose()?;
         let id =
             path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
         let info = ModelInfo { id, path: path.to_path_buf(), hash: OnceLock::new(), in_memory: false };
@@ -585,6 +569,17 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Refuses a tokenizer with more tokens than the model has rows (`path` names the model).
+pub(crate) fn check_vocab(path: &Path, tokenizer: &Tokenizer, model_vocab: usize) -> Result<()> {
+    if tokenizer.vocab_size() > model_vocab {
+        return Err(Error::bad_model(
+            path,
+            format!("the tokenizer has {} tokens but the model only {model_vocab}", tokenizer.vocab_size()),
+        ));
+    }
+    Ok(())
 }
 
 /// A prompt as text: templated with `template` (`system` prepended when given) unless `raw`; `path` names the model

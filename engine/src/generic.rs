@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::chat::ChatTemplate;
-use crate::engine::{final_text, finish_after, hf_chat_template, render_prompt};
+use crate::engine::{check_vocab, final_text, finish_after, hf_chat_template, render_prompt};
 use crate::error::{Error, Result};
 use crate::sampling::{sample, sample_seed, SamplingParams, SeqRng};
 use crate::tokenizer::Tokenizer;
@@ -112,20 +112,8 @@ impl GenericEngine {
             }
         };
         let tokenizer = Tokenizer::from_hf_dir(dir)?;
-        if tokenizer.vocab_size() > info.vocab {
-            return Err(Error::bad_model(
-                dir,
-                format!("the tokenizer has {} tokens but the model only {}", tokenizer.vocab_size(), info.vocab),
-            ));
-        }
-        let template = match hf_chat_template(dir)? {
-            Some(src) => Some(ChatTemplate::new(
-                &src,
-                tokenizer.special_text(tokenizer.bos()),
-                tokenizer.special_text(tokenizer.eos().first().copied()),
-            )?),
-            None => None,
-        };
+        check_vocab(dir, &tokenizer, info.vocab)?;
+        let template = hf_chat_template(dir)?.map(|src| ChatTemplate::for_tokenizer(&src, &tokenizer)).transpose()?;
         Ok(GenericEngine { net: Mutex::new(net), tokenizer, template, path: dir.to_path_buf(), info })
     }
 
