@@ -22,32 +22,42 @@ fn write_model(dir: &Path, arch: Arch, gguf: bool) -> PathBuf {
     }
 }
 
+/// `orchard generate` of two samples of one prompt succeeds with two non-empty rows (`what` names the model).
+fn generates_two_samples(model: &Path, what: &str) {
+    let out = orchard()
+        .args(["generate", "--model"])
+        .arg(model)
+        .args(["--prompt", "What is 2 + 2?", "--n", "2", "--max-new-tokens", "6", "--seed", "3"])
+        .output()
+        .expect("generate");
+    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    let rows = json_lines(&out.stdout);
+    assert_eq!(rows.len(), 2, "{what}");
+    assert!(rows.iter().all(|r| r["token_ids"].as_array().is_some_and(|t| !t.is_empty())), "{what}: {rows:?}");
+}
+
+/// `orchard score` of one pair (written to `dir/pairs.jsonl`, returned) gives a finite negative log-prob sum.
+fn scores_a_pair(model: &Path, dir: &Path, what: &str) -> (PathBuf, f64) {
+    let input = dir.join("pairs.jsonl");
+    std::fs::write(&input, "{\"prompt\": \"What is 2 + 2?\", \"completion\": \"The answer is 4.\"}\n").expect("write");
+    let out = orchard().args(["score", "--model"]).arg(model).arg("--input").arg(&input).output().expect("score");
+    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    let scored = json_lines(&out.stdout);
+    let sum = scored[0]["logprob_sum"].as_f64().unwrap_or(f64::NAN);
+    assert!(sum < 0.0 && sum.is_finite(), "{what}: {scored:?}");
+    (input, sum)
+}
+
 #[test]
 fn every_architecture_generates_scores_and_trains_end_to_end() {
     for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3] {
         let dir = tempfile::tempdir().expect("tempdir");
         let formats: &[bool] = if arch == Arch::Gemma3 { &[false] } else { &[false, true] };
         for &gguf in formats {
-            let model = write_model(dir.path(), arch, gguf);
-            let out = orchard()
-                .args(["generate", "--model"])
-                .arg(&model)
-                .args(["--prompt", "What is 2 + 2?", "--n", "2", "--max-new-tokens", "6", "--seed", "3"])
-                .output()
-                .expect("generate");
-            assert!(out.status.success(), "{arch:?}: {}", String::from_utf8_lossy(&out.stderr));
-            let rows = json_lines(&out.stdout);
-            assert_eq!(rows.len(), 2, "{arch:?}");
-            assert!(rows.iter().all(|r| r["token_ids"].as_array().is_some_and(|t| !t.is_empty())), "{arch:?}");
+            generates_two_samples(&write_model(dir.path(), arch, gguf), &format!("{arch:?}"));
         }
         let model = write_model(dir.path(), arch, false);
-        let input = dir.path().join("pairs.jsonl");
-        std::fs::write(&input, "{\"prompt\": \"What is 2 + 2?\", \"completion\": \"The answer is 4.\"}\n")
-            .expect("write");
-        let out = orchard().args(["score", "--model"]).arg(&model).arg("--input").arg(&input).output().expect("score");
-        assert!(out.status.success(), "{arch:?}: {}", String::from_utf8_lossy(&out.stderr));
-        let scored = json_lines(&out.stdout);
-        assert!(scored[0]["logprob_sum"].as_f64().is_some_and(|l| l < 0.0 && l.is_finite()), "{arch:?}: {scored:?}");
+        let (input, before) = scores_a_pair(&model, dir.path(), &format!("{arch:?}"));
 
         let data = dir.path().join("sft.jsonl");
         let rows: String = (0..4)
@@ -76,7 +86,7 @@ fn every_architecture_generates_scores_and_trains_end_to_end() {
         let out = orchard().args(["score", "--model"]).arg(&merged).arg("--input").arg(&input).output().expect("score");
         assert!(out.status.success(), "{arch:?}: {}", String::from_utf8_lossy(&out.stderr));
         let after = json_lines(&out.stdout)[0]["logprob_sum"].as_f64().unwrap_or(f64::NAN);
-        assert!(after.is_finite() && after != scored[0]["logprob_sum"].as_f64().unwrap_or(0.0), "{arch:?}: trained");
+        assert!(after.is_finite() && after != before, "{arch:?}: trained");
     }
 }
 
@@ -103,22 +113,8 @@ fn a_generic_backend_model_generates_scores_and_says_what_it_cannot_do() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!((v["backend"].as_str(), v["architecture"].as_str()), (Some("candle-transformers"), Some("phi3")));
-    let out = orchard()
-        .args(["generate", "--model"])
-        .arg(&model)
-        .args(["--prompt", "What is 2 + 2?", "--n", "2", "--max-new-tokens", "6", "--seed", "3"])
-        .output()
-        .expect("generate");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows = json_lines(&out.stdout);
-    assert_eq!(rows.len(), 2);
-    assert!(rows.iter().all(|r| r["token_ids"].as_array().is_some_and(|t| !t.is_empty())), "{rows:?}");
-    let input = dir.path().join("pairs.jsonl");
-    std::fs::write(&input, "{\"prompt\": \"What is 2 + 2?\", \"completion\": \"The answer is 4.\"}\n").expect("write");
-    let out = orchard().args(["score", "--model"]).arg(&model).arg("--input").arg(&input).output().expect("score");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let scored = json_lines(&out.stdout);
-    assert!(scored[0]["logprob_sum"].as_f64().is_some_and(|l| l < 0.0 && l.is_finite()), "{scored:?}");
+    generates_two_samples(&model, "phi3");
+    scores_a_pair(&model, dir.path(), "phi3");
     let data = dir.path().join("sft.jsonl");
     std::fs::write(&data, "{\"prompt\": \"a\", \"completion\": \"b\"}\n").expect("write");
     let out = orchard()

@@ -212,6 +212,12 @@ pub fn write_hf_dir(dir: &Path, cfg: &ModelConfig, weights: &BTreeMap<String, (V
         std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
     };
     write("config.json", serde_json::to_string_pretty(&config).expect("json"))?;
+    write_safetensors(dir, weights)?;
+    write_tokenizer_files(dir)
+}
+
+/// `model.safetensors` of `weights` (f32) in `dir`.
+fn write_safetensors(dir: &Path, weights: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Result<()> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = weights
         .iter()
         .map(|(n, (shape, data))| (n.clone(), shape.clone(), data.iter().flat_map(|x| x.to_le_bytes()).collect()))
@@ -226,7 +232,15 @@ pub fn write_hf_dir(dir: &Path, cfg: &ModelConfig, weights: &BTreeMap<String, (V
         .collect();
     let st = safetensors::serialize(views, None).map_err(|e| Error::bad_model(dir, e.to_string()))?;
     let p = dir.join("model.safetensors");
-    std::fs::write(&p, st).map_err(io(&p))?;
+    std::fs::write(&p, st).map_err(io(&p))
+}
+
+/// The tiny tokenizer's `tokenizer.json`, `tokenizer_config.json` (ChatML template) and `generation_config.json`.
+fn write_tokenizer_files(dir: &Path) -> Result<()> {
+    let write = |name: &str, text: String| -> Result<()> {
+        let p = dir.join(name);
+        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
+    };
     let tok = tiny_hf_tokenizer()?;
     let p = dir.join("tokenizer.json");
     tok.save(&p, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
@@ -247,7 +261,8 @@ pub fn write_tiny_phi3(dir: &Path, seed: u64) -> Result<()> {
     let mut cfg = tiny_config(Arch::Llama);
     cfg.tie_word_embeddings = false;
     let w = random_weights(&cfg, seed);
-    write_hf_dir(dir, &cfg, &w)?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    write_tokenizer_files(dir)?;
     // Phi-3 stores q ‖ k ‖ v and gate ‖ up as one matrix each.
     let mut fused: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     let separate = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"];
@@ -271,21 +286,7 @@ pub fn write_tiny_phi3(dir: &Path, seed: u64) -> Result<()> {
             fused.insert(format!("model.layers.{i}.{target}.weight"), (vec![rows, cols], values));
         }
     }
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = fused
-        .iter()
-        .map(|(n, (shape, data))| (n.clone(), shape.clone(), data.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, shape, b)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                .expect("shape matches data");
-            (n.clone(), view)
-        })
-        .collect();
-    let st = safetensors::serialize(views, None).map_err(|e| Error::bad_model(dir, e.to_string()))?;
-    let p = dir.join("model.safetensors");
-    std::fs::write(&p, st).map_err(io(&p))?;
+    write_safetensors(dir, &fused)?;
     let config = serde_json::json!({
         "architectures": ["Phi3ForCausalLM"],
         "model_type": "phi3",

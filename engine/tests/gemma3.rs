@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use orchard_engine::{Engine, GenerateRequest, LogitRows, Precision, SamplingParams, Step, TokenId};
 use serde::Deserialize;
 
-use crate::util::{log_softmax, reference_dir};
+use crate::util::{log_softmax, ranked, reference_dir, top_gap};
 
 #[derive(Deserialize)]
 struct Tokenized {
@@ -72,8 +72,7 @@ fn next_token_top5_agrees_with_transformers() {
         let mut steps = [Step { cache: &mut cache, tokens: &case.ids, logits: LogitRows::Last }];
         let l = m.forward(&mut steps, Precision::Quantized).expect("forward");
         let got = log_softmax(l.row(0, 0));
-        let mut order: Vec<usize> = (0..got.len()).collect();
-        order.sort_by(|&a, &b| got[b].total_cmp(&got[a]));
+        let order = ranked(&got);
         // The same most likely token, and HF's top-5 inside ours top-8 (Q4_K's sub-block scales are held in f16 and
         // Q6_K re-quantized to Q8_0: the weights differ slightly from transformers' dequantized f32).
         assert_eq!(
@@ -87,9 +86,7 @@ fn next_token_top5_agrees_with_transformers() {
         for id in &case.top5_ids {
             assert!(order[..8].contains(id), "{} tokens: {id} not in our top-8 {:?}", case.ids.len(), &order[..8]);
         }
-        for (&id, &lp) in case.top5_ids.iter().zip(&case.top5_logprobs) {
-            worst = worst.max((got[id] - lp).abs());
-        }
+        worst = worst.max(top_gap(&got, &case.top5_ids, &case.top5_logprobs));
     }
     eprintln!("gemma3 270M vs transformers: max |Δ logp| over HF's top-5: {worst:.3}");
     assert!(worst <= 0.1, "{worst}");

@@ -4,7 +4,7 @@
 use orchard_engine::{LogitRows, Precision, Step, TokenId};
 use serde::Deserialize;
 
-use crate::util::{default_engine, log_softmax, max_abs_diff, reference_dir};
+use crate::util::{default_engine, log_softmax, max_abs_diff, ranked, reference_dir, top_gap};
 
 #[derive(Deserialize)]
 struct Reference {
@@ -92,8 +92,7 @@ fn quantized_top5_matches_hf() {
     let mut worst = 0f32;
     for case in &r.logprobs {
         let got = last_logprobs(&case.ids, Precision::Quantized);
-        let mut order: Vec<usize> = (0..got.len()).collect();
-        order.sort_by(|&a, &b| got[b].total_cmp(&got[a]));
+        let order = ranked(&got);
         eprintln!("ours {:?}", order[..6].iter().map(|&i| (i, got[i])).collect::<Vec<_>>());
         eprintln!("hf   {:?}", case.top5_ids.iter().zip(&case.top5_logprobs).collect::<Vec<_>>());
         let mut ours: Vec<usize> = order[..5].to_vec();
@@ -105,10 +104,7 @@ fn quantized_top5_matches_hf() {
         }
         eprintln!("ours {:?}", order[..6].iter().map(|&i| (i, got[i])).collect::<Vec<_>>());
         eprintln!("hf   {:?}", case.top5_ids.iter().zip(&case.top5_logprobs).collect::<Vec<_>>());
-        assert_eq!(case.top5_ids.len(), case.top5_logprobs.len());
-        for (&id, &lp) in case.top5_ids.iter().zip(&case.top5_logprobs) {
-            worst = worst.max((got[id] - lp).abs());
-        }
+        worst = worst.max(top_gap(&got, &case.top5_ids, &case.top5_logprobs));
     }
     eprintln!("quantized path: max |Δ logp| over HF's top-5: {worst:.3}");
     assert!(worst <= 0.15, "{worst}");
@@ -130,6 +126,31 @@ fn score_sums_match_hf() {
     assert!(worst <= 1e-2, "{worst}");
 }
 
+/// One prompt of `tests/reference/hf_tiny_*.json`: its ids and transformers' full next-token log-softmax at the last
+/// and the middle position.
+#[derive(Deserialize)]
+struct TinyCase {
+    ids: Vec<TokenId>,
+    mid: usize,
+    last: Vec<f32>,
+    middle: Vec<f32>,
+}
+
+/// A tiny model's reference: five prompts and the greedy continuation of the first.
+#[derive(Deserialize)]
+struct TinyReference {
+    cases: Vec<TinyCase>,
+    greedy: Vec<TokenId>,
+}
+
+/// `tests/reference/hf_tiny_{name}.json`, checked to hold at least five prompts, one longer than 300 tokens.
+fn tiny_reference(name: &str) -> TinyReference {
+    let text = std::fs::read_to_string(reference_dir().join(format!("hf_tiny_{name}.json"))).expect("reference json");
+    let r: TinyReference = serde_json::from_str(&text).expect("valid json");
+    assert!(r.cases.len() >= 5 && r.cases.iter().any(|c| c.ids.len() > 300));
+    r
+}
+
 /// A tiny random model of `arch` against HF transformers on the same weights (`tests/reference/hf_tiny.py`): full
 /// next-token log-softmax at two positions of five prompts, one longer than 300 tokens.
 fn tiny_model_equals_transformers(arch: orchard_engine::Arch, seed: u64, keep_env: &str) {
@@ -139,17 +160,6 @@ fn tiny_model_equals_transformers(arch: orchard_engine::Arch, seed: u64, keep_en
 
 /// [`tiny_model_equals_transformers`] for a given configuration, its reference `hf_tiny_{name}.json`.
 fn tiny_config_equals_transformers(cfg: &orchard_engine::ModelConfig, name: &str, seed: u64, keep_env: &str) {
-    #[derive(Deserialize)]
-    struct Case {
-        ids: Vec<TokenId>,
-        mid: usize,
-        last: Vec<f32>,
-        middle: Vec<f32>,
-    }
-    #[derive(Deserialize)]
-    struct Cases {
-        cases: Vec<Case>,
-    }
     let dir = tempfile::tempdir().expect("tempdir");
     let weights = orchard_engine::testing::random_weights(cfg, seed);
     orchard_engine::testing::write_hf_dir(dir.path(), cfg, &weights).expect("write");
@@ -158,10 +168,7 @@ fn tiny_config_equals_transformers(cfg: &orchard_engine::ModelConfig, name: &str
     }
     let engine = orchard_engine::Engine::load(dir.path().to_str().expect("utf-8")).expect("load");
     assert_eq!(engine.model().config(), cfg, "the HF directory reads back as written");
-    let file = format!("hf_tiny_{name}.json");
-    let text = std::fs::read_to_string(reference_dir().join(&file)).expect("reference json");
-    let r: Cases = serde_json::from_str(&text).expect("valid json");
-    assert!(r.cases.len() >= 5 && r.cases.iter().any(|c| c.ids.len() > 300));
+    let r = tiny_reference(name);
     let m = engine.model();
     let mut worst = 0f32;
     for c in &r.cases {
@@ -191,18 +198,6 @@ fn tiny_mistral_logprobs_equal_transformers() {
 /// (≤ 1e-3), `score` equal to those rows, greedy `generate` equal token for token.
 #[test]
 fn tiny_phi3_on_the_generic_backend_equals_transformers() {
-    #[derive(Deserialize)]
-    struct Case {
-        ids: Vec<TokenId>,
-        mid: usize,
-        last: Vec<f32>,
-        middle: Vec<f32>,
-    }
-    #[derive(Deserialize)]
-    struct Cases {
-        cases: Vec<Case>,
-        greedy: Vec<TokenId>,
-    }
     let dir = tempfile::tempdir().expect("tempdir");
     orchard_engine::testing::write_tiny_phi3(dir.path(), 41).expect("write");
     if let Some(keep) = std::env::var_os("ORCHARD_WRITE_TINY_PHI3") {
@@ -211,9 +206,7 @@ fn tiny_phi3_on_the_generic_backend_equals_transformers() {
     let any = orchard_engine::AnyEngine::load(dir.path().to_str().expect("utf-8")).expect("load");
     let orchard_engine::AnyEngine::Generic(g) = &any else { panic!("phi3 must load on the generic backend") };
     assert_eq!(g.info().architecture, "phi3");
-    let text = std::fs::read_to_string(reference_dir().join("hf_tiny_phi3.json")).expect("reference json");
-    let r: Cases = serde_json::from_str(&text).expect("valid json");
-    assert!(r.cases.len() >= 5 && r.cases.iter().any(|c| c.ids.len() > 300));
+    let r = tiny_reference("phi3");
     let mut worst = 0f32;
     for c in &r.cases {
         for (pos, want) in [(c.ids.len() - 1, &c.last), (c.mid, &c.middle)] {

@@ -60,3 +60,16 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let lse = orchard_engine::kernels::ops::log_sum_exp(logits);
     logits.iter().map(|&x| (x as f64 - lse) as f32).collect()
 }
+
+/// Token ids by decreasing log-prob.
+pub fn ranked(logprobs: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..logprobs.len()).collect();
+    order.sort_by(|&a, &b| logprobs[b].total_cmp(&logprobs[a]));
+    order
+}
+
+/// The largest |ours − reference| over the reference's top tokens (`ids` with their log-probs `lps`).
+pub fn top_gap(ours: &[f32], ids: &[usize], lps: &[f32]) -> f32 {
+    assert_eq!(ids.len(), lps.len());
+    ids.iter().zip(lps).map(|(&id, &lp)| (ours[id] - lp).abs()).fold(0.0, f32::max)
+}

@@ -37,12 +37,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ("hf", json!("safetensors (read as f32)"))
     };
-    let template = engine.template().map(|t| {
-        let sample = t.render(&[Message::new("user", "Hi")], true).unwrap_or_else(|e| format!("(cannot render: {e})"));
-        json!({ "present": true, "renders_user_hi_as": sample })
-    });
-    let tok = engine.tokenizer();
-    let piece = |id: u32| tok.piece(id).unwrap_or_default();
+    let (bos, eos, template) = special_tokens_and_template(engine.tokenizer(), engine.template());
     let out = json!({
         "model": engine.info().id,
         "path": path,
@@ -65,9 +60,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "tied_embeddings": cfg.tie_word_embeddings,
         "rope_theta": cfg.rope_theta,
         "rope_scaling": cfg.rope_scaling,
-        "bos": tok.bos().map(|b| json!({"id": b, "piece": piece(b)})),
-        "eos": tok.eos().iter().map(|&e| json!({"id": e, "piece": piece(e)})).collect::<Vec<_>>(),
-        "chat_template": template.unwrap_or_else(|| json!({ "present": false })),
+        "bos": bos,
+        "eos": eos,
+        "chat_template": template,
         "hidden_act": cfg.hidden_act,
         "sliding_window": cfg.sliding_window.as_ref().map(|sw| json!({
             "window": sw.window,
@@ -84,12 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// A model on the generic candle-transformers backend.
 fn generic(g: &orchard_engine::GenericEngine) -> anyhow::Result<ExitCode> {
-    let tok = g.tokenizer();
-    let piece = |id: u32| tok.piece(id).unwrap_or_default();
-    let template = g.template().map(|t| {
-        let sample = t.render(&[Message::new("user", "Hi")], true).unwrap_or_else(|e| format!("(cannot render: {e})"));
-        json!({ "present": true, "renders_user_hi_as": sample })
-    });
+    let (bos, eos, template) = special_tokens_and_template(g.tokenizer(), g.template());
     let i = g.info();
     let out = json!({
         "model": g.path().file_name().map(|n| n.to_string_lossy().into_owned()),
@@ -102,13 +92,34 @@ fn generic(g: &orchard_engine::GenericEngine) -> anyhow::Result<ExitCode> {
         "vocab": i.vocab,
         "hidden": i.hidden,
         "layers": i.layers,
-        "bos": tok.bos().map(|b| json!({"id": b, "piece": piece(b)})),
-        "eos": tok.eos().iter().map(|&e| json!({"id": e, "piece": piece(e)})).collect::<Vec<_>>(),
-        "chat_template": template.unwrap_or_else(|| json!({ "present": false })),
+        "bos": bos,
+        "eos": eos,
+        "chat_template": template,
         "commands": "generate, score and info (one sequence per forward, no prefix sharing); not sample, search, \
                      eval, train or the loop",
         "training": "not supported on the generic backend",
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `bos`, `eos` (id and piece) and `chat_template` (with one rendered user turn) as `info` prints them.
+fn special_tokens_and_template(
+    tok: &orchard_engine::Tokenizer,
+    template: Option<&orchard_engine::ChatTemplate>,
+) -> (serde_json::Value, serde_json::Value, serde_json::Value) {
+    let piece = |id: u32| tok.piece(id).unwrap_or_default();
+    let template = template.map_or_else(
+        || json!({ "present": false }),
+        |t| {
+            let sample =
+                t.render(&[Message::new("user", "Hi")], true).unwrap_or_else(|e| format!("(cannot render: {e})"));
+            json!({ "present": true, "renders_user_hi_as": sample })
+        },
+    );
+    (
+        json!(tok.bos().map(|b| json!({"id": b, "piece": piece(b)}))),
+        json!(tok.eos().iter().map(|&e| json!({"id": e, "piece": piece(e)})).collect::<Vec<_>>()),
+        template,
+    )
 }
