@@ -17,6 +17,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::config::Activation;
+use crate::kernels::ops::{exp, log_sum_exp};
+use crate::kernels::SyncPtr;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -44,20 +46,6 @@ pub(crate) fn with_values<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> CRe
 
 fn cpu_tensor(values: Vec<f32>, shape: impl Into<Shape>) -> CResult<Tensor> {
     Tensor::from_vec(values, shape, &candle_core::Device::Cpu)
-}
-
-/// A raw pointer that parallel tasks use to write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: every task writes a region no other task touches, and the buffer outlives the parallel loop.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-
-impl SyncPtr {
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the buffer the pointer came from.
-        unsafe { self.0.add(offset) }
-    }
 }
 
 /// A strided f32 matrix operand: element `(i, j)` is at `ptr + i·rs + j·cs`.
@@ -739,7 +727,7 @@ fn softmax_skipping(row: &mut [f32], cut: usize, skip: std::ops::Range<usize>) {
     let max = head.iter().chain(tail.iter()).fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mut sum = 0f32;
     for v in head.iter_mut().chain(tail.iter_mut()) {
-        *v = fast_exp(*v - max);
+        *v = exp(*v - max);
         sum += *v;
     }
     let inv = 1.0 / sum;
@@ -879,29 +867,11 @@ fn softmax_in_place(row: &mut [f32]) {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mut sum = 0f32;
     for v in row.iter_mut() {
-        *v = fast_exp(*v - max);
+        *v = exp(*v - max);
         sum += *v;
     }
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|v| *v *= inv);
-}
-
-/// `e^x` in plain arithmetic that vectorises (Cephes `expf`: Cody–Waite reduction, degree-6 polynomial, ≈1 ulp);
-/// `f32::exp` is a libm call per element, and attention takes `heads · L²` of them per layer.
-#[inline(always)]
-fn fast_exp(x: f32) -> f32 {
-    const C1: f32 = 0.693_359_4;
-    const C2: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.3, 88.0);
-    // floor without libm's `floorf` (a call per element at the baseline ISA, which stops vectorisation).
-    let y = x * std::f32::consts::LOG2_E + 0.5;
-    let t = y as i32 as f32;
-    let n = if t > y { t - 1.0 } else { t };
-    let r = x - n * C1 - n * C2;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
-        * r
-        + 5e-1;
-    (p * r * r + r + 1.0) * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 impl CustomOp1 for AttentionOp {
@@ -971,7 +941,7 @@ pub(crate) fn attention(
 struct GatedOp(Activation);
 
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + fast_exp(-x))
+    1.0 / (1.0 + exp(-x))
 }
 
 const GELU_K: f32 = 0.797_884_6; // √(2/π)
@@ -1063,13 +1033,6 @@ struct TokenLogprobsOp {
     targets: Arc<Vec<u32>>,
 }
 
-/// `(max, log Σ exp(x − max))` of one row, the sum in f64.
-fn log_sum_exp(row: &[f32]) -> f32 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let sum: f64 = row.iter().map(|&v| fast_exp(v - max) as f64).sum();
-    max + sum.ln() as f32
-}
-
 impl CustomOp1 for TokenLogprobsOp {
     fn name(&self) -> &'static str {
         "orchard-token-logprobs"
@@ -1084,7 +1047,7 @@ impl CustomOp1 for TokenLogprobsOp {
         let out: Vec<f32> = x
             .par_chunks(vocab)
             .zip(self.targets.par_iter())
-            .map(|(row, &t)| row[t as usize] - log_sum_exp(row))
+            .map(|(row, &t)| row[t as usize] - log_sum_exp(row) as f32)
             .collect();
         Ok((CpuStorage::F32(out), Shape::from(rows)))
     }
@@ -1095,9 +1058,9 @@ impl CustomOp1 for TokenLogprobsOp {
             with_values(g, self.name(), |g| {
                 let mut dx = vec![0f32; rows * vocab];
                 dx.par_chunks_mut(vocab).zip(x.par_chunks(vocab)).enumerate().for_each(|(n, (d, row))| {
-                    let lse = log_sum_exp(row);
+                    let lse = log_sum_exp(row) as f32;
                     for (d, &v) in d.iter_mut().zip(row) {
-                        *d = -g[n] * fast_exp(v - lse);
+                        *d = -g[n] * exp(v - lse);
                     }
                     d[self.targets[n] as usize] += g[n];
                 });

@@ -79,6 +79,12 @@ impl SyncPtr {
     pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
+
+    /// The pointer `offset` floats on.
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the buffer the pointer came from.
+        unsafe { self.0.add(offset) }
+    }
 }
 
 /// Splits `n` items into chunks so that each of the pool's threads gets several (load balance) but each chunk

@@ -139,14 +139,19 @@ pub fn tanh(x: f32) -> f32 {
 }
 
 /// `e^x` for f32 in plain arithmetic that vectorises (Cephes `expf`: Cody–Waite range reduction and a degree-6
-/// polynomial, ≈1 ulp), so the same bits come out on every ISA. Inputs are clamped to the finite range.
+/// polynomial, ≈1 ulp), so the same bits come out on every ISA; `f32::exp` is a libm call per element. Inputs are
+/// clamped to the finite range. The inference kernels and the training ops both use it.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.3, 88.0);
-    let n = (x * LOG2E + 0.5).floor();
+    // floor without libm's `floorf` (a call per element at the baseline ISA, which stops vectorisation; the
+    // training ops run there): truncate, then step down where that rounded up.
+    let y = x * LOG2E + 0.5;
+    let t = y as i32 as f32;
+    let n = if t > y { t - 1.0 } else { t };
     let r = x - n * C1 - n * C2;
     let z = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
