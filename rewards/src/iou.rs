@@ -1,4 +1,4 @@
-//! Visual-RFT's detection reward (PAPERS.md §8.3): `R = R_IoU + R_conf + R_format`, each in [0, 1].
+//! Visual-RFT's detection reward (arXiv 2503.01785; `docs/ALGORITHMS.md`, Rewards): `R = R_IoU + R_conf + R_format`, each in [0, 1].
 //!
 //! * Predictions are read from `<answer>…</answer>` (or the whole completion): a JSON list of objects with a box
 //!   (`Position` / `bbox` / `bbox_2d` / `box`: `[x1, y1, x2, y2]`) and a confidence (`Confidence` / `score`,

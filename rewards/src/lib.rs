@@ -6,7 +6,7 @@
 //! caller when called through [`score_caught`], and a task that cannot be scored comes back as an outcome with
 //! `error` set rather than as an `Err`, so one bad row never stops a batch.
 //!
-//! | name (`--reward`, TOML `kind`) | reward | paper (see `shared/PAPERS.md`) |
+//! | name (`--reward`, TOML `kind`) | reward | paper (see `docs/ALGORITHMS.md`) |
 //! |---|---|---|
 //! | `gsm8k`, `svamp`, `math` | [`math::MathReward`]: `####`, "the answer is", `\boxed{}`, last number; tolerance 1e-2; 0.1 partial credit | ReFT §5.1 |
 //! | `mathqa` | [`math::MultipleChoiceReward`] | ReFT (MathQA-MCQ) |

@@ -1,4 +1,4 @@
-//! Think2SQL's SQL rewards (PAPERS.md §8.2): execute the predicted and the gold SQL on a SQLite database
+//! Think2SQL's SQL rewards (arXiv 2504.15077; `docs/ALGORITHMS.md`, Rewards): execute the predicted and the gold SQL on a SQLite database
 //! (read-only, per-query timeout) and compare the results.
 //!
 //! * `ex` (execution accuracy): 1 iff the two results are equal as multisets of rows, else 0.

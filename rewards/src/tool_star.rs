@@ -1,4 +1,4 @@
-//! Tool-Star's hierarchical reward (PAPERS.md §8.4):
+//! Tool-Star's hierarchical reward (arXiv 2505.16410; `docs/ALGORITHMS.md`, Rewards):
 //!
 //! * format invalid (unpaired `<think>`, no `<answer>…</answer>`, a `<search>`/`<python>` call that is unclosed,
 //!   nested, or not followed by its `<result>…</result>`, or no `\boxed{}` in the answer) → **−1**;

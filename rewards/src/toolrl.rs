@@ -1,4 +1,4 @@
-//! ToolRL's reward (PAPERS.md §8.1): `R = R_format + R_correct ∈ [−3, 4]`.
+//! ToolRL's reward (arXiv 2504.13958; `docs/ALGORITHMS.md`, Rewards): `R = R_format + R_correct ∈ [−3, 4]`.
 //!
 //! * `R_format ∈ {0, 1}`: the completion fully matches the layout the reference has — `<think>…</think>` followed
 //!   by `<tool_call>\n…\n</tool_call>` and/or `<response>…</response>` (or think only) — with exactly one of each

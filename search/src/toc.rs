@@ -1,4 +1,4 @@
-//! Tree-of-Code (`shared/PAPERS.md` §2): every node is a whole program for the whole task; the tree grows
+//! Tree-of-Code (`docs/ALGORITHMS.md`, Search): every node is a whole program for the whole task; the tree grows
 //! breadth-first, `m` children per node, `depth` layers. A program that runs and produces a result stops growing;
 //! a failed one spawns children whose prompt shows every ancestor's code and error (execution-based reflection).
 //! Each child's prompt is drawn from a prompt pool (and its model from a model pool; Orchard's engine serves one
@@ -20,7 +20,7 @@ use crate::policy::{ExtendRequest, Policy, Sampling, Until};
 use crate::seed;
 use crate::tree::{Execution, NodeId, NodeKind, Tree, Verdict};
 
-/// Default children per node M ([S] in PAPERS.md).
+/// Default children per node M (the paper's "3-3" tree, known from secondary sources).
 pub const DEFAULT_M: usize = 3;
 /// Default layers L.
 pub const DEFAULT_DEPTH: u32 = 3;
