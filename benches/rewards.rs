@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
-use orchard_rewards::sandbox::{self, Executor, SandboxChoice, SandboxConfig, SandboxPolicy};
+use orchard_rewards::sandbox::{self, Executor, SandboxChoice, SandboxConfig, SandboxLimits};
 use orchard_rewards::{Reward, RewardSpec, Task};
 
 fn gsm8k() -> Vec<(Task, String)> {
@@ -49,12 +49,12 @@ pub fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("sandbox");
     g.sample_size(20).measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Elements(1));
-    let ex = Arc::new(Executor::with_cache_capacity(sb, SandboxPolicy::default(), 0));
+    let ex = Arc::new(Executor::with_cache_capacity(sb, SandboxLimits::default(), 0));
     g.bench_function("exec_print_one_uncached", |b| b.iter(|| ex.run("print(1)").expect("runs")));
     // The same with a fresh sandbox and interpreter per run (no fork server).
     let one_shot = SandboxConfig { fork_server: false, ..SandboxConfig::default() };
     if let Ok(sb) = sandbox::open(SandboxChoice::Auto, one_shot) {
-        let ex = Executor::with_cache_capacity(sb, SandboxPolicy::default(), 0);
+        let ex = Executor::with_cache_capacity(sb, SandboxLimits::default(), 0);
         g.bench_function("exec_print_one_uncached_one_shot", |b| b.iter(|| ex.run("print(1)").expect("runs")));
     }
     g.finish();

@@ -168,8 +168,8 @@ pub fn build_reward(
     job_model: Option<&str>,
 ) -> anyhow::Result<JobReward> {
     let mut spec = JobReward::spec(kind, config)?;
-    for policy in spec.policies_mut() {
-        args.sandbox.apply(policy);
+    for limits in spec.limits_mut() {
+        args.sandbox.apply(limits);
     }
     for python in spec.python_mut() {
         args.apply_python(python);

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use crate::loaders::{OnBadRow, TaskKind, TaskSource};
 use crate::record::PairFormat;
-use crate::select::{PairPolicy, PairStrategy};
+use crate::select::{PairSelection, PairStrategy};
 
 /// Where tasks come from (TOML table `[source]`).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -107,7 +107,7 @@ pub struct PairArgs {
 
 impl PairArgs {
     /// `(policy, format)` from the job file's values with every given flag applied.
-    pub fn apply(&self, mut policy: PairPolicy, mut format: PairFormat) -> (PairPolicy, PairFormat) {
+    pub fn apply(&self, mut policy: PairSelection, mut format: PairFormat) -> (PairSelection, PairFormat) {
         if let Some(s) = self.strategy {
             policy.strategy = s;
         }
@@ -169,7 +169,7 @@ mod tests {
         assert_eq!((source.task, source.limit, source.shuffle, source.seed), (TaskKind::Jsonl, Some(5), true, 3));
         assert_eq!(source.fields.prompt, "q");
         assert_eq!(source.on_bad_row, OnBadRow::Fail);
-        let (policy, format) = cli.pairs.apply(PairPolicy::default(), PairFormat::Standard);
+        let (policy, format) = cli.pairs.apply(PairSelection::default(), PairFormat::Standard);
         assert_eq!((policy.strategy, policy.max_per_prompt), (PairStrategy::BestVsWorst, Some(2)));
         assert_eq!(format, PairFormat::Conversational);
         Ok(())

@@ -13,7 +13,7 @@
 //!
 //! ```no_run
 //! use orchard_datasets::{
-//!     select_pairs, task_seed, PairPolicy, RunDir, RunSpec, TaskKind, TaskOutput, TaskSource, Trajectory,
+//!     select_pairs, task_seed, PairSelection, RunDir, RunSpec, TaskKind, TaskOutput, TaskSource, Trajectory,
 //!     WriterOptions,
 //! };
 //!
@@ -23,7 +23,7 @@
 //! let config = serde_json::json!({ "source": source, "n": 8, "seed": 0 });
 //! let spec = RunSpec { source: Some(loaded.report.clone()), ..RunSpec::new("sample", config) };
 //! let mut run = RunDir::open("runs/demo".as_ref(), &spec, WriterOptions::default())?;
-//! let policy = PairPolicy::default();
+//! let policy = PairSelection::default();
 //! for task in run.plan(loaded.tasks) {
 //!     let _seed = task_seed(0, &task.id); // the engine's seed for this task's samples
 //!     let trajectories: Vec<Trajectory> = Vec::new(); // sample with the engine, score with the reward
@@ -60,6 +60,6 @@ pub use record::{
     SamplingRecord, Trajectory, TreeNode,
 };
 pub use run::{Manifest, RunDir, RunReader, RunSpec, TaskOutput, WriterOptions};
-pub use select::{select_pairs, PairPolicy, PairStrategy};
+pub use select::{select_pairs, PairSelection, PairStrategy};
 pub use shard::{task_seed, Shard};
 pub use task::{Message, Task};

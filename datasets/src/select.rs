@@ -61,7 +61,7 @@ impl FromStr for PairStrategy {
 /// `--correct-threshold`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct PairPolicy {
+pub struct PairSelection {
     /// Matching rule. Default [`PairStrategy::AllCorrectIncorrect`].
     pub strategy: PairStrategy,
     /// At most this many pairs per prompt. Default: unlimited (1 for best-vs-worst).
@@ -72,9 +72,9 @@ pub struct PairPolicy {
     pub correct_threshold: f64,
 }
 
-impl Default for PairPolicy {
+impl Default for PairSelection {
     fn default() -> Self {
-        PairPolicy {
+        PairSelection {
             strategy: PairStrategy::default(),
             max_per_prompt: None,
             min_margin: DEFAULT_MIN_MARGIN,
@@ -94,7 +94,7 @@ pub fn dedup_scored(trajectories: &[Trajectory]) -> Vec<&Trajectory> {
 
 /// Preference pairs among the trajectories of one task (trajectories of other tasks, if any, are paired within
 /// their own task, tasks in order of first appearance).
-pub fn select_pairs(trajectories: &[Trajectory], policy: &PairPolicy) -> Vec<PreferencePair> {
+pub fn select_pairs(trajectories: &[Trajectory], policy: &PairSelection) -> Vec<PreferencePair> {
     let mut tasks: Vec<&str> = Vec::new();
     for t in trajectories {
         if !tasks.contains(&t.task_id.as_str()) {

@@ -15,7 +15,7 @@ use crate::record::{
     ModelRecord, PairFormat, PairKind, PairSide, PreferencePair, RewardRecord, SamplingRecord, Trajectory, TreeNode,
 };
 use crate::run::{timing, Manifest, RunDir, RunSpec, TaskOutput, WriterOptions};
-use crate::select::{select_pairs, PairPolicy};
+use crate::select::{select_pairs, PairSelection};
 use crate::shard::{task_seed, Shard};
 use crate::task::{Message, Task};
 
@@ -190,7 +190,7 @@ pub struct FakeJob {
     /// Job seed.
     pub seed: u64,
     /// Pair selection.
-    pub pairs: PairPolicy,
+    pub pairs: PairSelection,
     /// Pairs file layout.
     pub pair_format: PairFormat,
     /// Also write trees and step pairs.
@@ -212,7 +212,7 @@ impl Default for FakeJob {
             source: TaskSource::default(),
             n: 8,
             seed: 0,
-            pairs: PairPolicy::default(),
+            pairs: PairSelection::default(),
             pair_format: PairFormat::default(),
             trees: false,
             shard: Shard::default(),

@@ -19,7 +19,7 @@ use orchard_rewards::Reward;
 use orchard_train::checkpoint::{self, TrainState};
 use orchard_train::optim::{AdamConfig, AdamW, Schedule, ScheduleKind};
 use orchard_train::rl::{
-    advantages, informative_groups, surrogate_loss, AdvantageKind, Aggregation, StepCounts, Surrogate, TokenBatch,
+    advantages, informative_groups, surrogate_loss, AdvantageKind, Aggregation, Surrogate, TokenBatch, UpdateCounts,
 };
 use orchard_train::topr::{topr_loss, Topr, TrajectoryLogps};
 use serde::{Deserialize, Serialize};
@@ -611,7 +611,7 @@ impl StepCtx<'_> {
             Objective::Clip => advantages(&rewards, cfg.group_size, cfg.advantage)?,
             Objective::Topr(_) => rewards.clone(),
         };
-        let counts = StepCounts::of(&lengths, &keep);
+        let counts = UpdateCounts::of(&lengths, &keep);
         let reference: Option<Vec<Vec<f32>>> =
             (cfg.beta > 0.0).then(|| reference_logps(self.base, groups)).transpose()?;
         let old: Option<Vec<Vec<f32>>> = (cfg.num_iterations > 1)

@@ -8,7 +8,7 @@ use std::time::Instant;
 use orchard_datasets::record::{PairFormat, RewardRecord, SamplingRecord};
 use orchard_datasets::run::timing;
 use orchard_datasets::{
-    select_pairs, task_seed, ModelRecord, PairPolicy, RunDir, Shard, Task, TaskOutput, TaskSource, Trajectory,
+    select_pairs, task_seed, ModelRecord, PairSelection, RunDir, Shard, Task, TaskOutput, TaskSource, Trajectory,
 };
 use orchard_engine::{Engine, GenerateOptions, GenerateRequest, Sample, SamplingParams};
 use orchard_rewards::{Outcome, Reward};
@@ -40,7 +40,7 @@ pub struct SampleJob {
     /// Sampling parameters.
     pub sampling: SamplingParams,
     /// Pair selection.
-    pub pairs: PairPolicy,
+    pub pairs: PairSelection,
     /// TRL layout of pairs.
     pub pair_format: PairFormat,
     /// Seed.

@@ -14,7 +14,7 @@ use orchard_rewards::Reward;
 use orchard_search::bon::BonConfig;
 use orchard_search::grow::{grow_all, Algo, SearchTask};
 use orchard_search::mcts::{Mcts, MctsConfig};
-use orchard_search::pairs::{self, PairConfig, PolicyName, TrajectoryMeta};
+use orchard_search::pairs::{self, PairConfig, PairRuleName, TrajectoryMeta};
 use orchard_search::toc::{TocConfig, CODE_PROMPTS};
 use serde::{Deserialize, Serialize};
 
@@ -79,7 +79,7 @@ impl SearchJob {
     pub fn resolve_defaults(&mut self) {
         if self.pairs.is_none() {
             self.pairs = Some(PairConfig {
-                policy: if self.algo == AlgoName::Mcts { PolicyName::Agentq } else { PolicyName::Outcome },
+                policy: if self.algo == AlgoName::Mcts { PairRuleName::Agentq } else { PairRuleName::Outcome },
                 ..PairConfig::default()
             });
         }

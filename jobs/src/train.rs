@@ -8,7 +8,7 @@ use orchard_engine::autograd::{LoraConfig, Target, Tuning, DEFAULT_LORA_DROPOUT}
 use orchard_engine::Engine;
 use orchard_train::checkpoint;
 use orchard_train::loss::{DpoLoss, DEFAULT_BETA, DEFAULT_LABEL_SMOOTHING, DEFAULT_RPO_ALPHA, DEFAULT_SIMPO_GAMMA};
-use orchard_train::metrics::{self, MetricsLog, StepMetrics};
+use orchard_train::metrics::{self, MetricsLog, UpdateMetrics};
 use orchard_train::optim::{AdamConfig, ScheduleKind, DEFAULT_WEIGHT_DECAY};
 use orchard_train::reference::ReferenceSource;
 use orchard_train::sft::{MaskedThought, Sft, DEFAULT_MASK_RAMP};
@@ -326,7 +326,7 @@ pub struct TrainReport {
     /// Steps taken by this call.
     pub taken: usize,
     /// The last step's metrics.
-    pub last: Option<StepMetrics>,
+    pub last: Option<UpdateMetrics>,
     /// Seconds of this call.
     pub seconds: f64,
 }
@@ -372,7 +372,7 @@ pub fn run_training(
 }
 
 /// A progress line for one step: loss, the objective's headline metric, throughput.
-pub fn step_message(m: &StepMetrics) -> String {
+pub fn step_message(m: &UpdateMetrics) -> String {
     let extra = match (&m.preference, &m.topr, &m.sft) {
         (Some(p), _, _) => format!("acc {:.2} margin {:.3}", p.accuracy, p.margins),
         (None, Some(t), _) => format!("reward {:.2} w {:.3}", t.reward, t.weight),

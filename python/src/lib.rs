@@ -13,7 +13,7 @@ use orchard_jobs::run::{run_sample, run_search, Runtime};
 use orchard_jobs::sample::SampleJob;
 use orchard_jobs::search::SearchJob;
 use orchard_jobs::Progress;
-use orchard_rewards::sandbox::{self, SandboxChoice, SandboxConfig, SandboxPolicy};
+use orchard_rewards::sandbox::{self, SandboxChoice, SandboxConfig, SandboxLimits};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -236,16 +236,16 @@ fn score_rewards(py: Python<'_>, name: String, rows: String, sandbox: &str) -> P
     .map_err(err)
 }
 
-/// Runs one Python program in the sandbox; JSON in: the policy's fields (`timeout`, `memory`, …); JSON out: the
+/// Runs one Python program in the sandbox; JSON in `policy`: the limits' fields (`timeout`, `memory`, …); JSON out: the
 /// result (`status`, `exit_code`, `stdout`, `stderr`, `wall_ms`, …).
 #[pyfunction]
 #[pyo3(signature = (program, policy="{}", sandbox="auto"))]
 fn sandbox_run(py: Python<'_>, program: String, policy: &str, sandbox: &str) -> PyResult<String> {
-    let policy: SandboxPolicy = serde_json::from_str(policy).map_err(err)?;
+    let limits: SandboxLimits = serde_json::from_str(policy).map_err(err)?;
     let choice = parse_choice(sandbox)?;
     py.detach(move || -> Result<String, String> {
         let sb = sandbox::open(choice, SandboxConfig::default()).map_err(|e| e.to_string())?;
-        let r = sb.run(&program, &policy).map_err(|e| e.to_string())?;
+        let r = sb.run(&program, &limits).map_err(|e| e.to_string())?;
         serde_json::to_string(&r).map_err(|e| e.to_string())
     })
     .map_err(err)
@@ -337,6 +337,7 @@ fn run_loop(py: Python<'_>, config: String, is_path: bool, out: PathBuf, sandbox
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("OrchardError", m.py().get_type::<OrchardError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEFAULT_MAX_BATCH", orchard_engine::engine::DEFAULT_MAX_BATCH)?;
     m.add_class::<NativeEngine>()?;
     m.add_function(wrap_pyfunction!(reward_catalog, m)?)?;
     m.add_function(wrap_pyfunction!(score_rewards, m)?)?;

@@ -142,11 +142,11 @@ impl Reward for UnitTests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::{self, NullSandbox, SandboxChoice, SandboxConfig, SandboxPolicy};
+    use crate::sandbox::{self, NullSandbox, SandboxChoice, SandboxConfig, SandboxLimits};
 
     fn executor() -> Arc<Executor> {
         let sb = sandbox::open(SandboxChoice::Auto, SandboxConfig::default()).expect("a sandbox opens here");
-        Arc::new(Executor::new(sb, SandboxPolicy::default()))
+        Arc::new(Executor::new(sb, SandboxLimits::default()))
     }
 
     #[test]
@@ -190,7 +190,7 @@ mod tests {
 
     #[test]
     fn sandbox_failures_are_task_errors_not_zero_scores() {
-        let ex = Arc::new(Executor::new(Arc::new(NullSandbox), SandboxPolicy::default()));
+        let ex = Arc::new(Executor::new(Arc::new(NullSandbox), SandboxLimits::default()));
         let o = UnitTests::new(ex).score(&Task::new("").with_tests("assert True", None), "pass");
         assert!(o.error.as_deref().is_some_and(|e| e.starts_with("sandbox:")), "{o:?}");
     }

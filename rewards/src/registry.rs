@@ -12,7 +12,7 @@ use crate::iou::{IouConfig, IouReward};
 use crate::judge::{JudgeConfig, JudgeLoader, JudgeReward};
 use crate::math::{MathConfig, MathReward, MultipleChoiceReward};
 use crate::pyfunc::{PythonConfig, PythonReward};
-use crate::sandbox::{Executor, Sandbox, SandboxPolicy};
+use crate::sandbox::{Executor, Sandbox, SandboxLimits};
 use crate::sql::{SqlConfig, SqlReward};
 use crate::tool_star::{ToolStarConfig, ToolStarReward};
 use crate::toolrl::ToolRlReward;
@@ -64,16 +64,16 @@ pub enum RewardSpec {
         /// Grading of the returned value.
         #[serde(default)]
         math: MathConfig,
-        /// Sandbox limits.
-        #[serde(default)]
-        policy: SandboxPolicy,
+        /// Sandbox limits (TOML key `policy`).
+        #[serde(default, rename = "policy")]
+        limits: SandboxLimits,
     },
     /// HumanEval-style unit tests (`humaneval` and `unit-tests` are the same reward).
     #[serde(alias = "unit-tests")]
     Humaneval {
-        /// Sandbox limits.
-        #[serde(default)]
-        policy: SandboxPolicy,
+        /// Sandbox limits (TOML key `policy`).
+        #[serde(default, rename = "policy")]
+        limits: SandboxLimits,
     },
     /// Think2SQL execution rewards.
     Sql(SqlConfig),
@@ -143,8 +143,8 @@ impl RewardSpec {
             "svamp" => RewardSpec::Svamp(MathConfig::default()),
             "math" => RewardSpec::Math(MathConfig { text_answers: true, ..Default::default() }),
             "mathqa" => RewardSpec::Mathqa(MathConfig::default()),
-            "pot" => RewardSpec::Pot { math: MathConfig::default(), policy: SandboxPolicy::default() },
-            "humaneval" | "unit-tests" => RewardSpec::Humaneval { policy: SandboxPolicy::default() },
+            "pot" => RewardSpec::Pot { math: MathConfig::default(), limits: SandboxLimits::default() },
+            "humaneval" | "unit-tests" => RewardSpec::Humaneval { limits: SandboxLimits::default() },
             "sql" => RewardSpec::Sql(SqlConfig::default()),
             "iou" => RewardSpec::Iou(IouConfig::default()),
             "toolrl" => RewardSpec::Toolrl,
@@ -198,14 +198,14 @@ impl RewardSpec {
         }
     }
 
-    /// The sandbox policies of the sandboxed rewards inside, in order (for `--timeout`-style overrides).
-    pub fn policies_mut(&mut self) -> Vec<&mut SandboxPolicy> {
+    /// The sandbox limits of the sandboxed rewards inside, in order (for `--timeout`-style overrides).
+    pub fn limits_mut(&mut self) -> Vec<&mut SandboxLimits> {
         match self {
-            RewardSpec::Pot { policy, .. } | RewardSpec::Humaneval { policy } => vec![policy],
-            RewardSpec::Weighted { terms } => terms.iter_mut().flat_map(|t| t.reward.policies_mut()).collect(),
+            RewardSpec::Pot { limits, .. } | RewardSpec::Humaneval { limits } => vec![limits],
+            RewardSpec::Weighted { terms } => terms.iter_mut().flat_map(|t| t.reward.limits_mut()).collect(),
             RewardSpec::Gate { gate, then, .. } => {
-                let mut v = gate.policies_mut();
-                v.extend(then.policies_mut());
+                let mut v = gate.limits_mut();
+                v.extend(then.limits_mut());
                 v
             }
             _ => Vec::new(),
@@ -242,7 +242,7 @@ impl RewardSpec {
     }
 
     /// Build the reward. `sandbox` is required when [`needs_sandbox`](Self::needs_sandbox); each sandboxed reward
-    /// gets its own [`Executor`] (cache) with its policy.
+    /// gets its own [`Executor`] (cache) with its limits.
     pub fn build(&self, sandbox: Option<&Arc<dyn Sandbox>>) -> Result<Box<dyn Reward>> {
         self.build_with(&Resources { sandbox, judge: None })
     }
@@ -250,11 +250,11 @@ impl RewardSpec {
     /// Build the reward with what it may need: a sandbox for code rewards, a model loader for judges.
     pub fn build_with(&self, res: &Resources<'_>) -> Result<Box<dyn Reward>> {
         let sandbox = res.sandbox;
-        let executor = |policy: &SandboxPolicy| -> Result<Arc<Executor>> {
+        let executor = |limits: &SandboxLimits| -> Result<Arc<Executor>> {
             let sb = sandbox.ok_or_else(|| {
                 Error::InvalidConfig(format!("reward `{}` executes code and needs a sandbox", self.kind()))
             })?;
-            Ok(Arc::new(Executor::new(Arc::clone(sb), policy.clone())))
+            Ok(Arc::new(Executor::new(Arc::clone(sb), limits.clone())))
         };
         Ok(match self {
             RewardSpec::Gsm8k(c) | RewardSpec::Svamp(c) | RewardSpec::Math(c) => {
@@ -265,11 +265,11 @@ impl RewardSpec {
                 validate_math(c)?;
                 Box::new(MultipleChoiceReward::new(c.clone()))
             }
-            RewardSpec::Pot { math, policy } => {
+            RewardSpec::Pot { math, limits } => {
                 validate_math(math)?;
-                Box::new(ProgramOfThought::new(executor(policy)?, MathReward::new(math.clone())))
+                Box::new(ProgramOfThought::new(executor(limits)?, MathReward::new(math.clone())))
             }
-            RewardSpec::Humaneval { policy } => Box::new(UnitTests::new(executor(policy)?)),
+            RewardSpec::Humaneval { limits } => Box::new(UnitTests::new(executor(limits)?)),
             RewardSpec::Sql(c) => Box::new(SqlReward::new(c.clone())),
             RewardSpec::Iou(c) => Box::new(IouReward::new(c.clone())?),
             RewardSpec::Toolrl => Box::new(ToolRlReward),
@@ -491,9 +491,9 @@ mod tests {
             "#,
         )?;
         assert!(spec.needs_sandbox());
-        let policies = spec.policies_mut();
-        assert_eq!(policies.len(), 1);
-        assert_eq!(policies[0].timeout, std::time::Duration::from_secs(2));
+        let limits = spec.limits_mut();
+        assert_eq!(limits.len(), 1);
+        assert_eq!(limits[0].timeout, std::time::Duration::from_secs(2));
         assert!(RewardSpec::from_toml("kind = \"gsm8k\"\ntolerances = 1").is_err(), "unknown fields are rejected");
         Ok(())
     }

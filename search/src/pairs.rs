@@ -17,7 +17,7 @@
 use std::collections::HashSet;
 
 use orchard_datasets::record::{RewardRecord, SamplingRecord};
-use orchard_datasets::{select_pairs, ModelRecord, PairKind, PairPolicy, PairSide, PreferencePair, Trajectory};
+use orchard_datasets::{select_pairs, ModelRecord, PairKind, PairSelection, PairSide, PreferencePair, Trajectory};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -37,7 +37,7 @@ pub use orchard_core::DEFAULT_CORRECT_THRESHOLD;
 /// Which policy (CLI `--policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum PolicyName {
+pub enum PairRuleName {
     /// Outcome pairs.
     #[default]
     Outcome,
@@ -51,16 +51,16 @@ pub enum PolicyName {
     StepDpo,
 }
 
-impl std::str::FromStr for PolicyName {
+impl std::str::FromStr for PairRuleName {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
         Ok(match s {
-            "outcome" => PolicyName::Outcome,
-            "agentq" => PolicyName::Agentq,
-            "mcts-dpo" => PolicyName::MctsDpo,
-            "itool" => PolicyName::Itool,
-            "step-dpo" => PolicyName::StepDpo,
+            "outcome" => PairRuleName::Outcome,
+            "agentq" => PairRuleName::Agentq,
+            "mcts-dpo" => PairRuleName::MctsDpo,
+            "itool" => PairRuleName::Itool,
+            "step-dpo" => PairRuleName::StepDpo,
             other => {
                 return Err(Error::Config(format!(
                     "pair policy {other:?}: expected outcome, agentq, mcts-dpo, itool or step-dpo"
@@ -74,8 +74,8 @@ impl std::str::FromStr for PolicyName {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PairConfig {
-    /// Which policy. Default [`PolicyName::Outcome`].
-    pub policy: PolicyName,
+    /// Which policy. Default [`PairRuleName::Outcome`].
+    pub policy: PairRuleName,
     /// Agent Q's θ. Default [`DEFAULT_THETA`].
     pub theta: f64,
     /// α of the node value mixture. Default [`crate::mcts::DEFAULT_ALPHA`].
@@ -89,7 +89,7 @@ pub struct PairConfig {
 impl Default for PairConfig {
     fn default() -> Self {
         PairConfig {
-            policy: PolicyName::default(),
+            policy: PairRuleName::default(),
             theta: DEFAULT_THETA,
             alpha: crate::mcts::DEFAULT_ALPHA,
             correct_threshold: DEFAULT_CORRECT_THRESHOLD,
@@ -102,18 +102,18 @@ impl PairConfig {
     /// The rule these knobs describe.
     pub fn rule(&self) -> PairRule {
         match self.policy {
-            PolicyName::Outcome => {
+            PairRuleName::Outcome => {
                 PairRule::Outcome { correct_threshold: self.correct_threshold, max_per_prompt: self.max_per_prompt }
             }
-            PolicyName::Agentq => PairRule::AgentQ { theta: self.theta, alpha: self.alpha },
-            PolicyName::MctsDpo => PairRule::MctsDpo { alpha: self.alpha },
-            PolicyName::Itool => PairRule::ITool {
+            PairRuleName::Agentq => PairRule::AgentQ { theta: self.theta, alpha: self.alpha },
+            PairRuleName::MctsDpo => PairRule::MctsDpo { alpha: self.alpha },
+            PairRuleName::Itool => PairRule::ITool {
                 min_gap: ITOOL_MIN_GAP,
                 min_chosen: ITOOL_MIN_CHOSEN,
                 max_overlap: ITOOL_MAX_OVERLAP,
                 alpha: self.alpha,
             },
-            PolicyName::StepDpo => PairRule::StepDpo { correct_threshold: self.correct_threshold, alpha: self.alpha },
+            PairRuleName::StepDpo => PairRule::StepDpo { correct_threshold: self.correct_threshold, alpha: self.alpha },
         }
     }
 }
@@ -210,7 +210,7 @@ pub fn extract(tree: &Tree, rule: &PairRule, run_id: &str) -> Vec<PreferencePair
     let pairs = match *rule {
         PairRule::Outcome { correct_threshold, max_per_prompt } => {
             let meta = TrajectoryMeta { run_id: run_id.to_string(), ..Default::default() };
-            let policy = PairPolicy { correct_threshold, max_per_prompt, ..PairPolicy::default() };
+            let policy = PairSelection { correct_threshold, max_per_prompt, ..PairSelection::default() };
             select_pairs(&trajectories(tree, &meta), &policy)
         }
         PairRule::AgentQ { theta, alpha } => agentq(tree, theta, alpha, run_id),

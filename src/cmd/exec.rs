@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use orchard_rewards::sandbox::{self, Executor, Sandbox, SandboxChoice, SandboxConfig, SandboxPolicy, Status};
+use orchard_rewards::sandbox::{self, Executor, Sandbox, SandboxChoice, SandboxConfig, SandboxLimits, Status};
 use orchard_rewards::units::{parse_duration, parse_size};
 
 /// Sandbox flags shared by `orchard exec` and `orchard reward`.
@@ -50,22 +50,22 @@ pub(crate) fn parse_size_arg(s: &str) -> Result<u64, String> {
 }
 
 impl SandboxArgs {
-    /// Apply the flags that were given to `policy`.
-    pub fn apply(&self, policy: &mut SandboxPolicy) {
+    /// Apply the flags that were given to `limits`.
+    pub fn apply(&self, limits: &mut SandboxLimits) {
         if let Some(t) = self.timeout {
-            policy.timeout = t;
+            limits.timeout = t;
         }
         if let Some(m) = self.memory {
-            policy.memory = m;
+            limits.memory = m;
         }
         if let Some(n) = self.max_processes {
-            policy.max_processes = n;
+            limits.max_processes = n;
         }
         if let Some(o) = self.max_output {
-            policy.max_output = o as usize;
+            limits.max_output = o as usize;
         }
         if self.no_site_packages {
-            policy.site_packages = false;
+            limits.site_packages = false;
         }
     }
 
@@ -106,11 +106,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let bytes = read_input(&args.file)?;
-    let mut policy = SandboxPolicy::default();
-    args.sandbox.apply(&mut policy);
+    let mut limits = SandboxLimits::default();
+    args.sandbox.apply(&mut limits);
     let sb = args.sandbox.open()?;
     let capacity = if args.no_cache { 0 } else { orchard_rewards::sandbox::DEFAULT_CACHE_CAPACITY };
-    let executor = Executor::with_cache_capacity(sb, policy, capacity);
+    let executor = Executor::with_cache_capacity(sb, limits, capacity);
     if args.jsonl {
         return run_batch(&executor, &args.file, &bytes);
     }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use orchard_datasets::part::write_file;
 use orchard_datasets::{ParquetOptions, RunReader};
-use orchard_search::pairs::{extract, PairConfig, PolicyName};
+use orchard_search::pairs::{extract, PairConfig, PairRuleName};
 use orchard_search::Tree;
 
 /// Re-extract preference pairs from the trees a search run saved (`trees/`), with any pair policy, without
@@ -24,7 +24,7 @@ pub struct Args {
     pub run: PathBuf,
     /// outcome, agentq, mcts-dpo, itool or step-dpo (default: the run's).
     #[arg(long)]
-    pub policy: Option<PolicyName>,
+    pub policy: Option<PairRuleName>,
     /// Agent Q's θ.
     #[arg(long)]
     pub theta: Option<f64>,

@@ -8,7 +8,7 @@ use orchard_datasets::record::PairFormat;
 use orchard_jobs::run::{run_search, Runtime};
 pub use orchard_jobs::search::{AlgoName, SearchJob};
 use orchard_search::mcts::{Backup, Selection};
-use orchard_search::pairs::PolicyName;
+use orchard_search::pairs::PairRuleName;
 use orchard_search::StepRule;
 
 use crate::job::{JobArgs, JobKeys};
@@ -55,7 +55,7 @@ pub struct Args {
     /// Pair policy: outcome, agentq, mcts-dpo, itool, step-dpo (default: agentq for mcts, outcome otherwise).
     /// TOML: `pairs.policy`.
     #[arg(long)]
-    pub policy: Option<PolicyName>,
+    pub policy: Option<PairRuleName>,
     /// Agent Q's |ΔQ| threshold θ. TOML: `pairs.theta`.
     #[arg(long)]
     pub theta: Option<f64>,

@@ -4,7 +4,7 @@
 //! Notation: `h = [log π(y_w) − log π_ref(y_w)] − [log π(y_l) − log π_ref(y_l)]` with sums over completion tokens;
 //! `avg(y)` = that sum divided by `|y|`. Every function returns one loss per pair; [`DpoLoss::compute`] reduces
 //! them over the optimizer step and adds the batch-level NLL of RPO and ORPO, normalised by the *step's* totals
-//! ([`StepTotals`]) so that micro-batches of one step add up to exactly the full-batch loss.
+//! ([`UpdateTotals`]) so that micro-batches of one step add up to exactly the full-batch loss.
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -141,7 +141,7 @@ impl DpoLoss {
         policy: &PolicyLogps,
         reference: Option<&ReferenceLogps>,
         smoothing: Option<&Tensor>,
-        totals: StepTotals,
+        totals: UpdateTotals,
     ) -> Result<LossTerms> {
         let p = policy.to_f64()?;
         let smoothing = smoothing.map(|s| s.to_device(&candle_core::Device::Cpu)).transpose()?;
@@ -246,7 +246,7 @@ fn cpu_f64(t: &Tensor) -> Result<Tensor> {
 
 /// Totals over the whole optimizer step, which normalise every micro-batch's share of the loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StepTotals {
+pub struct UpdateTotals {
     /// Pairs (or trajectories) in the step.
     pub pairs: usize,
     /// Chosen completion tokens in the step (RPO's and ORPO's token-mean NLL).

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 
 /// One optimizer step's metrics; one JSON line of `metrics.jsonl`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StepMetrics {
+pub struct UpdateMetrics {
     /// Optimizer step, 1-based.
     pub step: usize,
     /// Fractional epoch at the end of the step.
@@ -132,21 +132,21 @@ impl MetricsLog {
     }
 
     /// Appends one row.
-    pub fn push(&mut self, m: &StepMetrics) -> Result<()> {
+    pub fn push(&mut self, m: &UpdateMetrics) -> Result<()> {
         let line = serde_json::to_string(m)?;
         writeln!(self.file, "{line}").map_err(|e| Error::io(&self.path, e))
     }
 }
 
 /// Reads `metrics.jsonl`.
-pub fn read(path: &Path) -> Result<Vec<StepMetrics>> {
+pub fn read(path: &Path) -> Result<Vec<UpdateMetrics>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     text.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(serde_json::from_str(l)?)).collect()
 }
 
 /// Draws the curves of `rows` (loss, reward accuracy or TOPR weight, margins or reward, gradient norm) as an SVG.
-pub fn plot(rows: &[StepMetrics], path: &Path) -> Result<()> {
-    type Series = (&'static str, fn(&StepMetrics) -> Option<f64>);
+pub fn plot(rows: &[UpdateMetrics], path: &Path) -> Result<()> {
+    type Series = (&'static str, fn(&UpdateMetrics) -> Option<f64>);
     let panels: [Series; 4] = [
         ("loss", |m| Some(m.loss)),
         ("rewards/accuracies | topr/weight", |m| {

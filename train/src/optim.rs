@@ -75,7 +75,7 @@ pub struct AdamW {
 
 /// What one optimizer step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepStats {
+pub struct UpdateStats {
     /// Global L2 norm of the accumulated gradient, before clipping.
     pub grad_norm: f64,
     /// The factor the gradient was scaled by (1 when not clipped).
@@ -130,7 +130,7 @@ impl AdamW {
 
     /// One AdamW update with learning rate `lr` from the accumulated gradients, clipped to global norm `max_norm`
     /// (PyTorch's `clip_grad_norm_`: scale `max_norm / (norm + 1e-6)` when above); then clears the buffers.
-    pub fn step(&mut self, lr: f64, max_norm: Option<f64>) -> Result<StepStats> {
+    pub fn step(&mut self, lr: f64, max_norm: Option<f64>) -> Result<UpdateStats> {
         let grad_norm = self.grad_norm();
         if !grad_norm.is_finite() {
             return Err(Error::Numeric(format!("the gradient norm is {grad_norm}: training diverged")));
@@ -161,7 +161,7 @@ impl AdamW {
             var.as_tensor().inplace_op1(&op)?;
         }
         self.grads.par_iter_mut().for_each(|g| g.iter_mut().for_each(|x| *x = 0.0));
-        Ok(StepStats { grad_norm, clip_scale })
+        Ok(UpdateStats { grad_norm, clip_scale })
     }
 
     /// Moments and step count, for a checkpoint: `(name, m, v)` per parameter.

@@ -150,12 +150,12 @@ pub struct TokenBatch<'a> {
     /// Per completion: whether it counts (false: overlong-masked or unscored).
     pub keep: &'a [bool],
     /// Totals of the whole optimizer step when this batch is one micro-batch of it (`None`: the batch is the step).
-    pub step: Option<StepCounts>,
+    pub step: Option<UpdateCounts>,
 }
 
 /// What the reductions divide by, over a whole optimizer step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StepCounts {
+pub struct UpdateCounts {
     /// Tokens of kept completions.
     pub kept_tokens: usize,
     /// Kept completions.
@@ -164,10 +164,10 @@ pub struct StepCounts {
     pub completions: usize,
 }
 
-impl StepCounts {
+impl UpdateCounts {
     /// The counts of completions with these lengths and keep flags.
     pub fn of(lengths: &[usize], keep: &[bool]) -> Self {
-        StepCounts {
+        UpdateCounts {
             kept_tokens: lengths.iter().zip(keep).filter(|(_, k)| **k).map(|(l, _)| l).sum(),
             kept: keep.iter().filter(|k| **k).count(),
             completions: lengths.len(),
@@ -175,8 +175,8 @@ impl StepCounts {
     }
 
     /// Field-wise sum.
-    pub fn plus(self, o: StepCounts) -> Self {
-        StepCounts {
+    pub fn plus(self, o: UpdateCounts) -> Self {
+        UpdateCounts {
             kept_tokens: self.kept_tokens + o.kept_tokens,
             kept: self.kept + o.kept,
             completions: self.completions + o.completions,
@@ -217,7 +217,7 @@ pub fn surrogate_loss(s: &Surrogate, b: &TokenBatch<'_>) -> Result<SurrogateTerm
         return Err(Error::Config("β > 0 needs reference log-probs".into()));
     }
     let dev = Device::Cpu;
-    let own = StepCounts::of(b.lengths, b.keep);
+    let own = UpdateCounts::of(b.lengths, b.keep);
     let step = b.step.unwrap_or(own);
     let (kept_tokens, kept) = (own.kept_tokens, own.kept);
     // Per-token weight of the reduction (0 for dropped completions) and advantage.
@@ -486,7 +486,7 @@ mod tests {
                 };
                 Ok(surrogate_loss(&s, &b)?.loss.to_scalar::<f64>()?)
             };
-            let counts = StepCounts::of(&lengths, &keep);
+            let counts = UpdateCounts::of(&lengths, &keep);
             let whole = part(0..7, 0..3, None)?;
             let sum = part(0..3, 0..1, Some(counts))? + part(3..7, 1..3, Some(counts))?;
             assert!((sum - whole).abs() < 1e-12, "{aggregation:?}: {sum} vs {whole}");

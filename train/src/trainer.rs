@@ -14,8 +14,8 @@ use crate::batch::{completion_logps, epoch_order, micro_batches, pair_logps, Mem
 use crate::checkpoint::{self, Checkpoint, TrainState};
 use crate::data::{PairExample, SftExample, TrajectoryExample};
 use crate::error::{Error, Result};
-use crate::loss::{DpoLoss, PolicyLogps, StepTotals};
-use crate::metrics::{PreferenceMetrics, SftMetrics, StepMetrics, ToprMetrics};
+use crate::loss::{DpoLoss, PolicyLogps, UpdateTotals};
+use crate::metrics::{PreferenceMetrics, SftMetrics, ToprMetrics, UpdateMetrics};
 use crate::optim::{AdamConfig, AdamW, Schedule, ScheduleKind};
 use crate::reference::{self, ReferenceSource, References};
 use crate::sft::{sft_loss, Sft};
@@ -353,7 +353,7 @@ impl<'e> Trainer<'e> {
     }
 
     /// Runs one optimizer step and returns its metrics.
-    pub fn step(&mut self) -> Result<StepMetrics> {
+    pub fn step(&mut self) -> Result<UpdateMetrics> {
         let start = Instant::now();
         let lr = self.schedule.lr(self.state.step);
         let acc = self.accumulate()?;
@@ -379,7 +379,7 @@ impl<'e> Trainer<'e> {
             let loss = match (&self.cfg.objective, &self.data) {
                 (Objective::Preference { loss, .. }, TrainData::Pairs(pairs)) => {
                     let chosen_tokens = idx.iter().map(|&i| pairs[i].chosen.len()).sum();
-                    let totals = StepTotals { pairs: idx.len(), chosen_tokens };
+                    let totals = UpdateTotals { pairs: idx.len(), chosen_tokens };
                     self.preference_micro_batch(loss, pairs, mb, totals, mode, &mut acc)?
                 }
                 (Objective::Topr(cfg), TrainData::Trajectories(t)) => {
@@ -418,7 +418,7 @@ impl<'e> Trainer<'e> {
         loss: &DpoLoss,
         pairs: &[PairExample],
         mb: &[usize],
-        totals: StepTotals,
+        totals: UpdateTotals,
         mode: Mode,
         acc: &mut StepAccumulator,
     ) -> Result<Tensor> {
@@ -583,7 +583,14 @@ struct StepAccumulator {
 }
 
 impl StepAccumulator {
-    fn finish(self, state: &TrainState, steps_per_epoch: usize, lr: f64, grad_norm: f64, seconds: f64) -> StepMetrics {
+    fn finish(
+        self,
+        state: &TrainState,
+        steps_per_epoch: usize,
+        lr: f64,
+        grad_norm: f64,
+        seconds: f64,
+    ) -> UpdateMetrics {
         let n = self.items.max(1) as f64;
         let preference = self.preference.map(|mut p| {
             p.chosen /= n;
@@ -606,7 +613,7 @@ impl StepAccumulator {
             s.nll_per_token = -s.logps / s.completion_tokens.max(1) as f64;
             s
         });
-        StepMetrics {
+        UpdateMetrics {
             sft,
             step: state.step,
             epoch: state.step as f64 / steps_per_epoch.max(1) as f64,

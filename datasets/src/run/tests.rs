@@ -2,7 +2,7 @@ use serde_json::json;
 
 use super::*;
 use crate::record::RewardRecord;
-use crate::select::{select_pairs, PairPolicy};
+use crate::select::{select_pairs, PairSelection};
 use crate::task::Message;
 
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
@@ -31,7 +31,7 @@ fn output(run_id: &str, task: &Task) -> TaskOutput {
             ..Default::default()
         })
         .collect();
-    let pairs = select_pairs(&trajectories, &PairPolicy::default());
+    let pairs = select_pairs(&trajectories, &PairSelection::default());
     TaskOutput { task_id: task.id.clone(), trajectories, pairs, nodes: vec![] }
 }
 

@@ -11,7 +11,7 @@ use super::process::{self, is_root, program_dir, Launch, Limits};
 use super::python::{which, PROGRAM_FILE};
 use super::slots::Slots;
 use super::uid_lease;
-use super::{ExecResult, Isolation, Sandbox, SandboxConfig, SandboxInfo, SandboxPolicy, Status};
+use super::{ExecResult, Isolation, Sandbox, SandboxConfig, SandboxInfo, SandboxLimits, Status};
 use crate::error::{Error, Result};
 
 /// Directories replaced by empty ones inside the sandbox: home directories (keys, tokens, shell history) and
@@ -62,7 +62,7 @@ impl Bwrap {
             server_failures: AtomicU32::new(0),
             forked: AtomicU64::new(0),
         };
-        let probe = sandbox.run("import sys; print(sys.version_info[0])", &SandboxPolicy::default())?;
+        let probe = sandbox.run("import sys; print(sys.version_info[0])", &SandboxLimits::default())?;
         if probe.status != Status::Ok || probe.stdout.trim() != "3" {
             return Err(unavailable(format!(
                 "probe run ended {} ({}): {}",
@@ -101,14 +101,14 @@ impl Bwrap {
     }
 
     /// A one-shot sandbox: the program bound in as `/tmp/main.py`, a fresh interpreter.
-    fn args(&self, policy: &SandboxPolicy, dir: &Path) -> Vec<OsString> {
-        let mut a = self.mount_args(policy.max_file_size);
+    fn args(&self, limits: &SandboxLimits, dir: &Path) -> Vec<OsString> {
+        let mut a = self.mount_args(limits.max_file_size);
         a.push("--ro-bind".into());
         a.push(dir.join(PROGRAM_FILE).into_os_string());
         a.push(format!("/tmp/{PROGRAM_FILE}").into());
         a.push("--".into());
         a.push(self.config.python.clone().into_os_string());
-        a.extend(policy.python_flags().iter().map(OsString::from));
+        a.extend(limits.python_flags().iter().map(OsString::from));
         if self.root {
             a.push(PROGRAM_FILE.into());
         } else {
@@ -120,7 +120,7 @@ impl Bwrap {
                     "import resource as _r; _r.setrlimit(_r.RLIMIT_NPROC, ({n}, {n})); del _r\n\
                      import runpy as _p, sys as _s; _s.argv = ['{PROGRAM_FILE}']\n\
                      _p.run_path('{PROGRAM_FILE}', run_name='__main__')",
-                    n = policy.max_processes.saturating_add(1)
+                    n = limits.max_processes.saturating_add(1)
                 )
                 .into(),
             );
@@ -130,16 +130,16 @@ impl Bwrap {
 
     /// Run in a fork server (see [`forkserver`]); `None` when no server could deliver a result, so the caller runs
     /// the program in a one-shot sandbox instead.
-    fn run_in_server(&self, program: &str, policy: &SandboxPolicy) -> Option<ExecResult> {
+    fn run_in_server(&self, program: &str, limits: &SandboxLimits) -> Option<ExecResult> {
         if self.server_failures.load(Ordering::Relaxed) >= MAX_SERVER_FAILURES {
             return None;
         }
         // A program that would not fit the run's /tmp (where the server writes it) runs in a one-shot sandbox,
         // which binds it in from the host.
-        if program.len() as u64 + (64 << 10) > policy.max_file_size {
+        if program.len() as u64 + (64 << 10) > limits.max_file_size {
             return None;
         }
-        let key = ServerKey::of(policy);
+        let key = ServerKey::of(limits);
         // A server found dead when the request is sent never started the run: one retry with a fresh one.
         for _ in 0..2 {
             let mut server = match self.idle_server(key) {
@@ -152,7 +152,7 @@ impl Bwrap {
                     }
                 },
             };
-            match server.run(program, policy) {
+            match server.run(program, limits) {
                 Ok(result) => {
                     self.server_failures.store(0, Ordering::Relaxed);
                     self.forked.fetch_add(1, Ordering::Relaxed);
@@ -210,24 +210,24 @@ impl Bwrap {
     }
 
     /// A fresh sandbox and interpreter for this run alone.
-    fn run_one_shot(&self, program: &str, policy: &SandboxPolicy) -> Result<ExecResult> {
+    fn run_one_shot(&self, program: &str, limits: &SandboxLimits) -> Result<ExecResult> {
         let lease = if self.root { Some(uid_lease::lease(self.config.uid_base)?) } else { None };
         let run_as = lease.as_ref().map(|l| l.uid);
         let dir = program_dir(program, run_as)?;
         // As root the limit is set before bwrap and counts the outer bwrap and its init too (2 processes).
-        let processes = self.root.then_some(policy.max_processes.saturating_add(2));
+        let processes = self.root.then_some(limits.max_processes.saturating_add(2));
         let launch = Launch {
             program: self.bwrap.clone(),
-            args: self.args(policy, dir.path()),
+            args: self.args(limits, dir.path()),
             cwd: dir.path().to_path_buf(),
             env: process::scrubbed_env("/tmp"),
-            limits: Limits::from_policy(policy, processes),
+            limits: Limits::from_limits(limits, processes),
             run_as,
             new_netns: false,
             isolation: Isolation::Bwrap,
             signal_in_exit_code: true,
         };
-        let result = process::execute(&launch, policy, &|| {})?;
+        let result = process::execute(&launch, limits, &|| {})?;
         // Descriptors the run left in flight on a Unix socket outlive it until the kernel's Unix-socket garbage
         // collector runs, which closing a Unix socket triggers.
         drop(std::os::unix::net::UnixStream::pair());
@@ -313,14 +313,14 @@ fn python_prefix_under_hidden(python: &Path) -> Option<PathBuf> {
 }
 
 impl Sandbox for Bwrap {
-    fn run(&self, program: &str, policy: &SandboxPolicy) -> Result<ExecResult> {
+    fn run(&self, program: &str, limits: &SandboxLimits) -> Result<ExecResult> {
         let _slot = self.slots.acquire();
         if self.config.fork_server {
-            if let Some(result) = self.run_in_server(program, policy) {
+            if let Some(result) = self.run_in_server(program, limits) {
                 return Ok(result);
             }
         }
-        self.run_one_shot(program, policy)
+        self.run_one_shot(program, limits)
     }
 
     fn info(&self) -> SandboxInfo {

@@ -1,4 +1,4 @@
-//! [`Executor`]: a sandbox plus a policy, a bounded cache of results for identical programs, and a parallel batch
+//! [`Executor`]: a sandbox plus a limits, a bounded cache of results for identical programs, and a parallel batch
 //! path. Rewards hold an `Arc<Executor>`.
 
 use std::collections::{HashMap, VecDeque};
@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 
-use super::{ExecResult, Sandbox, SandboxPolicy};
+use super::{ExecResult, Sandbox, SandboxLimits};
 use crate::error::Result;
 
 /// Default number of cached results.
@@ -30,13 +30,13 @@ struct Cache {
     order: VecDeque<Key>,
 }
 
-/// Runs programs through a sandbox under one policy, caching results by SHA-256 of (policy, program): the same
+/// Runs programs through a sandbox under one limits, caching results by SHA-256 of (limits, program): the same
 /// (code, tests) pair is executed once. Timeouts are cached too (a program that timed out once is not retried);
 /// sandbox failures (`Err`) are not.
 #[derive(Debug)]
 pub struct Executor {
     sandbox: Arc<dyn Sandbox>,
-    policy: SandboxPolicy,
+    limits: SandboxLimits,
     capacity: usize,
     cache: Mutex<Cache>,
     hits: AtomicU64,
@@ -45,15 +45,15 @@ pub struct Executor {
 
 impl Executor {
     /// An executor with the default cache capacity ([`DEFAULT_CACHE_CAPACITY`]).
-    pub fn new(sandbox: Arc<dyn Sandbox>, policy: SandboxPolicy) -> Self {
-        Self::with_cache_capacity(sandbox, policy, DEFAULT_CACHE_CAPACITY)
+    pub fn new(sandbox: Arc<dyn Sandbox>, limits: SandboxLimits) -> Self {
+        Self::with_cache_capacity(sandbox, limits, DEFAULT_CACHE_CAPACITY)
     }
 
     /// An executor caching at most `capacity` results (0 disables the cache); the oldest entry is evicted first.
-    pub fn with_cache_capacity(sandbox: Arc<dyn Sandbox>, policy: SandboxPolicy, capacity: usize) -> Self {
+    pub fn with_cache_capacity(sandbox: Arc<dyn Sandbox>, limits: SandboxLimits, capacity: usize) -> Self {
         Executor {
             sandbox,
-            policy,
+            limits,
             capacity,
             cache: Mutex::new(Cache::default()),
             hits: AtomicU64::new(0),
@@ -66,9 +66,9 @@ impl Executor {
         self.sandbox.as_ref()
     }
 
-    /// The policy every run gets.
-    pub fn policy(&self) -> &SandboxPolicy {
-        &self.policy
+    /// The limits every run gets.
+    pub fn limits(&self) -> &SandboxLimits {
+        &self.limits
     }
 
     /// Run one program (cached).
@@ -81,7 +81,7 @@ impl Executor {
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let result = self.sandbox.run(program, &self.policy)?;
+        let result = self.sandbox.run(program, &self.limits)?;
         if self.capacity > 0 {
             let mut cache = self.lock();
             if cache.map.insert(key, result.clone()).is_none() {
@@ -130,8 +130,8 @@ impl Executor {
 
     fn key(&self, program: &str) -> Key {
         let mut h = Sha256::new();
-        // The policy is part of the key: the same program may time out under a shorter limit.
-        h.update(serde_json::to_vec(&self.policy).unwrap_or_default());
+        // The limits is part of the key: the same program may time out under a shorter limit.
+        h.update(serde_json::to_vec(&self.limits).unwrap_or_default());
         h.update([0u8]);
         h.update(program.as_bytes());
         h.finalize().into()

@@ -29,7 +29,7 @@ use serde::Deserialize;
 
 use super::process::{classify, Stop};
 use super::uid_lease::UidLease;
-use super::{ExecResult, Isolation, SandboxPolicy};
+use super::{ExecResult, Isolation, SandboxLimits};
 
 /// The server's source, passed with `python -c` (no file to bind into the sandbox).
 const SOURCE: &str = include_str!("forkserver.py");
@@ -45,8 +45,8 @@ pub(crate) struct ServerKey {
 }
 
 impl ServerKey {
-    pub(crate) fn of(policy: &SandboxPolicy) -> Self {
-        ServerKey { site_packages: policy.site_packages, tmp_size: policy.max_file_size }
+    pub(crate) fn of(limits: &SandboxLimits) -> Self {
+        ServerKey { site_packages: limits.site_packages, tmp_size: limits.max_file_size }
     }
 }
 
@@ -110,31 +110,31 @@ impl Server {
     }
 
     /// Run one program. `Err` means the server is unusable and must be dropped.
-    pub(crate) fn run(&mut self, program: &str, policy: &SandboxPolicy) -> Result<ExecResult, Failure> {
+    pub(crate) fn run(&mut self, program: &str, limits: &SandboxLimits) -> Result<ExecResult, Failure> {
         let start = Instant::now();
         let request = serde_json::json!({
             "program": program,
-            "timeout": policy.timeout.as_secs_f64(),
-            "cpu": policy.cpu_seconds(),
-            "memory": policy.memory,
+            "timeout": limits.timeout.as_secs_f64(),
+            "cpu": limits.cpu_seconds(),
+            "memory": limits.memory,
             // The server, the run's keeper and its init (same uid, same user namespace) count against the limit.
-            "nproc": policy.max_processes.saturating_add(3),
-            "fsize": policy.max_file_size,
-            "max_output": policy.max_output,
+            "nproc": limits.max_processes.saturating_add(3),
+            "fsize": limits.max_file_size,
+            "max_output": limits.max_output,
         });
         let mut line = serde_json::to_vec(&request).map_err(|e| Failure::NotStarted(e.to_string()))?;
         line.push(b'\n');
         self.requests.write_all(&line).map_err(|e| Failure::NotStarted(format!("sending the program: {e}")))?;
-        let deadline = start + policy.timeout + BACKSTOP;
+        let deadline = start + limits.timeout + BACKSTOP;
         let head_len = match self.read_until(deadline, |buf| buf.iter().position(|&b| b == b'\n'))? {
             Some(n) => n,
-            None => return Ok(backstop_result(policy, start)),
+            None => return Ok(backstop_result(limits, start)),
         };
         let head: Head = serde_json::from_slice(&self.pending[..head_len])
             .map_err(|e| Failure::Died(format!("unreadable reply from the fork server: {e}")))?;
         let total = head_len + 1 + head.out + head.err;
         if self.read_until(deadline, |buf| (buf.len() >= total).then_some(total))?.is_none() {
-            return Ok(backstop_result(policy, start));
+            return Ok(backstop_result(limits, start));
         }
         let body: Vec<u8> = self.pending.drain(..total).skip(head_len + 1).collect();
         if let Some(why) = head.error {
@@ -148,10 +148,10 @@ impl Server {
             Some("stderr") => Some(Stop::OutputLimit("stderr")),
             Some(other) => return Err(Failure::Died(format!("unknown stop `{other}` from the fork server"))),
         };
-        let cap = policy.max_output;
+        let cap = limits.max_output;
         let stdout = String::from_utf8_lossy(&out[..out.len().min(cap)]).into_owned();
         let stderr = String::from_utf8_lossy(&err[..err.len().min(cap)]).into_owned();
-        let (status, reason) = classify(stop, head.exit_code, head.signal, &stderr, policy);
+        let (status, reason) = classify(stop, head.exit_code, head.signal, &stderr, limits);
         Ok(ExecResult {
             status,
             exit_code: head.exit_code,
@@ -221,7 +221,7 @@ impl Drop for Server {
     }
 }
 
-fn backstop_result(policy: &SandboxPolicy, start: Instant) -> ExecResult {
+fn backstop_result(limits: &SandboxLimits, start: Instant) -> ExecResult {
     ExecResult {
         status: super::Status::Timeout,
         exit_code: None,
@@ -231,7 +231,7 @@ fn backstop_result(policy: &SandboxPolicy, start: Instant) -> ExecResult {
         wall_ms: start.elapsed().as_millis() as u64,
         reason: Some(format!(
             "wall-clock limit of {} ms reached (the sandbox did not answer within {} ms more and was killed)",
-            policy.timeout.as_millis(),
+            limits.timeout.as_millis(),
             BACKSTOP.as_millis()
         )),
         isolation: Isolation::Bwrap,

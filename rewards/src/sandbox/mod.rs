@@ -37,7 +37,7 @@
 //!
 //! Concurrency is bounded inside the sandbox: at most [`SandboxConfig::concurrency`] runs execute at once (default:
 //! the number of cores) and further callers wait, so 100 queued executions do not overload 2 cores.
-//! [`Executor`] adds a cache of results keyed by (program, policy) and a parallel batch API.
+//! [`Executor`] adds a cache of results keyed by (program, limits) and a parallel batch API.
 
 mod bwrap;
 mod executor;
@@ -83,7 +83,7 @@ pub const DEFAULT_UID_BASE: u32 = 1_999_000_000;
 /// Limits of one run. Serde struct: every field optional in TOML/JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct SandboxPolicy {
+pub struct SandboxLimits {
     /// Wall-clock limit; everything is killed when it passes. Default [`DEFAULT_TIMEOUT`] (5 s).
     #[serde(with = "human_duration")]
     pub timeout: Duration,
@@ -108,9 +108,9 @@ pub struct SandboxPolicy {
     pub site_packages: bool,
 }
 
-impl Default for SandboxPolicy {
+impl Default for SandboxLimits {
     fn default() -> Self {
-        SandboxPolicy {
+        SandboxLimits {
             timeout: DEFAULT_TIMEOUT,
             cpu_time: None,
             memory: DEFAULT_MEMORY,
@@ -122,7 +122,7 @@ impl Default for SandboxPolicy {
     }
 }
 
-impl SandboxPolicy {
+impl SandboxLimits {
     /// Interpreter flags: `-I` (isolated: no environment variables, no user site, no script directory on the
     /// path) and `-S` when `site_packages` is off.
     pub(crate) fn python_flags(&self) -> &'static [&'static str] {
@@ -229,9 +229,9 @@ pub struct SandboxInfo {
 
 /// Runs one program under limits. Implementations are thread-safe and bound their own concurrency.
 pub trait Sandbox: Send + Sync + fmt::Debug {
-    /// Run Python `program` (the source of a `__main__` script) under `policy`. `Err` only when the sandbox
+    /// Run Python `program` (the source of a `__main__` script) under `limits`. `Err` only when the sandbox
     /// itself fails (cannot spawn, cannot make a temp dir); anything the program does is an [`ExecResult`].
-    fn run(&self, program: &str, policy: &SandboxPolicy) -> Result<ExecResult>;
+    fn run(&self, program: &str, limits: &SandboxLimits) -> Result<ExecResult>;
 
     /// What this sandbox enforces.
     fn info(&self) -> SandboxInfo;
@@ -243,7 +243,7 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
 pub struct NullSandbox;
 
 impl Sandbox for NullSandbox {
-    fn run(&self, _program: &str, _policy: &SandboxPolicy) -> Result<ExecResult> {
+    fn run(&self, _program: &str, _limits: &SandboxLimits) -> Result<ExecResult> {
         Err(Error::SandboxUnavailable { kind: "null", why: "the null sandbox never executes code".into() })
     }
 
@@ -394,23 +394,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn policy_reads_human_units_from_toml() -> anyhow::Result<()> {
-        let p: SandboxPolicy = toml::from_str("timeout = \"500ms\"\nmemory = \"1GiB\"\nmax_processes = 8")?;
+    fn limits_read_human_units_from_toml() -> anyhow::Result<()> {
+        let p: SandboxLimits = toml::from_str("timeout = \"500ms\"\nmemory = \"1GiB\"\nmax_processes = 8")?;
         assert_eq!(p.timeout, Duration::from_millis(500));
         assert_eq!(p.memory, 1 << 30);
         assert_eq!(p.max_processes, 8);
         assert_eq!(p.max_output, DEFAULT_MAX_OUTPUT);
         assert_eq!(p.cpu_seconds(), 1);
-        let back: SandboxPolicy = toml::from_str(&toml::to_string(&p)?)?;
+        let back: SandboxLimits = toml::from_str(&toml::to_string(&p)?)?;
         assert_eq!(back, p);
         Ok(())
     }
 
     #[test]
     fn cpu_seconds_round_up() {
-        let p = SandboxPolicy { timeout: Duration::from_millis(2100), ..Default::default() };
+        let p = SandboxLimits { timeout: Duration::from_millis(2100), ..Default::default() };
         assert_eq!(p.cpu_seconds(), 3);
-        let p = SandboxPolicy { timeout: Duration::from_secs(5), ..Default::default() };
+        let p = SandboxLimits { timeout: Duration::from_secs(5), ..Default::default() };
         assert_eq!(p.cpu_seconds(), 5);
     }
 }

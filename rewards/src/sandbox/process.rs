@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::python::{failure_reason, is_memory_error};
-use super::{ExecResult, Isolation, SandboxPolicy, Status};
+use super::{ExecResult, Isolation, SandboxLimits, Status};
 use crate::error::{Error, Result};
 use crate::units::format_size;
 
@@ -29,12 +29,12 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    pub(crate) fn from_policy(policy: &SandboxPolicy, processes: Option<u64>) -> Self {
+    pub(crate) fn from_limits(limits: &SandboxLimits, processes: Option<u64>) -> Self {
         Limits {
-            address_space: policy.memory,
-            cpu_seconds: policy.cpu_seconds(),
+            address_space: limits.memory,
+            cpu_seconds: limits.cpu_seconds(),
             processes,
-            file_size: policy.max_file_size,
+            file_size: limits.max_file_size,
         }
     }
 
@@ -69,14 +69,14 @@ pub(crate) enum Stop {
     OutputLimit(&'static str),
 }
 
-/// Run `launch` under `policy`; `after_kill` runs once the process group has been killed (the root fallback
+/// Run `launch` under `limits`; `after_kill` runs once the process group has been killed (the root fallback
 /// sweeps its uid there).
-pub(crate) fn execute(launch: &Launch, policy: &SandboxPolicy, after_kill: &dyn Fn()) -> Result<ExecResult> {
+pub(crate) fn execute(launch: &Launch, limits: &SandboxLimits, after_kill: &dyn Fn()) -> Result<ExecResult> {
     let mut cmd = command(launch);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(|e| Error::io("spawning the sandboxed process", e))?;
-    let supervised = supervise(&mut child, start, policy);
+    let supervised = supervise(&mut child, start, limits);
     // Kill the whole group: leftovers after a normal exit, everything after a timeout or output overflow.
     // SAFETY: plain kill(2) on the group the child created with setsid (pgid == pid).
     unsafe {
@@ -92,12 +92,12 @@ pub(crate) fn execute(launch: &Launch, policy: &SandboxPolicy, after_kill: &dyn 
     };
     let status = child.wait().map_err(|e| Error::io("waiting for the sandboxed process", e))?;
     let wall_ms = start.elapsed().as_millis() as u64;
-    out.truncate(policy.max_output);
-    err.truncate(policy.max_output);
+    out.truncate(limits.max_output);
+    err.truncate(limits.max_output);
     let stdout = String::from_utf8_lossy(&out).into_owned();
     let stderr = String::from_utf8_lossy(&err).into_owned();
     let (exit_code, signal) = decode_status(status, launch.signal_in_exit_code);
-    let (status, reason) = classify(stop, exit_code, signal, &stderr, policy);
+    let (status, reason) = classify(stop, exit_code, signal, &stderr, limits);
     Ok(ExecResult {
         status,
         exit_code,
@@ -173,8 +173,8 @@ unsafe fn set_limit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -
 type Captured = (Vec<u8>, Vec<u8>, Option<Stop>);
 
 /// Read both pipes until the process exits, the deadline passes or output passes the cap.
-fn supervise(child: &mut Child, start: Instant, policy: &SandboxPolicy) -> Result<Captured> {
-    let deadline = start + policy.timeout;
+fn supervise(child: &mut Child, start: Instant, limits: &SandboxLimits) -> Result<Captured> {
+    let deadline = start + limits.timeout;
     let pidfd = pidfd_open(child.id());
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
@@ -182,7 +182,7 @@ fn supervise(child: &mut Child, start: Instant, policy: &SandboxPolicy) -> Resul
         set_nonblocking(fd).map_err(|e| Error::io("configuring output pipes", e))?;
     }
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let cap = policy.max_output;
+    let cap = limits.max_output;
     let mut stop = None;
     loop {
         let now = Instant::now();
@@ -319,27 +319,27 @@ pub(crate) fn classify(
     exit_code: Option<i32>,
     signal: Option<i32>,
     stderr: &str,
-    policy: &SandboxPolicy,
+    limits: &SandboxLimits,
 ) -> (Status, Option<String>) {
     match stop {
         Some(Stop::Timeout) => {
-            return (Status::Timeout, Some(format!("wall-clock limit of {} ms reached", policy.timeout.as_millis())))
+            return (Status::Timeout, Some(format!("wall-clock limit of {} ms reached", limits.timeout.as_millis())))
         }
         Some(Stop::OutputLimit(stream)) => {
-            let cap = format_size(policy.max_output as u64);
+            let cap = format_size(limits.max_output as u64);
             return (Status::OutputLimit, Some(format!("{stream} passed the output cap of {cap}")));
         }
         None => {}
     }
     if signal == Some(libc::SIGXCPU) {
-        return (Status::Timeout, Some(format!("CPU time limit of {} s reached", policy.cpu_seconds())));
+        return (Status::Timeout, Some(format!("CPU time limit of {} s reached", limits.cpu_seconds())));
     }
     if exit_code == Some(0) {
         return (Status::Ok, None);
     }
     if is_memory_error(stderr) {
         let why = failure_reason(stderr).unwrap_or_else(|| "MemoryError".into());
-        return (Status::Memory, Some(format!("memory limit of {} reached: {why}", format_size(policy.memory))));
+        return (Status::Memory, Some(format!("memory limit of {} reached: {why}", format_size(limits.memory))));
     }
     match (exit_code, signal) {
         (_, Some(sig)) => (Status::Killed, Some(format!("killed by signal {sig} ({})", signal_name(sig)))),
@@ -456,7 +456,7 @@ mod tests {
 
     #[test]
     fn classification_prefers_limits_over_exit_codes() {
-        let p = SandboxPolicy::default();
+        let p = SandboxLimits::default();
         assert_eq!(classify(Some(Stop::Timeout), None, Some(9), "", &p).0, Status::Timeout);
         assert_eq!(classify(None, None, Some(libc::SIGXCPU), "", &p).0, Status::Timeout);
         assert_eq!(

@@ -4,7 +4,7 @@ use super::process::{self, is_root, processes_of, program_dir, sweep_uid, Launch
 use super::python::{which, PROGRAM_FILE};
 use super::slots::Slots;
 use super::uid_lease;
-use super::{ExecResult, Isolation, Sandbox, SandboxConfig, SandboxInfo, SandboxPolicy, Status};
+use super::{ExecResult, Isolation, Sandbox, SandboxConfig, SandboxInfo, SandboxLimits, Status};
 use crate::error::{Error, Result};
 
 /// rlimits + process group + scrubbed environment + private temp dir (+ per-slot uid, network namespace and a uid
@@ -31,7 +31,7 @@ impl Rlimits {
             root: is_root(),
             uid,
         };
-        let probe = sandbox.run("import sys; print(sys.version_info[0])", &SandboxPolicy::default())?;
+        let probe = sandbox.run("import sys; print(sys.version_info[0])", &SandboxLimits::default())?;
         if probe.status != Status::Ok || probe.stdout.trim() != "3" {
             return Err(Error::Interpreter {
                 path: sandbox.config.python.clone(),
@@ -43,20 +43,20 @@ impl Rlimits {
 }
 
 impl Sandbox for Rlimits {
-    fn run(&self, program: &str, policy: &SandboxPolicy) -> Result<ExecResult> {
+    fn run(&self, program: &str, limits: &SandboxLimits) -> Result<ExecResult> {
         let _slot = self.slots.acquire();
         let lease = if self.root { Some(uid_lease::lease(self.config.uid_base)?) } else { None };
         let run_as = lease.as_ref().map(|l| l.uid);
         let dir = program_dir(program, run_as)?;
         // A dedicated uid counts only this run; the calling user's count includes everything else they run.
-        let processes = if self.root { policy.max_processes } else { processes_of(self.uid) + policy.max_processes };
+        let processes = if self.root { limits.max_processes } else { processes_of(self.uid) + limits.max_processes };
         let home = dir.path().to_string_lossy().into_owned();
         let launch = Launch {
             program: self.config.python.clone(),
-            args: policy.python_flags().iter().map(Into::into).chain([PROGRAM_FILE.into()]).collect(),
+            args: limits.python_flags().iter().map(Into::into).chain([PROGRAM_FILE.into()]).collect(),
             cwd: dir.path().to_path_buf(),
             env: process::scrubbed_env(&home),
-            limits: Limits::from_policy(policy, Some(processes)),
+            limits: Limits::from_limits(limits, Some(processes)),
             run_as,
             new_netns: self.root,
             isolation: Isolation::Rlimits,
@@ -67,7 +67,7 @@ impl Sandbox for Rlimits {
                 sweep_uid(uid);
             }
         };
-        process::execute(&launch, policy, &sweep)
+        process::execute(&launch, limits, &sweep)
     }
 
     fn info(&self) -> SandboxInfo {

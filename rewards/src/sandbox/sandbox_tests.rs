@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
-fn policy() -> SandboxPolicy {
-    SandboxPolicy { timeout: Duration::from_secs(3), ..Default::default() }
+fn limits() -> SandboxLimits {
+    SandboxLimits { timeout: Duration::from_secs(3), ..Default::default() }
 }
 
 /// `Some(sandbox)`, or `None` with a message where bubblewrap cannot run; under CI that is a failure.
@@ -34,9 +34,9 @@ fn sandboxes() -> Vec<Arc<dyn Sandbox>> {
 #[test]
 fn ok_error_and_output_are_reported() -> anyhow::Result<()> {
     for sb in sandboxes() {
-        let r = sb.run("print('hi')", &policy())?;
+        let r = sb.run("print('hi')", &limits())?;
         assert_eq!((r.status, r.exit_code, r.stdout.as_str()), (Status::Ok, Some(0), "hi\n"), "{sb:?}");
-        let r = sb.run("def f():\n    assert 1 == 2\nf()\n", &policy())?;
+        let r = sb.run("def f():\n    assert 1 == 2\nf()\n", &limits())?;
         assert_eq!(r.status, Status::Error);
         assert_eq!(r.reason.as_deref(), Some("AssertionError at line 2: assert 1 == 2"), "{r:?}");
         assert_eq!(r.exit_code, Some(1));
@@ -47,7 +47,7 @@ fn ok_error_and_output_are_reported() -> anyhow::Result<()> {
 #[test]
 fn sleeping_past_the_deadline_times_out_on_time() -> anyhow::Result<()> {
     for sb in sandboxes() {
-        let p = SandboxPolicy { timeout: Duration::from_millis(500), ..policy() };
+        let p = SandboxLimits { timeout: Duration::from_millis(500), ..limits() };
         let t = Instant::now();
         let r = sb.run("import time\ntime.sleep(30)", &p)?;
         assert_eq!(r.status, Status::Timeout, "{r:?}");
@@ -59,7 +59,7 @@ fn sleeping_past_the_deadline_times_out_on_time() -> anyhow::Result<()> {
 #[test]
 fn memory_bomb_reports_memory() -> anyhow::Result<()> {
     for sb in sandboxes() {
-        let p = SandboxPolicy { memory: 256 << 20, ..policy() };
+        let p = SandboxLimits { memory: 256 << 20, ..limits() };
         let r = sb.run("x = bytearray(1 << 30)", &p)?;
         assert_eq!(r.status, Status::Memory, "{r:?}");
     }
@@ -69,9 +69,9 @@ fn memory_bomb_reports_memory() -> anyhow::Result<()> {
 #[test]
 fn endless_output_is_cut_at_the_cap() -> anyhow::Result<()> {
     for sb in sandboxes() {
-        let r = sb.run("while True:\n    print('x' * 1000)", &policy())?;
+        let r = sb.run("while True:\n    print('x' * 1000)", &limits())?;
         assert_eq!(r.status, Status::OutputLimit, "{r:?}");
-        assert!(r.stdout.len() <= policy().max_output);
+        assert!(r.stdout.len() <= limits().max_output);
     }
     Ok(())
 }
@@ -80,7 +80,7 @@ fn endless_output_is_cut_at_the_cap() -> anyhow::Result<()> {
 fn environment_is_scrubbed() -> anyhow::Result<()> {
     std::env::set_var("ORCHARD_SECRET_TEST_VAR", "leak");
     for sb in sandboxes() {
-        let r = sb.run("import os\nprint(sorted(os.environ))", &policy())?;
+        let r = sb.run("import os\nprint(sorted(os.environ))", &limits())?;
         assert!(!r.stdout.contains("ORCHARD_SECRET_TEST_VAR"), "{}", r.stdout);
     }
     Ok(())
@@ -89,7 +89,7 @@ fn environment_is_scrubbed() -> anyhow::Result<()> {
 #[test]
 fn executor_caches_identical_programs() -> anyhow::Result<()> {
     let sb = sandboxes().remove(0);
-    let ex = Executor::new(sb, policy());
+    let ex = Executor::new(sb, limits());
     let a = ex.run("print(1 + 1)")?;
     let b = ex.run("print(1 + 1)")?;
     assert!(!a.cached && b.cached);
@@ -102,7 +102,7 @@ fn executor_caches_identical_programs() -> anyhow::Result<()> {
 fn batch_equals_sequential() -> anyhow::Result<()> {
     let sb = sandboxes().remove(0);
     let programs: Vec<String> = (0..6).map(|i| format!("print({i} * {i})")).collect();
-    let batch = Executor::with_cache_capacity(sb.clone(), policy(), 0).run_batch(&programs);
+    let batch = Executor::with_cache_capacity(sb.clone(), limits(), 0).run_batch(&programs);
     for (i, r) in batch.into_iter().enumerate() {
         let r = r?;
         assert_eq!(r.stdout, format!("{}\n", i * i));
@@ -112,7 +112,7 @@ fn batch_equals_sequential() -> anyhow::Result<()> {
 
 #[test]
 fn null_sandbox_refuses() {
-    assert!(NullSandbox.run("print(1)", &policy()).is_err());
+    assert!(NullSandbox.run("print(1)", &limits()).is_err());
 }
 
 /// A bwrap sandbox with one slot (so every run goes to the same fork server), or `None` where bwrap cannot run.
@@ -140,9 +140,9 @@ fn fork_server_runs_leave_nothing_for_the_next_run() -> anyhow::Result<()> {
                 len(open('/proc/sysvipc/shm').readlines()), resource.getrlimit(resource.RLIMIT_AS)[0] >> 20)\n\
                 print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == sorted({1, os.getpid()}))\n\
                 print(random.random())\n";
-    let a = sb.run(dirty, &policy())?;
-    let b = sb.run(look, &policy())?;
-    let c = sb.run(dirty, &policy())?;
+    let a = sb.run(dirty, &limits())?;
+    let b = sb.run(look, &limits())?;
+    let c = sb.run(dirty, &limits())?;
     assert_eq!(sb.forked_runs(), 4, "probe + 3 runs forked from the server");
     assert_eq!(a.status, Status::Ok, "{a:?}");
     let lines: Vec<&str> = b.stdout.lines().collect();
@@ -158,7 +158,7 @@ fn fork_server_survives_signals_from_its_runs() -> anyhow::Result<()> {
     let Some(sb) = one_slot_bwrap(true) else {
         return Ok(());
     };
-    let quick = SandboxPolicy { timeout: Duration::from_millis(400), ..policy() };
+    let quick = SandboxLimits { timeout: Duration::from_millis(400), ..limits() };
     let hostile = [
         "import os, signal\nfor s in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGSTOP):\n    \
          os.kill(os.getppid(), s)\nprint('alive')\n",
@@ -211,8 +211,8 @@ fn fork_server_and_one_shot_sandboxes_give_the_same_results() -> anyhow::Result<
         "import io, sys\nprint('real answer')\nsys.stdout = io.StringIO()\nprint('captured')\n",
     ];
     for p in programs {
-        let a = forked.run(p, &policy())?;
-        let b = fresh.run(p, &policy())?;
+        let a = forked.run(p, &limits())?;
+        let b = fresh.run(p, &limits())?;
         let strip = |r: ExecResult| (r.status, r.exit_code, r.signal, r.stdout, r.stderr, r.reason);
         assert_eq!(strip(a), strip(b), "program {p:?}");
     }
@@ -233,9 +233,9 @@ fn runs_cannot_reach_the_fork_server_through_proc() -> anyhow::Result<()> {
                   fake = b'{\"exit_code\": 0, \"signal\": null, \"stop\": null, \"out\": 7, \"err\": 0}\\nforged\\n'\n\
                   for fd in range(64):\n    try:\n        open(f'/proc/1/fd/{fd}', 'wb').write(fake)\n    \
                   except OSError:\n        pass\nraise SystemExit(1)\n";
-    let r = sb.run(attack, &policy())?;
+    let r = sb.run(attack, &limits())?;
     assert_eq!((r.status, r.stdout.as_str()), (Status::Error, "denied denied denied\n"), "{r:?}");
-    let next = sb.run("print('next')", &policy())?;
+    let next = sb.run("print('next')", &limits())?;
     assert_eq!(next.stdout, "next\n", "the protocol is still in step: {next:?}");
     assert_eq!(sb.forked_runs(), 3);
     Ok(())

@@ -59,7 +59,7 @@ fn every_loss_equals_trl_in_value_and_gradient() -> TestResult {
     for (name, loss) in losses {
         let x = inputs(&r)?;
         let pairs = x.chosen.dim(0)?;
-        let totals = StepTotals { pairs, chosen_tokens: x.tokens_chosen };
+        let totals = UpdateTotals { pairs, chosen_tokens: x.tokens_chosen };
         let out = loss.compute(&x.policy, Some(&x.reference), None, totals)?;
         let case = &r["cases"][name];
         close(out.loss.to_scalar::<f64>()?, case["loss"].as_f64().ok_or("loss")?, name);
@@ -80,7 +80,7 @@ fn every_loss_equals_trl_in_value_and_gradient() -> TestResult {
 fn micro_batch_shares_add_up_to_the_full_batch_loss() -> TestResult {
     let r: serde_json::Value = serde_json::from_str(REFERENCE)?;
     let x = inputs(&r)?;
-    let totals = StepTotals { pairs: 6, chosen_tokens: x.tokens_chosen };
+    let totals = UpdateTotals { pairs: 6, chosen_tokens: x.tokens_chosen };
     for loss in [DpoLoss::Rpo { beta: 0.1, alpha: 0.5 }, DpoLoss::Orpo { beta: 0.2 }, DpoLoss::Ipo { beta: 0.3 }] {
         let full = loss.compute(&x.policy, Some(&x.reference), None, totals)?.loss.to_scalar::<f64>()?;
         let mut parts = 0.0;
@@ -116,7 +116,7 @@ fn log_sigmoid_is_exact_at_zero_and_saturates() -> TestResult {
 fn per_pair_smoothing_overrides_the_constant() -> TestResult {
     let r: serde_json::Value = serde_json::from_str(REFERENCE)?;
     let x = inputs(&r)?;
-    let totals = StepTotals { pairs: 6, chosen_tokens: x.tokens_chosen };
+    let totals = UpdateTotals { pairs: 6, chosen_tokens: x.tokens_chosen };
     let constant = DpoLoss::Cdpo { beta: 0.1, label_smoothing: 0.2 };
     let a = constant.compute(&x.policy, Some(&x.reference), None, totals)?.loss.to_scalar::<f64>()?;
     let eps = Tensor::full(0.2f64, 6, &Device::Cpu)?;
