@@ -8,7 +8,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use orchard_engine::bench::prompt_ids;
 use orchard_engine::kernels::dense::{self, PackedMatrix};
 use orchard_engine::kernels::quant::{self, QActs, QRows};
-use orchard_engine::{Engine, LogitRows, Precision, Step, TokenId};
+use orchard_engine::{Chunk, Engine, LogitRows, Precision, TokenId};
 
 /// Deterministic pseudo-random values in [−1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -73,20 +73,20 @@ fn default_model(c: &mut Criterion) {
     g.bench_function("prefill_200", |b| {
         b.iter(|| {
             let mut cache = model.new_cache();
-            let mut steps = [Step { cache: &mut cache, tokens: &prompt, logits: LogitRows::Last }];
-            black_box(model.forward(&mut steps, Precision::Quantized).expect("forward"));
+            let mut chunks = [Chunk { cache: &mut cache, tokens: &prompt, logits: LogitRows::Last }];
+            black_box(model.forward(&mut chunks, Precision::Quantized).expect("forward"));
         })
     });
     for batch in [1usize, 16] {
         let prompts: Vec<_> = (0..batch).map(|i| prompt_ids(&base, 200, i)).collect();
         let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
         {
-            let mut steps: Vec<Step<'_>> = caches
+            let mut chunks: Vec<Chunk<'_>> = caches
                 .iter_mut()
                 .zip(&prompts)
-                .map(|(c, p)| Step { cache: c, tokens: p, logits: LogitRows::None })
+                .map(|(c, p)| Chunk { cache: c, tokens: p, logits: LogitRows::None })
                 .collect();
-            model.forward(&mut steps, Precision::Quantized).expect("prefill");
+            model.forward(&mut chunks, Precision::Quantized).expect("prefill");
         }
         let next = [[42u32]; 64];
         g.throughput(Throughput::Elements(batch as u64));
@@ -94,12 +94,12 @@ fn default_model(c: &mut Criterion) {
             b.iter(|| {
                 // Fork so every iteration decodes at the same context length (the fork copies one block).
                 let mut forks: Vec<_> = caches.to_vec();
-                let mut steps: Vec<Step<'_>> = forks
+                let mut chunks: Vec<Chunk<'_>> = forks
                     .iter_mut()
                     .zip(&next)
-                    .map(|(c, t)| Step { cache: c, tokens: t, logits: LogitRows::Last })
+                    .map(|(c, t)| Chunk { cache: c, tokens: t, logits: LogitRows::Last })
                     .collect();
-                black_box(model.forward(&mut steps, Precision::Quantized).expect("decode"));
+                black_box(model.forward(&mut chunks, Precision::Quantized).expect("decode"));
             })
         });
     }

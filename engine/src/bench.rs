@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::error::Result;
 use crate::kv::KvCache;
-use crate::model::{LogitRows, Model, Step, TokenId};
+use crate::model::{Chunk, LogitRows, Model, TokenId};
 use crate::sampling::{sample, SamplingParams, SeqRng};
 use crate::weights::Precision;
 
@@ -20,8 +20,8 @@ pub fn prompt_ids(base: &[TokenId], len: usize, index: usize) -> Vec<TokenId> {
 pub fn time_prefill(model: &Model, tokens: &[TokenId], precision: Precision) -> Result<f64> {
     let mut cache = model.new_cache();
     let start = Instant::now();
-    let mut steps = [Step { cache: &mut cache, tokens, logits: LogitRows::Last }];
-    model.forward(&mut steps, precision)?;
+    let mut chunks = [Chunk { cache: &mut cache, tokens, logits: LogitRows::Last }];
+    model.forward(&mut chunks, precision)?;
     Ok(start.elapsed().as_secs_f64())
 }
 
@@ -31,12 +31,12 @@ pub fn time_decode(model: &Model, prompts: &[Vec<TokenId>], new_tokens: usize, p
     let mut caches: Vec<KvCache> = prompts.iter().map(|_| model.new_cache()).collect();
     let mut last: Vec<[TokenId; 1]> = Vec::with_capacity(prompts.len());
     {
-        let mut steps: Vec<Step<'_>> = caches
+        let mut chunks: Vec<Chunk<'_>> = caches
             .iter_mut()
             .zip(prompts)
-            .map(|(c, p)| Step { cache: c, tokens: p, logits: LogitRows::Last })
+            .map(|(c, p)| Chunk { cache: c, tokens: p, logits: LogitRows::Last })
             .collect();
-        let logits = model.forward(&mut steps, precision)?;
+        let logits = model.forward(&mut chunks, precision)?;
         let greedy = SamplingParams::greedy(1);
         let mut rng = SeqRng::new(0);
         for i in 0..prompts.len() {
@@ -47,10 +47,10 @@ pub fn time_decode(model: &Model, prompts: &[Vec<TokenId>], new_tokens: usize, p
     let mut rng = SeqRng::new(0);
     let start = Instant::now();
     for _ in 0..new_tokens {
-        let mut steps: Vec<Step<'_>> =
-            caches.iter_mut().zip(&last).map(|(c, t)| Step { cache: c, tokens: t, logits: LogitRows::Last }).collect();
-        let logits = model.forward(&mut steps, precision)?;
-        drop(steps);
+        let mut chunks: Vec<Chunk<'_>> =
+            caches.iter_mut().zip(&last).map(|(c, t)| Chunk { cache: c, tokens: t, logits: LogitRows::Last }).collect();
+        let logits = model.forward(&mut chunks, precision)?;
+        drop(chunks);
         for (i, t) in last.iter_mut().enumerate() {
             t[0] = sample(logits.row(i, 0), &greedy, &mut rng).token;
         }

@@ -326,11 +326,11 @@ pub fn run_tree(
 /// Largest |Δ| between the next-token log-softmax of the CPU engine's f32 path and this GPU model, at the last
 /// position of each prompt (prompts prefilled together as one ragged batch on both sides).
 pub fn max_logsoftmax_diff(cpu: &Model, model: &GpuModel, prompts: &[Vec<TokenId>]) -> Result<f64> {
-    use crate::model::{LogitRows, Step};
+    use crate::model::{Chunk, LogitRows};
     let mut caches: Vec<_> = prompts.iter().map(|_| cpu.new_cache()).collect();
-    let mut steps: Vec<_> =
-        caches.iter_mut().zip(prompts).map(|(cache, p)| Step { cache, tokens: p, logits: LogitRows::Last }).collect();
-    let want = cpu.forward(&mut steps, crate::weights::Precision::F32)?;
+    let mut chunks: Vec<_> =
+        caches.iter_mut().zip(prompts).map(|(cache, p)| Chunk { cache, tokens: p, logits: LogitRows::Last }).collect();
+    let want = cpu.forward(&mut chunks, crate::weights::Precision::F32)?;
     let (_, logits) = model.prefill(prompts, 0)?;
     let got = GpuModel::logits_to_host(&logits)?;
     let log_softmax = |row: &[f32]| -> Vec<f64> {

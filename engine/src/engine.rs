@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::chat::{ChatTemplate, Message};
@@ -12,13 +11,13 @@ use crate::gguf::GgufFile;
 use crate::hub::{self, ModelSource};
 use crate::kernels::ops::log_sum_exp;
 use crate::kv::KvCache;
-use crate::model::{LogitRows, Model, Step, TokenId};
-use crate::sampling::{sample, sample_seed, SamplingParams, SeqRng};
+use crate::model::{Chunk, LogitRows, Model, TokenId};
+use crate::sampling::{sample_seed, SamplingParams};
+use crate::scheduler::{check_request, Batcher, SchedulerConfig};
 use crate::tokenizer::Tokenizer;
 use crate::weights::Precision;
 
-/// Default number of sequences decoded together.
-pub const DEFAULT_MAX_BATCH: usize = 64;
+pub use crate::scheduler::DEFAULT_MAX_BATCH;
 /// Default number of prompt tokens run per forward while prefilling.
 pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 
@@ -137,7 +136,7 @@ pub struct GenerateOptions {
     pub precision: Option<Precision>,
     /// Most sequences decoded together. Default [`DEFAULT_MAX_BATCH`].
     pub max_batch: usize,
-    /// Most prompt tokens per forward. Default [`DEFAULT_PREFILL_CHUNK`].
+    /// Most rows (decode tokens plus prompt tokens) per forward. Default [`DEFAULT_PREFILL_CHUNK`].
     pub prefill_chunk: usize,
 }
 
@@ -287,8 +286,9 @@ impl Engine {
         self.tokenizer.encode(&text, raw)
     }
 
-    /// Generates `n` samples for each request, batching every open sequence into each forward. Results come back
-    /// in request order, samples in index order.
+    /// Generates `n` samples for each request, batching every open sequence into each forward (the scheduler's
+    /// batching loop, driven synchronously: a request's prompt is computed once and its samples fork from it).
+    /// Results come back in request order, samples in index order.
     pub fn generate(
         &self,
         requests: &[GenerateRequest],
@@ -298,136 +298,33 @@ impl Engine {
         let _span = tracing::debug_span!("generate", requests = requests.len()).entered();
         let ctx = self.model.config().max_position_embeddings;
         for (i, r) in requests.iter().enumerate() {
-            r.params.validate().map_err(|e| Error::Request(format!("request {i}: {e}")))?;
-            if r.prompt.is_empty() {
-                return Err(Error::Request(format!("request {i}: the prompt is empty")));
-            }
-            if r.prompt.len() >= ctx {
-                return Err(Error::Request(format!(
-                    "request {i}: the prompt has {} tokens, the model's context is {ctx}",
-                    r.prompt.len()
-                )));
-            }
+            check_request(&r.prompt, &r.params, ctx).map_err(|e| Error::Request(format!("request {i}: {e}")))?;
             if r.n == 0 {
                 return Err(Error::Request(format!("request {i}: n must be at least 1")));
             }
         }
-        let precision = opts.precision.unwrap_or_else(|| self.model.default_precision());
-        let max_batch = opts.max_batch.max(1);
-        let chunk = opts.prefill_chunk.max(1);
+        let config = SchedulerConfig {
+            max_batch: opts.max_batch.max(1),
+            step_tokens: opts.prefill_chunk.max(1),
+            kv_budget: None,
+            prefix_cache: true,
+            precision: opts.precision,
+        };
+        let mut batcher = Batcher::new(self, config);
+        for (i, r) in requests.iter().enumerate() {
+            let samples = (0..r.n).map(|j| (sample_seed(r.seed, j as u64), (i, j))).collect();
+            batcher.push(r.prompt.clone(), r.params.clone(), samples);
+        }
         let mut results: Vec<Vec<Option<Sample>>> = requests.iter().map(|r| vec![None; r.n]).collect();
         let mut stats = Progress { samples_total: requests.iter().map(|r| r.n).sum(), ..Default::default() };
-        let mut next_request = 0;
-        let mut prefilling: Vec<Prefill> = Vec::new();
-        let mut active: Vec<Seq> = Vec::new();
-
-        while next_request < requests.len() || !prefilling.is_empty() || !active.is_empty() {
-            // 1. Admit prompts while their samples fit in the batch.
-            let mut reserved: usize = active.len() + prefilling.iter().map(|p| requests[p.request].n).sum::<usize>();
-            while next_request < requests.len() {
-                let n = requests[next_request].n;
-                if reserved > 0 && reserved + n > max_batch {
-                    break;
-                }
-                prefilling.push(Prefill { request: next_request, cache: self.model.new_cache(), done: 0 });
-                reserved += n;
-                next_request += 1;
+        while !batcher.is_idle() {
+            for ((i, j), sample) in batcher.step(self)? {
+                results[i][j] = Some(sample);
+                stats.samples_done += 1;
             }
-            // 2. One forward: a decode step for every active sequence, then prefill chunks up to the budget.
-            let mut budget = chunk;
-            let mut plan: Vec<(usize, usize)> = Vec::new(); // (prefill index, tokens this step)
-            for (i, p) in prefilling.iter().enumerate() {
-                if budget == 0 {
-                    break;
-                }
-                let left = requests[p.request].prompt.len() - p.done;
-                let take = left.min(budget);
-                plan.push((i, take));
-                budget -= take;
-            }
-            let last_tokens: Vec<[TokenId; 1]> = active.iter().map(|s| [s.last]).collect();
-            let logits = {
-                let mut steps: Vec<Step<'_>> = Vec::with_capacity(active.len() + plan.len());
-                for (s, tok) in active.iter_mut().zip(&last_tokens) {
-                    steps.push(Step { cache: &mut s.cache, tokens: tok, logits: LogitRows::Last });
-                }
-                let mut planned = plan.iter().peekable();
-                for (i, p) in prefilling.iter_mut().enumerate() {
-                    let Some(&&(pi, take)) = planned.peek() else {
-                        break;
-                    };
-                    if pi != i {
-                        continue;
-                    }
-                    planned.next();
-                    let prompt = &requests[p.request].prompt;
-                    let end = p.done + take;
-                    let rows = if end == prompt.len() { LogitRows::Last } else { LogitRows::None };
-                    steps.push(Step { cache: &mut p.cache, tokens: &prompt[p.done..end], logits: rows });
-                }
-                self.model.forward(&mut steps, precision)?
-            };
-            // 3. Sample the decode steps.
-            let decoded = active.len();
-            let draws: Vec<_> = active
-                .par_iter_mut()
-                .enumerate()
-                .map(|(i, seq)| sample(logits.row(i, 0), &requests[seq.request].params, &mut seq.rng))
-                .collect();
-            for (seq, draw) in active.iter_mut().zip(draws) {
-                seq.push(draw.token, draw.logprob, self, &requests[seq.request].params, ctx)?;
-            }
-            stats.generated_tokens += active.len();
-            // 4. Finish prefills that reached the prompt's end: fork one sequence per sample.
-            let mut finished_prefills = Vec::new();
-            for (k, &(pi, take)) in plan.iter().enumerate() {
-                let p = &mut prefilling[pi];
-                p.done += take;
-                stats.prompt_tokens += take;
-                let req = &requests[p.request];
-                if p.done < req.prompt.len() {
-                    continue;
-                }
-                let row = logits.row(decoded + k, 0).to_vec();
-                for j in 0..req.n {
-                    let seed = sample_seed(req.seed, j as u64);
-                    let mut seq = Seq {
-                        request: p.request,
-                        index: j,
-                        cache: p.cache.clone(),
-                        rng: SeqRng::new(seed),
-                        seed,
-                        tokens: Vec::new(),
-                        logprobs: Vec::new(),
-                        last: 0,
-                        finish: None,
-                        text_len: 0,
-                    };
-                    let draw = sample(&row, &req.params, &mut seq.rng);
-                    seq.push(draw.token, draw.logprob, self, &req.params, ctx)?;
-                    stats.generated_tokens += 1;
-                    active.push(seq);
-                }
-                finished_prefills.push(pi);
-            }
-            for pi in finished_prefills.into_iter().rev() {
-                prefilling.remove(pi);
-            }
-            // 5. Retire finished sequences.
-            let mut i = 0;
-            while i < active.len() {
-                if let Some(reason) = active[i].finish {
-                    let seq = active.swap_remove(i);
-                    let params = &requests[seq.request].params;
-                    let sample = seq.into_sample(self, params, reason)?;
-                    results[sample.0][sample.1] = Some(sample.2);
-                    stats.samples_done += 1;
-                } else {
-                    i += 1;
-                }
-            }
-            // Keep decode order stable (by request, then sample) so batches are reproducible to read.
-            active.sort_by_key(|s| (s.request, s.index));
+            let m = batcher.metrics(self);
+            stats.generated_tokens = m.decode_tokens as usize;
+            stats.prompt_tokens = m.prefill_tokens_computed as usize;
             progress(&stats);
         }
         Ok(results.into_iter().map(|r| r.into_iter().map(|s| s.expect("every sample finishes")).collect()).collect())
@@ -538,14 +435,14 @@ impl Engine {
                     .iter()
                     .map(|&(si, _, _)| (si, caches[si].take().unwrap_or_else(|| self.model.new_cache())))
                     .collect();
-                let mut steps: Vec<Step<'_>> = Vec::with_capacity(batch.len());
+                let mut chunks: Vec<Chunk<'_>> = Vec::with_capacity(batch.len());
                 for ((_, cache), &(si, start, end)) in taken.iter_mut().zip(&batch) {
                     let first = runs[si].1.saturating_sub(start).min(end - start);
                     let rows = if first < end - start { LogitRows::From(first) } else { LogitRows::None };
-                    steps.push(Step { cache, tokens: &seqs[si][start..end], logits: rows });
+                    chunks.push(Chunk { cache, tokens: &seqs[si][start..end], logits: rows });
                 }
-                let logits = self.model.forward(&mut steps, precision)?;
-                drop(steps);
+                let logits = self.model.forward(&mut chunks, precision)?;
+                drop(chunks);
                 for (si, cache) in taken {
                     caches[si] = Some(cache);
                 }
@@ -637,52 +534,6 @@ pub(crate) fn hf_chat_template(dir: &Path) -> Result<Option<String>> {
             .map(str::to_string),
         _ => None,
     })
-}
-
-struct Prefill {
-    request: usize,
-    cache: KvCache,
-    done: usize,
-}
-
-struct Seq {
-    request: usize,
-    index: usize,
-    cache: KvCache,
-    rng: SeqRng,
-    seed: u64,
-    tokens: Vec<TokenId>,
-    logprobs: Vec<f32>,
-    last: TokenId,
-    finish: Option<FinishReason>,
-    /// Bytes of decoded text already searched for stop strings.
-    text_len: usize,
-}
-
-impl Seq {
-    /// Records a sampled token and decides whether the sequence is done.
-    fn push(&mut self, token: TokenId, logprob: f32, engine: &Engine, p: &SamplingParams, ctx: usize) -> Result<()> {
-        self.tokens.push(token);
-        self.logprobs.push(logprob);
-        self.last = token;
-        self.finish = finish_after(&engine.tokenizer, &self.tokens, p, self.cache.len(), ctx, &mut self.text_len)?;
-        Ok(())
-    }
-
-    fn into_sample(self, engine: &Engine, p: &SamplingParams, reason: FinishReason) -> Result<(usize, usize, Sample)> {
-        let text = final_text(&engine.tokenizer, &self.tokens, p)?;
-        Ok((
-            self.request,
-            self.index,
-            Sample {
-                text,
-                token_ids: self.tokens,
-                token_logprobs: self.logprobs,
-                finish_reason: reason,
-                seed: self.seed,
-            },
-        ))
-    }
 }
 
 /// Whether a sequence whose generated tokens are `generated` (the last one just sampled, not yet in a cache of

@@ -14,6 +14,7 @@ use crate::chat::ChatTemplate;
 use crate::engine::{check_vocab, final_text, finish_after, hf_chat_template, render_prompt};
 use crate::error::{Error, Result};
 use crate::sampling::{sample, sample_seed, SamplingParams, SeqRng};
+use crate::scheduler::check_request;
 use crate::tokenizer::Tokenizer;
 use crate::{GenerateRequest, Progress, Prompt, Sample, Scored, TokenId};
 
@@ -169,13 +170,7 @@ impl GenericEngine {
         let mut stats = Progress { samples_total: requests.iter().map(|r| r.n).sum(), ..Default::default() };
         let mut out = Vec::with_capacity(requests.len());
         for (i, r) in requests.iter().enumerate() {
-            r.params.validate().map_err(|e| Error::Request(format!("request {i}: {e}")))?;
-            if r.prompt.is_empty() || r.prompt.len() >= ctx {
-                return Err(Error::Request(format!(
-                    "request {i}: the prompt has {} tokens, the model's context is {ctx}",
-                    r.prompt.len()
-                )));
-            }
+            check_request(&r.prompt, &r.params, ctx).map_err(|e| Error::Request(format!("request {i}: {e}")))?;
             self.check(&r.prompt, &format!("request {i}"))?;
             let mut prefilled = self.fresh()?;
             let first = prefilled.forward(&r.prompt, 0)?;

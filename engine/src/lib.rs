@@ -50,7 +50,7 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use generic::{AnyEngine, GenericEngine};
 pub use kv::KvCache;
-pub use model::{LogitRows, Logits, Model, QkNorm, SandwichNorms, Step, TokenId};
+pub use model::{Chunk, LogitRows, Logits, Model, QkNorm, SandwichNorms, TokenId};
 pub use sampling::SamplingParams;
 pub use scheduler::{Metrics, Scheduler, SchedulerConfig, SeqRequest};
 pub use tokenizer::Tokenizer;

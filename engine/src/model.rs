@@ -99,7 +99,7 @@ pub enum LogitRows {
 
 /// New tokens of one sequence in a batched forward.
 #[derive(Debug)]
-pub struct Step<'a> {
+pub struct Chunk<'a> {
     /// The sequence's cache; the new tokens are appended to it.
     pub cache: &'a mut KvCache,
     /// Tokens to run.
@@ -108,7 +108,7 @@ pub struct Step<'a> {
     pub logits: LogitRows,
 }
 
-/// Logits of a batched forward: one `vocab`-wide row per requested position, steps in order.
+/// Logits of a batched forward: one `vocab`-wide row per requested position, chunks in order.
 #[derive(Debug, Default)]
 pub struct Logits {
     /// Row-major values.
@@ -401,26 +401,39 @@ impl Model {
         &self.pool
     }
 
-    /// Runs the new tokens of every step through the model in one batched forward, appending them to the steps'
+    /// Runs the new tokens of every chunk through the model in one batched forward, appending them to the chunks'
     /// caches, and returns the requested logits.
-    pub fn forward(&self, steps: &mut [Step<'_>], precision: Precision) -> Result<Logits> {
+    pub fn forward(&self, chunks: &mut [Chunk<'_>], precision: Precision) -> Result<Logits> {
         // The forward runs on a thread of the compute pool: its ~10 parallel loops per layer then fork from inside
         // the pool, instead of each being injected from outside and waking the workers (`rayon::scope` runs its
         // closure inline when already on a pool thread).
-        rayon::scope(|_| self.forward_on_pool(steps, precision))
+        rayon::scope(|_| self.forward_on_pool(chunks, precision))
     }
 
-    fn forward_on_pool(&self, steps: &mut [Step<'_>], precision: Precision) -> Result<Logits> {
-        let cfg = &self.config;
-        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (heads, kvh) = (cfg.num_heads, cfg.num_kv_heads);
-        let qkv_w = cfg.qkv_width();
-        let f = cfg.intermediate_size;
+    fn forward_on_pool(&self, chunks: &mut [Chunk<'_>], precision: Precision) -> Result<Logits> {
+        let rows = self.lay_out(chunks)?;
+        let mut x = self.embed(chunks, rows.positions.len());
+        let mut buf = Buffers::new(&self.config, rows.positions.len());
+        let rope = Rope {
+            global: ops::rope_table(&rows.positions, &self.inv_freq),
+            local: self.local_inv_freq.as_ref().map(|f| ops::rope_table(&rows.positions, f)),
+        };
+        for (li, layer) in self.layers.iter().enumerate() {
+            self.attention_block(li, layer, chunks, &rows, &rope, precision, &mut x, &mut buf);
+            self.mlp_block(layer, precision, &mut x, &mut buf);
+        }
+        for s in chunks.iter_mut() {
+            s.cache.commit(s.tokens.len());
+        }
+        self.head(chunks, &x, precision)
+    }
 
-        // 0. Validate, reserve cache space, lay out rows.
-        let mut positions = Vec::new();
-        let mut starts = Vec::with_capacity(steps.len());
-        for s in steps.iter_mut() {
+    /// Checks every chunk (its cache is this model's, it fits the context, its tokens are in the vocabulary),
+    /// reserves its cache space and lays out its rows.
+    fn lay_out(&self, chunks: &mut [Chunk<'_>]) -> Result<RowLayout> {
+        let cfg = &self.config;
+        let mut rows = RowLayout::default();
+        for s in chunks.iter_mut() {
             if s.cache.layout() != self.kv_layout() {
                 return Err(Error::Request("a KV cache from another model was passed to forward".into()));
             }
@@ -435,114 +448,119 @@ impl Model {
                 return Err(Error::Request(format!("token id {t} is outside the vocabulary ({})", cfg.vocab_size)));
             }
             let start = s.cache.reserve(s.tokens.len());
-            starts.push(start);
-            positions.extend(start..end);
+            rows.first_rows.push(rows.positions.len());
+            rows.starts.push(start);
+            rows.positions.extend(start..end);
         }
-        let t = positions.len();
-        let first_rows: Vec<usize> = steps
-            .iter()
-            .scan(0, |row, s| {
-                let first = *row;
-                *row += s.tokens.len();
-                Some(first)
-            })
-            .collect();
+        Ok(rows)
+    }
 
-        // 1. Embed.
+    /// The token embeddings of every row (scaled by `√d` where the architecture does: HF Gemma's factor, rounded
+    /// to the weights' dtype, f32 here).
+    fn embed(&self, chunks: &[Chunk<'_>], t: usize) -> Vec<f32> {
+        let d = self.config.hidden_size;
         let mut x = vec![0f32; t * d];
-        let ids: Vec<TokenId> = steps.iter().flat_map(|s| s.tokens.iter().copied()).collect();
-        for (row, &id) in x.chunks_mut(d).zip(&ids) {
+        let ids = chunks.iter().flat_map(|s| s.tokens.iter().copied());
+        for (row, id) in x.chunks_mut(d).zip(ids) {
             self.embed_tokens.row(id as usize, row);
         }
-        if cfg.arch.scales_embedding() {
-            // HF Gemma: `embed(ids) · hidden_size**0.5`, the factor rounded to the weights' dtype (f32 here).
+        if self.config.arch.scales_embedding() {
             let scale = (d as f32).sqrt();
             x.iter_mut().for_each(|v| *v *= scale);
         }
+        x
+    }
 
-        let mut h = vec![0f32; t * d];
-        let mut qkv = vec![0f32; t * qkv_w];
-        let mut attn = vec![0f32; t * heads * hd];
-        let mut proj = vec![0f32; t * d];
-        let mut gate_up = vec![0f32; t * 2 * f];
-        let mut act = vec![0f32; t * f];
-        let global = AttnShape { heads, kv_heads: kvh, head_dim: hd, window: None };
-        let angles = ops::rope_table(&positions, &self.inv_freq);
-        let local_angles = self.local_inv_freq.as_ref().map(|f| ops::rope_table(&positions, f));
+    /// `x += attention(norm(x))` for layer `li`: the new keys and values go to each chunk's cache.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_block(
+        &self,
+        li: usize,
+        layer: &Layer,
+        chunks: &mut [Chunk<'_>],
+        rows: &RowLayout,
+        rope: &Rope,
+        precision: Precision,
+        x: &mut [f32],
+        buf: &mut Buffers,
+    ) {
+        let cfg = &self.config;
+        let (hd, heads, kvh) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
+        let (qkv_w, t, eps) = (cfg.qkv_width(), rows.positions.len(), cfg.rms_norm_eps);
+        let sliding = cfg.sliding_window.as_ref().filter(|sw| sw.layers[li]);
+        let shape = AttnShape { heads, kv_heads: kvh, head_dim: hd, window: sliding.map(|sw| sw.window) };
+        let angles = match (sliding, &rope.local) {
+            (Some(_), Some(local)) => local,
+            _ => &rope.global,
+        };
+        let qkv = &mut buf.qkv;
+        ops::rms_norm(x, &layer.input_layernorm, eps, &mut buf.h);
+        layer.qkv_proj.forward(&buf.h, t, precision, qkv);
+        if let Some(b) = &layer.qkv_bias {
+            qkv.chunks_mut(qkv_w).for_each(|row| ops::add_assign(row, b));
+        }
+        if let Some(n) = &layer.qk_norm {
+            n.apply(qkv, qkv_w, heads, kvh, eps);
+        }
+        ops::rope(qkv, qkv_w, heads + kvh, angles, self.inv_freq.len());
         // The kernels scale scores by head_dim^-1/2; a model asking for query_pre_attn_scalar^-1/2 instead gets its
         // queries multiplied by the ratio first.
-        let q_scale = cfg.query_pre_attn_scalar.map(|s| (hd as f32).sqrt() / s.sqrt()).filter(|&c| c != 1.0);
-
-        for (li, layer) in self.layers.iter().enumerate() {
-            let sliding = cfg.sliding_window.as_ref().filter(|sw| sw.layers[li]);
-            let shape = AttnShape { window: sliding.map(|sw| sw.window), ..global };
-            let angles = match (sliding, &local_angles) {
-                (Some(_), Some(local)) => local,
-                _ => &angles,
-            };
-            // 2. Attention block.
-            ops::rms_norm(&x, &layer.input_layernorm, cfg.rms_norm_eps, &mut h);
-            layer.qkv_proj.forward(&h, t, precision, &mut qkv);
-            if let Some(b) = &layer.qkv_bias {
-                for row in qkv.chunks_mut(qkv_w) {
-                    ops::add_assign(row, b);
-                }
-            }
-            if let Some(n) = &layer.qk_norm {
-                n.apply(&mut qkv, qkv_w, heads, kvh, cfg.rms_norm_eps);
-            }
-            ops::rope(&mut qkv, qkv_w, heads + kvh, angles, self.inv_freq.len());
-            if let Some(c) = q_scale {
-                qkv.par_chunks_mut(qkv_w).for_each(|row| row[..heads * hd].iter_mut().for_each(|v| *v *= c));
-            }
-            // Each step writes its own cache: in parallel (the transposed key writes touch a cache line per
-            // dimension, a few percent of decode at B = 64 when done by one thread).
-            let write = |(s, (&first, &start)): (&mut Step<'_>, (&usize, &usize))| {
-                for i in 0..s.tokens.len() {
-                    let r = &qkv[(first + i) * qkv_w..(first + i + 1) * qkv_w];
-                    let (k, v) = r[heads * hd..].split_at(kvh * hd);
-                    s.cache.write(li, start + i, k, v);
-                }
-            };
-            steps.par_iter_mut().zip(first_rows.par_iter().zip(&starts)).for_each(write);
-            let seqs: Vec<AttnSeq> = steps
-                .iter()
-                .zip(first_rows.iter().zip(&starts))
-                .map(|(s, (&first_row, &start_pos))| AttnSeq {
-                    cache: &*s.cache,
-                    first_row,
-                    rows: s.tokens.len(),
-                    start_pos,
-                })
-                .collect();
-            attention(li, &qkv, qkv_w, &seqs, shape, &mut attn);
-            layer.o_proj.forward(&attn, t, precision, &mut proj);
-            if let Some(n) = &layer.sandwich {
-                ops::rms_norm(&proj, &n.after_attention, cfg.rms_norm_eps, &mut h);
-                std::mem::swap(&mut proj, &mut h);
-            }
-            ops::add_assign(&mut x, &proj);
-
-            // 3. MLP block.
-            ops::rms_norm(&x, &layer.post_attention_layernorm, cfg.rms_norm_eps, &mut h);
-            layer.gate_up_proj.forward(&h, t, precision, &mut gate_up);
-            ops::gated(cfg.hidden_act, &gate_up, f, &mut act);
-            layer.down_proj.forward(&act, t, precision, &mut proj);
-            if let Some(n) = &layer.sandwich {
-                ops::rms_norm(&proj, &n.after_mlp, cfg.rms_norm_eps, &mut h);
-                std::mem::swap(&mut proj, &mut h);
-            }
-            ops::add_assign(&mut x, &proj);
+        if let Some(c) = cfg.query_pre_attn_scalar.map(|s| (hd as f32).sqrt() / s.sqrt()).filter(|&c| c != 1.0) {
+            qkv.par_chunks_mut(qkv_w).for_each(|row| row[..heads * hd].iter_mut().for_each(|v| *v *= c));
         }
-        for s in steps.iter_mut() {
-            s.cache.commit(s.tokens.len());
-        }
+        // Each chunk writes its own cache: in parallel (the transposed key writes touch a cache line per
+        // dimension, a few percent of decode at B = 64 when done by one thread).
+        let qkv = &*qkv;
+        let write = |(s, (&first, &start)): (&mut Chunk<'_>, (&usize, &usize))| {
+            for i in 0..s.tokens.len() {
+                let r = &qkv[(first + i) * qkv_w..(first + i + 1) * qkv_w];
+                let (k, v) = r[heads * hd..].split_at(kvh * hd);
+                s.cache.write(li, start + i, k, v);
+            }
+        };
+        chunks.par_iter_mut().zip(rows.first_rows.par_iter().zip(&rows.starts)).for_each(write);
+        let seqs: Vec<AttnSeq> = chunks
+            .iter()
+            .zip(rows.first_rows.iter().zip(&rows.starts))
+            .map(|(s, (&first_row, &start_pos))| AttnSeq {
+                cache: &*s.cache,
+                first_row,
+                rows: s.tokens.len(),
+                start_pos,
+            })
+            .collect();
+        attention(li, qkv, qkv_w, &seqs, shape, &mut buf.attn);
+        layer.o_proj.forward(&buf.attn, t, precision, &mut buf.proj);
+        self.residual(layer.sandwich.as_ref().map(|n| &n.after_attention[..]), x, buf);
+    }
 
-        // 4. Final norm and LM head on the requested rows only.
+    /// `x += mlp(norm(x))`: gated activation (SwiGLU or GeGLU) between the fused gate/up and the down projection.
+    fn mlp_block(&self, layer: &Layer, precision: Precision, x: &mut [f32], buf: &mut Buffers) {
+        let cfg = &self.config;
+        let (f, t) = (cfg.intermediate_size, x.len() / cfg.hidden_size);
+        ops::rms_norm(x, &layer.post_attention_layernorm, cfg.rms_norm_eps, &mut buf.h);
+        layer.gate_up_proj.forward(&buf.h, t, precision, &mut buf.gate_up);
+        ops::gated(cfg.hidden_act, &buf.gate_up, f, &mut buf.act);
+        layer.down_proj.forward(&buf.act, t, precision, &mut buf.proj);
+        self.residual(layer.sandwich.as_ref().map(|n| &n.after_mlp[..]), x, buf);
+    }
+
+    /// `x += proj`, the block output normalised first where the architecture has sandwich norms (Gemma).
+    fn residual(&self, after: Option<&[f32]>, x: &mut [f32], buf: &mut Buffers) {
+        if let Some(w) = after {
+            ops::rms_norm(&buf.proj, w, self.config.rms_norm_eps, &mut buf.h);
+            std::mem::swap(&mut buf.proj, &mut buf.h);
+        }
+        ops::add_assign(x, &buf.proj);
+    }
+
+    /// Final norm and LM head on the rows whose logits were asked for.
+    fn head(&self, chunks: &[Chunk<'_>], x: &[f32], precision: Precision) -> Result<Logits> {
+        let d = self.config.hidden_size;
         let mut picked = Vec::new();
-        let mut spans = Vec::with_capacity(steps.len());
+        let mut spans = Vec::with_capacity(chunks.len());
         let mut row = 0;
-        for s in steps.iter() {
+        for s in chunks {
             let n = s.tokens.len();
             let range = match s.logits {
                 LogitRows::None => 0..0,
@@ -558,12 +576,51 @@ impl Model {
             dst.copy_from_slice(&x[r * d..(r + 1) * d]);
         }
         let mut normed = vec![0f32; sel.len()];
-        ops::rms_norm(&sel, &self.norm, cfg.rms_norm_eps, &mut normed);
-        let vocab = cfg.vocab_size;
+        ops::rms_norm(&sel, &self.norm, self.config.rms_norm_eps, &mut normed);
+        let vocab = self.config.vocab_size;
         let mut values = vec![0f32; picked.len() * vocab];
         if !picked.is_empty() {
             self.lm_head().forward(&normed, picked.len(), precision, &mut values);
         }
         Ok(Logits { values, vocab, spans })
+    }
+}
+
+/// Where the rows of a batched forward come from: each row's position, and per chunk its first cache position and
+/// its first row.
+#[derive(Default)]
+struct RowLayout {
+    positions: Vec<usize>,
+    starts: Vec<usize>,
+    first_rows: Vec<usize>,
+}
+
+/// Rotary tables of a forward's rows: the global one, and the sliding layers' own where their base differs.
+struct Rope {
+    global: Vec<f32>,
+    local: Option<Vec<f32>>,
+}
+
+/// Activation buffers of one forward, reused by every layer.
+struct Buffers {
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
+}
+
+impl Buffers {
+    fn new(cfg: &ModelConfig, t: usize) -> Self {
+        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+        Buffers {
+            h: vec![0f32; t * d],
+            qkv: vec![0f32; t * cfg.qkv_width()],
+            attn: vec![0f32; t * cfg.num_heads * cfg.head_dim],
+            proj: vec![0f32; t * d],
+            gate_up: vec![0f32; t * 2 * f],
+            act: vec![0f32; t * f],
+        }
     }
 }

@@ -28,12 +28,13 @@ use serde::Serialize;
 use crate::engine::{final_text, finish_after, Engine, FinishReason, Sample, Scored};
 use crate::error::{Error, Result};
 use crate::kv::{KvCache, BLOCK_TOKENS};
-use crate::model::{LogitRows, Step, TokenId};
+use crate::model::{Chunk, LogitRows, Logits, TokenId};
 use crate::prefix::PrefixIndex;
-use crate::sampling::{sample, SamplingParams, SeqRng};
+use crate::sampling::{sample, Draw, SamplingParams, SeqRng};
+use crate::tokenizer::Tokenizer;
 use crate::weights::Precision;
 
-/// Default number of sequences decoded together.
+/// Default number of sequences decoded together (the scheduler and [`Engine::generate`] alike).
 pub const DEFAULT_MAX_BATCH: usize = 128;
 /// Default rows (tokens) per forward.
 pub const DEFAULT_STEP_TOKENS: usize = 512;
@@ -205,8 +206,22 @@ impl Drop for Scheduler {
     }
 }
 
-/// One sequence: waiting (no cache) or running.
-struct Seq {
+/// The one check of a continuation before it is batched: sampling parameters, a non-empty prompt that leaves room
+/// in the model's context (`ctx`).
+pub(crate) fn check_request(tokens: &[TokenId], params: &SamplingParams, ctx: usize) -> Result<()> {
+    params.validate()?;
+    if tokens.is_empty() {
+        return Err(Error::Request("the prompt is empty".into()));
+    }
+    if tokens.len() >= ctx {
+        return Err(Error::Request(format!("the prompt has {} tokens, the model's context is {ctx}", tokens.len())));
+    }
+    Ok(())
+}
+
+/// One sequence: waiting (no cache) or running. Its sample goes to `tag`; `twins` are further samples of the same
+/// tokens (their seeds and tags), forked from this sequence's cache and last logits when its prompt is computed.
+struct Seq<T> {
     tokens: Vec<TokenId>,
     prompt_len: usize,
     params: SamplingParams,
@@ -217,135 +232,110 @@ struct Seq {
     cache: Option<KvCache>,
     /// Whether the prompt's blocks went to the index already.
     shared: bool,
-    reply: Sender<Result<Sample>>,
+    tag: T,
+    twins: Vec<(u64, T)>,
 }
 
-impl Seq {
-    fn generated(&self) -> &[TokenId] {
-        &self.tokens[self.prompt_len..]
-    }
-}
-
-struct Worker {
-    engine: Arc<Engine>,
-    config: SchedulerConfig,
-    precision: Precision,
-    index: PrefixIndex,
-    waiting: VecDeque<Seq>,
-    running: Vec<Seq>,
-    metrics: Metrics,
-    shared: Arc<Mutex<Metrics>>,
-}
-
-impl Worker {
-    fn new(engine: Arc<Engine>, config: SchedulerConfig, shared: Arc<Mutex<Metrics>>) -> Self {
-        let precision = config.precision.unwrap_or_else(|| engine.model().default_precision());
-        let index = PrefixIndex::new(engine.model().version());
-        Worker {
-            engine,
-            config,
-            precision,
-            index,
-            waiting: VecDeque::new(),
-            running: Vec::new(),
-            metrics: Metrics::default(),
-            shared,
-        }
-    }
-
-    fn run(mut self, rx: Receiver<Msg>) {
-        loop {
-            // 1. Take new work: block when idle, drain otherwise.
-            if self.waiting.is_empty() && self.running.is_empty() {
-                match rx.recv() {
-                    Ok(msg) => {
-                        if !self.handle(msg) {
-                            return;
-                        }
-                    }
-                    Err(_) => return,
-                }
-            }
-            while let Ok(msg) = rx.try_recv() {
-                if !self.handle(msg) {
-                    self.fail_all("the scheduler was stopped");
-                    return;
-                }
-            }
-            // 2. One step.
-            if let Err(e) = self.step() {
-                self.fail_all(&e.to_string());
-            }
-            self.publish();
-        }
-    }
-
-    /// Returns false on `Stop`.
-    fn handle(&mut self, msg: Msg) -> bool {
-        match msg {
-            Msg::Generate(req, reply) => self.enqueue(req, reply),
-            Msg::Score(pairs, reply) => {
-                let scored = self.engine.score(&pairs);
-                let _ = reply.send(scored);
-            }
-            Msg::ClearCache => self.index.clear(),
-            Msg::Stop => return false,
-        }
-        true
-    }
-
-    fn enqueue(&mut self, req: SeqRequest, reply: Sender<Result<Sample>>) {
-        let ctx = self.engine.model().config().max_position_embeddings;
-        let check = req.params.validate().and_then(|_| {
-            if req.tokens.is_empty() {
-                Err(Error::Request("the request has no tokens".into()))
-            } else if req.tokens.len() >= ctx {
-                Err(Error::Request(format!(
-                    "the request has {} tokens, the model's context is {ctx}",
-                    req.tokens.len()
-                )))
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = check {
-            let _ = reply.send(Err(e));
-            return;
-        }
-        self.metrics.prefix_tokens_requested += req.tokens.len() as u64;
-        self.waiting.push_back(Seq {
-            prompt_len: req.tokens.len(),
-            tokens: req.tokens,
-            rng: SeqRng::new(req.seed),
-            seed: req.seed,
-            params: req.params,
+impl<T> Seq<T> {
+    fn new(tokens: Vec<TokenId>, params: SamplingParams, seed: u64, tag: T) -> Self {
+        Seq {
+            prompt_len: tokens.len(),
+            tokens,
+            rng: SeqRng::new(seed),
+            seed,
+            params,
             logprobs: Vec::new(),
             text_len: 0,
             cache: None,
             shared: false,
-            reply,
-        });
-    }
-
-    fn fail_all(&mut self, why: &str) {
-        for s in self.running.drain(..).chain(self.waiting.drain(..)) {
-            let _ = s.reply.send(Err(Error::Request(why.to_string())));
+            tag,
+            twins: Vec::new(),
         }
     }
 
-    fn budget_ok(&self, extra_bytes: usize) -> bool {
+    fn generated(&self) -> &[TokenId] {
+        &self.tokens[self.prompt_len..]
+    }
+
+    /// Batch slots this sequence holds: itself and the twins it will fork.
+    fn slots(&self) -> usize {
+        1 + self.twins.len()
+    }
+}
+
+/// The batching loop, synchronous: sequences are pushed with a tag, every [`Batcher::step`] runs one batched
+/// forward and hands back the samples that finished. The scheduler thread drives one for its callers and
+/// [`Engine::generate`] drives one for a list of requests, so both batch, share prefixes and sample the same way.
+pub(crate) struct Batcher<T> {
+    config: SchedulerConfig,
+    precision: Precision,
+    index: PrefixIndex,
+    waiting: VecDeque<Seq<T>>,
+    running: Vec<Seq<T>>,
+    metrics: Metrics,
+}
+
+/// A planned row range of one running sequence: (running index, first position, end).
+type Planned = (usize, usize, usize);
+
+impl<T> Batcher<T> {
+    pub(crate) fn new(engine: &Engine, config: SchedulerConfig) -> Self {
+        Batcher {
+            precision: config.precision.unwrap_or_else(|| engine.model().default_precision()),
+            index: PrefixIndex::new(engine.model().version()),
+            config,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Nothing waiting or running.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// Queues samples of one checked ([`check_request`]) prompt: `samples` are their seeds and tags. Samples of one
+    /// push compute the prompt once and are admitted together.
+    pub(crate) fn push(&mut self, tokens: Vec<TokenId>, params: SamplingParams, samples: Vec<(u64, T)>) {
+        let mut samples = samples.into_iter();
+        let Some((seed, tag)) = samples.next() else { return };
+        self.metrics.prefix_tokens_requested += tokens.len() as u64;
+        let mut seq = Seq::new(tokens, params, seed, tag);
+        seq.twins = samples.collect();
+        self.waiting.push_back(seq);
+    }
+
+    /// Removes every sequence, handing back the tags of their samples.
+    pub(crate) fn drain(&mut self) -> Vec<T> {
+        let seqs = self.running.drain(..).chain(self.waiting.drain(..));
+        seqs.flat_map(|s| std::iter::once(s.tag).chain(s.twins.into_iter().map(|(_, t)| t))).collect()
+    }
+
+    /// Drops every cached prefix (running sequences keep theirs).
+    pub(crate) fn clear_cache(&mut self) {
+        self.index.clear();
+    }
+
+    /// The counters, with the KV figures of now.
+    pub(crate) fn metrics(&mut self, engine: &Engine) -> Metrics {
+        let pool = engine.model().kv_pool();
+        self.metrics.kv_bytes = pool.live_bytes() as u64;
+        self.metrics.kv_bytes_peak = self.metrics.kv_bytes_peak.max(self.metrics.kv_bytes);
+        self.metrics.cached_blocks = self.index.blocks() as u64;
+        self.metrics
+    }
+
+    fn budget_ok(&self, engine: &Engine, extra_bytes: usize) -> bool {
         match self.config.kv_budget {
             None => true,
-            Some(b) => self.engine.model().kv_pool().live_bytes() + extra_bytes <= b,
+            Some(b) => engine.model().kv_pool().live_bytes() + extra_bytes <= b,
         }
     }
 
-    fn make_room(&mut self, extra_bytes: usize) {
-        if self.config.kv_budget.is_none() {
-            return;
-        }
-        let pool = self.engine.model().kv_pool().clone();
-        let budget = self.config.kv_budget.unwrap_or(usize::MAX);
+    fn make_room(&mut self, engine: &Engine, extra_bytes: usize) {
+        let Some(budget) = self.config.kv_budget else { return };
+        let pool = engine.model().kv_pool().clone();
         let dropped = self.index.evict(|| pool.live_bytes() + extra_bytes <= budget);
         self.metrics.evicted_blocks += dropped as u64;
     }
@@ -362,13 +352,17 @@ impl Worker {
         })
     }
 
-    fn admit(&mut self) {
-        let engine = self.engine.clone();
+    fn admit(&mut self, engine: &Engine) {
         let model = engine.model();
         let block_bytes = model.kv_layout().block_floats() * 4;
         let mut deferred = VecDeque::new();
-        while self.running.len() < self.config.max_batch {
+        let mut slots: usize = self.running.iter().map(Seq::slots).sum();
+        while slots < self.config.max_batch {
             let Some(mut seq) = self.waiting.pop_front() else { break };
+            if slots > 0 && slots + seq.slots() > self.config.max_batch {
+                self.waiting.push_front(seq);
+                break;
+            }
             // Leave at least one token to run: its logits start the continuation.
             let runnable = seq.tokens.len() - 1;
             let blocks = if self.config.prefix_cache {
@@ -382,9 +376,9 @@ impl Worker {
                 continue;
             }
             let need = (seq.tokens.len() - hit).div_ceil(BLOCK_TOKENS) * block_bytes;
-            if !self.budget_ok(need) {
-                self.make_room(need);
-                if !self.budget_ok(need) && !self.running.is_empty() {
+            if !self.budget_ok(engine, need) {
+                self.make_room(engine, need);
+                if !self.budget_ok(engine, need) && !self.running.is_empty() {
                     self.waiting.push_front(seq);
                     break;
                 }
@@ -393,6 +387,7 @@ impl Worker {
                 self.metrics.prefix_tokens_hit += hit as u64;
             }
             seq.cache = Some(KvCache::from_blocks(model.kv_layout(), model.kv_pool().clone(), blocks));
+            slots += seq.slots();
             self.running.push(seq);
         }
         while let Some(s) = deferred.pop_back() {
@@ -400,16 +395,10 @@ impl Worker {
         }
     }
 
-    fn step(&mut self) -> Result<()> {
-        self.admit();
-        if self.running.is_empty() {
-            return Ok(());
-        }
-        let engine = self.engine.clone();
-        let model = engine.model();
-        // Plan: decode rows first (one token each), then prefill chunks in admission order.
+    /// Decode rows first (one token each), then prefill chunks in admission order, within `step_tokens`.
+    fn plan(&self) -> Vec<Planned> {
         let mut budget = self.config.step_tokens.max(1);
-        let mut plan: Vec<(usize, usize, usize)> = Vec::new(); // (running index, start, end)
+        let mut plan = Vec::new();
         for (i, s) in self.running.iter().enumerate() {
             let cached = s.cache.as_ref().map_or(0, KvCache::len);
             if s.tokens.len() - cached == 1 {
@@ -426,31 +415,42 @@ impl Worker {
                 budget -= take;
             }
         }
-        if plan.is_empty() {
-            return Ok(());
+        plan
+    }
+
+    /// One batched forward over the planned rows.
+    fn forward(&mut self, engine: &Engine, plan: &[Planned]) -> Result<Logits> {
+        let mut caches: Vec<(usize, KvCache)> = plan
+            .iter()
+            .map(|&(i, _, _)| (i, self.running[i].cache.take().expect("running sequences hold a cache")))
+            .collect();
+        let mut chunks: Vec<Chunk<'_>> = Vec::with_capacity(plan.len());
+        for ((_, cache), &(i, start, end)) in caches.iter_mut().zip(plan) {
+            let s = &self.running[i];
+            let rows = if end == s.tokens.len() { LogitRows::Last } else { LogitRows::None };
+            chunks.push(Chunk { cache, tokens: &s.tokens[start..end], logits: rows });
         }
-        let logits = {
-            let mut caches: Vec<(usize, KvCache)> = plan
-                .iter()
-                .map(|&(i, _, _)| (i, self.running[i].cache.take().expect("running sequences hold a cache")))
-                .collect();
-            let mut steps: Vec<Step<'_>> = Vec::with_capacity(plan.len());
-            for ((_, cache), &(i, start, end)) in caches.iter_mut().zip(&plan) {
-                let s = &self.running[i];
-                let rows = if end == s.tokens.len() { LogitRows::Last } else { LogitRows::None };
-                steps.push(Step { cache, tokens: &s.tokens[start..end], logits: rows });
-            }
-            let out = model.forward(&mut steps, self.precision);
-            drop(steps);
-            for (i, cache) in caches {
-                self.running[i].cache = Some(cache);
-            }
-            out?
-        };
+        let out = engine.model().forward(&mut chunks, self.precision);
+        drop(chunks);
+        for (i, cache) in caches {
+            self.running[i].cache = Some(cache);
+        }
         let rows: usize = plan.iter().map(|&(_, a, b)| b - a).sum();
         self.metrics.forwards += 1;
         self.metrics.sequences_in_forwards += plan.len() as u64;
         self.metrics.rows_in_forwards += rows as u64;
+        out
+    }
+
+    /// Runs one forward over everything ready and returns the samples that finished in it.
+    pub(crate) fn step(&mut self, engine: &Engine) -> Result<Vec<(T, Sample)>> {
+        self.admit(engine);
+        let plan = self.plan();
+        if plan.is_empty() {
+            return Ok(Vec::new());
+        }
+        let logits = self.forward(engine, &plan)?;
+        let model = engine.model();
         let ctx = model.config().max_position_embeddings;
         // Draw every sequence's next token in parallel (each from its own logits and RNG: order-independent).
         let mut rngs: Vec<Option<SeqRng>> = plan
@@ -458,86 +458,185 @@ impl Worker {
             .enumerate()
             .map(|(k, &(i, _, _))| (logits.rows(k) > 0).then(|| self.running[i].rng.clone()))
             .collect();
-        let draws: Vec<Option<crate::sampling::Draw>> = rngs
+        let params: Vec<&SamplingParams> = plan.iter().map(|&(i, _, _)| &self.running[i].params).collect();
+        let draws: Vec<Option<Draw>> = rngs
             .par_iter_mut()
             .enumerate()
-            .map(|(k, rng)| {
-                let params = &self.running[plan[k].0].params;
-                rng.as_mut().map(|r| sample(logits.row(k, 0), params, r))
-            })
+            .map(|(k, rng)| rng.as_mut().map(|r| sample(logits.row(k, 0), params[k], r)))
             .collect();
         let mut finished = Vec::new();
         for (k, &(i, start, end)) in plan.iter().enumerate() {
             let s = &mut self.running[i];
-            let decoding = end - start == 1 && end > s.prompt_len;
-            if !decoding {
+            if !(end - start == 1 && end > s.prompt_len) {
                 self.metrics.prefill_tokens_computed += (end - start) as u64;
             }
             let (Some(draw), Some(rng)) = (draws[k], rngs[k].take()) else { continue };
             s.rng = rng;
-            s.tokens.push(draw.token);
-            s.logprobs.push(draw.logprob);
+            if !s.twins.is_empty() {
+                self.fork_twins(engine, i, logits.row(k, 0), &mut finished)?;
+            }
+            let s = &mut self.running[i];
             self.metrics.decode_tokens += 1;
-            let cache_len = s.cache.as_ref().map_or(0, KvCache::len);
-            let generated = &s.tokens[s.prompt_len..];
-            let done = finish_after(self.engine.tokenizer(), generated, &s.params, cache_len, ctx, &mut s.text_len)?;
+            if let Some(reason) = s.accept(engine.tokenizer(), draw, ctx)? {
+                finished.push((i, reason));
+            }
             if !s.shared && self.config.prefix_cache {
                 // The prompt is computed: siblings waiting for it can start from it now.
-                let cache = s.cache.as_ref().expect("running");
-                self.index.insert(model.version(), &s.tokens, cache);
+                self.index.insert(model.version(), &s.tokens, s.cache.as_ref().expect("running"));
                 s.shared = true;
-            }
-            if let Some(reason) = done {
-                finished.push((i, reason));
             }
         }
         finished.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
+        let mut done = Vec::with_capacity(finished.len());
         for (i, reason) in finished {
             let s = self.running.remove(i);
-            self.finish(s, reason)?;
+            done.push(self.finish(engine, s, reason)?);
         }
-        // Memory pressure: evict cached prefixes, then preempt the newest sequences.
-        if self.config.kv_budget.is_some() && !self.budget_ok(0) {
-            self.make_room(0);
-            while !self.budget_ok(0) && self.running.len() > 1 {
-                let mut s = self.running.pop().expect("more than one running");
-                s.cache = None;
-                s.shared = false;
-                self.metrics.preemptions += 1;
-                self.waiting.push_front(s);
+        self.relieve_pressure(engine);
+        Ok(done)
+    }
+
+    /// Forks the twins of running sequence `i`, whose prompt was just computed: each continues a clone of its cache
+    /// from the same last-position logits `row` with its own seed.
+    fn fork_twins(
+        &mut self,
+        engine: &Engine,
+        i: usize,
+        row: &[f32],
+        finished: &mut Vec<(usize, FinishReason)>,
+    ) -> Result<()> {
+        let ctx = engine.model().config().max_position_embeddings;
+        let parent = &mut self.running[i];
+        let twins = std::mem::take(&mut parent.twins);
+        let (tokens, params, cache) = (parent.tokens.clone(), parent.params.clone(), parent.cache.clone());
+        for (seed, tag) in twins {
+            let mut twin = Seq::new(tokens.clone(), params.clone(), seed, tag);
+            twin.cache = cache.clone();
+            twin.shared = true;
+            let draw = sample(row, &twin.params, &mut twin.rng);
+            self.metrics.prefix_tokens_hit += twin.prompt_len as u64;
+            self.metrics.decode_tokens += 1;
+            if let Some(reason) = twin.accept(engine.tokenizer(), draw, ctx)? {
+                finished.push((self.running.len(), reason));
             }
+            self.running.push(twin);
         }
         Ok(())
     }
 
-    fn finish(&mut self, s: Seq, reason: FinishReason) -> Result<()> {
-        let engine = self.engine.clone();
-        let model = engine.model();
+    /// A finished sequence's sample; its blocks go to the prefix index.
+    fn finish(&mut self, engine: &Engine, s: Seq<T>, reason: FinishReason) -> Result<(T, Sample)> {
         if self.config.prefix_cache {
             if let Some(cache) = &s.cache {
-                self.index.insert(model.version(), &s.tokens, cache);
+                self.index.insert(engine.model().version(), &s.tokens, cache);
             }
         }
-        let generated = s.generated().to_vec();
-        let text = final_text(self.engine.tokenizer(), &generated, &s.params)?;
+        let text = final_text(engine.tokenizer(), s.generated(), &s.params)?;
         self.metrics.requests += 1;
-        let _ = s.reply.send(Ok(Sample {
-            text,
-            token_ids: generated,
-            token_logprobs: s.logprobs,
-            finish_reason: reason,
-            seed: s.seed,
-        }));
-        Ok(())
+        let token_ids = s.tokens[s.prompt_len..].to_vec();
+        let sample = Sample { text, token_ids, token_logprobs: s.logprobs, finish_reason: reason, seed: s.seed };
+        Ok((s.tag, sample))
     }
 
-    fn publish(&mut self) {
-        let pool = self.engine.model().kv_pool();
-        self.metrics.kv_bytes = pool.live_bytes() as u64;
-        self.metrics.kv_bytes_peak = self.metrics.kv_bytes_peak.max(self.metrics.kv_bytes);
-        self.metrics.cached_blocks = self.index.blocks() as u64;
-        if let Ok(mut m) = self.shared.lock() {
-            *m = self.metrics;
+    /// Memory pressure: evict cached prefixes, then preempt the newest sequences (their tokens kept, their caches
+    /// recomputed when they are admitted again).
+    fn relieve_pressure(&mut self, engine: &Engine) {
+        if self.config.kv_budget.is_none() || self.budget_ok(engine, 0) {
+            return;
+        }
+        self.make_room(engine, 0);
+        while !self.budget_ok(engine, 0) && self.running.len() > 1 {
+            let mut s = self.running.pop().expect("more than one running");
+            s.cache = None;
+            s.shared = false;
+            self.metrics.preemptions += 1;
+            self.waiting.push_front(s);
+        }
+    }
+}
+
+impl<T> Seq<T> {
+    /// Records a drawn token; the finish reason when the sequence is done.
+    fn accept(&mut self, tokenizer: &Tokenizer, draw: Draw, ctx: usize) -> Result<Option<FinishReason>> {
+        self.tokens.push(draw.token);
+        self.logprobs.push(draw.logprob);
+        let cache_len = self.cache.as_ref().map_or(0, KvCache::len);
+        finish_after(tokenizer, &self.tokens[self.prompt_len..], &self.params, cache_len, ctx, &mut self.text_len)
+    }
+}
+
+/// The scheduler thread: a [`Batcher`] whose samples go back on their callers' channels.
+struct Worker {
+    engine: Arc<Engine>,
+    batcher: Batcher<Sender<Result<Sample>>>,
+    shared: Arc<Mutex<Metrics>>,
+}
+
+impl Worker {
+    fn new(engine: Arc<Engine>, config: SchedulerConfig, shared: Arc<Mutex<Metrics>>) -> Self {
+        let batcher = Batcher::new(&engine, config);
+        Worker { engine, batcher, shared }
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            // 1. Take new work: block when idle, drain otherwise.
+            if self.batcher.is_idle() {
+                match rx.recv() {
+                    Ok(msg) => {
+                        if !self.handle(msg) {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+            while let Ok(msg) = rx.try_recv() {
+                if !self.handle(msg) {
+                    self.fail_all("the scheduler was stopped");
+                    return;
+                }
+            }
+            // 2. One step.
+            match self.batcher.step(&self.engine) {
+                Ok(done) => {
+                    for (reply, sample) in done {
+                        let _ = reply.send(Ok(sample));
+                    }
+                }
+                Err(e) => self.fail_all(&e.to_string()),
+            }
+            let metrics = self.batcher.metrics(&self.engine);
+            if let Ok(mut m) = self.shared.lock() {
+                *m = metrics;
+            }
+        }
+    }
+
+    /// Returns false on `Stop`.
+    fn handle(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Generate(req, reply) => {
+                let ctx = self.engine.model().config().max_position_embeddings;
+                match check_request(&req.tokens, &req.params, ctx) {
+                    Ok(()) => self.batcher.push(req.tokens, req.params, vec![(req.seed, reply)]),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Msg::Score(pairs, reply) => {
+                let _ = reply.send(self.engine.score(&pairs));
+            }
+            Msg::ClearCache => self.batcher.clear_cache(),
+            Msg::Stop => return false,
+        }
+        true
+    }
+
+    fn fail_all(&mut self, why: &str) {
+        for reply in self.batcher.drain() {
+            let _ = reply.send(Err(Error::Request(why.to_string())));
         }
     }
 }

@@ -2,7 +2,7 @@
 //! recompute, forked branch == recomputed prefix, chunked prefill == one shot, and per-sequence seeds that do not
 //! care about batch companions.
 
-use orchard_engine::{Arch, GenerateOptions, GenerateRequest, LogitRows, Precision, SamplingParams, Step, TokenId};
+use orchard_engine::{Arch, Chunk, GenerateOptions, GenerateRequest, LogitRows, Precision, SamplingParams, TokenId};
 
 use crate::util::{max_abs_diff, tiny, Format};
 
@@ -15,8 +15,8 @@ fn seq(n: usize, salt: u32) -> Vec<TokenId> {
 /// Logits of every position of `tokens`, run alone from an empty cache.
 fn full_logits(m: &orchard_engine::Model, tokens: &[TokenId], p: Precision) -> Vec<Vec<f32>> {
     let mut cache = m.new_cache();
-    let mut steps = [Step { cache: &mut cache, tokens, logits: LogitRows::From(0) }];
-    let l = m.forward(&mut steps, p).expect("forward");
+    let mut chunks = [Chunk { cache: &mut cache, tokens, logits: LogitRows::From(0) }];
+    let l = m.forward(&mut chunks, p).expect("forward");
     (0..tokens.len()).map(|i| l.row(0, i).to_vec()).collect()
 }
 
@@ -27,12 +27,12 @@ fn batched_ragged_forward_equals_one_at_a_time() {
         let m = t.engine.model();
         let seqs: Vec<Vec<TokenId>> = vec![seq(5, 1), seq(23, 2), seq(1, 3), seq(40, 4)];
         let mut caches: Vec<_> = seqs.iter().map(|_| m.new_cache()).collect();
-        let mut steps: Vec<Step<'_>> = caches
+        let mut chunks: Vec<Chunk<'_>> = caches
             .iter_mut()
             .zip(&seqs)
-            .map(|(c, s)| Step { cache: c, tokens: s, logits: LogitRows::From(0) })
+            .map(|(c, s)| Chunk { cache: c, tokens: s, logits: LogitRows::From(0) })
             .collect();
-        let batched = m.forward(&mut steps, Precision::F32).expect("forward");
+        let batched = m.forward(&mut chunks, Precision::F32).expect("forward");
         for (i, s) in seqs.iter().enumerate() {
             let alone = full_logits(m, s, Precision::F32);
             for (j, row) in alone.iter().enumerate() {
@@ -50,12 +50,12 @@ fn cached_decode_equals_full_recompute() {
     let tokens = seq(30, 7);
     let full = full_logits(m, &tokens, Precision::F32);
     let mut cache = m.new_cache();
-    let mut steps = [Step { cache: &mut cache, tokens: &tokens[..10], logits: LogitRows::Last }];
-    let l = m.forward(&mut steps, Precision::F32).expect("prefill");
+    let mut chunks = [Chunk { cache: &mut cache, tokens: &tokens[..10], logits: LogitRows::Last }];
+    let l = m.forward(&mut chunks, Precision::F32).expect("prefill");
     assert!(max_abs_diff(l.row(0, 0), &full[9]) <= TOL);
     for i in 10..tokens.len() {
-        let mut steps = [Step { cache: &mut cache, tokens: &tokens[i..i + 1], logits: LogitRows::Last }];
-        let l = m.forward(&mut steps, Precision::F32).expect("decode");
+        let mut chunks = [Chunk { cache: &mut cache, tokens: &tokens[i..i + 1], logits: LogitRows::Last }];
+        let l = m.forward(&mut chunks, Precision::F32).expect("decode");
         let d = max_abs_diff(l.row(0, 0), &full[i]);
         assert!(d <= TOL, "pos {i}: {d}");
     }
@@ -67,16 +67,16 @@ fn forked_branches_equal_recomputed_prefixes_and_do_not_alias() {
     let m = t.engine.model();
     let prefix = seq(21, 1); // ends mid-block: the fork must copy the partial block
     let mut parent = m.new_cache();
-    let mut steps = [Step { cache: &mut parent, tokens: &prefix, logits: LogitRows::None }];
-    m.forward(&mut steps, Precision::F32).expect("prefix");
+    let mut chunks = [Chunk { cache: &mut parent, tokens: &prefix, logits: LogitRows::None }];
+    m.forward(&mut chunks, Precision::F32).expect("prefix");
     let branches: Vec<Vec<TokenId>> = vec![seq(9, 2), seq(17, 3), seq(3, 4)];
     let mut forks: Vec<_> = branches.iter().map(|_| parent.clone()).collect();
-    let mut steps: Vec<Step<'_>> = forks
+    let mut chunks: Vec<Chunk<'_>> = forks
         .iter_mut()
         .zip(&branches)
-        .map(|(c, b)| Step { cache: c, tokens: b, logits: LogitRows::From(0) })
+        .map(|(c, b)| Chunk { cache: c, tokens: b, logits: LogitRows::From(0) })
         .collect();
-    let l = m.forward(&mut steps, Precision::F32).expect("branches");
+    let l = m.forward(&mut chunks, Precision::F32).expect("branches");
     for (i, b) in branches.iter().enumerate() {
         let whole: Vec<TokenId> = prefix.iter().chain(b).copied().collect();
         let full = full_logits(m, &whole, Precision::F32);
@@ -87,8 +87,8 @@ fn forked_branches_equal_recomputed_prefixes_and_do_not_alias() {
     }
     // The parent is untouched: continuing it equals a recompute of prefix + new tokens.
     let more = seq(4, 9);
-    let mut steps = [Step { cache: &mut parent, tokens: &more, logits: LogitRows::From(0) }];
-    let l = m.forward(&mut steps, Precision::F32).expect("parent");
+    let mut chunks = [Chunk { cache: &mut parent, tokens: &more, logits: LogitRows::From(0) }];
+    let l = m.forward(&mut chunks, Precision::F32).expect("parent");
     let whole: Vec<TokenId> = prefix.iter().chain(&more).copied().collect();
     let full = full_logits(m, &whole, Precision::F32);
     for j in 0..more.len() {

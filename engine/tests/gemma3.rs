@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use orchard_engine::{Engine, GenerateRequest, LogitRows, Precision, SamplingParams, Step, TokenId};
+use orchard_engine::{Chunk, Engine, GenerateRequest, LogitRows, Precision, SamplingParams, TokenId};
 use serde::Deserialize;
 
 use crate::util::{log_softmax, ranked, reference_dir, top_gap};
@@ -69,8 +69,8 @@ fn next_token_top5_agrees_with_transformers() {
     let mut worst = 0f32;
     for case in &r.next {
         let mut cache = m.new_cache();
-        let mut steps = [Step { cache: &mut cache, tokens: &case.ids, logits: LogitRows::Last }];
-        let l = m.forward(&mut steps, Precision::Quantized).expect("forward");
+        let mut chunks = [Chunk { cache: &mut cache, tokens: &case.ids, logits: LogitRows::Last }];
+        let l = m.forward(&mut chunks, Precision::Quantized).expect("forward");
         let got = log_softmax(l.row(0, 0));
         let order = ranked(&got);
         // The same most likely token, and HF's top-5 inside ours top-8 (Q4_K's sub-block scales are held in f16 and
@@ -116,15 +116,15 @@ fn incremental_decode_across_the_window_equals_a_cold_forward() {
     let m = gemma().model();
     let ids: Vec<TokenId> = (0..530).map(|i| (i * 97 % 5000 + 300) as TokenId).collect();
     let mut cold = m.new_cache();
-    let mut steps = [Step { cache: &mut cold, tokens: &ids, logits: LogitRows::Last }];
-    let want = m.forward(&mut steps, Precision::Quantized).expect("forward").row(0, 0).to_vec();
+    let mut chunks = [Chunk { cache: &mut cold, tokens: &ids, logits: LogitRows::Last }];
+    let want = m.forward(&mut chunks, Precision::Quantized).expect("forward").row(0, 0).to_vec();
     let mut warm = m.new_cache();
-    let mut steps = [Step { cache: &mut warm, tokens: &ids[..500], logits: LogitRows::None }];
-    m.forward(&mut steps, Precision::Quantized).expect("prefill");
+    let mut chunks = [Chunk { cache: &mut warm, tokens: &ids[..500], logits: LogitRows::None }];
+    m.forward(&mut chunks, Precision::Quantized).expect("prefill");
     let mut last = Vec::new();
     for t in &ids[500..] {
-        let mut steps = [Step { cache: &mut warm, tokens: std::slice::from_ref(t), logits: LogitRows::Last }];
-        last = m.forward(&mut steps, Precision::Quantized).expect("decode").row(0, 0).to_vec();
+        let mut chunks = [Chunk { cache: &mut warm, tokens: std::slice::from_ref(t), logits: LogitRows::Last }];
+        last = m.forward(&mut chunks, Precision::Quantized).expect("decode").row(0, 0).to_vec();
     }
     let d = crate::util::max_abs_diff(&last, &want);
     assert!(d < 1e-3, "{d}");

@@ -2,15 +2,15 @@
 
 use candle_core::quantized::GgmlDType;
 use orchard_engine::testing::{random_weights, tiny_config, write_gguf, write_hf_dir};
-use orchard_engine::{Arch, Engine, LogitRows, Precision, Prompt, Step, TokenId};
+use orchard_engine::{Arch, Chunk, Engine, LogitRows, Precision, Prompt, TokenId};
 
 use crate::util::{max_abs_diff, tiny, Format};
 
 fn last_logits(e: &Engine, tokens: &[TokenId], p: Precision) -> Vec<f32> {
     let m = e.model();
     let mut cache = m.new_cache();
-    let mut steps = [Step { cache: &mut cache, tokens, logits: LogitRows::Last }];
-    m.forward(&mut steps, p).expect("forward").row(0, 0).to_vec()
+    let mut chunks = [Chunk { cache: &mut cache, tokens, logits: LogitRows::Last }];
+    m.forward(&mut chunks, p).expect("forward").row(0, 0).to_vec()
 }
 
 const PROMPT: [TokenId; 12] = [1, 40, 77, 3, 120, 250, 9, 18, 64, 200, 2, 99];

@@ -1,7 +1,7 @@
 //! The default model (SmolLM2-135M-Instruct Q4_1) against HF transformers on the same GGUF dequantized to f32.
 //! Reference values come from `tests/reference/hf_smollm2.py` (pasted there, run once, committed).
 
-use orchard_engine::{LogitRows, Precision, Step, TokenId};
+use orchard_engine::{Chunk, LogitRows, Precision, TokenId};
 use serde::Deserialize;
 
 use crate::util::{default_engine, log_softmax, max_abs_diff, ranked, reference_dir, top_gap};
@@ -68,8 +68,8 @@ fn tokenizer_ids_equal_hf() {
 fn last_logprobs(ids: &[TokenId], p: Precision) -> Vec<f32> {
     let m = default_engine().model();
     let mut cache = m.new_cache();
-    let mut steps = [Step { cache: &mut cache, tokens: ids, logits: LogitRows::Last }];
-    log_softmax(m.forward(&mut steps, p).expect("forward").row(0, 0))
+    let mut chunks = [Chunk { cache: &mut cache, tokens: ids, logits: LogitRows::Last }];
+    log_softmax(m.forward(&mut chunks, p).expect("forward").row(0, 0))
 }
 
 #[test]
@@ -173,8 +173,8 @@ fn tiny_config_equals_transformers(cfg: &orchard_engine::ModelConfig, name: &str
     let mut worst = 0f32;
     for c in &r.cases {
         let mut cache = m.new_cache();
-        let mut steps = [Step { cache: &mut cache, tokens: &c.ids, logits: LogitRows::From(0) }];
-        let l = m.forward(&mut steps, Precision::F32).expect("forward");
+        let mut chunks = [Chunk { cache: &mut cache, tokens: &c.ids, logits: LogitRows::From(0) }];
+        let l = m.forward(&mut chunks, Precision::F32).expect("forward");
         for (pos, want) in [(c.ids.len() - 1, &c.last), (c.mid, &c.middle)] {
             let got = log_softmax(l.row(0, pos));
             let d = max_abs_diff(&got, want);

@@ -41,6 +41,24 @@ fn scheduler_samples_equal_engine_generate() {
     assert!(m.prefix_tokens_hit > 0, "the second sample of each prompt reuses the first's blocks: {m:?}");
 }
 
+#[test]
+fn generate_computes_a_prompt_once_for_all_its_samples() {
+    let t = tiny(Arch::Llama, Format::Gguf(candle_core::quantized::GgmlDType::Q4_1), 23);
+    let params = SamplingParams { max_new_tokens: 6, ignore_eos: true, ..Default::default() };
+    let reqs: Vec<GenerateRequest> = [45, 18]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| GenerateRequest { prompt: prompt(len, i as u32), n: 8, params: params.clone(), seed: 1 })
+        .collect();
+    let mut last = None;
+    let out = t.engine.generate(&reqs, &GenerateOptions::default(), &mut |p| last = Some(*p)).expect("generate");
+    let last = last.expect("progress was reported");
+    assert_eq!(out.iter().map(Vec::len).collect::<Vec<_>>(), [8, 8]);
+    assert_eq!(last.samples_done, 16);
+    assert_eq!(last.prompt_tokens, 45 + 18, "each prompt is prefilled once, its samples fork from it");
+    assert_eq!(last.generated_tokens, 16 * 6);
+}
+
 fn tree(config: SchedulerConfig) -> orchard_engine::bench::TreeReport {
     let t = tiny(Arch::Llama, Format::Hf, 22);
     let engine = Arc::new(t.engine);

@@ -13,7 +13,7 @@ Prompt = Union[str, Sequence[Dict[str, str]]]
 #: The CLI's defaults (`orchard generate --help`).
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_MAX_NEW_TOKENS = 256
-DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_BATCH = _native.DEFAULT_MAX_BATCH
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 use super::*;
 use crate::config::Arch;
 use crate::engine::Engine;
-use crate::model::{LogitRows, Step};
+use crate::model::{Chunk, LogitRows};
 use crate::testing::{random_weights, tiny_config, write_hf_dir};
 use crate::tokenizer::Tokenizer;
 use crate::weights::Precision;
@@ -68,7 +68,7 @@ fn all_position_logits_equal_the_inference_path() -> TestResult {
         for s in &seqs {
             let mut cache = model.new_cache();
             let logits = model
-                .forward(&mut [Step { cache: &mut cache, tokens: s, logits: LogitRows::From(0) }], Precision::F32)?;
+                .forward(&mut [Chunk { cache: &mut cache, tokens: s, logits: LogitRows::From(0) }], Precision::F32)?;
             let want = Tensor::from_vec(logits.values, (s.len(), logits.vocab), &Device::Cpu)?;
             let diff = max_abs_diff(&packed.narrow(0, row, s.len())?, &want)?;
             assert!(diff <= 1e-4, "{arch:?}: max |Δlogit| {diff}");
