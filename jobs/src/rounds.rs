@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use orchard_datasets::record::PairFormat;
-use orchard_datasets::{PairPolicy, RunDir, RunSpec, Task, TaskKind, TaskSource, WriterOptions};
+use orchard_datasets::{PairSelection, RunDir, RunSpec, Task, TaskKind, TaskSource, WriterOptions};
 use orchard_engine::autograd::DiffModel;
 use orchard_engine::{Engine, GenerateOptions, Handoff, SamplingParams};
 use orchard_rewards::Reward;
@@ -104,7 +104,7 @@ pub struct GenerateSpec {
     /// Sampling parameters (sample rounds). Default temperature 0.8, 256 new tokens.
     pub sampling: SamplingParams,
     /// How pairs are selected from each question's samples (sample rounds).
-    pub pairs: PairPolicy,
+    pub pairs: PairSelection,
     /// Search settings (search rounds).
     pub search: SearchSettings,
     /// Trees grown at once (search rounds). Default [`DEFAULT_WORKERS`].
@@ -122,7 +122,7 @@ impl Default for GenerateSpec {
             kind: GenerateKind::Sample,
             n: 4,
             sampling: SamplingParams { temperature: 0.8, max_new_tokens: 256, ..SamplingParams::default() },
-            pairs: PairPolicy::default(),
+            pairs: PairSelection::default(),
             search: SearchSettings::default(),
             workers: DEFAULT_WORKERS,
             prefix_cache: true,
@@ -819,110 +819,19 @@ fn generate_round(
     let engine = policy.sampler();
     let out = round_dir(out, round).join("data");
     let seed = cfg.seed.wrapping_add(round as u64);
-    let model = crate::task::model_record(engine)?;
-    let wopts = WriterOptions { correct_threshold: cfg.generate.pairs.correct_threshold, ..WriterOptions::default() };
-    let mut star = Vec::new();
-    let run = match cfg.generate.kind {
-        GenerateKind::Sample => {
-            let job = SampleJob {
-                model: Some(engine.info().id.clone()),
-                source: cfg.train_tasks.clone(),
-                n: Some(cfg.generate.n),
-                reward: Some(cfg.reward.clone()),
-                system: cfg.system.clone(),
-                sampling: cfg.generate.sampling.clone(),
-                pairs: cfg.generate.pairs,
-                seed,
-                ..SampleJob::default()
-            };
-            let spec_run = RunSpec {
-                model: Some(model),
-                pair_format: PairFormat::default(),
-                ..RunSpec::new("sample", serde_json::to_value(&job)?)
-            };
-            let mut run = RunDir::open(&out, &spec_run, wopts)?;
-            let todo = run.plan(tasks.to_vec());
-            if run.done_count() > 0 {
-                progress.log(&format!(
-                    "round {round}: resuming generation, {} tasks done, {} to go",
-                    run.done_count(),
-                    todo.len()
-                ));
-            }
-            let group = (opts.max_batch / cfg.generate.n).max(1);
-            sample(engine, &job, &mut run, &todo, reward, (opts, group), progress)?;
-            if cfg.generate.star_hints {
-                star = star_rationales(engine, &job, &out, tasks, reward, opts, progress)?;
-            }
-            run
-        }
-        GenerateKind::Search => {
-            let s = &cfg.generate.search;
-            let mut job = SearchJob {
-                model: Some(engine.info().id.clone()),
-                algo: s.algo,
-                source: cfg.train_tasks.clone(),
-                reward: Some(cfg.reward.clone()),
-                system: cfg.system.clone(),
-                seed,
-                mcts: s.mcts.clone(),
-                toc: s.toc.clone(),
-                bon: s.bon.clone(),
-                pairs: s.pairs,
-                ..SearchJob::default()
-            };
-            job.resolve_defaults();
-            let spec_run = RunSpec {
-                model: Some(model),
-                pair_format: PairFormat::default(),
-                ..RunSpec::new("search", serde_json::to_value(&job)?)
-            };
-            let wopts =
-                WriterOptions { correct_threshold: job.pair_config().correct_threshold, ..WriterOptions::default() };
-            let mut run = RunDir::open(&out, &spec_run, wopts)?;
-            let todo = run.plan(tasks.to_vec());
-            let sched = orchard_engine::SchedulerConfig {
-                max_batch: cfg.max_batch,
-                prefix_cache: cfg.generate.prefix_cache,
-                ..orchard_engine::SchedulerConfig::default()
-            };
-            let rep = search(engine.clone(), &job, (&mut run, &todo), reward, (sched, cfg.generate.workers), progress)?;
-            write_json(&out.join("search_metrics.json"), &rep)?;
-            run
-        }
+    let (run, star) = match cfg.generate.kind {
+        GenerateKind::Sample => sample_round(cfg, engine, (round, seed), tasks, reward, (opts, &out), progress)?,
+        GenerateKind::Search => (search_round(cfg, engine, seed, tasks, reward, &out, progress)?, Vec::new()),
     };
-    let manifest = run.finish()?;
-    let c = manifest.counts;
+    let c = run.finish()?.counts;
     let mut counts = RoundCounts {
         tasks: c.tasks as usize,
         samples: c.trajectories as usize,
-        correct: c.correct as usize,
+        // STaR's rationalised examples count as correct where they are trained on (SFT).
+        correct: c.correct as usize + if matches!(spec.loss, LossKind::Sft) { star.len() } else { 0 },
         examples: 0,
     };
-    let master = policy.master().as_ref();
-    let limits = spec.limits(master)?;
-    let data = match spec.loss {
-        LossKind::Sft => {
-            let filter = SftFilter { min_reward: spec.min_reward, dedup: spec.dedup, weight_column: None };
-            let mut examples = match data::read_sft_trajectories(&out, &filter, limits, master) {
-                Ok((examples, _)) => examples,
-                Err(orchard_train::Error::Schema { .. }) if c.correct == 0 => Vec::new(),
-                Err(e) => return Err(e.into()),
-            };
-            counts.correct += star.len();
-            examples.extend(star);
-            (!examples.is_empty()).then_some(TrainData::Sft(examples))
-        }
-        LossKind::Topr => Some(TrainData::Trajectories(data::read_trajectories(&out, limits, master)?.examples)),
-        _ if c.pairs == 0 => None,
-        _ => {
-            let columns = data::PairColumns {
-                behaviour: spec.reference == orchard_train::reference::ReferenceSource::Behaviour,
-                label_smoothing: None,
-            };
-            Some(TrainData::Pairs(data::read_pairs(&out, &columns, limits, master)?.examples))
-        }
-    };
+    let data = round_data(spec, policy, &out, (c.correct, c.pairs), star)?;
     counts.examples = match &data {
         Some(TrainData::Sft(e)) => e.len(),
         Some(TrainData::Pairs(p)) => p.len(),
@@ -930,6 +839,129 @@ fn generate_round(
         None => 0,
     };
     Ok((data, counts))
+}
+
+/// A sampling round's run directory (resumed where it stopped) and, with STaR hints, its rationalised examples.
+fn sample_round(
+    cfg: &LoopConfig,
+    engine: &Engine,
+    (round, seed): (usize, u64),
+    tasks: &[Task],
+    reward: &dyn Reward,
+    (opts, out): (&GenerateOptions, &Path),
+    progress: &mut dyn Progress,
+) -> Result<(RunDir, Vec<SftExample>)> {
+    let job = SampleJob {
+        model: Some(engine.info().id.clone()),
+        source: cfg.train_tasks.clone(),
+        n: Some(cfg.generate.n),
+        reward: Some(cfg.reward.clone()),
+        system: cfg.system.clone(),
+        sampling: cfg.generate.sampling.clone(),
+        pairs: cfg.generate.pairs,
+        seed,
+        ..SampleJob::default()
+    };
+    let spec_run = RunSpec {
+        model: Some(crate::task::model_record(engine)?),
+        pair_format: PairFormat::default(),
+        ..RunSpec::new("sample", serde_json::to_value(&job)?)
+    };
+    let wopts = WriterOptions { correct_threshold: cfg.generate.pairs.correct_threshold, ..WriterOptions::default() };
+    let mut run = RunDir::open(out, &spec_run, wopts)?;
+    let todo = run.plan(tasks.to_vec());
+    if run.done_count() > 0 {
+        progress.log(&format!(
+            "round {round}: resuming generation, {} tasks done, {} to go",
+            run.done_count(),
+            todo.len()
+        ));
+    }
+    let group = (opts.max_batch / cfg.generate.n).max(1);
+    sample(engine, &job, &mut run, &todo, reward, (opts, group), progress)?;
+    let star = if cfg.generate.star_hints {
+        star_rationales(engine, &job, out, tasks, reward, opts, progress)?
+    } else {
+        Vec::new()
+    };
+    Ok((run, star))
+}
+
+/// A search round's run directory (resumed where it stopped), its scheduler metrics in `search_metrics.json`.
+fn search_round(
+    cfg: &LoopConfig,
+    engine: &Arc<Engine>,
+    seed: u64,
+    tasks: &[Task],
+    reward: &dyn Reward,
+    out: &Path,
+    progress: &mut dyn Progress,
+) -> Result<RunDir> {
+    let s = &cfg.generate.search;
+    let mut job = SearchJob {
+        model: Some(engine.info().id.clone()),
+        algo: s.algo,
+        source: cfg.train_tasks.clone(),
+        reward: Some(cfg.reward.clone()),
+        system: cfg.system.clone(),
+        seed,
+        mcts: s.mcts.clone(),
+        toc: s.toc.clone(),
+        bon: s.bon.clone(),
+        pairs: s.pairs,
+        ..SearchJob::default()
+    };
+    job.resolve_defaults();
+    let spec_run = RunSpec {
+        model: Some(crate::task::model_record(engine)?),
+        pair_format: PairFormat::default(),
+        ..RunSpec::new("search", serde_json::to_value(&job)?)
+    };
+    let wopts = WriterOptions { correct_threshold: job.pair_config().correct_threshold, ..WriterOptions::default() };
+    let mut run = RunDir::open(out, &spec_run, wopts)?;
+    let todo = run.plan(tasks.to_vec());
+    let sched = orchard_engine::SchedulerConfig {
+        max_batch: cfg.max_batch,
+        prefix_cache: cfg.generate.prefix_cache,
+        ..orchard_engine::SchedulerConfig::default()
+    };
+    let rep = search(engine.clone(), &job, (&mut run, &todo), reward, (sched, cfg.generate.workers), progress)?;
+    write_json(&out.join("search_metrics.json"), &rep)?;
+    Ok(run)
+}
+
+/// What the round's loss trains on, read back from its run directory `out` (whose counts of correct samples and
+/// pairs are `correct`, `pairs`); `star` examples join the SFT ones.
+fn round_data(
+    spec: &TrainSpec,
+    policy: &Policy,
+    out: &Path,
+    (correct, pairs): (u64, u64),
+    star: Vec<SftExample>,
+) -> Result<Option<TrainData>> {
+    let master = policy.master().as_ref();
+    let limits = spec.limits(master)?;
+    Ok(match spec.loss {
+        LossKind::Sft => {
+            let filter = SftFilter { min_reward: spec.min_reward, dedup: spec.dedup, weight_column: None };
+            let mut examples = match data::read_sft_trajectories(out, &filter, limits, master) {
+                Ok((examples, _)) => examples,
+                Err(orchard_train::Error::Schema { .. }) if correct == 0 => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            examples.extend(star);
+            (!examples.is_empty()).then_some(TrainData::Sft(examples))
+        }
+        LossKind::Topr => Some(TrainData::Trajectories(data::read_trajectories(out, limits, master)?.examples)),
+        _ if pairs == 0 => None,
+        _ => {
+            let columns = data::PairColumns {
+                behaviour: spec.reference == orchard_train::reference::ReferenceSource::Behaviour,
+                label_smoothing: None,
+            };
+            Some(TrainData::Pairs(data::read_pairs(out, &columns, limits, master)?.examples))
+        }
+    })
 }
 
 /// STaR's rationalisation: each train question none of whose samples in `out` is correct is sampled again with its

@@ -1,5 +1,5 @@
 //! Monte-Carlo tree search over reasoning steps: Agent Q (UCB1, Eq. 7; mean backup, Eq. 8; critic mixing, Eq. 10)
-//! and MCTS-DPO (PUCT with a length-penalised policy prior; visit-weighted backup). See `shared/PAPERS.md` §1, §6.
+//! and MCTS-DPO (PUCT with a length-penalised policy prior; visit-weighted backup). See `docs/ALGORITHMS.md` (Search).
 //!
 //! One round of [`Mcts::grow`]:
 //! 1. **Select** up to `parallel` leaves, walking down by UCB1 or PUCT; each walk adds a virtual loss to the nodes
@@ -17,6 +17,8 @@
 //! Budgets: `iterations` selections per tree, `max_depth` steps, `max_tokens` generated tokens per tree: a round
 //! starts only as many walks as fit the budget left if every step and rollout used its whole token allowance (at
 //! least one), and no round starts once the budget is spent.
+
+use std::collections::HashMap;
 
 use orchard_rewards::{score_caught, Reward, Task};
 use serde::{Deserialize, Serialize};
@@ -342,9 +344,49 @@ impl Mcts {
         walks: &[Walk],
         stats: &mut Stats,
     ) -> Result<()> {
-        let policy_err = |e: P::Error| Error::policy("", e);
+        // 2. Expand.
+        let (expand, children) = self.expand(policy, tree, walks, stats)?;
+        // 3. Critic ranking.
+        if self.cfg.critic {
+            self.critique(policy, tree, &children)?;
+        }
+        // 4. Simulate: one node per walk to evaluate.
+        let mut evaluate: Vec<(usize, NodeId)> = Vec::new(); // (walk index, node)
+        let mut next_expanded = children.iter();
+        for (wi, w) in walks.iter().enumerate() {
+            let leaf = *w.path.last().expect("a walk holds the root");
+            let node = if expand.contains(&leaf) {
+                let kids = next_expanded.next().expect("one child list per expanded leaf");
+                self.first_to_simulate(tree, kids)
+            } else {
+                leaf
+            };
+            evaluate.push((wi, node));
+        }
+        let ends = self.simulate(policy, reward, task, tree, &evaluate, stats)?;
+        // 5. Back up.
+        for &(wi, n) in &evaluate {
+            let end = ends.get(&n).copied().unwrap_or(n);
+            let value = tree.nodes[end].score().unwrap_or(FAILED_VALUE);
+            let mut path = walks[wi].path.clone();
+            if path.last() != Some(&n) {
+                path.push(n);
+            }
+            self.backup(tree, &path, value);
+        }
+        Ok(())
+    }
+
+    /// Expands the walks' leaves that are below max depth, not terminal and not expanded yet: K proposals each, in
+    /// one batch. Returns the expanded leaves and their new children.
+    fn expand<P: Policy>(
+        &self,
+        policy: &P,
+        tree: &mut Tree,
+        walks: &[Walk],
+        stats: &mut Stats,
+    ) -> Result<(Vec<NodeId>, Vec<Vec<NodeId>>)> {
         let until = Until::Step(self.cfg.step.clone());
-        // 2. Expand leaves below max depth that are not terminal; K proposals each, one batch.
         let mut expand: Vec<NodeId> = Vec::new();
         for w in walks {
             let leaf = *w.path.last().expect("a walk holds the root");
@@ -370,9 +412,7 @@ impl Mcts {
                 });
             }
         }
-        let proposals =
-            if requests.is_empty() { Vec::new() } else { policy.extend_batch(&requests).map_err(policy_err)? };
-        let mut proposals = proposals.into_iter();
+        let mut proposals = extend_all(policy, &requests)?.into_iter();
         let mut children: Vec<Vec<NodeId>> = Vec::new();
         for (&leaf, reqs) in expand.iter().zip(requests.chunks(self.cfg.k)) {
             let mut kids = Vec::new();
@@ -384,23 +424,20 @@ impl Mcts {
             }
             children.push(kids);
         }
-        // 3. Critic ranking.
-        if self.cfg.critic {
-            self.critique(policy, tree, &children)?;
-        }
-        // 4. Simulate: one node per walk to evaluate; roll out the non-terminal ones in one batch.
-        let mut evaluate: Vec<(usize, NodeId)> = Vec::new(); // (walk index, node)
-        let mut next_expanded = children.iter();
-        for (wi, w) in walks.iter().enumerate() {
-            let leaf = *w.path.last().expect("a walk holds the root");
-            let node = if expand.contains(&leaf) {
-                let kids = next_expanded.next().expect("one child list per expanded leaf");
-                self.first_to_simulate(tree, kids)
-            } else {
-                leaf
-            };
-            evaluate.push((wi, node));
-        }
+        Ok((expand, children))
+    }
+
+    /// Rolls the non-terminal nodes of `evaluate` out to a solution end (one batch) and scores every end not scored
+    /// yet (a reward panic becomes a failed node). Returns each rolled-out node's end.
+    fn simulate<P: Policy>(
+        &self,
+        policy: &P,
+        reward: &dyn Reward,
+        task: &Task,
+        tree: &mut Tree,
+        evaluate: &[(usize, NodeId)],
+        stats: &mut Stats,
+    ) -> Result<HashMap<NodeId, NodeId>> {
         let rollout_from: Vec<NodeId> = evaluate.iter().map(|&(_, n)| n).filter(|&n| !tree.nodes[n].terminal).collect();
         let requests: Vec<ExtendRequest> = rollout_from
             .iter()
@@ -412,33 +449,21 @@ impl Mcts {
                 seed: seed::mix(seed::child(tree.nodes[n].seed, tree.nodes[n].children.len()), seed::ROLLOUT),
             })
             .collect();
-        let rollouts: Vec<Extension> =
-            if requests.is_empty() { Vec::new() } else { policy.extend_batch(&requests).map_err(policy_err)? };
-        let mut ends = std::collections::HashMap::new();
+        let rollouts = extend_all(policy, &requests)?;
+        let mut ends = HashMap::new();
         for ((&from, ext), req) in rollout_from.iter().zip(rollouts).zip(&requests) {
             stats.generated += ext.generated;
             let id = tree.add_child(from, NodeKind::Rollout, ext, req.seed);
             ends.insert(from, id);
         }
-        // Score every solution end not scored yet (a reward panic becomes a failed node).
-        for &(_, n) in &evaluate {
+        for &(_, n) in evaluate {
             let end = ends.get(&n).copied().unwrap_or(n);
             if tree.nodes[end].verdict.is_none() {
                 let solution = tree.solution(end);
                 tree.nodes[end].verdict = Some(Verdict::from(score_caught(reward, task, &solution)));
             }
         }
-        // 5. Back up.
-        for &(wi, n) in &evaluate {
-            let end = ends.get(&n).copied().unwrap_or(n);
-            let value = tree.nodes[end].score().unwrap_or(FAILED_VALUE);
-            let mut path = walks[wi].path.clone();
-            if path.last() != Some(&n) {
-                path.push(n);
-            }
-            self.backup(tree, &path, value);
-        }
-        Ok(())
+        Ok(ends)
     }
 
     /// The proposal a simulation starts from: the critic's first, else the highest prior, else the first.
@@ -542,6 +567,22 @@ impl Mcts {
         }
         Ok(())
     }
+}
+
+/// The policy's extensions of `requests`, one each (none asked, no call).
+fn extend_all<P: Policy>(policy: &P, requests: &[ExtendRequest]) -> Result<Vec<Extension>> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let out = policy.extend_batch(requests).map_err(|e| Error::policy("", e))?;
+    if out.len() != requests.len() {
+        return Err(Error::Worker(format!(
+            "the policy returned {} extensions for {} requests",
+            out.len(),
+            requests.len()
+        )));
+    }
+    Ok(out)
 }
 
 /// The critic's question: the task, the solution so far and the numbered candidate next steps.
