@@ -307,7 +307,9 @@ impl Engine {
             max_batch: opts.max_batch.max(1),
             step_tokens: opts.prefill_chunk.max(1),
             kv_budget: None,
-            prefix_cache: true,
+            // Within a request the samples fork from its prompt; across requests nothing is kept (the index holds
+            // every finished sequence's blocks until it is cleared, which a long unbudgeted call cannot afford).
+            prefix_cache: false,
             precision: opts.precision,
         };
         let mut batcher = Batcher::new(self, config);

@@ -147,11 +147,13 @@ pub fn exp(x: f32) -> f32 {
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.3, 88.0);
-    // floor without libm's `floorf` (a call per element at the baseline ISA, which stops vectorisation; the
-    // training ops run there): truncate, then step down where that rounded up.
+    // floor(y) in float arithmetic: adding and subtracting 1.5·2²³ rounds to the nearest integer (|y| < 2²² here),
+    // one step down where that rounded up. Exactly `f32::floor`, without libm's `floorf` (a call per element at
+    // the baseline ISA the training ops run at) or a saturating integer conversion.
     let y = x * LOG2E + 0.5;
-    let t = y as i32 as f32;
-    let n = if t > y { t - 1.0 } else { t };
+    const ROUND: f32 = 12_582_912.0;
+    let nearest = (y + ROUND) - ROUND;
+    let n = if nearest > y { nearest - 1.0 } else { nearest };
     let r = x - n * C1 - n * C2;
     let z = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
@@ -257,6 +259,31 @@ mod tests {
             let (a, b) = (exp(x), x.exp());
             assert!((a - b).abs() <= 3e-7 * b, "{x}: {a} vs {b}");
         }
+    }
+
+    /// The float-arithmetic floor inside `exp` is `f32::floor`: `exp`'s bits equal the same reduction with libm's
+    /// floor, over a dense sweep and at every point where `x·log2(e) + 0.5` is an integer.
+    #[test]
+    fn exp_floor_is_libm_floor() {
+        let with_libm_floor = |x: f32| {
+            let x = x.clamp(-87.3, 88.0);
+            let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+            let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+            let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+                + 1.666_666_5e-1)
+                * r
+                + 5e-1;
+            (p * (r * r) + r + 1.0) * f32::from_bits(((n as i32 + 127) as u32) << 23)
+        };
+        let sweep = (-900_000..=900_000).map(|i| i as f32 / 10_000.0);
+        let integral = (-130..=130).flat_map(|k| {
+            let x = (k as f32 - 0.5) / std::f32::consts::LOG2_E;
+            [x, f32::from_bits(x.to_bits() + 1), f32::from_bits(x.to_bits().wrapping_sub(1))]
+        });
+        for x in sweep.chain(integral) {
+            assert_eq!(exp(x).to_bits(), with_libm_floor(x).to_bits(), "{x}");
+        }
+        assert!(exp(f32::NAN).is_nan());
     }
 
     /// SwiGLU, GeGLU and the exponential sum on every ISA the CPU has give the portable code's bits.
