@@ -5,56 +5,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::arch::HfLayers;
 use crate::error::{Error, Result};
 
-/// The architectures the engine runs. They share one forward; the differences are data (biases, rope base).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    /// Llama 2/3, SmolLM, TinyLlama, Mistral-style dense models without sliding windows.
-    Llama,
-    /// Qwen2 / Qwen2.5 (biases on q/k/v projections).
-    Qwen2,
-    /// Qwen3 dense models (per-head RMSNorm on queries and keys before the rotary embedding, no biases).
-    Qwen3,
-    /// Gemma 3 text models: embedding scaled by √width, RMSNorm around both blocks (before and after), per-head q/k
-    /// RMSNorm, GeGLU (tanh-approximated GELU), sliding-window layers with their own rotary base between global
-    /// ones, queries scaled by `query_pre_attn_scalar^-1/2`.
-    Gemma3,
-}
-
-impl Arch {
-    /// The name used by GGUF (`general.architecture`) and by HF `model_type`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Qwen2 => "qwen2",
-            Arch::Qwen3 => "qwen3",
-            Arch::Gemma3 => "gemma3",
-        }
-    }
-
-    /// Whether queries and keys get a per-head RMSNorm before the rotary embedding (`q_norm`/`k_norm`).
-    pub fn qk_norm(self) -> bool {
-        matches!(self, Arch::Qwen3 | Arch::Gemma3)
-    }
-
-    /// Whether each block's output is normalised again before the residual add (Gemma's `post_attention_layernorm`
-    /// and `post_feedforward_layernorm`).
-    pub fn sandwich_norms(self) -> bool {
-        self == Arch::Gemma3
-    }
-
-    /// Whether token embeddings are multiplied by √hidden_size (Gemma).
-    pub fn scales_embedding(self) -> bool {
-        self == Arch::Gemma3
-    }
-
-    /// Whether HF stores RMSNorm weights as offsets from one (`x · (1 + w)`, Gemma); GGUF files store `1 + w`.
-    pub fn norm_weights_offset(self) -> bool {
-        self == Arch::Gemma3
-    }
-}
+pub use crate::arch::Arch;
 
 /// The MLP's gate activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -214,13 +168,7 @@ impl ModelConfig {
 
     /// This configuration as an HF `config.json` (the inverse of [`ModelConfig::from_hf_json`]).
     pub fn to_hf_json(&self, bos: Option<u32>, eos: Option<u32>) -> serde_json::Value {
-        let (arch, model_type) = match self.arch {
-            Arch::Llama if self.sliding_window.is_some() => ("MistralForCausalLM", "mistral"),
-            Arch::Llama => ("LlamaForCausalLM", "llama"),
-            Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
-            Arch::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
-            Arch::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text"),
-        };
+        let (arch, model_type) = self.arch.spec().hf_export;
         let rope_scaling = match self.rope_scaling {
             None => serde_json::Value::Null,
             Some(RopeScaling::Linear { factor }) => serde_json::json!({"rope_type": "linear", "factor": factor}),
@@ -254,43 +202,7 @@ impl ModelConfig {
             "bos_token_id": bos,
             "eos_token_id": eos,
         });
-        if matches!(self.arch, Arch::Qwen2 | Arch::Qwen3) {
-            c["use_sliding_window"] = serde_json::Value::Bool(false);
-        }
-        if let (Arch::Llama, Some(sw)) = (self.arch, &self.sliding_window) {
-            c["sliding_window"] = sw.window.into();
-        }
-        if self.arch == Arch::Gemma3 {
-            let obj = c.as_object_mut().expect("an object");
-            obj.remove("hidden_act");
-            obj.remove("mlp_bias");
-            let act = match self.hidden_act {
-                Activation::Silu => "silu",
-                Activation::GeluTanh => "gelu_pytorch_tanh",
-            };
-            obj.insert("hidden_activation".into(), act.into());
-            // transformers types this field as an int.
-            let scalar = self.query_pre_attn_scalar.unwrap_or(self.head_dim as f32);
-            let scalar =
-                if scalar.fract() == 0.0 { serde_json::json!(scalar as u64) } else { serde_json::json!(scalar) };
-            obj.insert("query_pre_attn_scalar".into(), scalar);
-            if let Some(sw) = &self.sliding_window {
-                let types: Vec<&str> =
-                    sw.layers.iter().map(|&s| if s { "sliding_attention" } else { "full_attention" }).collect();
-                obj.insert("sliding_window".into(), sw.window.into());
-                obj.insert("layer_types".into(), serde_json::json!(types));
-                obj.insert(
-                    "rope_parameters".into(),
-                    serde_json::json!({
-                        "sliding_attention": {"rope_type": "default", "rope_theta": sw.rope_theta},
-                        "full_attention": {"rope_type": "default", "rope_theta": self.rope_theta},
-                    }),
-                );
-                obj.remove("rope_theta");
-            }
-            obj.insert("final_logit_softcapping".into(), serde_json::Value::Null);
-            obj.insert("attn_logit_softcapping".into(), serde_json::Value::Null);
-        }
+        (self.arch.spec().hf_export_keys)(self, c.as_object_mut().expect("an object"));
         c
     }
 
@@ -305,46 +217,47 @@ impl ModelConfig {
     }
 }
 
-/// The subset of HF `config.json` the engine reads (llama, qwen2, qwen3).
+/// The subset of HF `config.json` the engine reads (the common keys, and those an architecture's
+/// [`crate::arch::ArchSpec::hf_layers`] reads).
 #[derive(Debug, Deserialize)]
-struct HfConfig {
-    model_type: Option<String>,
+pub struct HfConfig {
+    pub(crate) model_type: Option<String>,
     #[serde(default)]
-    architectures: Vec<String>,
-    vocab_size: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    rms_norm_eps: f64,
-    rope_theta: Option<f64>,
-    rope_scaling: Option<serde_json::Value>,
+    pub(crate) architectures: Vec<String>,
+    pub(crate) vocab_size: usize,
+    pub(crate) hidden_size: usize,
+    pub(crate) intermediate_size: usize,
+    pub(crate) num_hidden_layers: usize,
+    pub(crate) num_attention_heads: usize,
+    pub(crate) num_key_value_heads: Option<usize>,
+    pub(crate) head_dim: Option<usize>,
+    pub(crate) rms_norm_eps: f64,
+    pub(crate) rope_theta: Option<f64>,
+    pub(crate) rope_scaling: Option<serde_json::Value>,
     /// transformers ≥ 5 writes `rope_theta` and the scaling inside `rope_parameters`.
-    rope_parameters: Option<serde_json::Value>,
+    pub(crate) rope_parameters: Option<serde_json::Value>,
     #[serde(default = "default_max_position")]
-    max_position_embeddings: usize,
+    pub(crate) max_position_embeddings: usize,
     #[serde(default)]
-    tie_word_embeddings: bool,
-    attention_bias: Option<bool>,
+    pub(crate) tie_word_embeddings: bool,
+    pub(crate) attention_bias: Option<bool>,
     #[serde(default)]
-    mlp_bias: bool,
-    hidden_act: Option<String>,
+    pub(crate) mlp_bias: bool,
+    pub(crate) hidden_act: Option<String>,
     /// Gemma's name for `hidden_act`.
-    hidden_activation: Option<String>,
-    use_sliding_window: Option<bool>,
+    pub(crate) hidden_activation: Option<String>,
+    pub(crate) use_sliding_window: Option<bool>,
     /// Gemma 3: `sliding_attention` / `full_attention` per layer.
-    layer_types: Option<Vec<String>>,
+    pub(crate) layer_types: Option<Vec<String>>,
     /// Gemma 3 (transformers < 5): every N-th layer is global.
-    sliding_window_pattern: Option<usize>,
+    pub(crate) sliding_window_pattern: Option<usize>,
     /// Gemma 3 (transformers < 5): the sliding layers' rotary base.
-    rope_local_base_freq: Option<f64>,
-    query_pre_attn_scalar: Option<f64>,
-    final_logit_softcapping: Option<f64>,
-    attn_logit_softcapping: Option<f64>,
+    pub(crate) rope_local_base_freq: Option<f64>,
+    pub(crate) query_pre_attn_scalar: Option<f64>,
+    pub(crate) final_logit_softcapping: Option<f64>,
+    pub(crate) attn_logit_softcapping: Option<f64>,
     /// Mistral's attention window (`null` from Mistral v0.2 on).
-    sliding_window: Option<usize>,
+    pub(crate) sliding_window: Option<usize>,
 }
 
 fn default_rope_theta() -> f64 {
@@ -357,34 +270,30 @@ fn default_max_position() -> usize {
 impl HfConfig {
     fn into_config(self, path: &Path) -> Result<ModelConfig> {
         let model_type = self.model_type.clone().unwrap_or_default();
-        let arch = match model_type.as_str() {
-            "llama" | "mistral" => Arch::Llama,
-            "qwen2" => Arch::Qwen2,
-            "qwen3" => Arch::Qwen3,
-            "gemma3_text" => Arch::Gemma3,
-            other => {
-                let archs = self.architectures.join(", ");
-                let hint = if other == "gemma3" {
-                    " (the multimodal Gemma 3 checkpoint: load its text model, model_type gemma3_text)"
-                } else if crate::generic::GENERIC_ARCHITECTURES.contains(&other) {
-                    " (it runs on the generic candle-transformers backend, in `orchard generate`, `score` and `info` \
-                     only)"
-                } else {
-                    ""
-                };
-                return Err(Error::unsupported(
-                    path,
-                    format!(
-                        "model_type `{other}` ({archs}){hint}; supported: llama, mistral, qwen2, qwen3, gemma3_text \
-                         (native), {} (generic backend: generate, score, info)",
-                        crate::generic::GENERIC_ARCHITECTURES.join(", ")
-                    ),
-                ));
-            }
+        let Some(arch) = Arch::from_hf_model_type(&model_type) else {
+            let other = model_type.as_str();
+            let archs = self.architectures.join(", ");
+            let hint = if other == "gemma3" {
+                " (the multimodal Gemma 3 checkpoint: load its text model, model_type gemma3_text)"
+            } else if crate::generic::GENERIC_ARCHITECTURES.contains(&other) {
+                " (it runs on the generic candle-transformers backend, in `orchard generate`, `score` and `info` only)"
+            } else {
+                ""
+            };
+            return Err(Error::unsupported(
+                path,
+                format!(
+                    "model_type `{other}` ({archs}){hint}; supported: {} (native), {} (generic backend: generate, \
+                     score, info)",
+                    Arch::hf_model_types(),
+                    crate::generic::GENERIC_ARCHITECTURES.join(", ")
+                ),
+            ));
         };
+        let spec = arch.spec();
         let hidden_act = match self.hidden_act.as_deref().or(self.hidden_activation.as_deref()) {
-            None if arch == Arch::Gemma3 => Activation::GeluTanh,
-            None | Some("silu") => Activation::Silu,
+            None => spec.activation,
+            Some("silu") => Activation::Silu,
             Some("gelu_pytorch_tanh") => Activation::GeluTanh,
             Some(act) => {
                 return Err(Error::unsupported(
@@ -410,11 +319,6 @@ impl HfConfig {
                 format!("{model_type}: sliding-window layers (use_sliding_window = true)"),
             ));
         }
-        // Mistral's window: every layer attends to its last W positions (the sliding-window layers Gemma 3 uses), so
-        // longer sequences run exactly. Under rope scaling (no local base to give those layers) the context is capped
-        // at W instead, which is exact within the window.
-        let mut max_position = self.max_position_embeddings;
-        let mistral_window = self.sliding_window.filter(|&w| arch == Arch::Llama && w > 0 && w < max_position);
         let params = self.rope_parameters.as_ref().filter(|v| v.is_object());
         let rope_theta = self
             .rope_theta
@@ -427,23 +331,10 @@ impl HfConfig {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => Some(parse_rope_scaling(v).map_err(|msg| Error::unsupported(path, msg))?),
         };
-        let (rope_theta, rope_scaling, sliding_window) = match (arch, mistral_window) {
-            (Arch::Gemma3, _) => self.gemma3_layers(path, rope_theta, rope_scaling)?,
-            (_, Some(window)) if rope_scaling.is_none() => {
-                let layers = vec![true; self.num_hidden_layers];
-                (rope_theta, None, Some(SlidingWindow { window, layers, rope_theta: rope_theta as f32 }))
-            }
-            (_, Some(w)) => {
-                tracing::info!(
-                    "{}: sliding_window = {w} with rope scaling; the context is capped at {w} tokens (exact within \
-                     the window)",
-                    path.display()
-                );
-                max_position = w;
-                (rope_theta, rope_scaling, None)
-            }
-            _ => (rope_theta, rope_scaling, None),
-        };
+        let common =
+            HfLayers { rope_theta, rope_scaling, sliding_window: None, max_position: self.max_position_embeddings };
+        let HfLayers { rope_theta, rope_scaling, sliding_window, max_position } =
+            (spec.hf_layers)(&self, path, common)?;
         let heads = self.num_attention_heads;
         Ok(ModelConfig {
             arch,
@@ -459,68 +350,15 @@ impl HfConfig {
             rope_scaling,
             max_position_embeddings: max_position,
             tie_word_embeddings: self.tie_word_embeddings,
-            attention_bias: self.attention_bias.unwrap_or(arch == Arch::Qwen2),
+            attention_bias: self.attention_bias.unwrap_or(spec.attention_bias),
             hidden_act,
             sliding_window,
             query_pre_attn_scalar: self.query_pre_attn_scalar.map(|x| x as f32),
         })
     }
-
-    /// Gemma 3's layer plan: which layers slide (`layer_types`, or every layer but each `sliding_window_pattern`-th)
-    /// and the two rotary bases (transformers ≥ 5: `rope_parameters.{sliding,full}_attention`; before:
-    /// `rope_local_base_freq` and `rope_theta`). Returns the global base and scaling and the sliding plan.
-    #[allow(clippy::type_complexity)]
-    fn gemma3_layers(
-        &self,
-        path: &Path,
-        rope_theta: f64,
-        rope_scaling: Option<RopeScaling>,
-    ) -> Result<(f64, Option<RopeScaling>, Option<SlidingWindow>)> {
-        let n = self.num_hidden_layers;
-        let layers: Vec<bool> = match (&self.layer_types, self.sliding_window_pattern) {
-            (Some(types), _) => types
-                .iter()
-                .map(|t| match t.as_str() {
-                    "sliding_attention" => Ok(true),
-                    "full_attention" => Ok(false),
-                    other => Err(Error::unsupported(path, format!("gemma3: layer type `{other}`"))),
-                })
-                .collect::<Result<_>>()?,
-            (None, pattern) => {
-                let p = pattern.unwrap_or(6).max(1);
-                (0..n).map(|i| (i + 1) % p != 0).collect()
-            }
-        };
-        let per_type = self.rope_parameters.as_ref().filter(|p| p.get("full_attention").is_some());
-        let (global_theta, global_scaling, local_theta) = match per_type {
-            Some(p) => {
-                let full = &p["full_attention"];
-                let local = p.get("sliding_attention").unwrap_or(full);
-                let theta = |v: &serde_json::Value, default: f64| {
-                    v.get("rope_theta").and_then(|x| x.as_f64()).unwrap_or(default)
-                };
-                let scaling = match full.get("rope_type").and_then(|t| t.as_str()) {
-                    None | Some("default") => None,
-                    Some(_) => Some(parse_rope_scaling(full).map_err(|msg| Error::unsupported(path, msg))?),
-                };
-                if local.get("rope_type").and_then(|t| t.as_str()).is_some_and(|t| t != "default") {
-                    return Err(Error::unsupported(path, "gemma3: rope scaling on the sliding-window layers"));
-                }
-                (theta(full, 1_000_000.0), scaling, theta(local, 10_000.0))
-            }
-            None => (rope_theta, rope_scaling, self.rope_local_base_freq.unwrap_or(10_000.0)),
-        };
-        let sliding = match self.sliding_window {
-            Some(window) if layers.iter().any(|&s| s) => {
-                Some(SlidingWindow { window, layers, rope_theta: local_theta as f32 })
-            }
-            _ => None,
-        };
-        Ok((global_theta, global_scaling, sliding))
-    }
 }
 
-fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<RopeScaling, String> {
+pub(crate) fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<RopeScaling, String> {
     let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("").to_string();
     let num = |key: &str| v.get(key).and_then(|x| x.as_f64()).map(|x| x as f32);
     let factor = num("factor").ok_or_else(|| format!("rope_scaling `{kind}` without a `factor`"))?;

@@ -98,19 +98,14 @@ impl GgufFile {
         let arch_name = self
             .meta_str("general.architecture")
             .ok_or_else(|| Error::bad_model(&self.path, "metadata `general.architecture` is missing"))?;
-        let arch = match arch_name {
-            "llama" => Arch::Llama,
-            "qwen2" => Arch::Qwen2,
-            "qwen3" => Arch::Qwen3,
-            "gemma3" => Arch::Gemma3,
-            other => {
-                return Err(Error::unsupported(
-                    &self.path,
-                    format!("architecture `{other}`; supported: llama, qwen2, qwen3, gemma3"),
-                ))
-            }
+        let Some(arch) = Arch::from_gguf_name(arch_name) else {
+            return Err(Error::unsupported(
+                &self.path,
+                format!("architecture `{arch_name}`; supported: {}", Arch::gguf_names()),
+            ));
         };
-        let a = arch.name();
+        let spec = arch.spec();
+        let a = arch_name;
         let hidden = self.required(&format!("{a}.embedding_length"))?;
         let heads = self.required(&format!("{a}.attention.head_count"))?;
         let embd = self.tensor_info("token_embd.weight")?;
@@ -136,19 +131,7 @@ impl GgufFile {
             }
         };
         let num_layers = self.required(&format!("{a}.block_count"))?;
-        // Gemma 3 in GGUF (llama.cpp's `LLM_ARCH_GEMMA3`): every 6th layer global, the others a sliding window with
-        // rotary base 10 000; queries scaled by head_dim^-1/2 (the converter checks query_pre_attn_scalar == head_dim).
-        let sliding_window = match (arch, self.meta_usize(&format!("{a}.attention.sliding_window"))?) {
-            (Arch::Gemma3, Some(window)) => Some(crate::config::SlidingWindow {
-                window,
-                layers: (0..num_layers).map(|i| (i + 1) % 6 != 0).collect(),
-                rope_theta: 10_000.0,
-            }),
-            _ => None,
-        };
-        let hidden_act =
-            if arch == Arch::Gemma3 { crate::config::Activation::GeluTanh } else { crate::config::Activation::Silu };
-        let cfg = ModelConfig {
+        let mut cfg = ModelConfig {
             arch,
             vocab_size: vocab,
             hidden_size: hidden,
@@ -165,12 +148,11 @@ impl GgufFile {
             max_position_embeddings: self.meta_usize(&format!("{a}.context_length"))?.unwrap_or(2048),
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
-            hidden_act,
-            sliding_window,
-            // llama.cpp: Gemma 3 27B (62 layers) scales by (hidden / heads)^-1/2, the others by head_dim^-1/2.
-            query_pre_attn_scalar: (arch == Arch::Gemma3 && num_layers == 62 && heads > 0)
-                .then(|| (hidden / heads) as f32),
+            hidden_act: spec.activation,
+            sliding_window: None,
+            query_pre_attn_scalar: None,
         };
+        (spec.gguf_layers)(&mut cfg, self.meta_usize(&format!("{a}.attention.sliding_window"))?);
         cfg.validate(&self.path)?;
         Ok(cfg)
     }
@@ -316,7 +298,7 @@ impl GgufFile {
     pub fn load_model(&self) -> Result<Model> {
         let cfg = self.config()?;
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
-        let permute = cfg.arch == Arch::Llama;
+        let permute = cfg.arch.spec().gguf_permuted_qk;
         let q_perm = permute.then(|| unpermute_order(cfg.num_heads, hd));
         let k_perm = permute.then(|| unpermute_order(cfg.num_kv_heads, hd));
         let mut layers = Vec::with_capacity(cfg.num_layers);

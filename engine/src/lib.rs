@@ -20,6 +20,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod arch;
 pub mod autograd;
 pub mod bench;
 pub mod chat;
@@ -42,8 +43,9 @@ pub mod testing;
 pub mod tokenizer;
 pub mod weights;
 
+pub use arch::{Arch, ArchSpec, ARCHITECTURES};
 pub use chat::{ChatTemplate, Message};
-pub use config::{Activation, Arch, ModelConfig, SlidingWindow};
+pub use config::{Activation, ModelConfig, SlidingWindow};
 pub use engine::{
     Engine, FinishReason, GenerateOptions, GenerateRequest, Handoff, ModelInfo, Progress, Prompt, Sample, Scored,
 };

@@ -16,7 +16,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::AddedToken;
 
-use crate::config::{Activation, Arch, ModelConfig, SlidingWindow};
+use crate::config::{Arch, ModelConfig, SlidingWindow};
 use crate::error::{Error, Result};
 use crate::gguf::unpermute_order;
 
@@ -45,12 +45,14 @@ const MERGES: [(&str, &str); 16] = [
     ("a", "n"),
 ];
 
-/// A small llama (or qwen2, qwen3, gemma3) configuration: 2 layers, width 64, GQA 4/2, vocab 288; qwen3's and
-/// gemma3's heads are 32 wide (so attention is wider than the model, as their `head_dim` is independent of the
-/// width). Gemma 3's first layer is a 16-position sliding window with rotary base 10 000, its second global with
-/// base 10⁶, and its queries are scaled by 24^-1/2 (≠ head_dim^-1/2).
+/// A small configuration of `arch`: 2 layers, width 64, GQA 4/2, vocab 288. Architectures with q/k norms get
+/// 32-wide heads (attention wider than the model, as their `head_dim` is independent of the width). Gemma 3's
+/// first layer is a 16-position sliding window with rotary base 10 000, its second global with base 10⁶, and its
+/// queries are scaled by 24^-1/2 (≠ head_dim^-1/2); Mistral's layers are both 16-position windows.
 pub fn tiny_config(arch: Arch) -> ModelConfig {
+    let spec = arch.spec();
     let gemma = arch == Arch::Gemma3;
+    let window = |layers: Vec<bool>, rope_theta| SlidingWindow { window: 16, layers, rope_theta };
     ModelConfig {
         arch,
         vocab_size: 288,
@@ -59,25 +61,26 @@ pub fn tiny_config(arch: Arch) -> ModelConfig {
         num_layers: 2,
         num_heads: 4,
         num_kv_heads: 2,
-        head_dim: if matches!(arch, Arch::Qwen3 | Arch::Gemma3) { 32 } else { 16 },
+        head_dim: if spec.qk_norm { 32 } else { 16 },
         rms_norm_eps: 1e-5,
         rope_theta: if gemma { 1_000_000.0 } else { 10_000.0 },
         rope_scaling: None,
         max_position_embeddings: 512,
         tie_word_embeddings: arch != Arch::Qwen2,
-        attention_bias: arch == Arch::Qwen2,
-        hidden_act: if gemma { Activation::GeluTanh } else { Activation::Silu },
-        sliding_window: gemma.then(|| SlidingWindow { window: 16, layers: vec![true, false], rope_theta: 10_000.0 }),
+        attention_bias: spec.attention_bias,
+        hidden_act: spec.activation,
+        sliding_window: match arch {
+            Arch::Gemma3 => Some(window(vec![true, false], 10_000.0)),
+            Arch::Mistral => Some(window(vec![true, true], 10_000.0)),
+            _ => None,
+        },
         query_pre_attn_scalar: gemma.then_some(24.0),
     }
 }
 
-/// A tiny Mistral: the llama configuration with a 16-position sliding window on every layer (written as
-/// `model_type: mistral`).
+/// A tiny Mistral: the llama configuration with a 16-position sliding window on every layer.
 pub fn tiny_mistral_config() -> ModelConfig {
-    let cfg = tiny_config(Arch::Llama);
-    let layers = vec![true; cfg.num_layers];
-    ModelConfig { sliding_window: Some(SlidingWindow { window: 16, layers, rope_theta: cfg.rope_theta }), ..cfg }
+    tiny_config(Arch::Mistral)
 }
 
 /// GPT-2's byte → printable character map.
@@ -322,7 +325,7 @@ pub fn write_gguf(
 ) -> Result<()> {
     let a = cfg.arch.name();
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    let permute = cfg.arch == Arch::Llama;
+    let permute = cfg.arch.spec().gguf_permuted_qk;
     for (name, (shape, data)) in weights {
         let gguf_name = gguf_name(name);
         let mut values = data.clone();

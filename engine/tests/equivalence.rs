@@ -2,7 +2,9 @@
 //! recompute, forked branch == recomputed prefix, chunked prefill == one shot, and per-sequence seeds that do not
 //! care about batch companions.
 
-use orchard_engine::{Arch, Chunk, GenerateOptions, GenerateRequest, LogitRows, Precision, SamplingParams, TokenId};
+use orchard_engine::{
+    Arch, Chunk, GenerateOptions, GenerateRequest, LogitRows, Precision, SamplingParams, TokenId, ARCHITECTURES,
+};
 
 use crate::util::{max_abs_diff, tiny, Format};
 
@@ -22,7 +24,7 @@ fn full_logits(m: &orchard_engine::Model, tokens: &[TokenId], p: Precision) -> V
 
 #[test]
 fn batched_ragged_forward_equals_one_at_a_time() {
-    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3] {
+    for arch in ARCHITECTURES.iter().map(|s| s.arch) {
         let t = tiny(arch, Format::Hf, 1);
         let m = t.engine.model();
         let seqs: Vec<Vec<TokenId>> = vec![seq(5, 1), seq(23, 2), seq(1, 3), seq(40, 4)];

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 
 use super::*;
-use crate::config::Arch;
+use crate::arch::{Arch, ARCHITECTURES};
 use crate::engine::Engine;
 use crate::model::{Chunk, LogitRows};
 use crate::testing::{random_weights, tiny_config, write_hf_dir};
@@ -59,7 +59,7 @@ fn objective(m: &DiffModel, batch: &Packed, mode: Mode) -> Result<Tensor> {
 
 #[test]
 fn all_position_logits_equal_the_inference_path() -> TestResult {
-    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma3] {
+    for arch in ARCHITECTURES.iter().map(|s| s.arch) {
         let (_dir, model) = tiny(arch)?;
         let diff = DiffModel::new(&model, &Tuning::Full, &Device::Cpu, 0)?;
         let seqs = seqs();
