@@ -45,8 +45,8 @@ impl EnginePolicy {
         Ok(Start { text, tokens })
     }
 
-    fn decode(&self, ids: &[u32]) -> String {
-        self.engine.tokenizer().decode(ids, true).unwrap_or_default()
+    fn decode(&self, ids: &[u32]) -> orchard_engine::Result<String> {
+        self.engine.tokenizer().decode(ids, true)
     }
 
     /// One sample per request, through the scheduler (all submitted before any is awaited).
@@ -73,20 +73,23 @@ impl EnginePolicy {
         for (rx, r) in pending.into_iter().zip(requests) {
             let sample =
                 rx.recv().unwrap_or_else(|_| Err(orchard_engine::Error::Request("the scheduler stopped".into())))?;
-            out.push(self.to_extension(&r.until, sample));
+            out.push(self.to_extension(&r.until, sample)?);
         }
         Ok(out)
     }
 
-    fn to_extension(&self, until: &Until, s: orchard_engine::Sample) -> Extension {
+    fn to_extension(&self, until: &Until, s: orchard_engine::Sample) -> orchard_engine::Result<Extension> {
         let n = s.token_ids.len();
+        // Every prefix of ids that decode decodes: checked once here, the step cut below reads prefixes.
+        self.decode(&s.token_ids)?;
+        let prefix = |k: usize| self.decode(&s.token_ids[..k]).unwrap_or_default();
         let eos = self.engine.tokenizer().eos();
         let ended = s.finish_reason == FinishReason::Stop && s.token_ids.last().is_some_and(|t| eos.contains(t));
         let (keep, end) = match until {
             _ if ended => (n, EndReason::Eos),
             Until::Step(rule) => {
-                let k = cut(rule, n, |k| self.decode(&s.token_ids[..k]));
-                let at_boundary = rule.boundary(&self.decode(&s.token_ids[..k])).is_some() || k < n;
+                let k = cut(rule, n, prefix);
+                let at_boundary = rule.boundary(&prefix(k)).is_some() || k < n;
                 (
                     k,
                     if at_boundary || s.finish_reason == FinishReason::Stop {
@@ -99,13 +102,13 @@ impl EnginePolicy {
             Until::End => (n, EndReason::Length),
         };
         let tokens = s.token_ids[..keep].to_vec();
-        Extension {
-            text: self.decode(&tokens),
+        Ok(Extension {
+            text: self.decode(&tokens)?,
             logprobs: s.token_logprobs[..keep].to_vec(),
             tokens,
             generated: n,
             end: Some(end),
-        }
+        })
     }
 }
 
@@ -146,7 +149,7 @@ impl Policy for EnginePolicy {
                 let e = &mut out[i];
                 e.tokens.extend(tail.tokens);
                 e.logprobs.extend(tail.logprobs);
-                e.text = self.decode(&e.tokens);
+                e.text = self.decode(&e.tokens)?;
                 e.generated += tail.generated;
                 e.end = tail.end;
             }
@@ -175,6 +178,64 @@ pub fn parse_choice(text: &str, options: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use orchard_engine::scheduler::SchedulerConfig;
+    use orchard_search::policy::Sampling;
+    use orchard_search::step::StepRule;
+
+    /// The default model (fetched by `.ci/run`; a tiny random model only ever writes one token).
+    fn default_policy() -> EnginePolicy {
+        let engine = Arc::new(Engine::load("default").expect("the default model (run `orchard fetch-model`)"));
+        let scheduler = Scheduler::start(engine.clone(), SchedulerConfig::default());
+        EnginePolicy::new(engine, scheduler)
+    }
+
+    fn request(context: &[u32], until: Until, seed: u64) -> ExtendRequest {
+        ExtendRequest { context: context.to_vec(), until, max_new: 40, sampling: Sampling::default(), seed }
+    }
+
+    /// A step is the start of the whole continuation of the same seed, cut at its rule's first boundary: the fewest
+    /// tokens whose text reaches it, never fewer than one.
+    #[test]
+    fn a_step_is_the_continuation_cut_at_its_first_boundary() -> anyhow::Result<()> {
+        let policy = default_policy();
+        let question = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. \
+                        How many clips did Natalia sell altogether in April and May? Answer step by step.";
+        let start = policy.start(&[Message::user(question)])?;
+        let (mut cut_somewhere, mut checked) = (false, 0);
+        for seed in 0..6 {
+            let whole = policy.extend_batch(&[request(&start.tokens, Until::End, seed)])?.remove(0);
+            assert_eq!(whole.tokens.len(), whole.logprobs.len());
+            assert_eq!(whole.text, policy.decode(&whole.tokens)?);
+            for rule in [StepRule::Newline, StepRule::Stop(". ".into())] {
+                let step = policy.extend_batch(&[request(&start.tokens, Until::Step(rule.clone()), seed)])?.remove(0);
+                assert!(!step.tokens.is_empty());
+                if step.text.contains('\n') && step.text.split('\n').next().is_some_and(|l| l.trim().is_empty()) {
+                    continue; // a blank first line was continued by a request of its own (BLANK_STEP_RETRIES)
+                }
+                assert!(whole.tokens.starts_with(&step.tokens), "seed {seed}: the step is not the run's start");
+                assert_eq!(step.logprobs[..], whole.logprobs[..step.tokens.len()]);
+                let shorter = policy.decode(&step.tokens[..step.tokens.len() - 1])?;
+                assert!(rule.boundary(&shorter).is_none(), "seed {seed}: cut after the boundary");
+                cut_somewhere |= step.tokens.len() < whole.tokens.len();
+                checked += 1;
+            }
+        }
+        assert!(cut_somewhere, "no step ended before the continuation did");
+        assert!(checked >= 8, "only {checked} of 12 steps were not continued after a blank line");
+        Ok(())
+    }
+
+    /// The critic is asked greedily: the same answer for the same question, and an index only when it names one.
+    #[test]
+    fn critic_choices_are_greedy_and_in_range() -> anyhow::Result<()> {
+        let policy = default_policy();
+        let ask =
+            |seed| ChoiceRequest { prompt: "Which is best? Candidate 1: a. Candidate 2: b.".into(), options: 2, seed };
+        let picks = policy.choose_batch(&[ask(1), ask(2)])?;
+        assert_eq!(picks[0], picks[1]);
+        assert!(picks[0].is_none_or(|i| i < 2));
+        Ok(())
+    }
 
     #[test]
     fn critic_answers_name_a_candidate_or_none() {
