@@ -1,4 +1,4 @@
-//! Engine benches: the int8×Q4 and f32 matmul kernels on the default model's shapes, and prefill / one decode step
+//! Engine benches: the quantized (15-bit activations × Q4) and f32 matmul kernels on the default model's shapes, and prefill / one decode step
 //! of the default model at B = 1 and 16 (tokens per second). The comparison against llama.cpp is
 //! `benches/compare/engine_llamacpp.py`.
 

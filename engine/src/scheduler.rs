@@ -13,7 +13,7 @@
 //! neither batching, sharing, eviction nor preemption changes any output: a (seed, tokens) request gives the same
 //! sample however the scheduler runs it.
 //!
-//! Batch shape: the int8 kernels are the fastest path at every batch size on CPU (see BENCHMARKS.md), so the
+//! Batch shape: the quantized kernels are the fastest path at every batch size on CPU (see BENCHMARKS.md), so the
 //! scheduler sizes batches by rows, not by weight path: up to `max_batch` decoding sequences plus prefill rows
 //! filling the `step_tokens` budget of a forward.
 

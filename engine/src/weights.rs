@@ -12,7 +12,7 @@ use crate::kernels::quant::{self, QActs, QMatrix};
 pub enum Precision {
     /// f32 weights everywhere: the reference path (scoring, training numerics, determinism tests).
     F32,
-    /// Quantized weights where the model has them (int8 activations): the fast path for generation.
+    /// Quantized weights where the model has them (15-bit integer activations): the fast path for generation.
     Quantized,
 }
 

@@ -53,7 +53,7 @@ fn every_block_format_loads_close_to_f32() {
 
 #[test]
 fn quantized_kernels_equal_their_own_dequantized_weights() {
-    // Q4_1 weights are kept exactly: the f32 path (dequantized) and the int8 path differ only by activation
+    // Q4_1 weights are kept exactly: the f32 path (dequantized) and the quantized path differ only by activation
     // quantization, far less than the weight quantization error above.
     let t = tiny(Arch::Llama, Format::Gguf(GgmlDType::Q4_1), 13);
     let a = last_logits(&t.engine, &PROMPT, Precision::F32);

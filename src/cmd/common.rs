@@ -56,7 +56,7 @@ pub enum PrecisionArg {
     Auto,
     /// f32 weights: exact, deterministic across batch compositions, slower.
     F32,
-    /// Quantized weights with int8 activations: fastest.
+    /// Quantized weights with 15-bit integer activations: fastest.
     Quantized,
 }
 
