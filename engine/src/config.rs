@@ -291,8 +291,39 @@ impl HfConfig {
             ));
         };
         let spec = arch.spec();
-        let hidden_act = match self.hidden_act.as_deref().or(self.hidden_activation.as_deref()) {
-            None => spec.activation,
+        let hidden_act = self.supported(path, &model_type, spec.activation)?;
+        let (rope_theta, rope_scaling) = self.rope(path)?;
+        let common =
+            HfLayers { rope_theta, rope_scaling, sliding_window: None, max_position: self.max_position_embeddings };
+        let HfLayers { rope_theta, rope_scaling, sliding_window, max_position } =
+            (spec.hf_layers)(&self, path, common)?;
+        let heads = self.num_attention_heads;
+        Ok(ModelConfig {
+            arch,
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: self.num_hidden_layers,
+            num_heads: heads,
+            num_kv_heads: self.num_key_value_heads.unwrap_or(heads),
+            head_dim: self.head_dim.unwrap_or(self.hidden_size.checked_div(heads).unwrap_or(0)),
+            rms_norm_eps: self.rms_norm_eps as f32,
+            rope_theta: rope_theta as f32,
+            rope_scaling,
+            max_position_embeddings: max_position,
+            tie_word_embeddings: self.tie_word_embeddings,
+            attention_bias: self.attention_bias.unwrap_or(spec.attention_bias),
+            hidden_act,
+            sliding_window,
+            query_pre_attn_scalar: self.query_pre_attn_scalar.map(|x| x as f32),
+        })
+    }
+
+    /// The MLP activation (`default` where the config names none), after refusing what the engine does not run:
+    /// soft-capping, MLP biases, Qwen's sliding-window layers.
+    fn supported(&self, path: &Path, model_type: &str, default: Activation) -> Result<Activation> {
+        let act = match self.hidden_act.as_deref().or(self.hidden_activation.as_deref()) {
+            None => default,
             Some("silu") => Activation::Silu,
             Some("gelu_pytorch_tanh") => Activation::GeluTanh,
             Some(act) => {
@@ -319,6 +350,12 @@ impl HfConfig {
                 format!("{model_type}: sliding-window layers (use_sliding_window = true)"),
             ));
         }
+        Ok(act)
+    }
+
+    /// The global rotary base and scaling from the common keys (`rope_theta`/`rope_scaling`, or transformers ≥ 5's
+    /// `rope_parameters`).
+    fn rope(&self, path: &Path) -> Result<(f64, Option<RopeScaling>)> {
         let params = self.rope_parameters.as_ref().filter(|v| v.is_object());
         let rope_theta = self
             .rope_theta
@@ -331,30 +368,7 @@ impl HfConfig {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => Some(parse_rope_scaling(v).map_err(|msg| Error::unsupported(path, msg))?),
         };
-        let common =
-            HfLayers { rope_theta, rope_scaling, sliding_window: None, max_position: self.max_position_embeddings };
-        let HfLayers { rope_theta, rope_scaling, sliding_window, max_position } =
-            (spec.hf_layers)(&self, path, common)?;
-        let heads = self.num_attention_heads;
-        Ok(ModelConfig {
-            arch,
-            vocab_size: self.vocab_size,
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_layers: self.num_hidden_layers,
-            num_heads: heads,
-            num_kv_heads: self.num_key_value_heads.unwrap_or(heads),
-            head_dim: self.head_dim.unwrap_or(self.hidden_size.checked_div(heads).unwrap_or(0)),
-            rms_norm_eps: self.rms_norm_eps as f32,
-            rope_theta: rope_theta as f32,
-            rope_scaling,
-            max_position_embeddings: max_position,
-            tie_word_embeddings: self.tie_word_embeddings,
-            attention_bias: self.attention_bias.unwrap_or(spec.attention_bias),
-            hidden_act,
-            sliding_window,
-            query_pre_attn_scalar: self.query_pre_attn_scalar.map(|x| x as f32),
-        })
+        Ok((rope_theta, rope_scaling))
     }
 }
 

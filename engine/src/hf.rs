@@ -91,84 +91,99 @@ fn expect_shape(dir: &Path, name: &str, got: &[usize], want: &[usize]) -> Result
 /// Loads the model weights of an HF directory.
 pub fn load_model(dir: &Path) -> Result<Model> {
     let cfg = ModelConfig::from_hf_json(&dir.join("config.json"))?;
-    let shards = Shards::open(dir)?;
-    let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-    let matrix = |name: &str, rows: usize, cols: usize| -> Result<Vec<f32>> {
-        let (shape, data) = shards.get(dir, name)?;
-        expect_shape(dir, name, &shape, &[rows, cols])?;
+    let r = Reader { dir, shards: Shards::open(dir)?, cfg: &cfg };
+    let d = cfg.hidden_size;
+    let layers = (0..cfg.num_layers).map(|i| r.layer(i)).collect::<Result<Vec<_>>>()?;
+    let embed = r.matrix("model.embed_tokens.weight", cfg.vocab_size, d)?;
+    let embed_tokens = Linear::from_f32(&embed, cfg.vocab_size, d);
+    let lm_head = if cfg.tie_word_embeddings {
+        None
+    } else if r.shards.has("lm_head.weight") {
+        Some(Linear::from_f32(&r.matrix("lm_head.weight", cfg.vocab_size, d)?, cfg.vocab_size, d))
+    } else {
+        return Err(Error::bad_model(dir, "tie_word_embeddings is false but `lm_head.weight` is missing"));
+    };
+    let final_norm = r.norm("model.norm.weight", d)?;
+    Model::new(
+        ModelParts { config: cfg.clone(), embed_tokens, lm_head, layers, norm: final_norm, rope_freq_factors: None },
+        dir,
+    )
+}
+
+/// Named, shape-checked tensors of an HF directory's shards.
+struct Reader<'a> {
+    dir: &'a Path,
+    shards: Shards,
+    cfg: &'a ModelConfig,
+}
+
+impl Reader<'_> {
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>> {
+        let (shape, data) = self.shards.get(self.dir, name)?;
+        expect_shape(self.dir, name, &shape, &[rows, cols])?;
         Ok(data)
-    };
-    let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
-        let (shape, data) = shards.get(dir, name)?;
-        expect_shape(dir, name, &shape, &[len])?;
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let (shape, data) = self.shards.get(self.dir, name)?;
+        expect_shape(self.dir, name, &shape, &[len])?;
         Ok(data)
-    };
-    // Gemma's RMSNorm scales by `1 + w`: the engine's norms scale by their weight, so the offset is added here.
-    let offset = if cfg.arch.norm_weights_offset() { 1.0 } else { 0.0 };
-    let norm = |name: &str, len: usize| -> Result<Vec<f32>> {
-        Ok(vector(name, len)?.into_iter().map(|w| w + offset).collect())
-    };
-    let [nq, nk, _] = crate::model::qkv_split(&cfg);
-    let mut layers = Vec::with_capacity(cfg.num_layers);
-    for i in 0..cfg.num_layers {
+    }
+
+    /// An RMSNorm weight. Gemma's RMSNorm scales by `1 + w`: the engine's norms scale by their weight, so the offset
+    /// is added here.
+    fn norm(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let offset = if self.cfg.arch.norm_weights_offset() { 1.0 } else { 0.0 };
+        Ok(self.vector(name, len)?.into_iter().map(|w| w + offset).collect())
+    }
+
+    /// Decoder layer `i`, its projections fused.
+    fn layer(&self, i: usize) -> Result<Layer> {
+        let cfg = self.cfg;
+        let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let [nq, nk, _] = crate::model::qkv_split(cfg);
         let p = |s: &str| format!("model.layers.{i}.{s}");
-        let mut qkv = matrix(&p("self_attn.q_proj.weight"), nq, d)?;
-        qkv.extend(matrix(&p("self_attn.k_proj.weight"), nk, d)?);
-        qkv.extend(matrix(&p("self_attn.v_proj.weight"), nk, d)?);
+        let mut qkv = self.matrix(&p("self_attn.q_proj.weight"), nq, d)?;
+        qkv.extend(self.matrix(&p("self_attn.k_proj.weight"), nk, d)?);
+        qkv.extend(self.matrix(&p("self_attn.v_proj.weight"), nk, d)?);
         let qkv_bias = if cfg.attention_bias {
-            let mut b = vector(&p("self_attn.q_proj.bias"), nq)?;
-            b.extend(vector(&p("self_attn.k_proj.bias"), nk)?);
-            b.extend(vector(&p("self_attn.v_proj.bias"), nk)?);
+            let mut b = self.vector(&p("self_attn.q_proj.bias"), nq)?;
+            b.extend(self.vector(&p("self_attn.k_proj.bias"), nk)?);
+            b.extend(self.vector(&p("self_attn.v_proj.bias"), nk)?);
             Some(b)
         } else {
             None
         };
         let qk_norm = if cfg.arch.qk_norm() {
-            Some(QkNorm { q: norm(&p("self_attn.q_norm.weight"), hd)?, k: norm(&p("self_attn.k_norm.weight"), hd)? })
+            let (q, k) = (self.norm(&p("self_attn.q_norm.weight"), hd)?, self.norm(&p("self_attn.k_norm.weight"), hd)?);
+            Some(QkNorm { q, k })
         } else {
             None
         };
-        let mut gate_up = matrix(&p("mlp.gate_proj.weight"), f, d)?;
-        gate_up.extend(matrix(&p("mlp.up_proj.weight"), f, d)?);
+        let mut gate_up = self.matrix(&p("mlp.gate_proj.weight"), f, d)?;
+        gate_up.extend(self.matrix(&p("mlp.up_proj.weight"), f, d)?);
         // Gemma names its four norms differently: `post_attention_layernorm` follows the attention block there, and
         // `pre_feedforward_layernorm` is the one before the MLP (the llama family's `post_attention_layernorm`).
         let (pre_mlp, sandwich) = if cfg.arch.sandwich_norms() {
             let sandwich = SandwichNorms {
-                after_attention: norm(&p("post_attention_layernorm.weight"), d)?,
-                after_mlp: norm(&p("post_feedforward_layernorm.weight"), d)?,
+                after_attention: self.norm(&p("post_attention_layernorm.weight"), d)?,
+                after_mlp: self.norm(&p("post_feedforward_layernorm.weight"), d)?,
             };
-            (norm(&p("pre_feedforward_layernorm.weight"), d)?, Some(sandwich))
+            (self.norm(&p("pre_feedforward_layernorm.weight"), d)?, Some(sandwich))
         } else {
-            (vector(&p("post_attention_layernorm.weight"), d)?, None)
+            (self.vector(&p("post_attention_layernorm.weight"), d)?, None)
         };
-        layers.push(Layer {
-            input_layernorm: norm(&p("input_layernorm.weight"), d)?,
+        let o_width = cfg.num_heads * hd;
+        Ok(Layer {
+            input_layernorm: self.norm(&p("input_layernorm.weight"), d)?,
             qkv_proj: Linear::from_f32(&qkv, nq + 2 * nk, d),
             qkv_bias,
             qk_norm,
-            o_proj: Linear::from_f32(
-                &matrix(&p("self_attn.o_proj.weight"), d, cfg.num_heads * hd)?,
-                d,
-                cfg.num_heads * hd,
-            ),
+            o_proj: Linear::from_f32(&self.matrix(&p("self_attn.o_proj.weight"), d, o_width)?, d, o_width),
             post_attention_layernorm: pre_mlp,
             gate_up_proj: Linear::from_f32(&gate_up, 2 * f, d),
-            down_proj: Linear::from_f32(&matrix(&p("mlp.down_proj.weight"), d, f)?, d, f),
+            down_proj: Linear::from_f32(&self.matrix(&p("mlp.down_proj.weight"), d, f)?, d, f),
             sandwich,
-        });
+        })
     }
-    let embed = matrix("model.embed_tokens.weight", cfg.vocab_size, d)?;
-    let embed_tokens = Linear::from_f32(&embed, cfg.vocab_size, d);
-    let lm_head = if cfg.tie_word_embeddings {
-        None
-    } else if shards.has("lm_head.weight") {
-        Some(Linear::from_f32(&matrix("lm_head.weight", cfg.vocab_size, d)?, cfg.vocab_size, d))
-    } else {
-        return Err(Error::bad_model(dir, "tie_word_embeddings is false but `lm_head.weight` is missing"));
-    };
-    let final_norm = norm("model.norm.weight", d)?;
-    Model::new(
-        ModelParts { config: cfg, embed_tokens, lm_head, layers, norm: final_norm, rope_freq_factors: None },
-        dir,
-    )
 }

@@ -80,6 +80,50 @@ impl QkNorm {
     }
 }
 
+impl Layer {
+    /// Checks layer `i`'s shapes against `cfg`, and that it has the optional weights its architecture uses and no
+    /// others.
+    fn check(&self, cfg: &ModelConfig, i: usize) -> std::result::Result<(), String> {
+        let d = cfg.hidden_size;
+        shape(&self.qkv_proj, &format!("layer {i} qkv_proj"), cfg.qkv_width(), d)?;
+        shape(&self.o_proj, &format!("layer {i} o_proj"), d, cfg.num_heads * cfg.head_dim)?;
+        shape(&self.gate_up_proj, &format!("layer {i} gate_up_proj"), 2 * cfg.intermediate_size, d)?;
+        shape(&self.down_proj, &format!("layer {i} down_proj"), d, cfg.intermediate_size)?;
+        if self.input_layernorm.len() != d || self.post_attention_layernorm.len() != d {
+            return Err(format!("layer {i} norm weights are not {d} wide"));
+        }
+        if self.sandwich.as_ref().is_some_and(|n| n.after_attention.len() != d || n.after_mlp.len() != d) {
+            return Err(format!("layer {i} post-block norm weights are not {d} wide"));
+        }
+        if self.qkv_bias.as_ref().is_some_and(|b| b.len() != cfg.qkv_width()) {
+            return Err(format!("layer {i} qkv bias is not {} wide", cfg.qkv_width()));
+        }
+        if self.qk_norm.as_ref().is_some_and(|n| n.q.len() != cfg.head_dim || n.k.len() != cfg.head_dim) {
+            return Err(format!("layer {i} q/k norm weights are not head_dim ({}) wide", cfg.head_dim));
+        }
+        let arch = cfg.arch.name();
+        for (has, needs, what) in [
+            (self.sandwich.is_some(), cfg.arch.sandwich_norms(), "post-block norms"),
+            (self.qk_norm.is_some(), cfg.arch.qk_norm(), "q/k norm weights"),
+        ] {
+            match (has, needs) {
+                (false, true) => return Err(format!("layer {i} lacks the {what} {arch} needs")),
+                (true, false) => return Err(format!("layer {i} has {what}, which {arch} does not use")),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `l` is `rows × cols`.
+fn shape(l: &Linear, name: &str, rows: usize, cols: usize) -> std::result::Result<(), String> {
+    if l.rows() != rows || l.cols() != cols {
+        return Err(format!("{name} is {}×{}, the config implies {rows}×{cols}", l.rows(), l.cols()));
+    }
+    Ok(())
+}
+
 /// Row counts of q, k and v inside the fused projection.
 pub fn qkv_split(cfg: &ModelConfig) -> [usize; 3] {
     let kv = cfg.num_kv_heads * cfg.head_dim;
@@ -173,15 +217,9 @@ impl Model {
         let cfg = &parts.config;
         let d = cfg.hidden_size;
         let bad = |what: String| Error::bad_model(source, what);
-        let check = |name: &str, l: &Linear, rows: usize, cols: usize| -> Result<()> {
-            if l.rows() != rows || l.cols() != cols {
-                return Err(bad(format!("{name} is {}×{}, the config implies {rows}×{cols}", l.rows(), l.cols())));
-            }
-            Ok(())
-        };
-        check("token embedding", &parts.embed_tokens, cfg.vocab_size, d)?;
+        shape(&parts.embed_tokens, "token embedding", cfg.vocab_size, d).map_err(bad)?;
         if let Some(h) = &parts.lm_head {
-            check("lm_head", h, cfg.vocab_size, d)?;
+            shape(h, "lm_head", cfg.vocab_size, d).map_err(bad)?;
         }
         if parts.layers.len() != cfg.num_layers {
             return Err(bad(format!("{} layers found, the config says {}", parts.layers.len(), cfg.num_layers)));
@@ -190,40 +228,7 @@ impl Model {
             return Err(bad(format!("final norm has {} values, expected {d}", parts.norm.len())));
         }
         for (i, l) in parts.layers.iter().enumerate() {
-            check(&format!("layer {i} qkv_proj"), &l.qkv_proj, cfg.qkv_width(), d)?;
-            check(&format!("layer {i} o_proj"), &l.o_proj, d, cfg.num_heads * cfg.head_dim)?;
-            check(&format!("layer {i} gate_up_proj"), &l.gate_up_proj, 2 * cfg.intermediate_size, d)?;
-            check(&format!("layer {i} down_proj"), &l.down_proj, d, cfg.intermediate_size)?;
-            if l.input_layernorm.len() != d || l.post_attention_layernorm.len() != d {
-                return Err(bad(format!("layer {i} norm weights are not {d} wide")));
-            }
-            match &l.sandwich {
-                Some(n) if n.after_attention.len() != d || n.after_mlp.len() != d => {
-                    return Err(bad(format!("layer {i} post-block norm weights are not {d} wide")));
-                }
-                None if cfg.arch.sandwich_norms() => {
-                    return Err(bad(format!("layer {i} lacks the post-block norms {} needs", cfg.arch.name())));
-                }
-                Some(_) if !cfg.arch.sandwich_norms() => {
-                    return Err(bad(format!("layer {i} has post-block norms, which {} does not use", cfg.arch.name())));
-                }
-                _ => {}
-            }
-            if l.qkv_bias.as_ref().is_some_and(|b| b.len() != cfg.qkv_width()) {
-                return Err(bad(format!("layer {i} qkv bias is not {} wide", cfg.qkv_width())));
-            }
-            match &l.qk_norm {
-                Some(n) if n.q.len() != cfg.head_dim || n.k.len() != cfg.head_dim => {
-                    return Err(bad(format!("layer {i} q/k norm weights are not head_dim ({}) wide", cfg.head_dim)));
-                }
-                None if cfg.arch.qk_norm() => {
-                    return Err(bad(format!("layer {i} lacks the q/k norm weights {} needs", cfg.arch.name())));
-                }
-                Some(_) if !cfg.arch.qk_norm() => {
-                    return Err(bad(format!("layer {i} has q/k norm weights, which {} does not use", cfg.arch.name())));
-                }
-                _ => {}
-            }
+            l.check(cfg, i).map_err(bad)?;
         }
         let mut inv_freq = rope_inv_freq(cfg);
         if let Some(f) = &parts.rope_freq_factors {

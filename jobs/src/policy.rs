@@ -198,7 +198,8 @@ mod tests {
     #[test]
     fn a_step_is_the_continuation_cut_at_its_first_boundary() -> anyhow::Result<()> {
         let policy = default_policy();
-        let question = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. \
+        let question =
+            "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. \
                         How many clips did Natalia sell altogether in April and May? Answer step by step.";
         let start = policy.start(&[Message::user(question)])?;
         let (mut cut_somewhere, mut checked) = (false, 0);

@@ -545,31 +545,14 @@ fn run_rounds(
 
         // 2. Train from the master weights; 3. hand the result back to the engine in memory.
         drop(generate_span);
-        let mut train_summary = None;
-        if let Some(data) = data {
-            let _train = tracing::info_span!("train").entered();
-            let t1 = Instant::now();
-            let master = policy.master().clone();
-            let tcfg = spec.config(&master)?;
-            let train_dir = dir.join("train");
-            let mut trainer = open_trainer(master.as_ref(), data, tcfg, &train_dir, progress)?;
-            let tr: TrainReport = run_training(&mut trainer, &train_dir, None, progress)?;
-            seconds.train = t1.elapsed().as_secs_f64();
-            let (sync, total) = policy.hand_off(trainer.model(), cfg.handoff, round, &train_dir)?;
-            drop(trainer);
-            seconds.handoff = sync;
-            // The f32 master copy the next round trains from is training's business, not the sync's.
-            seconds.train += total - sync;
-            progress.log(&format!("round {round}: weights handed to the engine in {:.3} s", seconds.handoff));
-            train_summary = Some(TrainSummary {
-                steps: tr.steps,
-                last_loss: tr.last.as_ref().map(|m| m.loss),
-                tokens_per_s: tr.last.as_ref().map(|m| m.tokens_per_s),
-            });
-        } else {
-            progress.log(&format!("round {round}: nothing to train on; the policy is unchanged"));
-            mark_untrained(&dir)?;
-        }
+        let train_summary = match data {
+            Some(data) => Some(train_round(cfg, &mut policy, (&spec, data), (round, &dir), &mut seconds, progress)?),
+            None => {
+                progress.log(&format!("round {round}: nothing to train on; the policy is unchanged"));
+                mark_untrained(&dir)?;
+                None
+            }
+        };
 
         // 4. Evaluate the new policy.
         let _eval = tracing::info_span!("eval").entered();
@@ -584,6 +567,37 @@ fn run_rounds(
         record_round(out, &mut report, r)?;
     }
     Ok((report, policy))
+}
+
+/// Trains round `round`'s policy from the master weights on `data` in `dir/train` and hands the result to the
+/// engine in memory; adds the phases' seconds to `seconds`.
+fn train_round(
+    cfg: &LoopConfig,
+    policy: &mut Policy,
+    (spec, data): (&TrainSpec, TrainData),
+    (round, dir): (usize, &Path),
+    seconds: &mut PhaseSeconds,
+    progress: &mut dyn Progress,
+) -> Result<TrainSummary> {
+    let _train = tracing::info_span!("train").entered();
+    let t1 = Instant::now();
+    let master = policy.master().clone();
+    let tcfg = spec.config(&master)?;
+    let train_dir = dir.join("train");
+    let mut trainer = open_trainer(master.as_ref(), data, tcfg, &train_dir, progress)?;
+    let tr: TrainReport = run_training(&mut trainer, &train_dir, None, progress)?;
+    seconds.train = t1.elapsed().as_secs_f64();
+    let (sync, total) = policy.hand_off(trainer.model(), cfg.handoff, round, &train_dir)?;
+    drop(trainer);
+    seconds.handoff = sync;
+    // The f32 master copy the next round trains from is training's business, not the sync's.
+    seconds.train += total - sync;
+    progress.log(&format!("round {round}: weights handed to the engine in {:.3} s", seconds.handoff));
+    Ok(TrainSummary {
+        steps: tr.steps,
+        last_loss: tr.last.as_ref().map(|m| m.loss),
+        tokens_per_s: tr.last.as_ref().map(|m| m.tokens_per_s),
+    })
 }
 
 /// Counts of a round's data phase.

@@ -114,28 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.n == 0 {
         bail!("--n must be at least 1");
     }
-    let prompts: Vec<Prompt> = match (&args.prompt, &args.prompts) {
-        (Some(p), _) => vec![Prompt::Text(p.clone())],
-        (None, Some(path)) => {
-            let rows: Vec<(usize, PromptRow)> = read_jsonl_lines(path)?;
-            let mut prompts = Vec::with_capacity(rows.len());
-            for (line, row) in rows {
-                prompts.push(match (row.prompt, row.messages) {
-                    (Some(p), None) => Prompt::Text(p),
-                    (None, Some(m)) => Prompt::Messages(m),
-                    (Some(_), Some(_)) => {
-                        bail!("{}:{line}: give either `prompt` or `messages`, not both", path.display())
-                    }
-                    (None, None) => bail!("{}:{line}: missing field `prompt` (or `messages`)", path.display()),
-                });
-            }
-            if prompts.is_empty() {
-                bail!("{}: no prompts", path.display());
-            }
-            prompts
-        }
-        (None, None) => bail!("give --prompt or --prompts"),
-    };
+    let prompts = read_prompts(&args)?;
     let out = Output::new(args.out.as_deref())?;
     let engine = args.model.load_any()?;
     let source = args.prompts.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "--prompt".into());
@@ -183,4 +162,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         generated as f64 / secs.max(1e-9)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The prompts of `--prompt` or of a `--prompts` JSONL file (`prompt` text or chat `messages` per line).
+fn read_prompts(args: &Args) -> anyhow::Result<Vec<Prompt>> {
+    Ok(match (&args.prompt, &args.prompts) {
+        (Some(p), _) => vec![Prompt::Text(p.clone())],
+        (None, Some(path)) => {
+            let rows: Vec<(usize, PromptRow)> = read_jsonl_lines(path)?;
+            let mut prompts = Vec::with_capacity(rows.len());
+            for (line, row) in rows {
+                prompts.push(match (row.prompt, row.messages) {
+                    (Some(p), None) => Prompt::Text(p),
+                    (None, Some(m)) => Prompt::Messages(m),
+                    (Some(_), Some(_)) => {
+                        bail!("{}:{line}: give either `prompt` or `messages`, not both", path.display())
+                    }
+                    (None, None) => bail!("{}:{line}: missing field `prompt` (or `messages`)", path.display()),
+                });
+            }
+            if prompts.is_empty() {
+                bail!("{}: no prompts", path.display());
+            }
+            prompts
+        }
+        (None, None) => bail!("give --prompt or --prompts"),
+    })
 }
