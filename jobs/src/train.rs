@@ -28,7 +28,7 @@ pub const PLOT_FILE: &str = "metrics.svg";
 pub const CACHE_DIR: &str = "cache";
 
 /// Which loss to train with (`orchard train --loss`, TOML `loss`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LossKind {
     /// DPO, sigmoid loss.
@@ -37,19 +37,19 @@ pub enum LossKind {
     Cdpo,
     /// Robust DPO.
     Robust,
-    /// IPO.
+    /// IPO (per-token averaged log-ratios).
     Ipo,
     /// Hinge (SLiC / RSO).
     Hinge,
     /// RPO: DPO + α·NLL of the chosen completion.
     Rpo,
-    /// SimPO.
+    /// SimPO (reference-free, length-normalised, margin γ).
     Simpo,
-    /// ORPO.
+    /// ORPO (reference-free odds ratio + NLL).
     Orpo,
     /// TOPR on trajectories.
     Topr,
-    /// Supervised fine-tuning.
+    /// Supervised fine-tuning (NLL of completion tokens): --gold, --sft-data, or a run's correct --trajectories.
     Sft,
 }
 

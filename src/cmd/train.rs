@@ -24,31 +24,6 @@ pub const MERGED_DIR: &str = "merged";
 /// PEFT adapter inside --out (LoRA runs).
 pub const ADAPTER_DIR: &str = "adapter";
 
-/// Which loss to train with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LossArg {
-    /// DPO, sigmoid loss.
-    Dpo,
-    /// Conservative DPO (label smoothing).
-    Cdpo,
-    /// Robust DPO.
-    Robust,
-    /// IPO (per-token averaged log-ratios).
-    Ipo,
-    /// Hinge (SLiC / RSO).
-    Hinge,
-    /// RPO: DPO + α·NLL of the chosen completion.
-    Rpo,
-    /// SimPO (reference-free, length-normalised, margin γ).
-    Simpo,
-    /// ORPO (reference-free odds ratio + NLL).
-    Orpo,
-    /// TOPR on trajectories.
-    Topr,
-    /// Supervised fine-tuning (NLL of completion tokens): --gold, --sft-data, or a run's correct --trajectories.
-    Sft,
-}
-
 /// Train a model on preference pairs (DPO family) or scored trajectories (TOPR).
 ///
 /// Writes into --out: checkpoint-NNNNNN/ (trainable tensors, optimizer state, step, data order), latest.json,
@@ -99,8 +74,8 @@ pub struct Args {
     #[arg(long, default_value_t = orchard_train::sft::DEFAULT_MASK_RAMP)]
     pub mask_ramp: f64,
     /// The loss.
-    #[arg(long, value_enum, default_value_t = LossArg::Dpo)]
-    pub loss: LossArg,
+    #[arg(long, value_enum, default_value_t = LossKind::Dpo)]
+    pub loss: LossKind,
     /// β of the DPO family (ORPO's λ, IPO's τ).
     #[arg(long, default_value_t = DEFAULT_BETA)]
     pub beta: f64,
@@ -260,7 +235,7 @@ impl Args {
             anyhow::bail!("--topr-bounds `{}`: expected four numbers a+,b+,a-,b-", self.topr_bounds);
         };
         Ok(TrainSpec {
-            loss: self.loss.kind(),
+            loss: self.loss,
             beta: self.beta,
             label_smoothing: self.label_smoothing,
             rpo_alpha: self.rpo_alpha,
@@ -301,23 +276,6 @@ impl Args {
             min_reward: self.min_reward,
             dedup: !self.no_dedup,
         })
-    }
-}
-
-impl LossArg {
-    fn kind(self) -> LossKind {
-        match self {
-            LossArg::Dpo => LossKind::Dpo,
-            LossArg::Cdpo => LossKind::Cdpo,
-            LossArg::Robust => LossKind::Robust,
-            LossArg::Ipo => LossKind::Ipo,
-            LossArg::Hinge => LossKind::Hinge,
-            LossArg::Rpo => LossKind::Rpo,
-            LossArg::Simpo => LossKind::Simpo,
-            LossArg::Orpo => LossKind::Orpo,
-            LossArg::Topr => LossKind::Topr,
-            LossArg::Sft => LossKind::Sft,
-        }
     }
 }
 
