@@ -2,31 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One chat message, as in TRL's conversational format and the OpenAI chat schema.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Message {
-    /// `system`, `user`, `assistant` or `tool`.
-    pub role: String,
-    /// The message text.
-    pub content: String,
-}
-
-impl Message {
-    /// A message with this role and content.
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Message { role: role.into(), content: content.into() }
-    }
-
-    /// A `user` message.
-    pub fn user(content: impl Into<String>) -> Self {
-        Message::new("user", content)
-    }
-
-    /// An `assistant` message.
-    pub fn assistant(content: impl Into<String>) -> Self {
-        Message::new("assistant", content)
-    }
-}
+pub use orchard_core::Message;
 
 /// One unit of work for a job: a prompt and what its completions are scored against.
 ///

@@ -2,28 +2,12 @@
 //! rendered with minijinja the way HF transformers renders it (`trim_blocks`, `lstrip_blocks`, Python string
 //! methods, `raise_exception`, `strftime_now`).
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, Result};
 
 /// Roles a message may have.
 pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    /// `system`, `user`, `assistant` or `tool`.
-    pub role: String,
-    /// The text.
-    pub content: String,
-}
-
-impl Message {
-    /// A message with the given role.
-    pub fn new(role: &str, content: impl Into<String>) -> Self {
-        Message { role: role.to_string(), content: content.into() }
-    }
-}
+pub use orchard_core::Message;
 
 /// A compiled chat template.
 #[derive(Debug)]

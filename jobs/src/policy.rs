@@ -37,9 +37,7 @@ impl EnginePolicy {
     }
 
     fn render(&self, messages: &[Message]) -> orchard_engine::Result<Start> {
-        let prompt = Prompt::Messages(
-            messages.iter().map(|m| orchard_engine::Message::new(&m.role, m.content.clone())).collect(),
-        );
+        let prompt = Prompt::Messages(messages.to_vec());
         let text = self.engine.render_prompt(&prompt, None, false)?;
         let tokens = self.engine.tokenizer().encode(&text, false)?;
         Ok(Start { text, tokens })

@@ -1,7 +1,7 @@
-//! What a job needs of a dataset task: its chat prompt in the engine's message type and its reward task.
+//! What a job needs of a dataset task: its chat prompt and its reward task.
 
 use orchard_datasets::Task;
-use orchard_engine::{Message, Prompt};
+use orchard_engine::Prompt;
 use orchard_rewards::{score_batch_caught, Outcome, Reward};
 
 /// What the rewards crate needs of a dataset task.
@@ -37,5 +37,5 @@ pub fn model_record(engine: &orchard_engine::Engine) -> orchard_engine::Result<o
 
 /// The chat prompt of a task, in the engine's message type.
 pub fn task_prompt(task: &Task, system: Option<&str>) -> Prompt {
-    Prompt::Messages(task.chat(system).into_iter().map(|m| Message::new(&m.role, m.content)).collect())
+    Prompt::Messages(task.chat(system))
 }
