@@ -270,7 +270,10 @@ fn grouped_branches_equal_separate_sequences_for(arch: Arch, prompt: usize, lens
         let mut at = prompt.len();
         for b in &branches {
             let alone = diff.logits_all(&Packed::new(&[[&prompt[..], &b[..]].concat()]))?;
-            assert!(max_abs_diff(&g.narrow(0, 0, prompt.len())?, &alone.narrow(0, 0, prompt.len())?)? < 1e-5);
+            // The prompt's rows are the same computation in a taller product: equal but for the GEMM's blocking
+            // (its AVX-512 kernels split rows by the product's height, so sums may round in another order).
+            let p = max_abs_diff(&g.narrow(0, 0, prompt.len())?, &alone.narrow(0, 0, prompt.len())?)?;
+            assert!(p < 1e-4, "{arch:?} fused {fused}: prompt rows differ by {p}");
             let d = max_abs_diff(&g.narrow(0, at, b.len())?, &alone.narrow(0, prompt.len(), b.len())?)?;
             assert!(d < 1e-4, "{arch:?} fused {fused}: branch rows differ by {d}");
             at += b.len();
