@@ -1,6 +1,6 @@
-//! What several of Orchard's crates share, defined once: the token id type, the chat message, the seeding functions every random
-//! draw derives from, and the score from which a completion counts as correct. No dependencies but serde (no
-//! candle, no arrow), so the engine, the search, the datasets and the rewards can all use it.
+//! What several of Orchard's crates share, defined once: the token id type, the chat message, the seeding functions
+//! every random draw derives from, and the score from which a completion counts as correct. No dependencies but serde
+//! (no candle, no arrow), so the engine, the search, the datasets and the rewards can all use it.
 //!
 //! ```
 //! use orchard_core::seed::{splitmix64_at, splitmix64_next};

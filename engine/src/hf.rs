@@ -105,7 +105,7 @@ pub fn load_model(dir: &Path) -> Result<Model> {
     };
     let final_norm = r.norm("model.norm.weight", d)?;
     Model::new(
-        ModelParts { config: cfg.clone(), embed_tokens, lm_head, layers, norm: final_norm, rope_freq_factors: None },
+        ModelParts { config: cfg, embed_tokens, lm_head, layers, norm: final_norm, rope_freq_factors: None },
         dir,
     )
 }

@@ -35,7 +35,7 @@ pub fn model_record(engine: &orchard_engine::Engine) -> orchard_engine::Result<o
     Ok(orchard_datasets::ModelRecord { id: engine.info().id.clone(), hash: format!("sha256:{}", engine.identity()?) })
 }
 
-/// The chat prompt of a task, in the engine's message type.
+/// The chat prompt of a task ([`Task::chat`]).
 pub fn task_prompt(task: &Task, system: Option<&str>) -> Prompt {
     Prompt::Messages(task.chat(system))
 }
