@@ -201,6 +201,45 @@ fn dynamic_sampling_refills_and_mu_two_and_online_topr_run() {
     assert!(rows.iter().all(|r| r["loss"].as_f64().is_some_and(f64::is_finite)), "{rows:?}");
 }
 
+/// A group whose rewards are all equal (0.1 each: their float mean is not 0.1) has zero advantage everywhere: with
+/// β = 0 its forward and backward are skipped (counted in `groups_skipped`), and the weights and logged values are the same bit for bit as when it is
+/// run (`skip_zero_advantage = false`), with μ = 2 (the importance ratio's second pass) as well.
+#[test]
+fn zero_advantage_groups_are_skipped_without_changing_the_update() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_hf(dir.path());
+    let t = tasks(dir.path(), true);
+    let reward = dir.path().join("r.py");
+    std::fs::write(
+        &reward,
+        "def r(prompts, completions, **kw):\n    return [0.1 if ('What is 0' in p or 'What is 3' in p) else \
+         float(len(c) % 7) for p, c in zip(prompts, completions)]\n",
+    )
+    .expect("write reward");
+    let cfg = |name: &str, extra: &str| {
+        let p = config(dir.path(), &model, &t, &format!("num_iterations = 2\nsteps = 6\n{extra}"));
+        let text = std::fs::read_to_string(&p)
+            .expect("read")
+            .replace("steps = 4\n", "")
+            .replace("lr = 1e-3", "lr = 5e-3")
+            .replace("reward = \"math\"", &format!("reward = \"python:{}:r\"", reward.display()));
+        let named = dir.path().join(name);
+        std::fs::write(&named, text).expect("write");
+        named
+    };
+    let skip = dir.path().join("skip");
+    let rows = run_rl(&cfg("skip.toml", ""), &skip);
+    let run = dir.path().join("run");
+    let all = run_rl(&cfg("run.toml", "skip_zero_advantage = false"), &run);
+    let skipped: u64 = rows.iter().map(|r| r["groups_skipped"].as_u64().unwrap_or(0)).sum();
+    assert!(skipped > 0, "the constant-reward prompts were skipped: {rows:?}");
+    assert!(all.iter().all(|r| r["groups_skipped"] == 0), "{all:?}");
+    assert!(rows.iter().any(|r| r["grad_norm"].as_f64() > Some(0.0)), "some step trained: {rows:?}");
+    assert_eq!(steps(&skip), steps(&run));
+    let w = |out: &Path| std::fs::read(out.join("checkpoint-000006/trainable.safetensors")).expect("weights");
+    assert_eq!(w(&skip), w(&run), "skipping zero-advantage groups changed the weights");
+}
+
 /// A sandboxed code reward (program of thought: `solution()` run in bubblewrap) in online RL: the steps happen,
 /// programs that do not run score 0 (a failure, not an error).
 #[test]

@@ -16,13 +16,14 @@ JSON line.
 
 Usage (from the repository root; builds nothing: pass the orchard binary):
     /work/refenv/bin/python benches/compare/rl_trl.py --orchard target/release/orchard [--steps 3]
-        [--modes lora-b0,full-b0.04]
+        [--modes lora-b0,full-b0.04] [--noskip]
 """
 import argparse
 import gzip
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -126,17 +127,18 @@ def worker_trl(mode, beta, model_dir, steps):
 
         trainer._generate_and_score_completions = timed
         trainer.train()
-    print(json.dumps({"step_s": step_s, "gen_s": gen_s}))
+        zero = [h["frac_reward_zero_std"] for h in trainer.state.log_history if "frac_reward_zero_std" in h]
+    print(json.dumps({"step_s": step_s, "gen_s": gen_s, "frac_reward_zero_std": zero}))
 
 
-def orchard(binary, mode, beta, model_dir, steps, work):
+def orchard(binary, mode, beta, model_dir, steps, work, skip=True):
     tasks = os.path.join(work, "prompts.jsonl")
     with open(tasks, "w") as f:
         for i, r in enumerate(rows(steps)):
             f.write(json.dumps({"id": f"gsm8k-{i}", "prompt": r["question"], "reference": r["answer"]}) + "\n")
-    out = os.path.join(work, f"orchard-{mode}-{beta}")
+    out = os.path.join(work, f"orchard-{mode}-{beta}-{skip}")
     lora = f"lora_rank = {LORA_R}\nlora_alpha = {LORA_ALPHA}\n" if mode == "lora" else ""
-    cfg = os.path.join(work, f"rl-{mode}-{beta}.toml")
+    cfg = os.path.join(work, f"rl-{mode}-{beta}-{skip}.toml")
     with open(cfg, "w") as f:
         f.write(f"""model = "{model_dir}"
 reward = "gsm8k"
@@ -148,6 +150,7 @@ beta = {beta}
 epsilon_low = 0.2
 epsilon_high = 0.2
 checkpoint_every = 0
+skip_zero_advantage = {str(skip).lower()}
 {lora}
 [prompts]
 task = "jsonl"
@@ -161,6 +164,7 @@ max_new_tokens = {MAX_NEW}
     env = dict(os.environ, RAYON_NUM_THREADS=str(os.cpu_count()))
     _, _, rss = peak_rss_of([binary, "rl", "--config", cfg, "--out", out], env)
     steps_ = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    shutil.rmtree(out)  # final/ is the whole model in f32: do not let the runs fill the disk
     return steps_, rss
 
 
@@ -169,6 +173,9 @@ def main():
     ap.add_argument("--orchard", help="the orchard binary")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--modes", default="lora-b0,lora-b0.04,full-b0,full-b0.04")
+    ap.add_argument("--noskip", action="store_true",
+                    help="also run Orchard with skip_zero_advantage = false (every group's forward and backward run, "
+                         "as TRL does) and report it beside the default")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--beta", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -201,7 +208,18 @@ def main():
                 "trl_training_s": round(t_med - statistics.median(skip(t["gen_s"])), 2),
                 "orchard_peak_rss_gb": round(o_rss, 2), "trl_peak_rss_gb": round(t_rss, 2),
                 "orchard_reward": [round(s["reward"], 3) for s in o_steps],
+                "orchard_frac_reward_zero_std": [round(s["frac_reward_zero_std"], 3) for s in o_steps],
+                "orchard_groups_skipped": [s.get("groups_skipped", 0) for s in o_steps],
+                "trl_frac_reward_zero_std": [round(z, 3) for z in t.get("frac_reward_zero_std", [])],
             }
+            if args.noskip:
+                n_steps, _ = orchard(args.orchard, mode, beta, model_dir, args.steps, work, skip=False)
+                n_med = statistics.median(skip([s["seconds_sampling"] + s["seconds_training"] + s["seconds_handoff"]
+                                                for s in n_steps]))
+                result[spec]["orchard_noskip_s_per_step"] = round(n_med, 2)
+                result[spec]["orchard_noskip_training_s"] = round(
+                    statistics.median(skip([s["seconds_training"] for s in n_steps])), 2)
+                result[spec]["speedup_orchard_noskip_vs_trl"] = round(t_med / n_med, 2)
             print(f"{spec}: {json.dumps(result[spec])}", file=sys.stderr, flush=True)
         print(json.dumps(result))
 

@@ -89,6 +89,10 @@ pub struct RlConfig {
     pub max_refills: usize,
     /// DAPO's overlong masking: completions cut at `max_new_tokens` get no loss.
     pub overlong_mask: bool,
+    /// Skip the training forward and backward of a group whose every advantage is zero (all its rewards equal)
+    /// when the objective is the clipped surrogate with β = 0: such a group adds exactly nothing to the loss, the
+    /// gradient or the clipped count, so the update is the same bit for bit. Default true.
+    pub skip_zero_advantage: bool,
     /// How the engine holds the weights it samples with. Default q8.
     pub handoff: Handoff,
     /// LoRA rank; none = full fine-tuning.
@@ -130,6 +134,7 @@ impl Default for RlConfig {
             dynamic_sampling: false,
             max_refills: 3,
             overlong_mask: false,
+            skip_zero_advantage: true,
             handoff: Handoff::Q8,
             lora_rank: None,
             lora_alpha: None,
@@ -224,6 +229,10 @@ pub struct RlStep {
     /// Groups trained on.
     #[serde(default)]
     pub groups_trained: usize,
+    /// Of those, groups whose forward and backward were skipped: every advantage zero and β = 0, so they add
+    /// nothing to the update (`skip_zero_advantage`).
+    #[serde(default)]
+    pub groups_skipped: usize,
     /// Mean completion length (tokens).
     #[serde(rename = "completions/mean_length")]
     pub completion_length: f64,
@@ -467,11 +476,14 @@ fn start_or_resume(
     Ok(TrainState { total_steps: cfg.steps, ..ckpt.state })
 }
 
-/// What a resumed run must share with the run in its directory: every setting but `steps`, which may grow, and the
-/// number of train prompts.
+/// What a resumed run must share with the run in its directory: every setting but `steps`, which may grow, and
+/// `skip_zero_advantage`, which changes no update, and the number of train prompts.
 fn run_identity(cfg: &RlConfig, n_tasks: usize) -> Result<serde_json::Value> {
     let mut rl = serde_json::to_value(cfg)?;
     forget_steps(&mut rl);
+    if let Some(o) = rl.as_object_mut() {
+        o.remove("skip_zero_advantage");
+    }
     Ok(serde_json::json!({ "rl": rl, "tasks": n_tasks }))
 }
 
@@ -612,13 +624,21 @@ impl StepCtx<'_> {
             Objective::Topr(_) => rewards.clone(),
         };
         let counts = UpdateCounts::of(&lengths, &keep);
+        let run = groups_to_run(cfg, groups, &adv);
+        m.groups_skipped = run.iter().filter(|r| !**r).count();
         let reference: Option<Vec<Vec<f32>>> =
             (cfg.beta > 0.0).then(|| reference_logps(self.base, groups)).transpose()?;
         let old: Option<Vec<Vec<f32>>> = (cfg.num_iterations > 1)
             .then(|| {
                 groups
                     .iter()
-                    .map(|g| group_logps(self.model, g, Mode::Eval)?.to_vec1::<f32>().map_err(Error::from))
+                    .zip(&run)
+                    .map(|(g, &r)| {
+                        if !r {
+                            return Ok(Vec::new());
+                        }
+                        group_logps(self.model, g, Mode::Eval)?.to_vec1::<f32>().map_err(Error::from)
+                    })
                     .collect::<Result<_>>()
             })
             .transpose()?;
@@ -632,11 +652,15 @@ impl StepCtx<'_> {
         for pass in 0..cfg.num_iterations {
             let (mut loss, mut clip, mut kl, mut at) = (0.0, 0.0, 0.0, 0usize);
             for (gi, g) in groups.iter().enumerate() {
+                let n = g.completions.len();
+                if !run[gi] {
+                    at += n;
+                    continue;
+                }
                 let mode =
                     Mode::Train { dropout_seed: cfg.seed ^ ((m.step as u64) << 24 | (pass as u64) << 16 | gi as u64) };
                 let lp = group_logps(self.model, g, mode)?;
                 let detached: Vec<f32> = lp.to_vec1()?;
-                let n = g.completions.len();
                 let b = TokenBatch {
                     logps: &lp,
                     old: old.as_ref().map_or(&detached, |o| &o[gi]),
@@ -807,6 +831,24 @@ fn policy_engine(base: &Engine, model: &DiffModel, handoff: Handoff, out: &Path)
         Handoff::F32 => model.merged_model(out)?,
     };
     Ok(base.with_weights(merged, Handoff::F32, "rl-policy")?)
+}
+
+/// Per group: whether its training forward and backward run. A group whose every advantage is exactly zero adds
+/// nothing to the clipped surrogate without a KL term: `−min(ρ·0, clip(ρ)·0) = 0` for every token, with zero
+/// gradient, and a token counts as clipped only with a non-zero advantage. The step's denominators
+/// ([`UpdateCounts`]) still count its completions, so the update is the same bit for bit.
+fn groups_to_run(cfg: &RlConfig, groups: &[Group], adv: &[f64]) -> Vec<bool> {
+    let may_skip = cfg.skip_zero_advantage && cfg.beta == 0.0 && matches!(cfg.objective, Objective::Clip);
+    let mut at = 0;
+    groups
+        .iter()
+        .map(|g| {
+            let n = g.completions.len();
+            let zero = adv[at..at + n].iter().all(|a| *a == 0.0);
+            at += n;
+            !(may_skip && zero)
+        })
+        .collect()
 }
 
 fn std(v: &[f64]) -> f64 {

@@ -75,6 +75,12 @@ pub fn advantages(rewards: &[f64], group: usize, kind: AdvantageKind) -> Result<
     let g = group as f64;
     let mut out = Vec::with_capacity(rewards.len());
     for chunk in rewards.chunks(group) {
+        if chunk.iter().all(|r| *r == chunk[0]) {
+            // Equal rewards carry no signal: the advantage is exactly 0 (the float mean of eight 0.1s is not 0.1,
+            // and the difference divided by GRPO's 1e-4 would be noise the size of 1e-13 to train on).
+            out.extend(std::iter::repeat_n(0.0, group));
+            continue;
+        }
         let mean = chunk.iter().sum::<f64>() / g;
         match kind {
             AdvantageKind::Grpo => {
@@ -273,6 +279,19 @@ mod tests {
     use super::*;
 
     /// Reference: `tests/reference/rl_objectives.py` (TRL's GRPOTrainer / RLOO / OpenRLHF formulas in PyTorch).
+    /// Equal rewards whose float mean is not their value (0.1 × 8 sums to 0.7999…) give advantages of exactly 0.
+    #[test]
+    fn equal_rewards_have_exactly_zero_advantage() -> Result<()> {
+        let r = [0.1; 8];
+        assert_ne!(r.iter().sum::<f64>() / 8.0, 0.1, "the case this test is about");
+        for kind in [AdvantageKind::Grpo, AdvantageKind::DrGrpo, AdvantageKind::Rloo] {
+            assert!(advantages(&r, 8, kind)?.iter().all(|a| *a == 0.0), "{kind:?}");
+        }
+        let mixed = advantages(&[0.1, 0.1, 0.1, 0.0], 4, AdvantageKind::Grpo)?;
+        assert!(mixed.iter().all(|a| *a != 0.0), "{mixed:?}");
+        Ok(())
+    }
+
     #[test]
     fn advantages_equal_the_reference() -> Result<()> {
         let r = [1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.2, 0.9];
