@@ -230,7 +230,8 @@ fn zero_advantage_groups_are_skipped_without_changing_the_update() {
     let skip = dir.path().join("skip");
     let rows = run_rl(&cfg("skip.toml", ""), &skip);
     let run = dir.path().join("run");
-    let all = run_rl(&cfg("run.toml", "skip_zero_advantage = false"), &run);
+    let no_skip = cfg("run.toml", "skip_zero_advantage = false");
+    let all = run_rl(&no_skip, &run);
     let skipped: u64 = rows.iter().map(|r| r["groups_skipped"].as_u64().unwrap_or(0)).sum();
     assert!(skipped > 0, "the constant-reward prompts were skipped: {rows:?}");
     assert!(all.iter().all(|r| r["groups_skipped"] == 0), "{all:?}");
@@ -238,6 +239,8 @@ fn zero_advantage_groups_are_skipped_without_changing_the_update() {
     assert_eq!(steps(&skip), steps(&run));
     let w = |out: &Path| std::fs::read(out.join("checkpoint-000006/trainable.safetensors")).expect("weights");
     assert_eq!(w(&skip), w(&run), "skipping zero-advantage groups changed the weights");
+    // The setting changes no update, so a run continues across it.
+    assert_eq!(run_rl(&no_skip, &skip).len(), 6);
 }
 
 /// A sandboxed code reward (program of thought: `solution()` run in bubblewrap) in online RL: the steps happen,

@@ -481,16 +481,16 @@ fn start_or_resume(
 fn run_identity(cfg: &RlConfig, n_tasks: usize) -> Result<serde_json::Value> {
     let mut rl = serde_json::to_value(cfg)?;
     forget_steps(&mut rl);
-    if let Some(o) = rl.as_object_mut() {
-        o.remove("skip_zero_advantage");
-    }
     Ok(serde_json::json!({ "rl": rl, "tasks": n_tasks }))
 }
 
-/// Drops `steps` from a serialised [`RlConfig`] (a run's identity, or the loop's `[online]` table): it may grow.
+/// Drops from a serialised [`RlConfig`] (a run's identity, or the loop's `[online]` table) what may change when a
+/// run continues: `steps`, which may grow, and `skip_zero_advantage`, which changes no update (runs stamped before
+/// it existed continue).
 pub(crate) fn forget_steps(rl: &mut serde_json::Value) {
     if let Some(o) = rl.as_object_mut() {
         o.remove("steps");
+        o.remove("skip_zero_advantage");
     }
 }
 
