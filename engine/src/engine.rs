@@ -365,7 +365,8 @@ impl Engine {
         // completion's tokens.
         let seqs: Vec<Vec<TokenId>> = pairs.iter().map(|(p, c)| [p.as_slice(), c.as_slice()].concat()).collect();
         let runs: Vec<(usize, usize)> = seqs.iter().zip(pairs).map(|(s, (p, _))| (s.len() - 1, p.len() - 1)).collect();
-        self.forward_rows(&seqs, &runs, precision, chunk, &mut |pi, pos, row| {
+        let caches = self.shared_prompts(pairs, precision, chunk)?;
+        self.forward_rows(&seqs, &runs, caches, precision, chunk, &mut |pi, pos, row| {
             let lp = (row[seqs[pi][pos + 1] as usize] as f64 - log_sum_exp(row)) as f32;
             out[pi].token_logprobs.push(lp);
             out[pi].logprob_sum += lp as f64;
@@ -393,27 +394,63 @@ impl Engine {
         }
         let mut out = vec![Vec::new(); prompts.len()];
         let runs: Vec<(usize, usize)> = prompts.iter().map(|p| (p.len(), p.len() - 1)).collect();
-        self.forward_rows(prompts, &runs, precision, DEFAULT_PREFILL_CHUNK, &mut |pi, _, row| {
+        let caches = vec![None; prompts.len()];
+        self.forward_rows(prompts, &runs, caches, precision, DEFAULT_PREFILL_CHUNK, &mut |pi, _, row| {
             let z = log_sum_exp(row);
             out[pi] = candidates.iter().map(|&c| (row[c as usize] as f64 - z) as f32).collect();
         })?;
         Ok(out)
     }
 
+    /// For pairs whose prompt another pair shares: a cache holding the prompt's tokens but its last (whose row
+    /// predicts the completion's first token), computed once per distinct prompt and forked for each pair — the G
+    /// completions of a group, or a preference pair's two, run their prompt once. `None` for the other pairs.
+    fn shared_prompts(
+        &self,
+        pairs: &[(Vec<TokenId>, Vec<TokenId>)],
+        precision: Precision,
+        chunk: usize,
+    ) -> Result<Vec<Option<KvCache>>> {
+        let mut by_prompt: std::collections::HashMap<&[TokenId], Vec<usize>> = std::collections::HashMap::new();
+        for (i, (p, _)) in pairs.iter().enumerate() {
+            by_prompt.entry(p.as_slice()).or_default().push(i);
+        }
+        let mut caches = vec![None; pairs.len()];
+        for (prompt, users) in by_prompt {
+            if users.len() < 2 || prompt.len() < 2 {
+                continue;
+            }
+            let mut cache = self.model.new_cache();
+            for piece in prompt[..prompt.len() - 1].chunks(chunk.max(1)) {
+                let mut chunks = [Chunk { cache: &mut cache, tokens: piece, logits: LogitRows::None }];
+                self.model.forward(&mut chunks, precision)?;
+            }
+            for i in users {
+                caches[i] = Some(cache.clone());
+            }
+        }
+        Ok(caches)
+    }
+
     /// Run `seqs[i][..runs[i].0]` through the model in chunks of at most `chunk` tokens, many sequences per
-    /// forward, and call `visit(i, position, logits)` for every position from `runs[i].1` on, in order.
+    /// forward, and call `visit(i, position, logits)` for every position from `runs[i].1` on, in order. A sequence
+    /// with a cache in `caches` starts after the tokens that cache holds.
     fn forward_rows(
         &self,
         seqs: &[Vec<TokenId>],
         runs: &[(usize, usize)],
+        mut caches: Vec<Option<KvCache>>,
         precision: Precision,
         chunk: usize,
         visit: &mut dyn FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
         let chunk = chunk.max(1);
-        let mut caches: Vec<Option<KvCache>> = vec![None; seqs.len()];
-        // A sequence with no wanted position has nothing to run.
-        let mut done: Vec<usize> = runs.iter().map(|&(total, first)| if first >= total { total } else { 0 }).collect();
+        // A sequence with no wanted position has nothing to run; one with a cache starts after what it holds.
+        let mut done: Vec<usize> = runs
+            .iter()
+            .zip(&caches)
+            .map(|(&(total, first), c)| if first >= total { total } else { c.as_ref().map_or(0, KvCache::len) })
+            .collect();
         let mut next = 0;
         while next < seqs.len() {
             let mut budget = chunk;

@@ -162,6 +162,32 @@ fn generated_logprobs_equal_scored_logprobs() {
     }
 }
 
+/// Pairs that share a prompt run it once (a forked cache): their log-probs equal each pair scored alone, with the
+/// shared prompt longer than one forward's budget too.
+#[test]
+fn scored_pairs_sharing_a_prompt_equal_pairs_scored_alone() {
+    for arch in ARCHITECTURES.iter().map(|s| s.arch) {
+        let t = tiny(arch, Format::Hf, 6);
+        let e = &t.engine;
+        let (a, b) = (seq(40, 1), seq(7, 2));
+        let pairs: Vec<(Vec<TokenId>, Vec<TokenId>)> = vec![
+            (a.clone(), seq(12, 3)),
+            (b.clone(), seq(5, 4)),
+            (a.clone(), seq(1, 5)),
+            (seq(9, 6), seq(8, 7)),
+            (a.clone(), seq(20, 8)),
+            (b.clone(), seq(3, 9)),
+        ];
+        let shared = e.score_with(&pairs, Precision::F32, 16).expect("score");
+        for (pair, got) in pairs.iter().zip(&shared) {
+            let alone = e.score_with(std::slice::from_ref(pair), Precision::F32, 512).expect("score alone");
+            assert_eq!(got.token_logprobs.len(), pair.1.len());
+            let d = max_abs_diff(&got.token_logprobs, &alone[0].token_logprobs);
+            assert!(d <= TOL, "{arch:?}: {d}");
+        }
+    }
+}
+
 #[test]
 fn next_token_logprobs_equal_scored_single_token_completions() {
     let t = tiny(Arch::Llama, Format::Hf, 6);
