@@ -140,6 +140,21 @@ fn run_rl(cfg: &Path, out: &Path) -> Vec<serde_json::Value> {
     text.lines().map(|l| serde_json::from_str(l).expect("json")).collect()
 }
 
+/// A Python reward giving every completion of two of the six prompts `value` (their groups carry no signal) and the
+/// others a score that varies with the completion.
+fn constant_for_two_prompts(dir: &Path, value: &str) -> PathBuf {
+    let reward = dir.join("r.py");
+    std::fs::write(
+        &reward,
+        format!(
+            "def r(prompts, completions, **kw):\n    return [{value} if ('What is 0' in p or 'What is 3' in p) else \
+             float(len(c) % 7) for p, c in zip(prompts, completions)]\n"
+        ),
+    )
+    .expect("write reward");
+    reward
+}
+
 /// DAPO's dynamic sampling end to end: a Python reward gives every completion of two of the six prompts the same
 /// score, so their groups carry no signal; they are dropped and refilled, every step trains on P groups.
 #[test]
@@ -147,13 +162,7 @@ fn dynamic_sampling_refills_and_mu_two_and_online_topr_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let model = tiny_hf(dir.path());
     let t = tasks(dir.path(), true);
-    let reward = dir.path().join("r.py");
-    std::fs::write(
-        &reward,
-        "def r(prompts, completions, **kw):\n    return [0.5 if ('What is 0' in p or 'What is 3' in p) else \
-         float(len(c) % 7) for p, c in zip(prompts, completions)]\n",
-    )
-    .expect("write reward");
+    let reward = constant_for_two_prompts(dir.path(), "0.5");
     let dapo = config(dir.path(), &model, &t, "dynamic_sampling = true\nmax_refills = 4\nepsilon_high = 0.28");
     let text = std::fs::read_to_string(&dapo).expect("read");
     std::fs::write(&dapo, text.replace("reward = \"math\"", &format!("reward = \"python:{}:r\"", reward.display())))
@@ -202,20 +211,15 @@ fn dynamic_sampling_refills_and_mu_two_and_online_topr_run() {
 }
 
 /// A group whose rewards are all equal (0.1 each: their float mean is not 0.1) has zero advantage everywhere: with
-/// β = 0 its forward and backward are skipped (counted in `groups_skipped`), and the weights and logged values are the same bit for bit as when it is
-/// run (`skip_zero_advantage = false`), with μ = 2 (the importance ratio's second pass) as well.
+/// β = 0 its forward and backward are skipped (counted in `groups_skipped`), and the weights and logged values are
+/// the same bit for bit as when it is run (`skip_zero_advantage = false`), with μ = 2 (the importance ratio's second
+/// pass) as well.
 #[test]
 fn zero_advantage_groups_are_skipped_without_changing_the_update() {
     let dir = tempfile::tempdir().expect("tempdir");
     let model = tiny_hf(dir.path());
     let t = tasks(dir.path(), true);
-    let reward = dir.path().join("r.py");
-    std::fs::write(
-        &reward,
-        "def r(prompts, completions, **kw):\n    return [0.1 if ('What is 0' in p or 'What is 3' in p) else \
-         float(len(c) % 7) for p, c in zip(prompts, completions)]\n",
-    )
-    .expect("write reward");
+    let reward = constant_for_two_prompts(dir.path(), "0.1");
     let cfg = |name: &str, extra: &str| {
         let p = config(dir.path(), &model, &t, &format!("num_iterations = 2\nsteps = 6\n{extra}"));
         let text = std::fs::read_to_string(&p)

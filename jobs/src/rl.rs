@@ -451,7 +451,7 @@ fn start_or_resume(
     // Checkpoints written before `steps` left the identity still carry it: compare without it.
     let mut stored = ckpt.state.config["identity"].clone();
     if let Some(rl) = stored.get_mut("rl") {
-        forget_steps(rl);
+        forget_resumable_keys(rl);
     }
     if ckpt.state.model_hash != state.model_hash || stored != identity {
         return Err(Error::Config(format!(
@@ -480,14 +480,14 @@ fn start_or_resume(
 /// `skip_zero_advantage`, which changes no update, and the number of train prompts.
 fn run_identity(cfg: &RlConfig, n_tasks: usize) -> Result<serde_json::Value> {
     let mut rl = serde_json::to_value(cfg)?;
-    forget_steps(&mut rl);
+    forget_resumable_keys(&mut rl);
     Ok(serde_json::json!({ "rl": rl, "tasks": n_tasks }))
 }
 
 /// Drops from a serialised [`RlConfig`] (a run's identity, or the loop's `[online]` table) what may change when a
 /// run continues: `steps`, which may grow, and `skip_zero_advantage`, which changes no update (runs stamped before
 /// it existed continue).
-pub(crate) fn forget_steps(rl: &mut serde_json::Value) {
+pub(crate) fn forget_resumable_keys(rl: &mut serde_json::Value) {
     if let Some(o) = rl.as_object_mut() {
         o.remove("steps");
         o.remove("skip_zero_advantage");

@@ -231,7 +231,7 @@ impl LoopConfig {
             o.remove("max_batch");
             // Online RL's steps may grow too (the run continues from its last checkpoint).
             if let Some(online) = o.get_mut("online") {
-                crate::rl::forget_steps(online);
+                crate::rl::forget_resumable_keys(online);
             }
         }
         Ok(v)
@@ -661,7 +661,7 @@ fn claim_dir(cfg: &LoopConfig, base: &Engine, out: &Path) -> Result<()> {
         let mut old: serde_json::Value = serde_json::from_str(&text)?;
         // Stamps written before online `steps` left the identity still carry it.
         if let Some(online) = old["config"].get_mut("online") {
-            crate::rl::forget_steps(online);
+            crate::rl::forget_resumable_keys(online);
         }
         if old != stamp {
             let keys: Vec<String> = match (old["config"].as_object(), stamp["config"].as_object()) {

@@ -75,7 +75,7 @@ pub fn advantages(rewards: &[f64], group: usize, kind: AdvantageKind) -> Result<
     let g = group as f64;
     let mut out = Vec::with_capacity(rewards.len());
     for chunk in rewards.chunks(group) {
-        if chunk.iter().all(|r| *r == chunk[0]) {
+        if rewards_equal(chunk) {
             // Equal rewards carry no signal: the advantage is exactly 0 (the float mean of eight 0.1s is not 0.1,
             // and the difference divided by GRPO's 1e-4 would be noise the size of 1e-13 to train on).
             out.extend(std::iter::repeat_n(0.0, group));
@@ -108,12 +108,13 @@ pub fn advantages(rewards: &[f64], group: usize, kind: AdvantageKind) -> Result<
 /// Indices of the groups whose rewards are not all equal (DAPO's dynamic sampling keeps only these: a group with
 /// zero variance has zero advantage everywhere and no gradient).
 pub fn informative_groups(rewards: &[f64], group: usize) -> Vec<usize> {
-    rewards
-        .chunks(group.max(1))
-        .enumerate()
-        .filter(|(_, c)| c.iter().any(|r| (r - c[0]).abs() > 1e-12))
-        .map(|(i, _)| i)
-        .collect()
+    rewards.chunks(group.max(1)).enumerate().filter(|(_, c)| !rewards_equal(c)).map(|(i, _)| i).collect()
+}
+
+/// Whether a group's rewards are all equal (within 1e-12): such a group has zero variance, zero advantage and no
+/// gradient.
+fn rewards_equal(group: &[f64]) -> bool {
+    group.iter().all(|r| (r - group[0]).abs() <= 1e-12)
 }
 
 /// The clipped surrogate's settings.
@@ -278,7 +279,6 @@ pub fn surrogate_loss(s: &Surrogate, b: &TokenBatch<'_>) -> Result<SurrogateTerm
 mod tests {
     use super::*;
 
-    /// Reference: `tests/reference/rl_objectives.py` (TRL's GRPOTrainer / RLOO / OpenRLHF formulas in PyTorch).
     /// Equal rewards whose float mean is not their value (0.1 × 8 sums to 0.7999…) give advantages of exactly 0.
     #[test]
     fn equal_rewards_have_exactly_zero_advantage() -> Result<()> {
@@ -292,6 +292,7 @@ mod tests {
         Ok(())
     }
 
+    /// Reference: `tests/reference/rl_objectives.py` (TRL's GRPOTrainer / RLOO / OpenRLHF formulas in PyTorch).
     #[test]
     fn advantages_equal_the_reference() -> Result<()> {
         let r = [1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.2, 0.9];
