@@ -240,13 +240,21 @@ impl Engine {
                 self.model.config().vocab_size
             )));
         }
-        let model = match handoff {
-            Handoff::Q8 => model.to_q8(),
-            Handoff::F32 => model,
+        let model = match (handoff, self.model.device()) {
+            // On a device the weights are uploaded in its dtype: re-quantizing first would only lose precision.
+            (_, Some(dev)) => model.on_device(dev.placement(), dev.dtype())?,
+            (Handoff::Q8, None) => model.to_q8(),
+            (Handoff::F32, None) => model,
         };
         let info =
             ModelInfo { id: id.to_string(), path: self.info.path.clone(), hash: OnceLock::new(), in_memory: true };
         Ok(Engine { model, tokenizer: self.tokenizer.clone(), template: self.template.clone(), info })
+    }
+
+    /// This engine with its model on `placement` (weights uploaded once in `dtype`; see [`Model::on_device`]).
+    /// Engines made from it by [`Engine::with_weights`] run on the same device.
+    pub fn on_device(self, placement: crate::Placement, dtype: crate::device::DType) -> Result<Self> {
+        Ok(Engine { model: self.model.on_device(placement, dtype)?, ..self })
     }
 
     /// The model.

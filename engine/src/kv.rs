@@ -4,9 +4,15 @@
 //! block that receives it is made unique (`Arc::make_mut`), so a fork copies at most its partial last block and no
 //! two sequences ever write the same storage. Freeing a branch (dropping its cache) frees only the blocks no other
 //! sequence holds. Every block's bytes are counted in the [`KvPool`] the cache was created from.
+//!
+//! Paged on a device: a pool made with [`KvPool::paged`] gives its blocks no host storage but a *slot* in a
+//! [`SlotTable`] — the block's index in the device's KV tensors (`device.rs`). A sequence's blocks are then its block
+//! table; sharing, copy-on-write, truncation and the prefix index work on them exactly as on host blocks. The table
+//! only does the bookkeeping: a copy-on-write records (from, to) and the device carries the copies out before its
+//! next write, and a dropped block's slot goes back to the free list.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Positions per block.
 pub const BLOCK_TOKENS: usize = 16;
@@ -33,14 +39,24 @@ impl KvLayout {
     }
 }
 
-/// Accounting shared by every cache of one model: live blocks and their bytes.
+/// Accounting shared by every cache of one model: live blocks and their bytes; for a paged (device) pool, the slot
+/// table its blocks live in.
 #[derive(Debug, Default)]
 pub struct KvPool {
     blocks: AtomicUsize,
     bytes: AtomicUsize,
+    slots: Option<Arc<SlotTable>>,
 }
 
 impl KvPool {
+    /// A pool whose blocks are slots of `slots` (KV held on a device), each `block_bytes` large there.
+    pub fn paged(slots: Arc<SlotTable>) -> Self {
+        KvPool { slots: Some(slots), ..KvPool::default() }
+    }
+    /// The slot table of a paged pool.
+    pub fn slots(&self) -> Option<&Arc<SlotTable>> {
+        self.slots.as_ref()
+    }
     /// Blocks alive now.
     pub fn live_blocks(&self) -> usize {
         self.blocks.load(Ordering::Relaxed)
@@ -51,19 +67,106 @@ impl KvPool {
     }
 }
 
-/// One block of keys and values for every layer.
+/// Host-side bookkeeping of a device's KV blocks: which slots are free, how many the device must hold, and the
+/// copy-on-write copies it has yet to make. Slots are handed out lowest-free-first, so the device's tensors grow
+/// only when every slot is in use.
+#[derive(Debug)]
+pub struct SlotTable {
+    block_bytes: usize,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    /// Freed slots.
+    free: Vec<u32>,
+    /// Slots ever handed out: the device must hold `0..high`.
+    high: u32,
+    /// Copies (from, to) to make, in order, before the next write.
+    copies: Vec<(u32, u32)>,
+}
+
+impl SlotTable {
+    /// An empty table for blocks of `block_bytes` bytes on the device.
+    pub fn new(block_bytes: usize) -> Self {
+        SlotTable { block_bytes, state: Mutex::new(SlotState::default()) }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        // The state is consistent after every operation (no operation panics midway): a poisoned lock is usable.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn alloc(&self) -> u32 {
+        let mut st = self.state();
+        // Reuse the lowest free slot: keeps the live slots dense at the bottom of the device tensors.
+        if let Some((i, _)) = st.free.iter().enumerate().min_by_key(|(_, &s)| s) {
+            return st.free.swap_remove(i);
+        }
+        st.high += 1;
+        st.high - 1
+    }
+
+    fn release(&self, slot: u32) {
+        self.state().free.push(slot);
+    }
+
+    fn copy(&self, from: u32, to: u32) {
+        self.state().copies.push((from, to));
+    }
+
+    /// Slots the device must hold (every slot handed out so far lies below it).
+    pub fn high_water(&self) -> usize {
+        self.state().high as usize
+    }
+
+    /// Slots in use now.
+    pub fn live(&self) -> usize {
+        let st = self.state();
+        st.high as usize - st.free.len()
+    }
+
+    /// Takes the copy-on-write copies recorded since the last call, in the order they must be made.
+    pub fn take_copies(&self) -> Vec<(u32, u32)> {
+        std::mem::take(&mut self.state().copies)
+    }
+
+    /// Bytes of one block on the device.
+    pub fn block_bytes(&self) -> usize {
+        self.block_bytes
+    }
+}
+
+/// One block of keys and values for every layer: floats on the host, or a slot of a device's KV tensors.
 #[derive(Debug)]
 pub struct KvBlock {
     data: Vec<f32>,
+    slot: Option<u32>,
     layout: KvLayout,
     pool: Arc<KvPool>,
 }
 
 impl KvBlock {
     fn new(layout: KvLayout, pool: &Arc<KvPool>) -> Self {
+        let (data, slot, bytes) = match &pool.slots {
+            Some(t) => (Vec::new(), Some(t.alloc()), t.block_bytes),
+            None => (vec![0.0; layout.block_floats()], None, layout.block_floats() * 4),
+        };
         pool.blocks.fetch_add(1, Ordering::Relaxed);
-        pool.bytes.fetch_add(layout.block_floats() * 4, Ordering::Relaxed);
-        KvBlock { data: vec![0.0; layout.block_floats()], layout, pool: pool.clone() }
+        pool.bytes.fetch_add(bytes, Ordering::Relaxed);
+        KvBlock { data, slot, layout, pool: pool.clone() }
+    }
+
+    /// The block's slot on the device (paged pools only).
+    pub fn slot(&self) -> Option<u32> {
+        self.slot
+    }
+
+    fn bytes(&self) -> usize {
+        match &self.pool.slots {
+            Some(t) => t.block_bytes,
+            None => self.data.len() * 4,
+        }
     }
 
     fn offset(&self, layer: usize, kind: usize, head: usize) -> usize {
@@ -88,6 +191,9 @@ impl Clone for KvBlock {
     fn clone(&self) -> Self {
         let mut b = KvBlock::new(self.layout, &self.pool);
         b.data.copy_from_slice(&self.data);
+        if let (Some(t), Some(from), Some(to)) = (&self.pool.slots, self.slot, b.slot) {
+            t.copy(from, to);
+        }
         b
     }
 }
@@ -95,7 +201,10 @@ impl Clone for KvBlock {
 impl Drop for KvBlock {
     fn drop(&mut self) {
         self.pool.blocks.fetch_sub(1, Ordering::Relaxed);
-        self.pool.bytes.fetch_sub(self.data.len() * 4, Ordering::Relaxed);
+        self.pool.bytes.fetch_sub(self.bytes(), Ordering::Relaxed);
+        if let (Some(t), Some(slot)) = (&self.pool.slots, self.slot) {
+            t.release(slot);
+        }
     }
 }
 
@@ -177,6 +286,7 @@ impl KvCache {
     /// been reserved.
     pub(crate) fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
         let hd = self.layout.head_dim;
+        debug_assert!(self.pool.slots.is_none(), "a paged cache is written on its device");
         let block = Arc::get_mut(&mut self.blocks[pos / BLOCK_TOKENS])
             .expect("reserve() made every block past the cached length unique");
         let t = pos % BLOCK_TOKENS;
@@ -188,6 +298,16 @@ impl KvCache {
             let vo = block.offset(layer, 1, h) + t * hd;
             block.data[vo..vo + hd].copy_from_slice(&v[h * hd..(h + 1) * hd]);
         }
+    }
+
+    /// The device slot of every block, in position order (the block table of a paged cache).
+    pub fn block_table(&self) -> Vec<u32> {
+        self.blocks.iter().filter_map(|b| b.slot).collect()
+    }
+
+    /// The slot table of a paged cache (its blocks live on a device), `None` for host blocks.
+    pub fn slot_table(&self) -> Option<&Arc<SlotTable>> {
+        self.pool.slots.as_ref()
     }
 
     /// Marks `extra` reserved positions as cached.
@@ -233,6 +353,40 @@ mod tests {
         assert_eq!(pool.live_blocks(), 2);
         drop(parent);
         assert_eq!(pool.live_bytes(), 0);
+    }
+
+    #[test]
+    fn paged_blocks_share_fork_copy_on_write_and_free_slots() {
+        let slots = Arc::new(SlotTable::new(1000));
+        let pool = Arc::new(KvPool::paged(slots.clone()));
+        let mut parent = KvCache::new(layout(), pool.clone());
+        parent.reserve(20);
+        parent.commit(20);
+        assert_eq!(parent.block_table(), vec![0, 1]);
+        assert_eq!((pool.live_blocks(), pool.live_bytes()), (2, 2000));
+        let mut child = parent.clone();
+        assert!(slots.take_copies().is_empty(), "a fork copies nothing until it writes");
+        child.reserve(3);
+        child.commit(3);
+        // The child's partial last block was made unique: a new slot, one recorded device copy from the parent's.
+        assert_eq!(child.block_table(), vec![0, 2]);
+        assert_eq!(slots.take_copies(), vec![(1, 2)]);
+        assert!(slots.take_copies().is_empty());
+        // A fork at a block boundary shares everything and appends a fresh block: no copy.
+        let mut full = parent.clone();
+        full.truncate(16);
+        full.reserve(1);
+        assert_eq!(full.block_table(), vec![0, 3]);
+        assert!(slots.take_copies().is_empty());
+        drop(child);
+        assert_eq!((slots.live(), slots.high_water()), (3, 4));
+        // Freed slots are reused lowest first, before the table grows.
+        let mut again = KvCache::new(layout(), pool.clone());
+        again.reserve(1);
+        assert_eq!(again.block_table(), vec![2]);
+        drop((parent, full, again));
+        assert_eq!((slots.live(), pool.live_blocks(), pool.live_bytes()), (0, 0, 0));
+        assert_eq!(slots.high_water(), 4);
     }
 
     #[test]

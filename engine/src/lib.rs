@@ -27,6 +27,7 @@ pub mod chat;
 pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod generic;
@@ -46,6 +47,7 @@ pub mod weights;
 pub use arch::{Arch, ArchSpec, ARCHITECTURES};
 pub use chat::{ChatTemplate, Message};
 pub use config::{Activation, ModelConfig, SlidingWindow};
+pub use device::Placement;
 pub use engine::{
     Engine, FinishReason, GenerateOptions, GenerateRequest, Handoff, ModelInfo, Progress, Prompt, Sample, Scored,
 };

@@ -189,6 +189,8 @@ pub struct Model {
     local_inv_freq: Option<Vec<f32>>,
     pool: Arc<KvPool>,
     version: u64,
+    /// The weights uploaded to a device, where [`Model::forward`] then runs (see [`Model::on_device`]).
+    device: Option<Arc<crate::device::DeviceModel>>,
 }
 
 /// Every model instance gets its own weights version: caches keyed by it never outlive a weight change.
@@ -256,6 +258,7 @@ impl Model {
             local_inv_freq,
             pool: Arc::new(KvPool::default()),
             version: NEXT_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            device: None,
         })
     }
 
@@ -383,7 +386,30 @@ impl Model {
             local_inv_freq: self.local_inv_freq.clone(),
             pool: Arc::new(KvPool::default()),
             version: NEXT_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            device: None,
         }
+    }
+
+    /// This model with its weights uploaded to `placement`'s device in `dtype`: its forward (generation, scoring,
+    /// every job through the scheduler) then runs there, its KV paged on the device. The host weights stay (the
+    /// trainer and exports read them). `Placement::Cpu` gives the CPU engine back.
+    pub fn on_device(self, placement: crate::device::Placement, dtype: crate::device::DType) -> Result<Model> {
+        let Some(device) = placement.device()? else {
+            return Ok(Model { device: None, pool: Arc::new(KvPool::default()), ..self });
+        };
+        let on = Arc::new(crate::device::DeviceModel::new(&self, placement, device, dtype)?);
+        let pool = Arc::new(KvPool::paged(on.slot_table().clone()));
+        Ok(Model {
+            device: Some(on),
+            pool,
+            version: NEXT_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ..self
+        })
+    }
+
+    /// The device this model runs on, when not the CPU engine.
+    pub fn device(&self) -> Option<&crate::device::DeviceModel> {
+        self.device.as_deref()
     }
 
     /// Shape of this model's KV cache.
@@ -417,6 +443,15 @@ impl Model {
 
     fn forward_on_pool(&self, chunks: &mut [Chunk<'_>], precision: Precision) -> Result<Logits> {
         let rows = self.lay_out(chunks)?;
+        if let Some(dev) = &self.device {
+            let out = dev.forward(chunks, &rows.starts, &rows.first_rows);
+            if out.is_ok() {
+                for s in chunks.iter_mut() {
+                    s.cache.commit(s.tokens.len());
+                }
+            }
+            return out;
+        }
         let mut x = self.embed(chunks, rows.positions.len());
         let mut buf = Buffers::new(&self.config, rows.positions.len());
         let rope = Rope {
@@ -439,7 +474,12 @@ impl Model {
         let cfg = &self.config;
         let mut rows = RowLayout::default();
         for s in chunks.iter_mut() {
-            if s.cache.layout() != self.kv_layout() {
+            let same_place = match (s.cache.slot_table(), &self.device) {
+                (None, None) => true,
+                (Some(t), Some(d)) => Arc::ptr_eq(t, d.slot_table()),
+                _ => false,
+            };
+            if s.cache.layout() != self.kv_layout() || !same_place {
                 return Err(Error::Request("a KV cache from another model was passed to forward".into()));
             }
             let end = s.cache.len() + s.tokens.len();
