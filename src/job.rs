@@ -26,6 +26,8 @@ pub struct JobArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     #[command(flatten)]
+    pub device: crate::cmd::common::DeviceArgs,
+    #[command(flatten)]
     pub source: SourceArgs,
     /// Reward name: gsm8k, svamp, math, pot, humaneval, … TOML: `reward`.
     #[arg(long)]

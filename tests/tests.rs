@@ -1,5 +1,6 @@
 //! End-to-end tests of the `orchard` binary: one module per user-visible command.
 
+mod device;
 mod export;
 mod generate;
 mod merge;

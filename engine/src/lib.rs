@@ -25,8 +25,6 @@ pub mod autograd;
 pub mod bench;
 pub mod chat;
 pub mod config;
-#[cfg(feature = "cuda")]
-pub mod cuda;
 pub mod device;
 pub mod engine;
 pub mod error;

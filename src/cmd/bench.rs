@@ -26,6 +26,8 @@ const DEFAULT_TEXT: &str = "Natalia sold clips to 48 of her friends in April, an
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: super::common::DeviceArgs,
     /// Prompt length in tokens.
     #[arg(long, default_value_t = 200)]
     pub prompt_tokens: usize,
@@ -54,26 +56,6 @@ pub struct Args {
     /// Tree workload: KV memory budget (e.g. 512MiB); cached prefixes are evicted and sequences preempted to fit.
     #[arg(long, value_parser = super::exec::parse_size_arg, requires = "tree")]
     pub kv_budget: Option<u64>,
-    /// Where to run: `cpu`, or `cuda` (a build with `--features cuda`; weights uploaded once, KV on the GPU,
-    /// sampling on the GPU). On `cuda` the bench prints prefill, decode and — with --tree — the tree workload, plus
-    /// the largest |Δ log-softmax| against the CPU engine's f32 path.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
-    /// Element type of weights and activations on `cuda`.
-    #[arg(long, value_enum, default_value_t = DtypeArg::Bf16)]
-    pub dtype: DtypeArg,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeviceArg {
-    Cpu,
-    Cuda,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DtypeArg {
-    F32,
-    Bf16,
 }
 
 #[derive(Serialize)]
@@ -87,13 +69,10 @@ struct Row<'a> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.device == DeviceArg::Cuda {
-        return cuda(&args);
-    }
     if let Some(preset) = &args.tree {
         return tree(&args, preset);
     }
-    let engine = args.model.load()?;
+    let engine = args.device.place(args.model.load()?)?;
     let text = match &args.text {
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?,
         None => DEFAULT_TEXT.to_string(),
@@ -107,7 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     time_prefill(model, &prompt, precision)?; // warm-up (and the f32 copy, if needed)
     let runs = (0..repeat).map(|_| time_prefill(model, &prompt, precision)).collect::<Result<Vec<_>, _>>()?;
     let secs = median(runs);
-    let mut summary = serde_json::Map::new();
+    let mut summary = device_summary(&args, &engine, &base)?;
     let prefill = args.prompt_tokens as f64 / secs;
     summary.insert("prefill_tok_per_s".into(), prefill.into());
     println!(
@@ -179,7 +158,7 @@ fn tree(args: &Args, preset: &str) -> anyhow::Result<ExitCode> {
     use orchard_engine::bench::{run_tree, TreeShape};
     use orchard_engine::{Scheduler, SchedulerConfig};
     let shape = TreeShape::preset(preset).with_context(|| format!("unknown tree preset `{preset}` (small, full)"))?;
-    let engine = std::sync::Arc::new(args.model.load()?);
+    let engine = std::sync::Arc::new(args.device.place(args.model.load()?)?);
     let prompts = tree_prompts(&engine, shape)?;
     let config = SchedulerConfig {
         prefix_cache: !args.no_sharing,
@@ -193,6 +172,9 @@ fn tree(args: &Args, preset: &str) -> anyhow::Result<ExitCode> {
     row["peak_rss_bytes"] = peak_rss_bytes().into();
     row["weights_bytes"] = engine.model().weight_bytes().into();
     row["kv_budget"] = args.kv_budget.into();
+    if let Some(obj) = row.as_object_mut() {
+        obj.extend(device_summary(args, &engine, &engine.tokenizer().encode(DEFAULT_TEXT, false)?)?);
+    }
     println!("{row}");
     Ok(ExitCode::SUCCESS)
 }
@@ -221,85 +203,23 @@ fn peak_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-#[cfg(not(feature = "cuda"))]
-fn cuda(_: &Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("this orchard was built without CUDA support: rebuild with `cargo build --release --features cuda`")
-}
-
-/// Prefill, decode and (with --tree) the tree workload on the GPU; one JSON line per figure, then a summary line.
-#[cfg(feature = "cuda")]
-fn cuda(args: &Args) -> anyhow::Result<ExitCode> {
-    use orchard_engine::cuda::{self, GpuModel};
-    let engine = args.model.load()?;
-    let dtype = match args.dtype {
-        DtypeArg::F32 => cuda::DType::F32,
-        DtypeArg::Bf16 => cuda::DType::BF16,
-    };
-    let gpu = GpuModel::new(engine.model(), 0, dtype)?;
-    let text = match &args.text {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?,
-        None => DEFAULT_TEXT.to_string(),
-    };
-    let base = engine.tokenizer().encode(&text, false)?;
-    anyhow::ensure!(!base.is_empty(), "the prompt text has no tokens");
+/// On a device: which one, its dtype, and its parity with the CPU engine's f32 path (next-token log-probs of four
+/// ragged prompts, [`orchard_engine::device::logprob_diff`]). Nothing on the CPU engine.
+fn device_summary(
+    args: &Args,
+    engine: &orchard_engine::Engine,
+    base: &[orchard_engine::TokenId],
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     let mut summary = serde_json::Map::new();
-    summary.insert("device".into(), "cuda".into());
-    summary.insert("dtype".into(), format!("{:?}", args.dtype).to_lowercase().into());
-    // Numerics: the GPU against the CPU engine's f32 path on four ragged prompts.
-    let check: Vec<_> = (0..4).map(|i| prompt_ids(&base, 40 + 30 * i, i)).collect();
-    let diff = cuda::max_logsoftmax_diff(engine.model(), &gpu, &check)?;
-    summary.insert("max_abs_logsoftmax_diff_vs_cpu_f32".into(), diff.into());
-    let repeat = args.repeat.max(1);
-    let timed = |f: &mut dyn FnMut() -> orchard_engine::Result<()>| -> anyhow::Result<f64> {
-        f()?; // warm-up
-        let mut runs = Vec::new();
-        for _ in 0..repeat {
-            gpu.synchronize()?;
-            let start = std::time::Instant::now();
-            f()?;
-            gpu.synchronize()?;
-            runs.push(start.elapsed().as_secs_f64());
-        }
-        Ok(median(runs))
-    };
-    let prompt = prompt_ids(&base, args.prompt_tokens, 0);
-    let secs = timed(&mut || gpu.prefill(std::slice::from_ref(&prompt), 0).map(|_| ()))?;
-    summary.insert("prefill_tok_per_s".into(), (args.prompt_tokens as f64 / secs).into());
-    for &b in &args.batch {
-        let prompts: Vec<_> = (0..b).map(|i| prompt_ids(&base, args.prompt_tokens, i)).collect();
-        let mut runs = Vec::new();
-        for i in 0..=repeat {
-            let (mut batch, logits) = gpu.prefill(&prompts, args.new_tokens + 1)?;
-            gpu.synchronize()?;
-            let start = std::time::Instant::now();
-            cuda::decode(&gpu, &mut batch, logits, args.new_tokens, 0.0)?;
-            gpu.synchronize()?;
-            if i > 0 {
-                runs.push(start.elapsed().as_secs_f64()); // run 0 warms up
-            }
-        }
-        let decode = median(runs);
-        summary.insert(format!("decode_b{b}_tok_per_s"), ((b * args.new_tokens) as f64 / decode).into());
+    if args.device.device == orchard_engine::Placement::Cpu {
+        return Ok(summary);
     }
-    if let Some(preset) = &args.tree {
-        let shape = orchard_engine::bench::TreeShape::preset(preset)
-            .with_context(|| format!("unknown tree preset `{preset}` (small, full)"))?;
-        let prompts = tree_prompts(&engine, shape)?;
-        cuda::run_tree(&gpu, &prompts, shape)?; // warm-up
-        let mut runs = Vec::new();
-        let mut rows = Vec::new();
-        for _ in 0..repeat {
-            let (secs, r) = cuda::run_tree(&gpu, &prompts, shape)?;
-            runs.push(secs);
-            rows = r;
-        }
-        let secs = median(runs);
-        summary.insert("tree_preset".into(), preset.clone().into());
-        summary.insert("tree_seconds".into(), secs.into());
-        summary.insert("tree_generated_tokens".into(), shape.generated_tokens().into());
-        summary.insert("tree_tok_per_s".into(), (shape.generated_tokens() as f64 / secs).into());
-        summary.insert("tree_rows_per_level".into(), serde_json::to_value(rows)?);
-    }
-    println!("{}", serde_json::Value::Object(summary));
-    Ok(ExitCode::SUCCESS)
+    let cpu = args.model.load()?;
+    let check: Vec<_> = (0..4).map(|i| prompt_ids(base, 40 + 30 * i, i)).collect();
+    let diff = orchard_engine::device::logprob_diff(cpu.model(), engine.model(), &check)?;
+    summary.insert("device".into(), args.device.device.to_string().into());
+    summary.insert("dtype".into(), format!("{:?}", args.device.dtype).to_lowercase().into());
+    summary.insert("max_abs_logsoftmax_diff_vs_cpu_f32".into(), diff.all.into());
+    summary.insert("max_abs_logprob_diff_likely_vs_cpu_f32".into(), diff.likely.into());
+    Ok(summary)
 }

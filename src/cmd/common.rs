@@ -49,6 +49,55 @@ impl ModelArgs {
     }
 }
 
+/// Where the model runs (`--device`) and in which element type there (`--dtype`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeviceArgs {
+    /// Where the model runs: `cpu` (the CPU engine, quantized kernels), `cuda` / `cuda:N` (GPU N, a build with
+    /// `--features cuda`: weights uploaded once, KV paged on the GPU), or `cpu-candle` (the GPU code path on
+    /// candle's CPU backend — for checking it without a GPU; slow). Everything else about the command is the same.
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: orchard_engine::Placement,
+    /// Element type of weights, activations and KV on a device (`--device` other than cpu): bf16 (fast), or f32
+    /// (the CPU engine's f32 numerics to ~1e-5).
+    #[arg(long, value_enum, default_value_t = DtypeArg::Bf16)]
+    pub dtype: DtypeArg,
+}
+
+/// Element type on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    Bf16,
+}
+
+impl DeviceArgs {
+    /// Moves `engine` to the device (nothing to do on `cpu`).
+    pub fn place(&self, engine: Engine) -> anyhow::Result<Engine> {
+        if self.device == orchard_engine::Placement::Cpu {
+            return Ok(engine);
+        }
+        let dtype = match self.dtype {
+            DtypeArg::F32 => orchard_engine::device::DType::F32,
+            DtypeArg::Bf16 => orchard_engine::device::DType::BF16,
+        };
+        engine.on_device(self.device, dtype).with_context(|| format!("--device {}", self.device))
+    }
+
+    /// [`DeviceArgs::place`] for an engine that may be on the generic backend (CPU only).
+    pub fn place_any(&self, engine: orchard_engine::AnyEngine) -> anyhow::Result<orchard_engine::AnyEngine> {
+        use orchard_engine::AnyEngine;
+        match engine {
+            AnyEngine::Native(e) => Ok(AnyEngine::Native(Box::new(self.place(*e)?))),
+            AnyEngine::Generic(g) if self.device == orchard_engine::Placement::Cpu => Ok(AnyEngine::Generic(g)),
+            AnyEngine::Generic(_) => anyhow::bail!(
+                "--device {}: this model's architecture runs on the generic (candle-transformers) backend, which runs \
+                 on the CPU only; leave out --device",
+                self.device
+            ),
+        }
+    }
+}
+
 /// Numeric path on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PrecisionArg {

@@ -26,6 +26,8 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
+    pub device: super::common::DeviceArgs,
+    #[command(flatten)]
     pub source: SourceArgs,
     /// Samples per task for maj@K (1: greedy only).
     #[arg(long, short = 'n', default_value_t = 1)]
@@ -63,7 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!loaded.tasks.is_empty(), "no tasks to evaluate");
     let reward_name = args.reward.clone().unwrap_or_else(|| source.task.name().to_string());
     let reward = build_reward(Some(&reward_name), None, &args.sandbox, Some(&args.model.model))?;
-    let engine = args.model.load()?;
+    let engine = args.device.place(args.model.load()?)?;
     let opts = GenerateOptions { precision: args.precision.resolve(), ..GenerateOptions::default() };
     let cfg = EvalConfig {
         n: args.n,

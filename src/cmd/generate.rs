@@ -26,6 +26,8 @@ use super::common::{progress_bar, read_jsonl_lines, ModelArgs, Output, Precision
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: super::common::DeviceArgs,
     /// One prompt.
     #[arg(long, conflicts_with = "prompts", required_unless_present = "prompts")]
     pub prompt: Option<String>,
@@ -116,7 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let prompts = read_prompts(&args)?;
     let out = Output::new(args.out.as_deref())?;
-    let engine = args.model.load_any()?;
+    let engine = args.device.place_any(args.model.load_any()?)?;
     let source = args.prompts.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "--prompt".into());
     let mut requests = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {

@@ -44,13 +44,15 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     #[command(flatten)]
+    pub device: super::common::DeviceArgs,
+    #[command(flatten)]
     pub sandbox: crate::job::RewardArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = RlConfig::from_toml(&args.config)?;
     let reward = build_reward(Some(&cfg.reward), None, &args.sandbox, Some(&cfg.model))?;
-    let engine = ModelArgs { model: cfg.model.clone(), threads: args.threads }.load()?;
+    let engine = args.device.place(ModelArgs { model: cfg.model.clone(), threads: args.threads }.load()?)?;
     let mut bars = Bars::default();
     let report = run_rl(&cfg, &engine, reward.reward(), &args.out, args.stop_after, &mut bars)?;
     for (step, a) in &report.evals {

@@ -48,6 +48,8 @@ pub struct Args {
     /// Compute threads (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub device: super::common::DeviceArgs,
     /// Check the configuration (keys, splits, overlap) and print it with every default filled in; run nothing.
     #[arg(long)]
     pub check: bool,
@@ -70,7 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let reward = build_reward(Some(&cfg.reward), None, &args.sandbox, Some(&cfg.model))?;
-    let engine = ModelArgs { model: cfg.model.clone(), threads: args.threads }.load()?;
+    let engine = args.device.place(ModelArgs { model: cfg.model.clone(), threads: args.threads }.load()?)?;
     let mut bars = Bars::default();
     if cfg.mode == orchard_jobs::rounds::LoopMode::Online {
         let r =

@@ -63,7 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let job = SampleJob { n: Some(n), sampling, pairs, pair_format, shard: Some(shard), out: Some(out), ..file };
 
     // 2. Model; 3. sample, score, pair — a group of tasks per engine call — into the run directory.
-    let engine = args.job.model_args(&job.model).load()?;
+    let engine = args.job.device.place(args.job.model_args(&job.model).load()?)?;
     let rt = Runtime {
         precision: args.job.precision.resolve(),
         commit_every: args.job.commit_every,

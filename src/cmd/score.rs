@@ -23,6 +23,8 @@ use super::common::{read_jsonl_lines, ModelArgs, Output};
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: super::common::DeviceArgs,
     /// JSON-lines file of {"prompt", "completion"} rows.
     #[arg(long, short = 'i', value_name = "FILE.jsonl")]
     pub input: PathBuf,
@@ -71,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         parsed.push((line, prompt, completion));
     }
     let out = Output::new(args.out.as_deref())?;
-    let engine = args.model.load_any()?;
+    let engine = args.device.place_any(args.model.load_any()?)?;
     let mut pairs = Vec::with_capacity(parsed.len());
     for (line, prompt, completion) in &parsed {
         let p = engine

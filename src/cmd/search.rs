@@ -200,7 +200,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let reward = args.job.reward(&job.reward, &job.reward_config, &job.model)?;
 
     // 1. Model; 2. grow, each tree committed with its trajectories and pairs as it finishes.
-    let engine = Arc::new(args.job.model_args(&job.model).load()?);
+    let engine = Arc::new(args.job.device.place(args.job.model_args(&job.model).load()?)?);
     let rt = Runtime {
         precision: args.job.precision.resolve(),
         commit_every: args.job.commit_every,
