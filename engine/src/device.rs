@@ -365,47 +365,12 @@ impl DeviceModel {
                 by_rows.entry(c.tokens.len()).or_default().push(s);
             }
         }
-        let window = self.cfg.sliding_window.as_ref().map(|sw| sw.window);
         let mut groups = Vec::with_capacity(by_rows.len());
         let mut order: Vec<u32> = Vec::with_capacity(rows);
         for (&n, seqs) in &by_rows {
-            let keys = seqs.iter().map(|&s| starts[s] + n).max().unwrap_or(0);
-            let mut q_rows = Vec::with_capacity(seqs.len() * n);
-            let mut key_rows = Vec::with_capacity(seqs.len() * keys);
-            let mut qpos = Vec::with_capacity(seqs.len() * n);
-            for &s in seqs {
-                q_rows.extend((0..n).map(|j| (first_rows[s] + j) as u32));
-                qpos.extend((0..n).map(|j| (starts[s] + j) as f32));
-                let len = starts[s] + n;
-                key_rows.extend((0..keys).map(|p| if p < len { kv_row(s, p) } else { 0 }));
-            }
+            let q_rows: Vec<u32> = seqs.iter().flat_map(|&s| (0..n).map(move |j| (first_rows[s] + j) as u32)).collect();
             order.extend_from_slice(&q_rows);
-            let m = seqs.len();
-            let qpos = Tensor::from_vec(qpos, (m, 1, 1, n, 1), dev)?;
-            let kpos = Tensor::arange(0u32, keys as u32, dev)?.to_dtype(DType::F32)?.reshape((1, 1, 1, 1, keys))?;
-            let zero = Tensor::zeros((m, 1, 1, n, keys), self.dtype, dev)?;
-            let ninf = Tensor::full(f32::NEG_INFINITY, (m, 1, 1, n, keys), dev)?.to_dtype(self.dtype)?;
-            // A key at position p is visible from a query at q when p ≤ q (and q − p < window on sliding layers);
-            // padded key rows lie past every query of their sequence.
-            let causal = kpos.broadcast_le(&qpos)?;
-            let mask = causal.where_cond(&zero, &ninf)?;
-            let local_mask = match window {
-                Some(w) => {
-                    let inside = kpos.broadcast_gt(&(&qpos - w as f64)?)?;
-                    let both = (causal.to_dtype(DType::U8)? * inside.to_dtype(DType::U8)?)?;
-                    Some(both.where_cond(&zero, &ninf)?)
-                }
-                None => None,
-            };
-            groups.push(Group {
-                q_rows: Tensor::from_vec(q_rows, m * n, dev)?,
-                key_rows: Tensor::from_vec(key_rows, m * keys, dev)?,
-                mask,
-                local_mask,
-                seqs: m,
-                n,
-                keys,
-            });
+            groups.push(self.group(seqs, n, q_rows, starts, &kv_row)?);
         }
         let mut unpermute = vec![0u32; rows];
         for (k, &r) in order.iter().enumerate() {
@@ -435,6 +400,53 @@ impl DeviceModel {
             picked: Tensor::from_vec(picked, picked_len, dev)?,
             picked_len,
             spans,
+        })
+    }
+
+    /// One attention group: `seqs` (chunk indices), `n` new rows each, their query rows; keys through the block
+    /// tables (`kv_row(s, pos)`) and the masks, on the device.
+    fn group(
+        &self,
+        seqs: &[usize],
+        n: usize,
+        q_rows: Vec<u32>,
+        starts: &[usize],
+        kv_row: &dyn Fn(usize, usize) -> u32,
+    ) -> candle_core::Result<Group> {
+        let dev = &self.device;
+        let keys = seqs.iter().map(|&s| starts[s] + n).max().unwrap_or(0);
+        let mut key_rows = Vec::with_capacity(seqs.len() * keys);
+        let mut qpos = Vec::with_capacity(seqs.len() * n);
+        for &s in seqs {
+            qpos.extend((0..n).map(|j| (starts[s] + j) as f32));
+            let len = starts[s] + n;
+            key_rows.extend((0..keys).map(|p| if p < len { kv_row(s, p) } else { 0 }));
+        }
+        let m = seqs.len();
+        let qpos = Tensor::from_vec(qpos, (m, 1, 1, n, 1), dev)?;
+        let kpos = Tensor::arange(0u32, keys as u32, dev)?.to_dtype(DType::F32)?.reshape((1, 1, 1, 1, keys))?;
+        let zero = Tensor::zeros((m, 1, 1, n, keys), self.dtype, dev)?;
+        let ninf = Tensor::full(f32::NEG_INFINITY, (m, 1, 1, n, keys), dev)?.to_dtype(self.dtype)?;
+        // A key at position p is visible from a query at q when p ≤ q (and q − p < window on sliding layers);
+        // padded key rows lie past every query of their sequence.
+        let causal = kpos.broadcast_le(&qpos)?;
+        let mask = causal.where_cond(&zero, &ninf)?;
+        let local_mask = match self.cfg.sliding_window.as_ref().map(|sw| sw.window) {
+            Some(w) => {
+                let inside = kpos.broadcast_gt(&(&qpos - w as f64)?)?;
+                let both = (causal.to_dtype(DType::U8)? * inside.to_dtype(DType::U8)?)?;
+                Some(both.where_cond(&zero, &ninf)?)
+            }
+            None => None,
+        };
+        Ok(Group {
+            q_rows: Tensor::from_vec(q_rows, m * n, dev)?,
+            key_rows: Tensor::from_vec(key_rows, m * keys, dev)?,
+            mask,
+            local_mask,
+            seqs: m,
+            n,
+            keys,
         })
     }
 

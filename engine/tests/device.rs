@@ -1,5 +1,6 @@
 //! The device engine (`device.rs`: paged KV, block tables, copy-on-write forks, attention over ragged groups) on
-//! candle's CPU backend, against the CPU engine on the same weights — the same code a GPU runs, checked without one.
+//! candle's CPU backend, against the CPU engine on the same weights — the same code a GPU runs, checked without one
+//! (and on a GPU with `ORCHARD_TEST_DEVICE=cuda`).
 
 use orchard_engine::device::{logprob_diff, DType, Placement, BF16_LOGPROB_BOUND, F32_LOGPROB_BOUND};
 use orchard_engine::{
@@ -10,6 +11,15 @@ use orchard_engine::{
 use crate::util::{default_engine, max_abs_diff, tiny, Format};
 
 const TOL: f32 = 1e-4;
+
+/// candle's CPU backend here; `ORCHARD_TEST_DEVICE=cuda` runs the same tests on a GPU (a `--features cuda` test
+/// binary; `benches/compare/cuda_check.py --tests` does).
+fn placement() -> Placement {
+    match std::env::var("ORCHARD_TEST_DEVICE") {
+        Ok(d) => d.parse().expect("ORCHARD_TEST_DEVICE: a --device value"),
+        Err(_) => Placement::CpuCandle,
+    }
+}
 
 fn seq(n: usize, salt: u32) -> Vec<TokenId> {
     (0..n as u32).map(|i| (i * 31 + salt * 13 + 3) % 280).collect()
@@ -50,7 +60,7 @@ fn device_forward_equals_the_cpu_engine_on_every_architecture() {
     ];
     for arch in ARCHITECTURES.iter().map(|s| s.arch) {
         let cpu = tiny(arch, Format::Hf, 11);
-        let dev = tiny(arch, Format::Hf, 11).engine.on_device(Placement::CpuCandle, DType::F32).expect("upload");
+        let dev = tiny(arch, Format::Hf, 11).engine.on_device(placement(), DType::F32).expect("upload");
         let want = run_steps(cpu.engine.model(), 4, &steps);
         let got = run_steps(dev.model(), 4, &steps);
         for (s, (w, g)) in want.iter().zip(&got).enumerate() {
@@ -63,14 +73,14 @@ fn device_forward_equals_the_cpu_engine_on_every_architecture() {
         // Every block went back to the slot table with its caches.
         let t = dev.model().device().expect("on a device").slot_table().clone();
         assert_eq!(t.live(), 0, "{arch:?}");
-        assert!(t.high_water() >= 1 + 40 / 16);
+        assert!(t.high_water() >= 40usize.div_ceil(16), "a 40-token sequence holds three blocks");
     }
 }
 
 #[test]
 fn device_forks_equal_recompute_and_never_alias() {
     let cpu = tiny(Arch::Llama, Format::Hf, 12);
-    let dev = tiny(Arch::Llama, Format::Hf, 12).engine.on_device(Placement::CpuCandle, DType::F32).expect("upload");
+    let dev = tiny(Arch::Llama, Format::Hf, 12).engine.on_device(placement(), DType::F32).expect("upload");
     let m = dev.model();
     let slots = m.device().expect("device").slot_table().clone();
     let prefix = seq(21, 1); // ends mid-block: a writing fork copies the partial block on the device
@@ -121,7 +131,7 @@ fn device_forks_equal_recompute_and_never_alias() {
 #[test]
 fn a_cache_of_another_placement_is_refused() {
     let cpu = tiny(Arch::Llama, Format::Hf, 13);
-    let dev = tiny(Arch::Llama, Format::Hf, 13).engine.on_device(Placement::CpuCandle, DType::F32).expect("upload");
+    let dev = tiny(Arch::Llama, Format::Hf, 13).engine.on_device(placement(), DType::F32).expect("upload");
     let tokens = seq(3, 1);
     for (model, cache) in [(dev.model(), cpu.engine.model().new_cache()), (cpu.engine.model(), dev.model().new_cache())]
     {
@@ -138,7 +148,7 @@ fn a_cache_of_another_placement_is_refused() {
 fn device_generation_and_scoring_equal_the_cpu_engine() {
     for arch in [Arch::Llama, Arch::Gemma3] {
         let cpu = tiny(arch, Format::Hf, 14);
-        let dev = tiny(arch, Format::Hf, 14).engine.on_device(Placement::CpuCandle, DType::F32).expect("upload");
+        let dev = tiny(arch, Format::Hf, 14).engine.on_device(placement(), DType::F32).expect("upload");
         let params = SamplingParams { max_new_tokens: 20, ignore_eos: true, ..Default::default() };
         let reqs = vec![
             GenerateRequest { prompt: seq(12, 1), n: 3, params: params.clone(), seed: 1 },
@@ -151,7 +161,7 @@ fn device_generation_and_scoring_equal_the_cpu_engine() {
         ];
         for opts in [
             GenerateOptions { precision: Some(Precision::F32), ..Default::default() },
-            GenerateOptions { precision: Some(Precision::F32), max_batch: 2, prefill_chunk: 7, ..Default::default() },
+            GenerateOptions { precision: Some(Precision::F32), max_batch: 2, prefill_chunk: 7 },
         ] {
             let want = cpu.engine.generate(&reqs, &opts, &mut |_| {}).expect("cpu");
             let got = dev.generate(&reqs, &opts, &mut |_| {}).expect("device");
@@ -176,7 +186,7 @@ fn default_model_on_the_device_within_the_stated_bounds() {
     let cpu = default_engine();
     let text = ["What is 17 times 23?", "Write a haiku about autumn leaves falling on a quiet pond.", "Hi"];
     let prompts: Vec<Vec<TokenId>> = text.iter().map(|t| cpu.tokenizer().encode(t, false).expect("encode")).collect();
-    let on = |dtype| Engine::load("default").expect("default model").on_device(Placement::CpuCandle, dtype);
+    let on = |dtype| Engine::load("default").expect("default model").on_device(placement(), dtype);
     let d = logprob_diff(cpu.model(), on(DType::F32).expect("f32").model(), &prompts).expect("diff");
     assert!(d.all > 0.0 && d.all < F32_LOGPROB_BOUND, "f32: {d:?}");
     let d = logprob_diff(cpu.model(), on(DType::BF16).expect("bf16").model(), &prompts).expect("diff");

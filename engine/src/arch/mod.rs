@@ -2,7 +2,7 @@
 //! GGUF `general.architecture`, the class an HF export declares) and what makes it differ from the llama decoder,
 //! as data (per-head q/k norms, norms around both blocks, embedding scale, the MLP's activation, q/k/v biases) and
 //! as small hooks where its configs spell something their own way (sliding-window layers, rotary bases). The
-//! backends — inference (`model.rs`), training (`autograd.rs`), CUDA (`cuda.rs`) — and the loaders read only this
+//! backends — inference (`model.rs`), training (`autograd.rs`), devices (`device.rs`) — and the loaders read only this
 //! and the [`ModelConfig`] it fills.
 //!
 //! Adding an architecture is a file here with its [`ArchSpec`], plus its [`Arch`] variant and its line in
