@@ -4,7 +4,7 @@
 
 use predicates::str::contains;
 
-use crate::util::{json_lines, jsonl_tasks, orchard, tiny_hf};
+use crate::util::{jsonl_tasks, orchard, success_json, tiny_hf};
 
 const ON_DEVICE: [&str; 4] = ["--device", "cpu-candle", "--dtype", "f32"];
 
@@ -20,16 +20,12 @@ fn generate_and_score_on_the_device_equal_the_cpu_engine() {
     )
     .expect("write");
     let generate = |device: &[&str]| {
-        let out = orchard()
-            .args(["generate", "--model", m, "--prompts", prompts.to_str().unwrap(), "--precision", "f32"])
-            .args(["--n", "3", "--max-new-tokens", "12", "--ignore-eos", "--seed", "4"])
-            .args(device)
-            .assert()
-            .success()
-            .get_output()
-            .stdout
-            .clone();
-        json_lines(&out)
+        success_json(
+            orchard()
+                .args(["generate", "--model", m, "--prompts", prompts.to_str().unwrap(), "--precision", "f32"])
+                .args(["--n", "3", "--max-new-tokens", "12", "--ignore-eos", "--seed", "4"])
+                .args(device),
+        )
     };
     let (cpu, dev) = (generate(&[]), generate(&ON_DEVICE));
     assert_eq!(cpu.len(), 6);
@@ -43,15 +39,9 @@ fn generate_and_score_on_the_device_equal_the_cpu_engine() {
     let pairs = dir.path().join("pairs.jsonl");
     std::fs::write(&pairs, "{\"prompt\": \"the cat\", \"completion\": \" sat on the mat\"}\n").expect("write");
     let score = |device: &[&str]| {
-        let out = orchard()
-            .args(["score", "--model", m, "--input", pairs.to_str().unwrap()])
-            .args(device)
-            .assert()
-            .success()
-            .get_output()
-            .stdout
-            .clone();
-        json_lines(&out)[0]["logprob_sum"].as_f64().expect("logprob")
+        let rows =
+            success_json(orchard().args(["score", "--model", m, "--input", pairs.to_str().unwrap()]).args(device));
+        rows[0]["logprob_sum"].as_f64().expect("logprob")
     };
     assert!((score(&[]) - score(&ON_DEVICE)).abs() < 1e-3);
 }

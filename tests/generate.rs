@@ -3,7 +3,7 @@
 
 use predicates::str::contains;
 
-use crate::util::{json_lines, orchard, tiny_gguf, tiny_hf};
+use crate::util::{json_lines, orchard, success_json, tiny_gguf, tiny_hf};
 
 fn prompts_file(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
     let p = dir.join(name);
@@ -20,15 +20,11 @@ fn generate_writes_one_row_per_sample_with_the_documented_fields() {
         "p.jsonl",
         "{\"prompt\": \"the cat\"}\n\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi there\"}]}\n",
     );
-    let out = orchard()
-        .args(["generate", "--model", model.to_str().unwrap(), "--prompts", prompts.to_str().unwrap()])
-        .args(["--n", "3", "--max-new-tokens", "12", "--seed", "5"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let rows = json_lines(&out);
+    let rows = success_json(
+        orchard()
+            .args(["generate", "--model", model.to_str().unwrap(), "--prompts", prompts.to_str().unwrap()])
+            .args(["--n", "3", "--max-new-tokens", "12", "--seed", "5"]),
+    );
     assert_eq!(rows.len(), 6);
     for (i, r) in rows.iter().enumerate() {
         assert_eq!(r["prompt_index"], i / 3);
@@ -55,15 +51,10 @@ fn a_seed_gives_the_same_samples_whatever_the_other_prompts() {
         "{\"prompt\": \"a longer prompt about many things\"}\n{\"prompt\": \"in the end\"}\n",
     );
     let run = |p: &std::path::Path| {
-        let out = orchard()
-            .args(["generate", "--model", model.to_str().unwrap(), "--prompts", p.to_str().unwrap()])
-            .args(["--n", "2", "--max-new-tokens", "16", "--ignore-eos", "--seed", "9", "--precision", "f32"])
-            .assert()
-            .success()
-            .get_output()
-            .stdout
-            .clone();
-        json_lines(&out)
+        let mut cmd = orchard();
+        cmd.args(["generate", "--model", model.to_str().unwrap(), "--prompts", p.to_str().unwrap()]);
+        cmd.args(["--n", "2", "--max-new-tokens", "16", "--ignore-eos"]);
+        success_json(cmd.args(["--seed", "9", "--precision", "f32"]))
     };
     let a = run(&alone);
     let b = run(&mixed);
@@ -145,14 +136,8 @@ fn score_returns_one_row_per_pair_and_names_bad_fields() {
         "pairs.jsonl",
         "{\"prompt\": \"the cat\", \"completion\": \" is in there\"}\n{\"prompt\": [{\"role\": \"user\", \"content\": \"hi\"}], \"completion\": \"hello<|im_end|>\"}\n",
     );
-    let out = orchard()
-        .args(["score", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap()])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let rows = json_lines(&out);
+    let rows =
+        success_json(orchard().args(["score", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap()]));
     assert_eq!(rows.len(), 2);
     for r in &rows {
         let lps = r["token_logprobs"].as_array().expect("logprobs");
@@ -174,26 +159,14 @@ fn score_returns_one_row_per_pair_and_names_bad_fields() {
 fn tokenize_shows_ids_and_pieces() {
     let dir = tempfile::tempdir().expect("tmp");
     let model = tiny_gguf(dir.path());
-    let out = orchard()
-        .args(["tokenize", "--model", model.to_str().unwrap(), "--text", "the cat"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let row = &json_lines(&out)[0];
+    let row = &success_json(orchard().args(["tokenize", "--model", model.to_str().unwrap(), "--text", "the cat"]))[0];
     let ids = row["ids"].as_array().expect("ids");
     assert_eq!(ids.len(), row["pieces"].as_array().expect("pieces").len());
     let text: String = row["pieces"].as_array().expect("pieces").iter().map(|p| p.as_str().expect("str")).collect();
     assert_eq!(text.replace('Ġ', " "), "the cat");
-    let chat = orchard()
-        .args(["tokenize", "--model", model.to_str().unwrap(), "--text", "the cat", "--chat"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let chat = &json_lines(&chat)[0];
+    let chat =
+        &success_json(orchard().args(["tokenize", "--model", model.to_str().unwrap(), "--text", "the cat", "--chat"]))
+            [0];
     assert_eq!(chat["ids"][0], 1, "the template opens with <|im_start|>");
     assert!(chat["ids"].as_array().expect("ids").len() > ids.len());
 }

@@ -31,6 +31,11 @@ pub fn tiny_hf(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
+/// Runs `cmd`, which must succeed, and parses its standard output as JSON lines.
+pub fn success_json(cmd: &mut assert_cmd::Command) -> Vec<serde_json::Value> {
+    json_lines(&cmd.assert().success().get_output().stdout)
+}
+
 /// Parses JSON lines.
 pub fn json_lines(bytes: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(bytes)

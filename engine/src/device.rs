@@ -29,7 +29,7 @@ use candle_core::{Device, Tensor};
 use crate::config::{Activation, ModelConfig};
 use crate::error::{Error, Result};
 use crate::kv::{SlotTable, BLOCK_TOKENS};
-use crate::model::{qkv_split, Chunk, LogitRows, Logits, Model, TokenId};
+use crate::model::{logit_rows, qkv_split, Chunk, LogitRows, Logits, Model, RowLayout, TokenId};
 
 /// Largest |Δ| of next-token log-probs, over the whole vocabulary, between the device in f32 and the CPU engine in
 /// f32 that the parity check accepts (the bound).
@@ -98,7 +98,7 @@ impl Placement {
     }
 }
 
-pub(crate) fn dev_err(e: candle_core::Error) -> Error {
+fn dev_err(e: candle_core::Error) -> Error {
     Error::Request(format!("device: {e}"))
 }
 
@@ -252,14 +252,15 @@ impl DeviceModel {
         &self.slots
     }
 
-    /// Slots the device's KV tensors hold now (grown by doubling as the table's high-water mark rises).
-    pub fn kv_slots(&self) -> usize {
-        self.kv().slots
+    /// Width of one position's keys (or values) in one layer: `kv_heads · head_dim`.
+    fn kv_width(&self) -> usize {
+        self.cfg.num_kv_heads * self.cfg.head_dim
     }
 
-    /// Waits for queued work (for timing).
-    pub fn synchronize(&self) -> Result<()> {
-        self.device.synchronize().map_err(dev_err)
+    /// The index tensor `scatter_set` writes whole rows with: `rows[i]` repeated across the KV width.
+    fn row_index(&self, rows: Vec<u32>) -> candle_core::Result<Tensor> {
+        let n = rows.len();
+        Tensor::from_vec(rows, (n, 1), &self.device)?.broadcast_as((n, self.kv_width()))?.contiguous()
     }
 
     fn kv(&self) -> std::sync::MutexGuard<'_, DeviceKv> {
@@ -267,23 +268,18 @@ impl DeviceModel {
         self.kv.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The batched forward of [`Model::forward`] on the device: the chunks' caches already reserve their rows
-    /// (`starts[s]` is chunk `s`'s first new position, `first_rows[s]` its first row).
-    pub(crate) fn forward(&self, chunks: &[Chunk<'_>], starts: &[usize], first_rows: &[usize]) -> Result<Logits> {
-        let rows: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+    /// The batched forward of [`Model::forward`] on the device: the chunks' caches already reserve the rows of
+    /// `rows`.
+    pub(crate) fn forward(&self, chunks: &[Chunk<'_>], rows: &RowLayout) -> Result<Logits> {
         let vocab = self.cfg.vocab_size;
-        if rows == 0 {
+        if rows.positions.is_empty() {
             return Ok(Logits { values: Vec::new(), vocab, spans: vec![(0, 0); chunks.len()] });
         }
         let mut kv = self.kv();
         self.prepare_kv(&mut kv).map_err(dev_err)?;
-        let index = self.index(chunks, starts, first_rows).map_err(dev_err)?;
-        let logits = self.run(&kv, &index, rows).map_err(dev_err)?;
-        let values = if index.picked_len == 0 {
-            Vec::new()
-        } else {
-            logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(dev_err)?
-        };
+        let index = self.index(chunks, rows).map_err(dev_err)?;
+        let logits = self.run(&kv, &index, rows.positions.len()).map_err(dev_err)?;
+        let values = logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(dev_err)?;
         Ok(Logits { values, vocab, spans: index.spans })
     }
 
@@ -293,9 +289,8 @@ impl DeviceModel {
         let need = self.slots.high_water();
         if need > kv.slots {
             let slots = need.max(kv.slots * 2).max(64);
-            let width = self.cfg.num_kv_heads * self.cfg.head_dim;
             for t in kv.k.iter_mut().chain(kv.v.iter_mut()) {
-                let grown = Tensor::zeros((slots * BLOCK_TOKENS, width), self.dtype, &self.device)?;
+                let grown = Tensor::zeros((slots * BLOCK_TOKENS, self.kv_width()), self.dtype, &self.device)?;
                 grown.slice_set(t, 0, 0)?;
                 *t = grown;
             }
@@ -318,12 +313,11 @@ impl DeviceModel {
             return Ok(());
         }
         let bt = BLOCK_TOKENS as u32;
-        let width = self.cfg.num_kv_heads * self.cfg.head_dim;
         let src: Vec<u32> = wave.iter().flat_map(|&(f, _)| (0..bt).map(move |t| f * bt + t)).collect();
         let dst: Vec<u32> = wave.iter().flat_map(|&(_, to)| (0..bt).map(move |t| to * bt + t)).collect();
         let n = src.len();
         let src = Tensor::from_vec(src, n, &self.device)?;
-        let dst = Tensor::from_vec(dst, (n, 1), &self.device)?.broadcast_as((n, width))?.contiguous()?;
+        let dst = self.row_index(dst)?;
         for t in kv.k.iter().chain(&kv.v) {
             let rows = t.index_select(&src, 0)?;
             t.scatter_set(&dst, &rows, 0)?;
@@ -332,25 +326,18 @@ impl DeviceModel {
     }
 
     /// Lays out one step's indices and masks (host arithmetic, then small uploads).
-    fn index(&self, chunks: &[Chunk<'_>], starts: &[usize], first_rows: &[usize]) -> candle_core::Result<StepIndex> {
+    fn index(&self, chunks: &[Chunk<'_>], layout: &RowLayout) -> candle_core::Result<StepIndex> {
         let dev = &self.device;
+        let (starts, first_rows) = (&layout.starts, &layout.first_rows);
         let bt = BLOCK_TOKENS;
-        let width = self.cfg.num_kv_heads * self.cfg.head_dim;
         let tables: Vec<Vec<u32>> = chunks.iter().map(|c| c.cache.block_table()).collect();
         let kv_row = |s: usize, pos: usize| tables[s][pos / bt] * bt as u32 + (pos % bt) as u32;
-        let mut ids = Vec::new();
-        let mut write = Vec::new();
-        let mut positions = Vec::new();
-        for (s, c) in chunks.iter().enumerate() {
-            for (j, &t) in c.tokens.iter().enumerate() {
-                ids.push(t);
-                write.push(kv_row(s, starts[s] + j));
-                positions.push((starts[s] + j) as f32);
-            }
-        }
+        let ids: Vec<TokenId> = chunks.iter().flat_map(|c| c.tokens.iter().copied()).collect();
+        let write = (0..chunks.len()).flat_map(|s| (0..chunks[s].tokens.len()).map(move |j| (s, starts[s] + j)));
+        let write = self.row_index(write.map(|(s, pos)| kv_row(s, pos)).collect())?;
         let rows = ids.len();
         let ids = Tensor::from_vec(ids, rows, dev)?;
-        let write = Tensor::from_vec(write, (rows, 1), dev)?.broadcast_as((rows, width))?.contiguous()?;
+        let positions = layout.positions.iter().map(|&p| p as f32).collect();
         let pos = Tensor::from_vec(positions, (rows, 1), dev)?;
         let angles = |inv: &Tensor| -> candle_core::Result<(Tensor, Tensor)> {
             let a = pos.broadcast_mul(&inv.unsqueeze(0)?)?;
@@ -376,18 +363,8 @@ impl DeviceModel {
         for (k, &r) in order.iter().enumerate() {
             unpermute[r as usize] = k as u32;
         }
-        let mut picked = Vec::new();
-        let mut spans = Vec::with_capacity(chunks.len());
-        for (s, c) in chunks.iter().enumerate() {
-            let n = c.tokens.len();
-            let range = match c.logits {
-                LogitRows::None => 0..0,
-                LogitRows::Last => n.saturating_sub(1)..n,
-                LogitRows::From(k) => k.min(n)..n,
-            };
-            spans.push((picked.len(), range.len()));
-            picked.extend(range.map(|i| (first_rows[s] + i) as u32));
-        }
+        let (picked, spans) = logit_rows(chunks);
+        let picked: Vec<u32> = picked.into_iter().map(|r| r as u32).collect();
         let picked_len = picked.len();
         Ok(StepIndex {
             ids,
@@ -453,7 +430,7 @@ impl DeviceModel {
     /// The decoder over one step's rows; the picked rows' logits (`[picked, vocab]`, f32).
     fn run(&self, kv: &DeviceKv, ix: &StepIndex, rows: usize) -> candle_core::Result<Tensor> {
         let cfg = &self.cfg;
-        let (hd, heads, kvh, eps) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.rms_norm_eps as f64);
+        let (hd, heads, kvh, eps) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.rms_norm_eps);
         let rep = heads / kvh;
         let [qw, kw, _] = qkv_split(cfg);
         let f = cfg.intermediate_size;
@@ -466,7 +443,7 @@ impl DeviceModel {
         let scale = 1.0 / cfg.query_pre_attn_scalar.map_or((hd as f64).sqrt(), |s| (s as f64).sqrt());
         for (li, l) in self.layers.iter().enumerate() {
             let sliding = cfg.sliding_window.as_ref().is_some_and(|sw| sw.layers[li]);
-            let h = candle_nn::ops::rms_norm(&x, &l.ln1, eps as f32)?;
+            let h = candle_nn::ops::rms_norm(&x, &l.ln1, eps)?;
             let mut qkv = h.matmul(&l.qkv_t)?;
             if let Some(b) = &l.qkv_b {
                 qkv = qkv.broadcast_add(b)?;
@@ -475,8 +452,8 @@ impl DeviceModel {
             let mut k = qkv.narrow(1, qw, kw)?.reshape((rows, kvh, hd))?;
             let v = qkv.narrow(1, qw + kw, kw)?.contiguous()?;
             if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-                q = candle_nn::ops::rms_norm(&q.contiguous()?, qn, eps as f32)?;
-                k = candle_nn::ops::rms_norm(&k.contiguous()?, kn, eps as f32)?;
+                q = candle_nn::ops::rms_norm(&q.contiguous()?, qn, eps)?;
+                k = candle_nn::ops::rms_norm(&k.contiguous()?, kn, eps)?;
             }
             let (cos, sin) = match (&ix.local, sliding) {
                 (Some((c, s)), true) => (c, s),
@@ -510,7 +487,7 @@ impl DeviceModel {
             let attn = Tensor::cat(&outs, 0)?.index_select(&ix.unpermute, 0)?;
             let proj = attn.matmul(&l.o_t)?;
             x = residual(&x, proj, l.after_attention.as_ref(), eps)?;
-            let h = candle_nn::ops::rms_norm(&x, &l.ln2, eps as f32)?;
+            let h = candle_nn::ops::rms_norm(&x, &l.ln2, eps)?;
             let gu = h.matmul(&l.gate_up_t)?;
             let gate = gu.narrow(1, 0, f)?;
             let gate = match cfg.hidden_act {
@@ -524,15 +501,15 @@ impl DeviceModel {
             return Tensor::zeros((0, cfg.vocab_size), DType::F32, &self.device);
         }
         let last = x.index_select(&ix.picked, 0)?;
-        let normed = candle_nn::ops::rms_norm(&last, &self.norm, eps as f32)?;
+        let normed = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
         normed.matmul(&self.lm_head_t)?.to_dtype(DType::F32)
     }
 }
 
 /// `x + proj`, the block output normalised first where the architecture has sandwich norms (Gemma).
-fn residual(x: &Tensor, proj: Tensor, after: Option<&Tensor>, eps: f64) -> candle_core::Result<Tensor> {
+fn residual(x: &Tensor, proj: Tensor, after: Option<&Tensor>, eps: f32) -> candle_core::Result<Tensor> {
     let proj = match after {
-        Some(w) => candle_nn::ops::rms_norm(&proj, w, eps as f32)?,
+        Some(w) => candle_nn::ops::rms_norm(&proj, w, eps)?,
         None => proj,
     };
     x + proj
@@ -550,6 +527,17 @@ pub struct LogprobDiff {
 
 /// See [`LogprobDiff::likely`].
 pub const LIKELY_LOGPROB: f64 = -10.0;
+
+impl LogprobDiff {
+    /// Whether the gap is within the parity check's bound for `dtype`: [`F32_LOGPROB_BOUND`] over the vocabulary in
+    /// f32, [`BF16_LOGPROB_BOUND`] over the likely tokens otherwise.
+    pub fn within_bound(&self, dtype: DType) -> bool {
+        match dtype {
+            DType::F32 => self.all <= F32_LOGPROB_BOUND,
+            _ => self.likely <= BF16_LOGPROB_BOUND,
+        }
+    }
+}
 
 /// [`LogprobDiff`] of `dev` (a model on a device) against `cpu` (the CPU engine, f32) at the last position of each
 /// prompt, all prompts in one ragged batch on both sides.

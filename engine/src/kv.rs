@@ -49,13 +49,9 @@ pub struct KvPool {
 }
 
 impl KvPool {
-    /// A pool whose blocks are slots of `slots` (KV held on a device), each `block_bytes` large there.
+    /// A pool whose blocks are slots of `slots` (KV held on a device), each the table's `block_bytes` there.
     pub fn paged(slots: Arc<SlotTable>) -> Self {
         KvPool { slots: Some(slots), ..KvPool::default() }
-    }
-    /// The slot table of a paged pool.
-    pub fn slots(&self) -> Option<&Arc<SlotTable>> {
-        self.slots.as_ref()
     }
     /// Blocks alive now.
     pub fn live_blocks(&self) -> usize {
@@ -130,11 +126,6 @@ impl SlotTable {
     pub fn take_copies(&self) -> Vec<(u32, u32)> {
         std::mem::take(&mut self.state().copies)
     }
-
-    /// Bytes of one block on the device.
-    pub fn block_bytes(&self) -> usize {
-        self.block_bytes
-    }
 }
 
 /// One block of keys and values for every layer: floats on the host, or a slot of a device's KV tensors.
@@ -155,11 +146,6 @@ impl KvBlock {
         pool.blocks.fetch_add(1, Ordering::Relaxed);
         pool.bytes.fetch_add(bytes, Ordering::Relaxed);
         KvBlock { data, slot, layout, pool: pool.clone() }
-    }
-
-    /// The block's slot on the device (paged pools only).
-    pub fn slot(&self) -> Option<u32> {
-        self.slot
     }
 
     fn bytes(&self) -> usize {

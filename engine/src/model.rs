@@ -394,14 +394,14 @@ impl Model {
     /// every job through the scheduler) then runs there, its KV paged on the device. The host weights stay (the
     /// trainer and exports read them). `Placement::Cpu` gives the CPU engine back.
     pub fn on_device(self, placement: crate::device::Placement, dtype: crate::device::DType) -> Result<Model> {
-        let Some(device) = placement.device()? else {
-            return Ok(Model { device: None, pool: Arc::new(KvPool::default()), ..self });
+        let device = match placement.device()? {
+            Some(d) => Some(Arc::new(crate::device::DeviceModel::new(&self, placement, d, dtype)?)),
+            None => None,
         };
-        let on = Arc::new(crate::device::DeviceModel::new(&self, placement, device, dtype)?);
-        let pool = Arc::new(KvPool::paged(on.slot_table().clone()));
+        let pool = device.as_ref().map_or_else(KvPool::default, |d| KvPool::paged(d.slot_table().clone()));
         Ok(Model {
-            device: Some(on),
-            pool,
+            device,
+            pool: Arc::new(pool),
             version: NEXT_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             ..self
         })
@@ -443,15 +443,18 @@ impl Model {
 
     fn forward_on_pool(&self, chunks: &mut [Chunk<'_>], precision: Precision) -> Result<Logits> {
         let rows = self.lay_out(chunks)?;
-        if let Some(dev) = &self.device {
-            let out = dev.forward(chunks, &rows.starts, &rows.first_rows);
-            if out.is_ok() {
-                for s in chunks.iter_mut() {
-                    s.cache.commit(s.tokens.len());
-                }
-            }
-            return out;
+        let logits = match &self.device {
+            Some(dev) => dev.forward(chunks, &rows)?,
+            None => self.forward_host(chunks, &rows, precision)?,
+        };
+        for s in chunks.iter_mut() {
+            s.cache.commit(s.tokens.len());
         }
+        Ok(logits)
+    }
+
+    /// The forward on the CPU engine's kernels (the chunks' caches reserve the rows of `rows`).
+    fn forward_host(&self, chunks: &mut [Chunk<'_>], rows: &RowLayout, precision: Precision) -> Result<Logits> {
         let mut x = self.embed(chunks, rows.positions.len());
         let mut buf = Buffers::new(&self.config, rows.positions.len());
         let rope = Rope {
@@ -459,11 +462,8 @@ impl Model {
             local: self.local_inv_freq.as_ref().map(|f| ops::rope_table(&rows.positions, f)),
         };
         for (li, layer) in self.layers.iter().enumerate() {
-            self.attention_block(li, layer, chunks, &rows, &rope, precision, &mut x, &mut buf);
+            self.attention_block(li, layer, chunks, rows, &rope, precision, &mut x, &mut buf);
             self.mlp_block(layer, precision, &mut x, &mut buf);
-        }
-        for s in chunks.iter_mut() {
-            s.cache.commit(s.tokens.len());
         }
         self.head(chunks, &x, precision)
     }
@@ -602,20 +602,7 @@ impl Model {
     /// Final norm and LM head on the rows whose logits were asked for.
     fn head(&self, chunks: &[Chunk<'_>], x: &[f32], precision: Precision) -> Result<Logits> {
         let d = self.config.hidden_size;
-        let mut picked = Vec::new();
-        let mut spans = Vec::with_capacity(chunks.len());
-        let mut row = 0;
-        for s in chunks {
-            let n = s.tokens.len();
-            let range = match s.logits {
-                LogitRows::None => 0..0,
-                LogitRows::Last => n.saturating_sub(1)..n,
-                LogitRows::From(k) => k.min(n)..n,
-            };
-            spans.push((picked.len(), range.len()));
-            picked.extend(range.map(|i| row + i));
-            row += n;
-        }
+        let (picked, spans) = logit_rows(chunks);
         let mut sel = vec![0f32; picked.len() * d];
         for (dst, &r) in sel.chunks_mut(d).zip(&picked) {
             dst.copy_from_slice(&x[r * d..(r + 1) * d]);
@@ -631,13 +618,33 @@ impl Model {
     }
 }
 
+/// The rows of a batched forward whose logits are returned ([`Chunk::logits`]), and each chunk's span of them
+/// (first index into the returned rows, count).
+pub(crate) fn logit_rows(chunks: &[Chunk<'_>]) -> (Vec<usize>, Vec<(usize, usize)>) {
+    let mut picked = Vec::new();
+    let mut spans = Vec::with_capacity(chunks.len());
+    let mut row = 0;
+    for s in chunks {
+        let n = s.tokens.len();
+        let range = match s.logits {
+            LogitRows::None => 0..0,
+            LogitRows::Last => n.saturating_sub(1)..n,
+            LogitRows::From(k) => k.min(n)..n,
+        };
+        spans.push((picked.len(), range.len()));
+        picked.extend(range.map(|i| row + i));
+        row += n;
+    }
+    (picked, spans)
+}
+
 /// Where the rows of a batched forward come from: each row's position, and per chunk its first cache position and
 /// its first row.
 #[derive(Default)]
-struct RowLayout {
-    positions: Vec<usize>,
-    starts: Vec<usize>,
-    first_rows: Vec<usize>,
+pub(crate) struct RowLayout {
+    pub(crate) positions: Vec<usize>,
+    pub(crate) starts: Vec<usize>,
+    pub(crate) first_rows: Vec<usize>,
 }
 
 /// Rotary tables of a forward's rows: the global one, and the sliding layers' own where their base differs.

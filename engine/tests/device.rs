@@ -8,7 +8,7 @@ use orchard_engine::{
     ARCHITECTURES,
 };
 
-use crate::util::{default_engine, max_abs_diff, tiny, Format};
+use crate::util::{check_forks, default_engine, max_abs_diff, seq, tiny, Format};
 
 const TOL: f32 = 1e-4;
 
@@ -19,10 +19,6 @@ fn placement() -> Placement {
         Ok(d) => d.parse().expect("ORCHARD_TEST_DEVICE: a --device value"),
         Err(_) => Placement::CpuCandle,
     }
-}
-
-fn seq(n: usize, salt: u32) -> Vec<TokenId> {
-    (0..n as u32).map(|i| (i * 31 + salt * 13 + 3) % 280).collect()
 }
 
 /// Runs `steps` of batched forwards on `m`: each step a list of (sequence, new tokens, logit rows); returns every
@@ -81,50 +77,16 @@ fn device_forward_equals_the_cpu_engine_on_every_architecture() {
 fn device_forks_equal_recompute_and_never_alias() {
     let cpu = tiny(Arch::Llama, Format::Hf, 12);
     let dev = tiny(Arch::Llama, Format::Hf, 12).engine.on_device(placement(), DType::F32).expect("upload");
-    let m = dev.model();
-    let slots = m.device().expect("device").slot_table().clone();
-    let prefix = seq(21, 1); // ends mid-block: a writing fork copies the partial block on the device
-    let mut parent = m.new_cache();
-    let mut chunks = [Chunk { cache: &mut parent, tokens: &prefix, logits: LogitRows::None }];
-    m.forward(&mut chunks, Precision::F32).expect("prefix");
-    assert_eq!(slots.live(), 2);
-    let branches: Vec<Vec<TokenId>> = vec![seq(9, 2), seq(17, 3), seq(3, 4), seq(1, 5)];
-    let mut forks: Vec<_> = branches.iter().map(|_| parent.clone()).collect();
-    let mut chunks: Vec<Chunk<'_>> = forks
-        .iter_mut()
-        .zip(&branches)
-        .map(|(c, b)| Chunk { cache: c, tokens: b, logits: LogitRows::From(0) })
-        .collect();
-    let l = m.forward(&mut chunks, Precision::F32).expect("branches");
-    // Four forks share the first block; each holds its own copy of the partial one (and more as it grows).
-    assert!(forks.iter().all(|f| f.block_table()[0] == parent.block_table()[0]));
-    assert!(forks.iter().all(|f| f.block_table()[1] != parent.block_table()[1]));
-    let recompute = |tokens: &[TokenId]| -> Vec<Vec<f32>> {
-        let cm = cpu.engine.model();
-        let mut cache = cm.new_cache();
-        let mut chunks = [Chunk { cache: &mut cache, tokens, logits: LogitRows::From(0) }];
-        let l = cm.forward(&mut chunks, Precision::F32).expect("recompute");
-        (0..tokens.len()).map(|i| l.row(0, i).to_vec()).collect()
-    };
-    for (i, b) in branches.iter().enumerate() {
-        let whole: Vec<TokenId> = prefix.iter().chain(b).copied().collect();
-        let full = recompute(&whole);
-        for j in 0..b.len() {
-            let d = max_abs_diff(l.row(i, j), &full[prefix.len() + j]);
-            assert!(d <= TOL, "branch {i} pos {j}: {d}");
-        }
-    }
-    // The parent is untouched by its forks' writes: continuing it equals a recompute.
-    drop(forks);
-    let more = seq(6, 9);
-    let mut chunks = [Chunk { cache: &mut parent, tokens: &more, logits: LogitRows::From(0) }];
-    let l = m.forward(&mut chunks, Precision::F32).expect("parent");
-    let whole: Vec<TokenId> = prefix.iter().chain(&more).copied().collect();
-    let full = recompute(&whole);
-    for j in 0..more.len() {
-        assert!(max_abs_diff(l.row(0, j), &full[prefix.len() + j]) <= TOL, "parent pos {j}");
-    }
-    drop(parent);
+    let slots = dev.model().device().expect("device").slot_table().clone();
+    check_forks(dev.model(), cpu.engine.model(), TOL, |parent, forks| {
+        // The 21-token prefix holds two slots; every slot in use belongs to some cache's block table.
+        assert_eq!(parent.block_table().len(), 2);
+        let tables = std::iter::once(parent).chain(forks).flat_map(|c| c.block_table());
+        assert_eq!(slots.live(), tables.collect::<std::collections::BTreeSet<_>>().len());
+        // Four forks share the first block; each holds its own copy of the partial one (and more as it grows).
+        assert!(forks.iter().all(|f| f.block_table()[0] == parent.block_table()[0]));
+        assert!(forks.iter().all(|f| f.block_table()[1] != parent.block_table()[1]));
+    });
     assert_eq!(slots.live(), 0);
 }
 

@@ -6,21 +6,9 @@ use orchard_engine::{
     Arch, Chunk, GenerateOptions, GenerateRequest, LogitRows, Precision, SamplingParams, TokenId, ARCHITECTURES,
 };
 
-use crate::util::{max_abs_diff, tiny, Format};
+use crate::util::{check_forks, full_logits, max_abs_diff, seq, tiny, Format};
 
 const TOL: f32 = 1e-4;
-
-fn seq(n: usize, salt: u32) -> Vec<TokenId> {
-    (0..n as u32).map(|i| (i * 37 + salt * 11 + 5) % 280).collect()
-}
-
-/// Logits of every position of `tokens`, run alone from an empty cache.
-fn full_logits(m: &orchard_engine::Model, tokens: &[TokenId], p: Precision) -> Vec<Vec<f32>> {
-    let mut cache = m.new_cache();
-    let mut chunks = [Chunk { cache: &mut cache, tokens, logits: LogitRows::From(0) }];
-    let l = m.forward(&mut chunks, p).expect("forward");
-    (0..tokens.len()).map(|i| l.row(0, i).to_vec()).collect()
-}
 
 #[test]
 fn batched_ragged_forward_equals_one_at_a_time() {
@@ -67,35 +55,7 @@ fn cached_decode_equals_full_recompute() {
 fn forked_branches_equal_recomputed_prefixes_and_do_not_alias() {
     let t = tiny(Arch::Llama, Format::Hf, 3);
     let m = t.engine.model();
-    let prefix = seq(21, 1); // ends mid-block: the fork must copy the partial block
-    let mut parent = m.new_cache();
-    let mut chunks = [Chunk { cache: &mut parent, tokens: &prefix, logits: LogitRows::None }];
-    m.forward(&mut chunks, Precision::F32).expect("prefix");
-    let branches: Vec<Vec<TokenId>> = vec![seq(9, 2), seq(17, 3), seq(3, 4)];
-    let mut forks: Vec<_> = branches.iter().map(|_| parent.clone()).collect();
-    let mut chunks: Vec<Chunk<'_>> = forks
-        .iter_mut()
-        .zip(&branches)
-        .map(|(c, b)| Chunk { cache: c, tokens: b, logits: LogitRows::From(0) })
-        .collect();
-    let l = m.forward(&mut chunks, Precision::F32).expect("branches");
-    for (i, b) in branches.iter().enumerate() {
-        let whole: Vec<TokenId> = prefix.iter().chain(b).copied().collect();
-        let full = full_logits(m, &whole, Precision::F32);
-        for j in 0..b.len() {
-            let d = max_abs_diff(l.row(i, j), &full[prefix.len() + j]);
-            assert!(d <= TOL, "branch {i} pos {j}: {d}");
-        }
-    }
-    // The parent is untouched: continuing it equals a recompute of prefix + new tokens.
-    let more = seq(4, 9);
-    let mut chunks = [Chunk { cache: &mut parent, tokens: &more, logits: LogitRows::From(0) }];
-    let l = m.forward(&mut chunks, Precision::F32).expect("parent");
-    let whole: Vec<TokenId> = prefix.iter().chain(&more).copied().collect();
-    let full = full_logits(m, &whole, Precision::F32);
-    for j in 0..more.len() {
-        assert!(max_abs_diff(l.row(0, j), &full[prefix.len() + j]) <= TOL);
-    }
+    check_forks(m, m, TOL, |_, _| {});
 }
 
 #[test]

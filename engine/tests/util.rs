@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use candle_core::quantized::GgmlDType;
 use orchard_engine::testing::{random_weights, tiny_config, write_gguf, write_hf_dir};
-use orchard_engine::{Arch, Engine};
+use orchard_engine::{Arch, Chunk, Engine, KvCache, LogitRows, Model, Precision, TokenId};
 
 /// A tiny model written to a temp dir (kept alive by the returned guard).
 pub struct Tiny {
@@ -72,4 +72,56 @@ pub fn ranked(logprobs: &[f32]) -> Vec<usize> {
 pub fn top_gap(ours: &[f32], ids: &[usize], lps: &[f32]) -> f32 {
     assert_eq!(ids.len(), lps.len());
     ids.iter().zip(lps).map(|(&id, &lp)| (ours[id] - lp).abs()).fold(0.0, f32::max)
+}
+
+/// A token sequence of length `n` over the tiny vocabulary, different for each `salt`.
+pub fn seq(n: usize, salt: u32) -> Vec<TokenId> {
+    (0..n as u32).map(|i| (i * 37 + salt * 11 + 5) % 280).collect()
+}
+
+/// Logits of every position of `tokens`, run alone from an empty cache.
+pub fn full_logits(m: &Model, tokens: &[TokenId], p: Precision) -> Vec<Vec<f32>> {
+    let mut cache = m.new_cache();
+    let mut chunks = [Chunk { cache: &mut cache, tokens, logits: LogitRows::From(0) }];
+    let l = m.forward(&mut chunks, p).expect("forward");
+    (0..tokens.len()).map(|i| l.row(0, i).to_vec()).collect()
+}
+
+/// Forks of one cache against recompute, in f32: a prefix ending mid-block (a writing fork copies the partial
+/// block) is prefilled on `m` and forked into four branches run in one batch, then the parent is continued; every
+/// logit row must equal `reference`'s recompute of the whole sequence within `tol`. `inspect(parent, forks)` sees
+/// the caches after the branches ran.
+pub fn check_forks(m: &Model, reference: &Model, tol: f32, inspect: impl FnOnce(&KvCache, &[KvCache])) {
+    let prefix = seq(21, 1);
+    let mut parent = m.new_cache();
+    let mut chunks = [Chunk { cache: &mut parent, tokens: &prefix, logits: LogitRows::None }];
+    m.forward(&mut chunks, Precision::F32).expect("prefix");
+    let branches: Vec<Vec<TokenId>> = vec![seq(9, 2), seq(17, 3), seq(3, 4), seq(1, 5)];
+    let mut forks: Vec<_> = branches.iter().map(|_| parent.clone()).collect();
+    let mut chunks: Vec<Chunk<'_>> = forks
+        .iter_mut()
+        .zip(&branches)
+        .map(|(c, b)| Chunk { cache: c, tokens: b, logits: LogitRows::From(0) })
+        .collect();
+    let l = m.forward(&mut chunks, Precision::F32).expect("branches");
+    drop(chunks);
+    inspect(&parent, &forks);
+    for (i, b) in branches.iter().enumerate() {
+        let whole: Vec<TokenId> = prefix.iter().chain(b).copied().collect();
+        let full = full_logits(reference, &whole, Precision::F32);
+        for j in 0..b.len() {
+            let d = max_abs_diff(l.row(i, j), &full[prefix.len() + j]);
+            assert!(d <= tol, "branch {i} pos {j}: {d}");
+        }
+    }
+    // The parent is untouched by its forks' writes: continuing it equals a recompute of prefix + new tokens.
+    drop(forks);
+    let more = seq(6, 9);
+    let mut chunks = [Chunk { cache: &mut parent, tokens: &more, logits: LogitRows::From(0) }];
+    let l = m.forward(&mut chunks, Precision::F32).expect("parent");
+    let whole: Vec<TokenId> = prefix.iter().chain(&more).copied().collect();
+    let full = full_logits(reference, &whole, Precision::F32);
+    for j in 0..more.len() {
+        assert!(max_abs_diff(l.row(0, j), &full[prefix.len() + j]) <= tol, "parent pos {j}");
+    }
 }

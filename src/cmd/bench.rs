@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use orchard_engine::bench::{median, prompt_ids, time_decode, time_prefill};
+use orchard_engine::device::DType;
 use serde::Serialize;
 
 use super::common::{ModelArgs, PrecisionArg};
@@ -221,5 +222,9 @@ fn device_summary(
     summary.insert("dtype".into(), format!("{:?}", args.device.dtype).to_lowercase().into());
     summary.insert("max_abs_logsoftmax_diff_vs_cpu_f32".into(), diff.all.into());
     summary.insert("max_abs_logprob_diff_likely_vs_cpu_f32".into(), diff.likely.into());
+    summary.insert(
+        "parity_within_bound".into(),
+        diff.within_bound(engine.model().device().map_or(DType::F32, |d| d.dtype())).into(),
+    );
     Ok(summary)
 }
