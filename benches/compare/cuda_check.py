@@ -9,7 +9,10 @@ ending with one JSON line:
 3. with `--tests BIN` (the engine's test binary built with `--features cuda`): the device tests on the device
    (`ORCHARD_TEST_DEVICE`: forward vs the CPU engine on every architecture, fork == recompute, generation, scoring);
 4. speed in bf16: prefill (200 tokens), decode B = 1/16/64/256, the tree workload `--preset` — Orchard through its
-   scheduler (continuous batching, radix prefix cache, paged KV on the device) vs transformers `generate`.
+   scheduler (continuous batching, radix prefix cache, paged KV on the device) vs transformers `generate`;
+5. a GSM8K `orchard search --algo mcts` job end to end on the device (32 test questions, 64-token steps; wall time
+   including load, rewards and Parquet) vs transformers best-of-N on the same questions at the same number of
+   generated tokens (generate() only): tokens per second of each.
 
 The GPU machine has no network and the default GGUF (98 MB) is over the transfer limit, so both sides load one HF
 directory: SmolLM2-135M-Instruct's exact config and tokenizer (`--export-config`, run where the GGUF is) and random
@@ -21,8 +24,7 @@ check runs on these weights too.
     # a dry run without a GPU (the device path on candle's CPU backend, transformers on the CPU, small sizes, no tree):
     python3 benches/compare/cuda_check.py --device cpu-candle --quick --model-dir DIR_OF_orchard_convert
 
-Not in it (not built yet): the GSM8K search job against transformers best-of-N, and DPO/GRPO steps on the GPU
-against TRL — Orchard's trainer runs on the CPU.
+Not in it (not built yet): DPO/GRPO steps on the GPU against TRL — Orchard's trainer runs on the CPU.
 """
 import argparse
 import gzip
@@ -186,6 +188,25 @@ def main():
         res["orchard_tree_tok_per_s"], res["orchard_tree_seconds"] = t["tok_per_s"], t["seconds"]
         res["orchard_tree_prefix_hit_rate"] = t["prefix_hit_rate"]
 
+    # 5a. A GSM8K search job end to end on the device (load, search, rewards, Parquet), its tokens counted.
+    n_tasks = 2 if args.quick else 32
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "search")
+        cmd = [args.orchard, "search", "--algo", "mcts", "--task", "gsm8k", "--split", "test", "--limit", str(n_tasks),
+               "--reward", "gsm8k", "--model", model_dir, *dev, "--dtype", "bf16", "--max-new-tokens", "64",
+               "--out", out]
+        if args.quick:
+            cmd += ["--iterations", "2"]
+        t0 = time.perf_counter()
+        run(cmd)
+        wall = time.perf_counter() - t0
+        with open(os.path.join(out, "search_metrics.json")) as fh:
+            m = json.load(fh)
+    res["orchard_search_tasks"] = n_tasks
+    res["orchard_search_generated_tokens"] = m["search/generated_tokens"]
+    res["orchard_search_wall_s"] = wall
+    res["orchard_search_tok_per_s"] = m["search/generated_tokens"] / wall
+
     tok = AutoTokenizer.from_pretrained(model_dir)
     dtype = torch.bfloat16
     model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=dtype).to(TORCH_DEVICE).eval()
@@ -219,6 +240,30 @@ def main():
             sync()
             if i > 0:  # run 0 warms up
                 times.append(time.perf_counter() - t0)
+        # 5b. transformers best-of-N on the same GSM8K test questions at the same number of generated tokens: N
+        # samples of 64 tokens per question (EOS held off so every sample has them), 64 sequences per generate().
+        qs = [json.loads(l)["question"] for l in gzip.open(os.path.join(ROOT, "datasets/data/gsm8k_test.jsonl.gz"), "rt")]
+        qs = qs[:n_tasks]
+        per_q = max(1, round(res["orchard_search_generated_tokens"] / (64 * n_tasks)))
+        seqs = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True) for q in qs]
+        seqs = [list(p["input_ids"]) if hasattr(p, "keys") else list(p) for p in seqs]
+        todo = [s for s in seqs for _ in range(per_q)]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        sync()
+        t0 = time.perf_counter()
+        for i in range(0, len(todo), 64):
+            batch = todo[i:i + 64]
+            width = max(len(s) for s in batch)
+            ids = torch.tensor([[pad] * (width - len(s)) + s for s in batch], device=TORCH_DEVICE)
+            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in batch], device=TORCH_DEVICE)
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=64, min_new_tokens=64, do_sample=True,
+                           temperature=1.0, top_k=0, top_p=1.0, pad_token_id=pad)
+        sync()
+        hf_wall = time.perf_counter() - t0
+        res["hf_best_of_n_samples_per_question"] = per_q
+        res["hf_best_of_n_generated_tokens"] = len(todo) * 64
+        res["hf_best_of_n_tok_per_s"] = len(todo) * 64 / hf_wall
+        res["ratio_search_vs_best_of_n_tok_per_s"] = res["orchard_search_tok_per_s"] / res["hf_best_of_n_tok_per_s"]
     if times:
         tokens = n_prompts * (4 * 48 + 16 * 48 + 16 * 128)
         res["hf_tree_seconds"] = statistics.median(times)
