@@ -63,9 +63,9 @@ def make_model(config_dir, out):
     return out
 
 
-def gsm8k_questions(n):
+def gsm8k_questions(n, split="train"):
     rows = []
-    with gzip.open(os.path.join(ROOT, "datasets/data/gsm8k_train.jsonl.gz"), "rt") as fh:
+    with gzip.open(os.path.join(ROOT, f"datasets/data/gsm8k_{split}.jsonl.gz"), "rt") as fh:
         for line in fh:
             rows.append(json.loads(line)["question"])
             if len(rows) == n:
@@ -242,8 +242,7 @@ def main():
                 times.append(time.perf_counter() - t0)
         # 5b. transformers best-of-N on the same GSM8K test questions at the same number of generated tokens: N
         # samples of 64 tokens per question (EOS held off so every sample has them), 64 sequences per generate().
-        qs = [json.loads(l)["question"] for l in gzip.open(os.path.join(ROOT, "datasets/data/gsm8k_test.jsonl.gz"), "rt")]
-        qs = qs[:n_tasks]
+        qs = gsm8k_questions(n_tasks, "test")
         per_q = max(1, round(res["orchard_search_generated_tokens"] / (64 * n_tasks)))
         seqs = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True) for q in qs]
         seqs = [list(p["input_ids"]) if hasattr(p, "keys") else list(p) for p in seqs]
